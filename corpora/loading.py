@@ -1,0 +1,226 @@
+"""Load a corpus's train / valid / test text through Hugging Face `datasets`.
+
+A corpus is named by one string (the `--corpus` flag):
+
+- a local directory holding `train.txt`, `valid.txt` and `test.txt`
+  (read with the `text` builder, one row per line);
+- `wiki-subset`: the default. The directory in `$REACH_CORPUS` when that is
+  set; otherwise rebuilt from the hub exactly as `../shared/corpora/` built it
+  (the WikiText-2 raw *test* split, articles split 8/1/1 by index);
+- `wikitext-2-raw`, `wikitext-103-raw`: `Salesforce/wikitext` from the hub;
+- `wikipedia:<lang>:<size>` (`wikipedia:en:20MB`): the first articles of
+  `wikimedia/wikipedia`, streamed until `size` bytes of text are read and
+  split by article index into train/valid/test.
+
+Every split comes back normalised (see `normalize`) together with the number
+of whitespace-separated words of the text *as published*: per-word perplexity
+divides by that count, whatever the tokenizer.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+from corpora.normalize import normalize_line
+
+__all__ = ["Corpus", "CorpusError", "Split", "load_corpus", "split_name_for_article", "DEFAULT_CORPUS"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CORPUS = "wiki-subset"
+SPLITS = ("train", "valid", "test")
+_WIKITEXT_CONFIGS = {"wikitext-2-raw": "wikitext-2-raw-v1", "wikitext-103-raw": "wikitext-103-raw-v1"}
+_WIKIPEDIA = re.compile(r"^wikipedia:([a-z\-]{2,12}):(\d+(?:\.\d+)?)\s*([KMG]?B)$", re.IGNORECASE)
+_WIKIPEDIA_SNAPSHOT = "20231101"
+_UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9}
+_LOCAL_HINT = "pass a local directory holding train.txt, valid.txt and test.txt, e.g. --corpus ../shared/corpora/wiki-subset"
+
+
+class CorpusError(Exception):
+    """A corpus that cannot be found or read; the message is one sentence for the user."""
+
+
+@dataclass(frozen=True)
+class Split:
+    """One split: normalised text (a newline ends every line) and its published word count."""
+
+    text: str
+    raw_words: int
+    lines: int
+
+
+@dataclass(frozen=True)
+class Corpus:
+    """The three splits of a corpus and where they came from."""
+
+    name: str
+    source: str
+    train: Split
+    valid: Split
+    test: Split
+    extra_train: tuple[str, ...] = ()
+
+    def split(self, name: str) -> Split:
+        """Return the split called `train`, `valid` or `test`."""
+        if name not in SPLITS:
+            raise CorpusError(f"unknown split {name!r}; choose one of {', '.join(SPLITS)}")
+        return getattr(self, name)
+
+
+def split_name_for_article(index: int) -> str:
+    """The split of the index-th article: 4 -> valid, 9 -> test (mod 10), the rest train."""
+    return {4: "valid", 9: "test"}.get(index % 10, "train")
+
+
+def _make_split(lines: Iterable[str]) -> Split:
+    raw_words = 0
+    kept: list[str] = []
+    for line in lines:
+        raw_words += len(line.split())
+        normal = normalize_line(line)
+        if normal:
+            kept.append(normal)
+    text = "".join(line + "\n" for line in kept)
+    return Split(text=text, raw_words=raw_words, lines=len(kept))
+
+
+def _read_local(directory: Path, names: tuple[str, ...]) -> dict[str, list[str]]:
+    """Read `<name>.txt` files of a directory through the `datasets` text builder."""
+    from datasets import load_dataset  # imported here: it is slow to import
+
+    files = {name: str(directory / f"{name}.txt") for name in names}
+    dataset = load_dataset("text", data_files=files)
+    return {name: list(dataset[name]["text"]) for name in names}
+
+
+def _check_local(directory: Path, names: tuple[str, ...]) -> None:
+    if not directory.is_dir():
+        raise CorpusError(f"corpus directory {str(directory)!r} does not exist; {_LOCAL_HINT}")
+    missing = [f"{name}.txt" for name in names if not (directory / f"{name}.txt").is_file()]
+    if missing:
+        raise CorpusError(f"corpus directory {str(directory)!r} has no {', '.join(missing)}; {_LOCAL_HINT}")
+
+
+def _hub_failure(name: str, error: Exception) -> CorpusError:
+    reason = str(error).strip().splitlines()[0][:160] if str(error).strip() else type(error).__name__
+    return CorpusError(
+        f"could not load {name!r} from the Hugging Face hub ({type(error).__name__}: {reason}); "
+        f"without network access to the hub, {_LOCAL_HINT}"
+    )
+
+
+def _split_articles(lines: Iterable[str]) -> dict[str, list[str]]:
+    """Split WikiText lines into train/valid/test by article index (an article starts at ' = Title = ')."""
+    out: dict[str, list[str]] = {name: [] for name in SPLITS}
+    index = -1
+    for line in lines:
+        stripped = line.strip()
+        if stripped.startswith("= ") and stripped.endswith(" =") and not stripped.startswith("= ="):
+            index += 1
+        if index < 0 or not stripped:
+            continue
+        out[split_name_for_article(index)].append(line)
+    return out
+
+
+def _load_wiki_subset_from_hub() -> dict[str, list[str]]:
+    from datasets import load_dataset
+
+    dataset = load_dataset("Salesforce/wikitext", "wikitext-2-raw-v1", split="test")
+    return _split_articles(dataset["text"])
+
+
+def _load_wikitext(config: str) -> dict[str, list[str]]:
+    from datasets import load_dataset
+
+    dataset = load_dataset("Salesforce/wikitext", config)
+    hub_names = {"train": "train", "valid": "validation", "test": "test"}
+    return {name: [line for line in dataset[hub_names[name]]["text"] if line.strip()] for name in SPLITS}
+
+
+def _load_wikipedia(language: str, size_bytes: int) -> dict[str, list[str]]:
+    from datasets import load_dataset
+
+    stream = load_dataset("wikimedia/wikipedia", f"{_WIKIPEDIA_SNAPSHOT}.{language}", split="train", streaming=True)
+    out: dict[str, list[str]] = {name: [] for name in SPLITS}
+    read = 0
+    for index, article in enumerate(stream):
+        lines = [f"= {article['title']} ="] + [line for line in article["text"].split("\n") if line.strip()]
+        out[split_name_for_article(index)].extend(lines)
+        read += sum(len(line.encode("utf-8")) + 1 for line in lines)
+        if read >= size_bytes:
+            break
+    return out
+
+
+def _parse_wikipedia(spec: str) -> tuple[str, int]:
+    match = _WIKIPEDIA.match(spec)
+    if not match:
+        raise CorpusError(f"corpus {spec!r} is not of the form wikipedia:<lang>:<size>, e.g. wikipedia:en:20MB")
+    language, number, unit = match.group(1).lower(), float(match.group(2)), match.group(3).upper()
+    size = int(number * _UNITS[unit])
+    if size < 10_000:
+        raise CorpusError(f"corpus {spec!r} asks for {size} bytes; ask for at least 10KB so every split gets an article")
+    return language, size
+
+
+def _resolve(spec: str) -> tuple[str, dict[str, list[str]] | Path]:
+    """Return (source description, lines by split or a local directory to read)."""
+    if spec == DEFAULT_CORPUS:
+        env = os.environ.get("REACH_CORPUS")
+        if env:
+            return f"local:{env} ($REACH_CORPUS)", Path(env)
+        try:
+            return "hub:Salesforce/wikitext/wikitext-2-raw-v1/test (re-split by article)", _load_wiki_subset_from_hub()
+        except Exception as error:  # datasets raises many kinds of network errors
+            raise _hub_failure(spec, error) from error
+    if spec in _WIKITEXT_CONFIGS:
+        try:
+            return f"hub:Salesforce/wikitext/{_WIKITEXT_CONFIGS[spec]}", _load_wikitext(_WIKITEXT_CONFIGS[spec])
+        except Exception as error:
+            raise _hub_failure(spec, error) from error
+    if spec.lower().startswith("wikipedia:"):
+        language, size = _parse_wikipedia(spec)
+        try:
+            return f"hub:wikimedia/wikipedia/{_WIKIPEDIA_SNAPSHOT}.{language} (first {size} bytes)", _load_wikipedia(language, size)
+        except Exception as error:
+            raise _hub_failure(spec, error) from error
+    path = Path(spec).expanduser()
+    if path.exists() or os.sep in spec or spec.startswith("."):
+        return f"local:{path}", path
+    raise CorpusError(
+        f"unknown corpus {spec!r}: give a local directory, {DEFAULT_CORPUS}, wikitext-2-raw, "
+        "wikitext-103-raw or wikipedia:<lang>:<size>"
+    )
+
+
+def load_corpus(spec: str = DEFAULT_CORPUS, extra_train: Iterable[str] = ()) -> Corpus:
+    """Load the named corpus, with extra training text appended from `extra_train` directories."""
+    source, found = _resolve(spec)
+    if isinstance(found, Path):
+        _check_local(found, SPLITS)
+        try:
+            lines = _read_local(found, SPLITS)
+        except Exception as error:
+            raise CorpusError(f"could not read corpus directory {str(found)!r}: {error}") from error
+    else:
+        lines = found
+    extras = tuple(str(Path(directory)) for directory in extra_train)
+    train_lines = list(lines["train"])
+    for directory in extras:
+        _check_local(Path(directory), ("train",))
+        try:
+            train_lines.extend(_read_local(Path(directory), ("train",))["train"])
+        except Exception as error:
+            raise CorpusError(f"could not read extra training text in {directory!r}: {error}") from error
+    splits = {"train": _make_split(train_lines), "valid": _make_split(lines["valid"]), "test": _make_split(lines["test"])}
+    for name, split in splits.items():
+        if not split.text:
+            raise CorpusError(f"corpus {spec!r} has an empty {name} split")
+    log.info("corpus %s: %s", spec, ", ".join(f"{n} {len(s.text):,} chars" for n, s in splits.items()))
+    return Corpus(name=spec, source=source, extra_train=extras, **splits)

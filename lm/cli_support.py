@@ -1,0 +1,128 @@
+"""Helpers shared by Reach's command-line entry points: flags from dataclasses, logging, signals."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from dataclasses import MISSING, fields
+from typing import Any, Callable
+
+from tqdm import tqdm
+
+__all__ = ["add_dataclass_flags", "collect_overrides", "configure_logging", "GracefulStop", "ProgressBar"]
+
+
+def _none_or(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    def parser(text: str) -> Any:
+        if text.lower() in ("none", "off"):
+            return None
+        return parse(text)
+
+    parser.__name__ = parse.__name__
+    return parser
+
+
+def _clip_norm(text: str) -> float | str | None:
+    if text.lower() in ("none", "off"):
+        return None
+    if text.lower() == "auto":
+        return "auto"
+    return float(text)
+
+
+def add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, title: str, skip: tuple[str, ...] = ()) -> None:
+    """One `--field-name` flag per dataclass field; defaults stay in the dataclass (SUPPRESS here)."""
+    group = parser.add_argument_group(title)
+    for item in fields(cls):
+        if item.name in skip:
+            continue
+        flag = "--" + item.name.replace("_", "-")
+        default = item.default if item.default is not MISSING else None
+        help_text = f"{item.metadata.get('help', '')} (default: {default if default != () else 'none'})"
+        annotation = str(item.type)
+        kwargs: dict[str, Any] = {"dest": item.name, "default": argparse.SUPPRESS, "help": help_text}
+        if item.name == "clip_norm":
+            kwargs.update(type=_clip_norm, metavar="NORM|auto|none")
+        elif annotation == "bool":
+            kwargs.update(action=argparse.BooleanOptionalAction)
+        elif annotation.startswith("tuple"):
+            kwargs.update(nargs="+", metavar="DIR")
+        elif annotation.startswith("int"):
+            kwargs.update(type=_none_or(int) if "None" in annotation else int, metavar="N")
+        elif annotation.startswith("float"):
+            kwargs.update(type=_none_or(float) if "None" in annotation else float, metavar="X")
+        else:
+            kwargs.update(type=str, metavar="NAME")
+        group.add_argument(flag, **kwargs)
+
+
+def collect_overrides(namespace: argparse.Namespace, classes: tuple[type, ...]) -> dict[str, Any]:
+    """The dataclass fields the user set on the command line."""
+    names = {item.name for cls in classes for item in fields(cls)}
+    return {key: (tuple(value) if isinstance(value, list) else value) for key, value in vars(namespace).items() if key in names}
+
+
+class _TqdmHandler(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        tqdm.write(self.format(record), file=sys.stderr)
+
+
+def configure_logging(quiet: bool = False) -> None:
+    """INFO messages to stderr, printed above any progress bar."""
+    handler = _TqdmHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.WARNING if quiet else logging.INFO)
+    for noisy in ("datasets", "huggingface_hub", "fsspec", "filelock", "urllib3", "matplotlib"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+class GracefulStop:
+    """First Ctrl-C (or SIGTERM) asks the loop to stop after the current step; a second Ctrl-C aborts."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "GracefulStop":
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+        tqdm.write("stopping after this step and saving a checkpoint (Ctrl-C again to abort without saving)", file=sys.stderr)
+
+    def __call__(self) -> bool:
+        return self.requested
+
+
+class ProgressBar:
+    """A tqdm bar over the fraction of the budget used, with the training figures beside it."""
+
+    def __init__(self, enabled: bool = True):
+        self._bar = tqdm(total=1000, disable=not enabled, bar_format="{l_bar}{bar}| {elapsed}<{remaining} {postfix}", file=sys.stderr)
+        self._done = 0
+
+    def __call__(self, fraction: float, figures: dict) -> None:
+        target = min(1000, int(fraction * 1000))
+        if target > self._done:
+            self._bar.update(target - self._done)
+            self._done = target
+        rate = figures.get("tok/s")
+        self._bar.set_postfix_str(
+            f"step {figures['step']} loss {figures['loss']:.3f} {rate or 0:,.0f} tok/s clip {figures['clip']:.0%} lr {figures['lr']:.2e}",
+            refresh=False,
+        )
+
+    def close(self) -> None:
+        self._bar.close()

@@ -1,0 +1,187 @@
+"""Frozen, validated settings for the tokenizer, the model and training.
+
+Each dataclass owns its defaults (the default preset) and checks itself in
+`__post_init__`; `train.py` builds its flags from these fields, so a flag,
+a field and a key in `config.json` always share one name. Field metadata
+carries the `--help` text.
+"""
+
+from __future__ import annotations
+
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
+from typing import Any
+
+__all__ = ["CELLS", "ModelConfig", "TokenizerConfig", "TrainConfig", "PRESETS", "apply_preset", "from_dict"]
+
+CELLS = ("rnn_tanh", "rnn_relu", "lstm", "gru")
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("plateau", "cosine", "constant")
+
+
+def _help(text: str, **kwargs: Any) -> Any:
+    return field(metadata={"help": text}, **kwargs)
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)
+
+
+@dataclass(frozen=True)
+class TokenizerConfig:
+    """How text becomes units."""
+
+    tokenizer: str = _help("char or subword (SentencePiece)", default="subword")
+    vocab_size: int = _help("subword vocabulary size, the line-break unit included", default=4000)
+    subword_type: str = _help("SentencePiece model: unigram or bpe", default="unigram")
+    char_min_count: int = _help("characters seen fewer times in training map to <unk>", default=3)
+
+    def __post_init__(self) -> None:
+        _check(self.tokenizer in ("char", "subword"), f"tokenizer must be char or subword, not {self.tokenizer!r}")
+        _check(self.subword_type in ("unigram", "bpe"), f"subword_type must be unigram or bpe, not {self.subword_type!r}")
+        _check(64 <= self.vocab_size <= 1_000_000, f"vocab_size must be between 64 and 1000000, not {self.vocab_size}")
+        _check(self.char_min_count >= 1, f"char_min_count must be at least 1, not {self.char_min_count}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The network: an embedding, a stack of recurrent layers, a softmax over units."""
+
+    cell: str = _help("recurrent cell: rnn_tanh, rnn_relu, lstm or gru", default="lstm")
+    vocab_size: int = _help("number of units (set from the tokenizer)", default=0)
+    embed_dim: int = _help("embedding size", default=256)
+    hidden_dim: int = _help("hidden size of every recurrent layer", default=512)
+    num_layers: int = _help("number of stacked recurrent layers", default=2)
+    dropout: float = _help("locked (variational) dropout on each layer's output", default=0.2)
+    input_dropout: float = _help("locked dropout on the embeddings fed to the first layer", default=0.1)
+    embed_dropout: float = _help("drop whole embedding rows (a unit vanishes everywhere in a batch)", default=0.0)
+    weight_dropout: float = _help("DropConnect on hidden-to-hidden weights (AWD-LSTM)", default=0.0)
+    tie_weights: bool = _help("share the embedding with the output layer (projecting when sizes differ)", default=True)
+
+    def __post_init__(self) -> None:
+        _check(self.cell in CELLS, f"cell must be one of {', '.join(CELLS)}, not {self.cell!r}")
+        _check(self.vocab_size >= 0, "vocab_size must not be negative")
+        _check(self.embed_dim >= 1 and self.hidden_dim >= 1, "embed_dim and hidden_dim must be positive")
+        _check(1 <= self.num_layers <= 16, f"num_layers must be between 1 and 16, not {self.num_layers}")
+        for name in ("dropout", "input_dropout", "embed_dropout", "weight_dropout"):
+            value = getattr(self, name)
+            _check(0.0 <= value < 1.0, f"{name} must be in [0, 1), not {value}")
+
+    @property
+    def state_dim(self) -> int:
+        """Width of one layer's carried state: h, or h and c side by side for an LSTM."""
+        return 2 * self.hidden_dim if self.cell == "lstm" else self.hidden_dim
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Data, truncated BPTT, clipping, optimiser and budget."""
+
+    corpus: str = _help("local directory with train/valid/test.txt, wiki-subset, wikitext-2-raw, wikitext-103-raw or wikipedia:<lang>:<size>", default="wiki-subset")
+    extra_train: tuple[str, ...] = _help("directories whose train.txt is appended to the training text", default=())
+    batch_size: int = _help("number of parallel streams B", default=32)
+    bptt: int = _help("k2: steps gradients flow back through in one update", default=64)
+    bptt_stride: int | None = _help("k1: steps between updates (default: equal to bptt, non-overlapping windows)", default=None)
+    variable_bptt: bool = _help("randomly vary the window length as AWD-LSTM does (Merity et al. 2017)", default=False)
+    optimizer: str = _help("sgd or adamw", default="adamw")
+    lr: float = _help("learning rate", default=3e-3)
+    weight_decay: float = _help("decoupled weight decay (AdamW) or L2 penalty (SGD)", default=0.01)
+    schedule: str = _help("plateau (divide lr by anneal_factor when validation stalls), cosine or constant", default="cosine")
+    anneal_factor: float = _help("plateau schedule: divide lr by this on a stall", default=4.0)
+    warmup_steps: int = _help("linear learning-rate warm-up steps", default=50)
+    clip_norm: float | str | None = _help("clip the global gradient L2 norm at this value; 'auto' to set it from the first steps; 'none' for off", default=0.5)
+    clip_value: float | None = _help("clip every gradient element to [-v, v]; off by default", default=None)
+    clip_auto_steps: int = _help("with --clip-norm auto: steps whose mean gradient norm becomes the threshold", default=50)
+    epochs: float | None = _help("stop after this many passes over the training text", default=None)
+    max_steps: int | None = _help("stop after this many updates", default=None)
+    max_minutes: float | None = _help("stop after this much wall-clock training time", default=10.0)
+    eval_interval: int = _help("evaluate on the validation split every this many updates (and at the end)", default=500)
+    eval_max_chars: int | None = _help("score at most this many characters of the validation split during training", default=None)
+    rollback_ratio: float = _help("a validation loss this many times the best one (or non-finite) rolls back to the best checkpoint", default=1.5)
+    seed: int = _help("random seed for weights, dropout and window lengths", default=1234)
+    threads: int | None = _help("torch intra-op threads (default: all cores)", default=None)
+
+    def __post_init__(self) -> None:
+        _check(self.batch_size >= 1, f"batch_size must be at least 1, not {self.batch_size}")
+        _check(self.bptt >= 1, f"bptt must be at least 1, not {self.bptt}")
+        _check(self.bptt_stride is None or 1 <= self.bptt_stride <= self.bptt, f"bptt_stride (k1) must be between 1 and bptt (k2 = {self.bptt}), not {self.bptt_stride}")
+        _check(self.optimizer in OPTIMIZERS, f"optimizer must be sgd or adamw, not {self.optimizer!r}")
+        _check(self.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}, not {self.schedule!r}")
+        _check(self.lr > 0, f"lr must be positive, not {self.lr}")
+        _check(self.weight_decay >= 0, "weight_decay must not be negative")
+        _check(self.anneal_factor > 1, f"anneal_factor must be above 1, not {self.anneal_factor}")
+        _check(self.warmup_steps >= 0, "warmup_steps must not be negative")
+        clip = self.clip_norm
+        _check(clip is None or clip == "auto" or (isinstance(clip, (int, float)) and clip > 0), f"clip_norm must be a positive number, 'auto' or none, not {clip!r}")
+        _check(self.clip_value is None or self.clip_value > 0, f"clip_value must be positive, not {self.clip_value}")
+        _check(self.clip_auto_steps >= 1, "clip_auto_steps must be at least 1")
+        _check(self.epochs is None or self.epochs > 0, "epochs must be positive")
+        _check(self.max_steps is None or self.max_steps >= 1, "max_steps must be at least 1")
+        _check(self.max_minutes is None or self.max_minutes > 0, "max_minutes must be positive")
+        _check(self.eval_interval >= 1, "eval_interval must be at least 1")
+        _check(self.eval_max_chars is None or self.eval_max_chars >= 1000, "eval_max_chars must be at least 1000")
+        _check(self.rollback_ratio > 1, "rollback_ratio must be above 1")
+        _check(self.threads is None or self.threads >= 1, "threads must be at least 1")
+
+    @property
+    def stride(self) -> int:
+        """k1, the number of steps between updates."""
+        return self.bptt if self.bptt_stride is None else self.bptt_stride
+
+
+# Presets override the dataclass defaults above (which are the default
+# preset, "base"). Explicit flags override presets. See docs/BENCHMARKS.md
+# for the measurements behind them.
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": {  # seconds; for tests and CI
+        "tokenizer": "char", "embed_dim": 32, "hidden_dim": 64, "num_layers": 1, "dropout": 0.0,
+        "input_dropout": 0.0, "batch_size": 16, "bptt": 32, "lr": 1e-2, "warmup_steps": 0,
+        "max_minutes": 0.5, "eval_interval": 100, "eval_max_chars": 20_000,
+    },
+    "small": {  # about two minutes; the quick start
+        "embed_dim": 128, "hidden_dim": 256, "num_layers": 1, "vocab_size": 2000, "dropout": 0.1,
+        "input_dropout": 0.05, "bptt": 48, "max_minutes": 2.0, "eval_interval": 200,
+    },
+    "base": {},
+}
+
+
+def apply_preset(name: str, overrides: dict[str, Any]) -> tuple[TokenizerConfig, ModelConfig, TrainConfig]:
+    """Build the three configs from a preset and explicit overrides (which win)."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    values = {**PRESETS[name], **overrides}
+    configs = []
+    for cls in (TokenizerConfig, ModelConfig, TrainConfig):
+        names = {f.name for f in fields(cls)}
+        if cls is ModelConfig:
+            names.discard("vocab_size")  # always the tokenizer's
+        configs.append(cls(**{key: value for key, value in values.items() if key in names}))
+    unknown = set(values) - {f.name for cls in (TokenizerConfig, ModelConfig, TrainConfig) for f in fields(cls)}
+    if unknown:
+        raise ValueError(f"unknown settings: {', '.join(sorted(unknown))}")
+    return configs[0], configs[1], configs[2]
+
+
+def from_dict(cls: type, payload: dict[str, Any]) -> Any:
+    """Rebuild a config from `asdict` output, ignoring unknown keys and restoring tuples."""
+    known = {f.name: f for f in fields(cls)}
+    values = {}
+    for key, value in payload.items():
+        if key in known:
+            values[key] = tuple(value) if isinstance(value, list) else value
+    return cls(**values)
+
+
+def field_defaults(cls: type) -> dict[str, Any]:
+    """Each field's default value."""
+    return {f.name: (f.default if f.default is not MISSING else f.default_factory()) for f in fields(cls)}  # type: ignore[misc]
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """A JSON-ready dict of a config."""
+    return {key: list(value) if isinstance(value, tuple) else value for key, value in asdict(config).items()}
+
+
+# Re-exported for callers that tweak one field of a frozen config.
+replace = replace

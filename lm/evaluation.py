@@ -1,0 +1,110 @@
+"""Held-out scoring that compares char, subword and word models on one scale.
+
+How the state flows: a split is scored as one stream (batch size 1), from a
+zero state, carried across the whole split and never reset or truncated.
+The first input is a line-break unit (a split starts at a line start), so
+every unit of the split is scored, the very first included. The model is in
+evaluation mode (no dropout).
+
+Three figures from one total negative log-likelihood (NLL, nats):
+- bits per character: NLL / ln 2 / characters of the normalised text;
+- per-word perplexity: exp(NLL / words of the split *as published*, counted
+  by whitespace before normalisation), so every tokenizer divides by the same
+  number (21,812 for the wiki-subset test split);
+- per-unit perplexity: exp(NLL / units), which depends on the tokenizer.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+
+from lm.model import RNNLanguageModel
+from lm.tokenizers import Tokenizer
+
+__all__ = ["EvalResult", "HOW_STATE_FLOWS", "evaluate_ids", "evaluate_text"]
+
+HOW_STATE_FLOWS = (
+    "one stream from a zero state, carried across the whole split (batch size 1, no resets); "
+    "the first input is a line break, so every unit is scored; evaluation mode, no dropout"
+)
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """Totals and the figures derived from them."""
+
+    nll: float  # nats, summed over every scored unit
+    units: int
+    chars: int
+    words: float  # published words covered (estimated for a prefix of a split)
+    words_estimated: bool = False
+
+    @property
+    def loss(self) -> float:
+        """Mean NLL per unit, nats."""
+        return self.nll / max(self.units, 1)
+
+    @property
+    def bpc(self) -> float:
+        return self.nll / math.log(2) / max(self.chars, 1)
+
+    @property
+    def word_ppl(self) -> float:
+        return _safe_exp(self.nll / max(self.words, 1))
+
+    @property
+    def unit_ppl(self) -> float:
+        return _safe_exp(self.loss)
+
+    def as_dict(self) -> dict:
+        """JSON-ready figures, totals included."""
+        return {
+            **asdict(self),
+            "loss": self.loss,
+            "bpc": self.bpc,
+            "word_ppl": self.word_ppl,
+            "unit_ppl": self.unit_ppl,
+        }
+
+
+def _safe_exp(value: float) -> float:
+    return math.exp(value) if value < 700 else math.inf
+
+
+@torch.inference_mode()
+def evaluate_ids(model: RNNLanguageModel, ids: list[int], first_input: int, chunk: int = 1024) -> tuple[float, int]:
+    """Total NLL (nats) of `ids` scored as one stream after `first_input`, and the number scored."""
+    was_training = model.training
+    model.eval()
+    try:
+        stream = torch.tensor([first_input, *ids], dtype=torch.long).unsqueeze(0)  # (1, N + 1)
+        state = model.init_state(1)
+        total = 0.0
+        for start in range(0, stream.size(1) - 1, chunk):
+            inputs = stream[:, start : start + chunk]  # (1, T)
+            targets = stream[:, start + 1 : start + chunk + 1]
+            inputs = inputs[:, : targets.size(1)]
+            logits, state = model(inputs, state)  # (1, T, V)
+            total += F.cross_entropy(logits[0].float(), targets[0], reduction="sum").item()
+        return total, stream.size(1) - 1
+    finally:
+        model.train(was_training)
+
+
+def evaluate_text(model: RNNLanguageModel, tokenizer: Tokenizer, text: str, raw_words: int, max_chars: int | None = None) -> EvalResult:
+    """Score normalised `text` (a whole split, or its first `max_chars` characters)."""
+    words: float = raw_words
+    estimated = False
+    if max_chars is not None and len(text) > max_chars:
+        cut = text.rfind("\n", 0, max_chars) + 1 or max_chars
+        # Published words of the prefix, estimated from its share of the
+        # normalised words (normalisation joins some published tokens).
+        words = raw_words * len(text[:cut].split()) / max(len(text.split()), 1)
+        text, estimated = text[:cut], True
+    ids = tokenizer.encode(text)
+    nll, units = evaluate_ids(model, ids, tokenizer.newline_id)
+    return EvalResult(nll=nll, units=units, chars=len(text), words=words, words_estimated=estimated)

@@ -1,0 +1,139 @@
+"""The recurrent language model: embedding, stacked RNN/LSTM/GRU layers, softmax.
+
+Tensor layout, used everywhere in Reach:
+- unit ids: (B, T), batch first;
+- embeddings and layer outputs: (B, T, C);
+- logits: (B, T, V);
+- carried state: (L, B, S), one row per layer, where S is the hidden size H,
+  or 2H for an LSTM with h in the first half and c in the second. One tensor
+  for every cell keeps detaching, saving and slicing the state uniform.
+
+Regularisation follows AWD-LSTM (Merity, Keskar and Socher 2017): locked
+(variational) dropout whose mask is shared across time steps, embedding
+dropout that removes whole units, and DropConnect on the hidden-to-hidden
+weights. All of them are off in `eval()` mode.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from lm.config import ModelConfig
+
+__all__ = ["RNNLanguageModel", "count_parameters"]
+
+_RNN_CLASSES = {
+    "rnn_tanh": lambda i, h: nn.RNN(i, h, nonlinearity="tanh", batch_first=True),
+    "rnn_relu": lambda i, h: nn.RNN(i, h, nonlinearity="relu", batch_first=True),
+    "lstm": lambda i, h: nn.LSTM(i, h, batch_first=True),
+    "gru": lambda i, h: nn.GRU(i, h, batch_first=True),
+}
+
+
+def locked_dropout(x: Tensor, p: float, training: bool) -> Tensor:
+    """Dropout with one mask per sequence, shared by all its time steps. x: (B, T, C)."""
+    if not training or p == 0.0:
+        return x
+    mask = x.new_empty(x.size(0), 1, x.size(2)).bernoulli_(1 - p).div_(1 - p)  # (B, 1, C)
+    return x * mask
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of distinct trainable parameters (tied weights counted once)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+class RNNLanguageModel(nn.Module):
+    """Predicts the next unit at every position; `forward` returns logits and the final state."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        if config.vocab_size < 2:
+            raise ValueError("ModelConfig.vocab_size must be set from the tokenizer before building a model")
+        self.config = config
+        hidden = config.hidden_dim
+        self.embedding = nn.Embedding(config.vocab_size, config.embed_dim)
+        self.layers = nn.ModuleList(
+            _RNN_CLASSES[config.cell](config.embed_dim if index == 0 else hidden, hidden)
+            for index in range(config.num_layers)
+        )
+        out_dim = hidden
+        self.projection: nn.Linear | None = None
+        if config.tie_weights and hidden != config.embed_dim:
+            self.projection = nn.Linear(hidden, config.embed_dim)
+        if config.tie_weights:
+            out_dim = config.embed_dim
+        self.decoder = nn.Linear(out_dim, config.vocab_size)
+        self._init_weights()
+        if config.tie_weights:
+            # Press and Wolf 2017; Inan et al. 2017: one matrix for input and output.
+            self.decoder.weight = self.embedding.weight
+
+    def _init_weights(self) -> None:
+        nn.init.uniform_(self.embedding.weight, -0.1, 0.1)
+        nn.init.zeros_(self.decoder.bias)
+        if not self.config.tie_weights:
+            nn.init.uniform_(self.decoder.weight, -0.1, 0.1)
+        if self.config.cell == "lstm":
+            hidden = self.config.hidden_dim
+            for layer in self.layers:
+                # Forget-gate bias 1 (Jozefowicz et al. 2015): remember by default.
+                nn.init.ones_(layer.bias_ih_l0[hidden : 2 * hidden])
+                nn.init.zeros_(layer.bias_hh_l0[hidden : 2 * hidden])
+
+    def init_state(self, batch_size: int) -> Tensor:
+        """The zero state, (L, B, S)."""
+        weight = self.embedding.weight
+        return weight.new_zeros(self.config.num_layers, batch_size, self.config.state_dim)
+
+    def embed(self, ids: Tensor) -> Tensor:
+        """Embeddings of unit ids, (B, T) -> (B, T, E), with embedding dropout when training."""
+        p = self.config.embed_dropout
+        if not self.training or p == 0.0:
+            return self.embedding(ids)
+        weight = self.embedding.weight
+        mask = weight.new_empty(weight.size(0), 1).bernoulli_(1 - p).div_(1 - p)  # (V, 1)
+        return F.embedding(ids, weight * mask)
+
+    def _run_layer(self, index: int, x: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
+        """One recurrent layer over (B, T, C) from state (B, S); returns outputs and the final state."""
+        layer = self.layers[index]
+        hidden = self.config.hidden_dim
+        if self.config.cell == "lstm":
+            h0 = state[:, :hidden].unsqueeze(0).contiguous()  # (1, B, H)
+            c0 = state[:, hidden:].unsqueeze(0).contiguous()
+            init: Tensor | tuple[Tensor, Tensor] = (h0, c0)
+        else:
+            init = state.unsqueeze(0).contiguous()
+        p = self.config.weight_dropout
+        if self.training and p > 0.0:
+            # DropConnect (Wan et al. 2013) on W_hh, one mask per window.
+            dropped = F.dropout(layer.weight_hh_l0, p=p, training=True)
+            out, final = functional_call(layer, {"weight_hh_l0": dropped}, (x, init))
+        else:
+            out, final = layer(x, init)
+        if self.config.cell == "lstm":
+            h, c = final
+            return out, torch.cat([h[0], c[0]], dim=-1)
+        return out, final[0]
+
+    def forward(self, ids: Tensor | None = None, state: Tensor | None = None, *, embeds: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Logits (B, T, V) and final state (L, B, S) from ids (B, T) or embeddings (B, T, E)."""
+        if embeds is None:
+            if ids is None:
+                raise ValueError("forward needs ids or embeds")
+            embeds = self.embed(ids)
+        if state is None:
+            state = self.init_state(embeds.size(0))
+        x = locked_dropout(embeds, self.config.input_dropout, self.training)  # (B, T, E)
+        finals = []
+        for index in range(self.config.num_layers):
+            x, final = self._run_layer(index, x, state[index])  # (B, T, H), (B, S)
+            x = locked_dropout(x, self.config.dropout, self.training)
+            finals.append(final)
+        if self.projection is not None:
+            x = self.projection(x)  # (B, T, E)
+        return self.decoder(x), torch.stack(finals)

@@ -1,0 +1,171 @@
+"""One training run from settings to checkpoints: corpus, tokenizer, model, `fit`, held-out figures.
+
+`train.py`, the benchmarks and the lab call `train_run`; the entry points
+set seeds and threads first (`seed_everything`, `set_threads`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy
+import torch
+
+from corpora import Corpus, load_corpus
+from lm.checkpoint import CheckpointError, load_checkpoint, read_meta, resolve_checkpoint, restore_training, save_checkpoint, update_metrics
+from lm.config import ModelConfig, TokenizerConfig, TrainConfig, from_dict
+from lm.evaluation import HOW_STATE_FLOWS, EvalResult, evaluate_text
+from lm.model import RNNLanguageModel, count_parameters
+from lm.tokenizers import Tokenizer, build_tokenizer
+from lm.training import Hooks, MetricsLog, TrainingState, batchify, build_optimizer, fit
+
+__all__ = ["RunResult", "seed_everything", "set_threads", "train_run", "BUDGET_FIELDS"]
+
+log = logging.getLogger(__name__)
+
+# Settings that `--resume` may change; everything else comes from the checkpoint.
+BUDGET_FIELDS = ("max_steps", "max_minutes", "epochs", "eval_interval", "threads")
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch."""
+    random.seed(seed)
+    numpy.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def set_threads(threads: int | None) -> int:
+    """Use `threads` intra-op threads (default: every core) and flush denormals; returns the count."""
+    count = threads or os.cpu_count() or 1
+    torch.set_num_threads(count)
+    # Denormal floats are slow on x86 CPUs and useless to a language model.
+    torch.set_flush_denormal(True)
+    return count
+
+
+@dataclass
+class RunResult:
+    """What a run produced."""
+
+    out: Path
+    state: TrainingState
+    valid: EvalResult
+    test: EvalResult
+    parameters: int
+    seconds: float
+    stopped_early: bool
+
+
+def _corpus_info(corpus: Corpus, tokenizer: Tokenizer, train_units: int) -> dict[str, Any]:
+    return {
+        "name": corpus.name,
+        "source": corpus.source,
+        "extra_train": list(corpus.extra_train),
+        "train_chars": len(corpus.train.text),
+        "train_units": train_units,
+        "valid_words": corpus.valid.raw_words,
+        "test_words": corpus.test.raw_words,
+    }
+
+
+def _resume_configs(out: Path, budget: dict[str, Any]) -> tuple[TokenizerConfig, ModelConfig, TrainConfig]:
+    if not out.is_dir():
+        raise CheckpointError(f"cannot resume: {str(out)!r} does not exist")
+    meta = read_meta(resolve_checkpoint(out / "last"))
+    train_config = from_dict(TrainConfig, meta["train"])
+    train_config = replace(train_config, **{k: v for k, v in budget.items() if k in BUDGET_FIELDS and v is not None})
+    return from_dict(TokenizerConfig, meta["tokenizer"]), from_dict(ModelConfig, meta["model"]), train_config
+
+
+def train_run(
+    tokenizer_config: TokenizerConfig,
+    model_config: ModelConfig,
+    train_config: TrainConfig,
+    out: Path,
+    *,
+    resume: bool = False,
+    should_stop: Callable[[], bool] = lambda: False,
+    progress: Callable[[float, dict], None] | None = None,
+    corpus: Corpus | None = None,
+) -> RunResult:
+    """Train (or resume) a run in `out`, then score the best checkpoint on valid and test."""
+    begun = time.perf_counter()
+    out = Path(out)
+    if resume:
+        budget = {k: getattr(train_config, k) for k in BUDGET_FIELDS}
+        tokenizer_config, model_config, train_config = _resume_configs(out, budget)
+    corpus = corpus or load_corpus(train_config.corpus, train_config.extra_train)
+    if resume:
+        tokenizer = load_checkpoint(out / "last").tokenizer
+    else:
+        log.info("building the %s tokenizer on %s training characters", tokenizer_config.tokenizer, f"{len(corpus.train.text):,}")
+        tokenizer = build_tokenizer(
+            tokenizer_config.tokenizer, corpus.train.text, tokenizer_config.vocab_size,
+            tokenizer_config.subword_type, tokenizer_config.char_min_count,
+        )
+    model_config = replace(model_config, vocab_size=tokenizer.vocab_size)
+    train_ids = torch.tensor(tokenizer.encode(corpus.train.text), dtype=torch.long)
+    data = batchify(train_ids, train_config.batch_size)  # (B, N)
+    model = RNNLanguageModel(model_config)
+    optimizer = build_optimizer(model, train_config)
+    out.mkdir(parents=True, exist_ok=True)
+    metrics_path = out / "metrics.jsonl"
+    if resume:
+        state = restore_training(resolve_checkpoint(out / "last"), model, optimizer)
+        MetricsLog.truncate_after(metrics_path, state.step)
+        log.info("resuming %s at step %d (epoch %d, position %d)", out, state.step, state.epoch, state.position)
+    else:
+        state = TrainingState()
+        if metrics_path.exists():
+            metrics_path.unlink()
+    corpus_info = _corpus_info(corpus, tokenizer, train_ids.numel())
+    latest: dict[str, Any] = {}
+
+    def evaluate() -> EvalResult:
+        result = evaluate_text(model, tokenizer, corpus.valid.text, corpus.valid.raw_words, train_config.eval_max_chars)
+        latest["valid"] = result.as_dict()
+        return result
+
+    def save(name: str) -> None:
+        summary = {
+            **latest, "steps": state.step, "epochs": state.epoch, "training_tokens": state.tokens,
+            "training_seconds": state.elapsed, "clip_threshold": state.clip_threshold,
+            "clipped_steps": state.clipped_steps, "skipped_steps": state.skipped_steps, "rollbacks": state.rollbacks,
+        }
+        save_checkpoint(out / name, model, tokenizer, tokenizer_config, train_config, corpus=corpus_info,
+                        metrics=summary, optimizer=optimizer, state=state)
+
+    def restore_best() -> bool:
+        try:
+            best = resolve_checkpoint(out / "best")
+        except CheckpointError:
+            return False
+        restored = restore_training(best, model, optimizer)
+        for key, value in restored.__dict__.items():
+            setattr(state, key, value)
+        return True
+
+    metrics = MetricsLog(metrics_path)
+    if not resume:
+        metrics.write({"kind": "run", "step": 0, "parameters": count_parameters(model), "tokenizer": tokenizer.describe(),
+                       "train_units": train_ids.numel(), "batch_size": train_config.batch_size,
+                       "bptt": train_config.bptt, "bptt_stride": train_config.stride})
+    try:
+        state = fit(model, optimizer, data, train_config, state, metrics,
+                    Hooks(evaluate=evaluate, save=save, restore_best=restore_best, should_stop=should_stop, progress=progress))
+    finally:
+        metrics.close()
+    stopped_early = should_stop()
+    best = load_checkpoint(out)
+    valid = evaluate_text(best.model, best.tokenizer, corpus.valid.text, corpus.valid.raw_words)
+    test = evaluate_text(best.model, best.tokenizer, corpus.test.text, corpus.test.raw_words)
+    update_metrics(best.directory, {"valid": valid.as_dict(), "test": test.as_dict(), "evaluation": HOW_STATE_FLOWS})
+    with MetricsLog(metrics_path) as final:
+        final.write({"kind": "eval", "split": "test", "step": state.step, "checkpoint": best.directory.name, **test.as_dict()})
+    return RunResult(out, state, valid, test, count_parameters(model), time.perf_counter() - begun, stopped_early)

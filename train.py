@@ -1,0 +1,96 @@
+"""Train a Reach language model with truncated BPTT and gradient clipping.
+
+    python train.py --corpus ../shared/corpora/wiki-subset --tokenizer char --cell lstm --out runs/char-lstm
+    python train.py --preset small --out runs/small          # about two minutes
+    python train.py --resume runs/small --max-minutes 5      # continue a stopped run
+
+Every flag below is a field of `lm.config` (TokenizerConfig, ModelConfig,
+TrainConfig) with the same name; a preset fills in several at once and
+explicit flags win. Writes runs/NAME/{best,last}/ checkpoints and
+runs/NAME/metrics.jsonl (plot it with `python -m lm plot runs/NAME`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from corpora import CorpusError
+from lm.checkpoint import CheckpointError
+from lm.cli_support import GracefulStop, ProgressBar, add_dataclass_flags, collect_overrides, configure_logging
+from lm.config import PRESETS, ModelConfig, TokenizerConfig, TrainConfig, apply_preset
+from lm.evaluation import HOW_STATE_FLOWS
+from lm.tokenizers import TokenizerError
+
+log = logging.getLogger("train")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse the command line; defaults come from the dataclasses and the preset."""
+    parser = argparse.ArgumentParser(
+        prog="train.py",
+        description="Train a character- or subword-level RNN/LSTM/GRU language model with truncated BPTT and gradient clipping.",
+        epilog="The corpus defaults to wiki-subset: $REACH_CORPUS if set, else rebuilt from the Hugging Face hub.",
+    )
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="base", help="a set of defaults (default: base, the 10-minute preset)")
+    parser.add_argument("--out", type=Path, default=None, help="run directory for checkpoints and metrics (default: runs/<preset>-<tokenizer>-<cell>)")
+    parser.add_argument("--resume", type=Path, default=None, metavar="DIR", help="continue the run in DIR from its last checkpoint (budget flags may change)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar or log lines; only the final figures")
+    add_dataclass_flags(parser, TokenizerConfig, "tokenizer")
+    add_dataclass_flags(parser, ModelConfig, "model", skip=("vocab_size",))
+    add_dataclass_flags(parser, TrainConfig, "training")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run training; returns the process exit code."""
+    args = parse_args(argv)
+    configure_logging(args.quiet)
+    overrides = collect_overrides(args, (TokenizerConfig, ModelConfig, TrainConfig))
+    try:
+        tokenizer_config, model_config, train_config = apply_preset(args.preset, overrides)
+    except (ValueError, TypeError) as error:
+        print(f"train.py: error: {error}", file=sys.stderr)
+        return 2
+    out = args.resume or args.out or Path("runs") / f"{args.preset}-{tokenizer_config.tokenizer}-{model_config.cell}"
+
+    # Entry point duties: threads and seeds (imported late: torch is slow to import).
+    from lm.runner import seed_everything, set_threads, train_run
+
+    threads = set_threads(train_config.threads)
+    seed_everything(train_config.seed)
+    log.info("training in %s with %d threads", out, threads)
+    progress = ProgressBar(enabled=not args.quiet and sys.stderr.isatty())
+    try:
+        with GracefulStop() as stop:
+            result = train_run(tokenizer_config, model_config, train_config, out, resume=args.resume is not None,
+                               should_stop=stop, progress=progress)
+    except (CorpusError, CheckpointError, TokenizerError, ValueError) as error:
+        progress.close()
+        print(f"train.py: error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        progress.close()
+        print("train.py: aborted; the last checkpoint written is intact", file=sys.stderr)
+        return 130
+    progress.close()
+    state, test, valid = result.state, result.test, result.valid
+    print(f"run: {out}  parameters {result.parameters:,}  steps {state.step:,}  epochs {state.epoch}  "
+          f"training tokens {state.tokens:,}  training time {state.elapsed / 60:.1f} min")
+    print(f"clipping: threshold {state.clip_threshold}  clipped steps {state.clipped_steps:,}  "
+          f"skipped non-finite steps {state.skipped_steps}  rollbacks {state.rollbacks}")
+    for name, figures in (("valid", valid), ("test", test)):
+        print(f"{name}: {figures.bpc:.4f} bpc  per-word ppl {figures.word_ppl:.2f}  per-unit ppl {figures.unit_ppl:.2f}  "
+              f"({figures.words:,.0f} words, {figures.chars:,} chars, {figures.units:,} units)")
+    print(f"evaluation: {HOW_STATE_FLOWS}")
+    print(f"checkpoints: {out / 'best'} (served), {out / 'last'} (resume); metrics: {out / 'metrics.jsonl'}")
+    if result.stopped_early:
+        print(f"stopped early; continue with: python train.py --resume {out}")
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
