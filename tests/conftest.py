@@ -1,0 +1,86 @@
+"""Shared fixtures: the local corpus, seeded tiny models and tiny trained runs on disk."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from corpora import load_corpus
+from lm.config import ModelConfig, apply_preset, replace
+from lm.model import RNNLanguageModel
+from lm.runner import seed_everything, set_threads, train_run
+from lm.tokenizers import CharTokenizer, SubwordTokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+CORPUS_DIR = Path(os.environ.get("REACH_CORPUS", ROOT.parent / "shared" / "corpora" / "wiki-subset"))
+EXTRA_DIR = CORPUS_DIR.parent / "wiki-extra"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    set_threads(2)
+    # Never reach for the network from tests: the hub paths fail fast.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def corpus_dir() -> Path:
+    assert (CORPUS_DIR / "train.txt").is_file(), f"the test corpus is missing at {CORPUS_DIR}"
+    return CORPUS_DIR
+
+
+@pytest.fixture(scope="session")
+def corpus(corpus_dir):
+    return load_corpus(str(corpus_dir))
+
+
+@pytest.fixture(scope="session")
+def char_tokenizer(corpus) -> CharTokenizer:
+    return CharTokenizer.train(corpus.train.text, min_count=3)
+
+
+@pytest.fixture(scope="session")
+def subword_tokenizer(corpus) -> SubwordTokenizer:
+    return SubwordTokenizer.train(corpus.train.text, vocab_size=800)
+
+
+def make_model(cell: str = "lstm", vocab_size: int = 50, seed: int = 0, **overrides) -> RNNLanguageModel:
+    """A seeded tiny model without dropout."""
+    torch.manual_seed(seed)
+    settings = dict(cell=cell, vocab_size=vocab_size, embed_dim=8, hidden_dim=12, num_layers=2, dropout=0.0,
+                    input_dropout=0.0, tie_weights=False)
+    settings.update(overrides)
+    return RNNLanguageModel(ModelConfig(**settings))
+
+
+@pytest.fixture
+def tiny_model() -> RNNLanguageModel:
+    return make_model()
+
+
+def train_tiny(out: Path, corpus, **overrides):
+    """Train a tiny model for a few seconds on the real corpus; returns the RunResult."""
+    settings = {"max_steps": 600, "max_minutes": None, "eval_interval": 300, "eval_max_chars": 20_000}
+    settings.update(overrides)
+    tokenizer_config, model_config, train_config = apply_preset("tiny", settings)
+    seed_everything(train_config.seed)
+    return train_run(tokenizer_config, model_config, train_config, out, corpus=corpus)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, corpus):
+    """A char LSTM trained for 600 steps; its run directory holds best/, last/ and metrics.jsonl."""
+    return train_tiny(tmp_path_factory.mktemp("runs") / "tiny-char", corpus)
+
+
+@pytest.fixture(scope="session")
+def tiny_subword_run(tmp_path_factory, corpus):
+    """A subword LSTM trained for 600 steps."""
+    return train_tiny(tmp_path_factory.mktemp("runs") / "tiny-subword", corpus, tokenizer="subword", vocab_size=600,
+                      embed_dim=48, hidden_dim=96)
+
+
+__all__ = ["CORPUS_DIR", "EXTRA_DIR", "make_model", "replace", "train_tiny"]

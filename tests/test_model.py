@@ -1,0 +1,74 @@
+"""The network: shapes, embeddings path, state layout, tying, dropout switches."""
+
+import pytest
+import torch
+
+from conftest import make_model
+from lm.config import ModelConfig
+from lm.model import RNNLanguageModel, count_parameters
+
+
+@pytest.mark.parametrize("cell", ["rnn_tanh", "rnn_relu", "lstm", "gru"])
+def test_forward_shapes_and_state(cell):
+    model = make_model(cell)
+    ids = torch.randint(0, 50, (3, 7))
+    logits, state = model(ids)
+    width = 24 if cell == "lstm" else 12
+    assert logits.shape == (3, 7, 50) and state.shape == (2, 3, width)
+
+
+@pytest.mark.parametrize("cell", ["rnn_tanh", "lstm", "gru"])
+def test_state_carries_the_sequence(cell):
+    """Running a sequence in two halves with the carried state equals one run."""
+    model = make_model(cell).eval()
+    ids = torch.randint(0, 50, (2, 10))
+    whole, final = model(ids)
+    first, middle = model(ids[:, :4])
+    second, end = model(ids[:, 4:], middle)
+    torch.testing.assert_close(torch.cat([first, second], 1), whole)
+    torch.testing.assert_close(end, final)
+
+
+def test_embeddings_path_equals_ids_path(tiny_model):
+    tiny_model.eval()
+    ids = torch.randint(0, 50, (2, 5))
+    by_ids, _ = tiny_model(ids)
+    by_embeds, _ = tiny_model(embeds=tiny_model.embed(ids))
+    torch.testing.assert_close(by_ids, by_embeds)
+
+
+def test_tied_weights_share_one_matrix_and_project_when_sizes_differ():
+    model = RNNLanguageModel(ModelConfig(cell="gru", vocab_size=30, embed_dim=8, hidden_dim=16, num_layers=1, tie_weights=True))
+    assert model.decoder.weight is model.embedding.weight
+    assert model.projection is not None
+    untied = RNNLanguageModel(ModelConfig(cell="gru", vocab_size=30, embed_dim=8, hidden_dim=16, num_layers=1, tie_weights=False))
+    assert count_parameters(untied) > count_parameters(model)
+
+
+def test_dropout_only_in_training_mode():
+    model = make_model("lstm", dropout=0.5, input_dropout=0.3, embed_dropout=0.2, weight_dropout=0.4)
+    ids = torch.randint(0, 50, (2, 6))
+    model.eval()
+    a, _ = model(ids)
+    b, _ = model(ids)
+    torch.testing.assert_close(a, b)
+    model.train()
+    c, _ = model(ids)
+    assert not torch.allclose(a, c)
+
+
+def test_weight_dropout_reaches_the_recurrent_weights():
+    model = make_model("lstm", weight_dropout=0.5).train()
+    logits, _ = model(torch.randint(0, 50, (2, 6)))
+    logits.sum().backward()
+    assert model.layers[0].weight_hh_l0.grad is not None
+    assert (model.layers[0].weight_hh_l0.grad == 0).any()  # dropped connections get no gradient
+
+
+def test_bad_settings_are_value_errors():
+    with pytest.raises(ValueError, match="cell"):
+        ModelConfig(cell="transformer")
+    with pytest.raises(ValueError, match="dropout"):
+        ModelConfig(dropout=1.0)
+    with pytest.raises(ValueError, match="vocab_size"):
+        RNNLanguageModel(ModelConfig())

@@ -1,0 +1,94 @@
+"""train.py end to end: real training on the local corpus, resume, Ctrl-C, bad input."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+import train
+from conftest import ROOT, train_tiny
+from lm.runner import seed_everything, train_run
+from lm.config import apply_preset
+
+
+def _losses(run_dir):
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r["loss"] for r in records if r["kind"] == "step"]
+
+
+def test_a_tiny_model_lowers_its_validation_loss(tiny_run):
+    records = [json.loads(line) for line in (tiny_run.out / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in records if r["kind"] == "eval" and r["split"] == "valid"]
+    assert len(evals) >= 2 and evals[-1]["loss"] < evals[0]["loss"]
+    # A uniform guess over ~120 characters costs 6.9 bpc, their unigram frequencies about 4.4.
+    assert tiny_run.valid.bpc < 3.5
+    assert tiny_run.test.words == 21_812 and tiny_run.test.chars == 112_121
+    steps = [r for r in records if r["kind"] == "step"]
+    assert {"step", "loss", "grad_norm", "clipped", "lr", "tokens_per_s"} <= set(steps[0])
+
+
+def test_resumed_run_equals_the_uninterrupted_one(tmp_path, corpus):
+    settings = dict(max_steps=24, eval_interval=8, dropout=0.2, input_dropout=0.1, variable_bptt=True, optimizer="adamw")
+    whole = train_tiny(tmp_path / "whole", corpus, **settings)
+    stops = iter(range(10**6))
+    tokenizer_config, model_config, train_config = apply_preset("tiny", {"max_minutes": None, "eval_max_chars": 20_000, **settings})
+    seed_everything(train_config.seed)
+    first = train_run(tokenizer_config, model_config, train_config, tmp_path / "split", corpus=corpus,
+                      should_stop=lambda: next(stops) >= 11)
+    assert first.stopped_early and 0 < first.state.step < 24
+    seed_everything(12345)  # resuming must not depend on the seed of the new process
+    second = train_run(tokenizer_config, model_config, train_config, tmp_path / "split", corpus=corpus, resume=True)
+    assert second.state.step == whole.state.step == 24
+    assert _losses(tmp_path / "split") == pytest.approx(_losses(tmp_path / "whole"), rel=1e-6, abs=1e-7)
+    assert second.test.nll == pytest.approx(whole.test.nll, rel=1e-6)
+
+
+def test_bad_arguments_end_in_one_clear_sentence(capsys):
+    assert train.main(["--bptt", "8", "--bptt-stride", "16"]) == 2
+    err = capsys.readouterr().err
+    assert "bptt_stride (k1) must be between 1 and bptt" in err and "Traceback" not in err
+    with pytest.raises(SystemExit) as caught:
+        train.main(["--cell", "lstm", "--batch-size", "many"])
+    assert caught.value.code == 2
+    assert "invalid int value" in capsys.readouterr().err
+
+
+def test_missing_corpus_ends_in_one_clear_sentence(capsys, tmp_path):
+    assert train.main(["--preset", "tiny", "--corpus", str(tmp_path / "nowhere"), "--out", str(tmp_path / "r")]) == 1
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert len(errors) == 1 and "does not exist" in errors[0] and "--corpus" in errors[0]
+
+
+def test_resume_of_nothing_is_explained(capsys, tmp_path):
+    assert train.main(["--resume", str(tmp_path / "none")]) == 1
+    assert "cannot resume" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_ctrl_c_saves_and_the_run_resumes(tmp_path, corpus_dir):
+    out = tmp_path / "run"
+    command = [sys.executable, str(ROOT / "train.py"), "--preset", "tiny", "--corpus", str(corpus_dir), "--out", str(out),
+               "--max-minutes", "5", "--eval-interval", "100000"]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        metrics = out / "metrics.jsonl"
+        if metrics.exists() and metrics.read_text().count('"kind": "step"') >= 50:
+            break
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    assert f"python train.py --resume {out}" in stdout
+    meta = json.loads((out / "last" / "config.json").read_text())
+    steps = meta["metrics"]["steps"]
+    assert steps >= 50
+    resumed = subprocess.run([sys.executable, str(ROOT / "train.py"), "--resume", str(out), "--max-steps", str(steps + 20), "--quiet"],
+                             cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ})
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads((out / "last" / "config.json").read_text())["metrics"]["steps"] == steps + 20
