@@ -1,5 +1,7 @@
 """`python -m lm COMMAND`: Reach's tools for trained models.
 
+    predict   the next words after a text
+    evaluate  held-out bits per character, per-word perplexity, next-word accuracy
     plot      draw a run's training curves to a PNG
 """
 
@@ -26,10 +28,114 @@ def _plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load(model: str):
+    """A checkpoint, or None after printing one clear line."""
+    from lm.checkpoint import CheckpointError, load_checkpoint
+
+    try:
+        return load_checkpoint(model)
+    except CheckpointError as error:
+        print(f"lm: error: {error}", file=sys.stderr)
+        return None
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from lm.predict import Predictor
+
+    checkpoint = _load(args.model)
+    if checkpoint is None:
+        return 1
+    predictor = Predictor(checkpoint.model, checkpoint.tokenizer)
+    try:
+        result = predictor.predict(args.text, k=args.k, beam_width=args.beam_width, max_word_length=args.max_word_length,
+                                   temperature=args.temperature)
+    except ValueError as error:
+        print(f"lm predict: error: {error}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps({"model": str(checkpoint.directory), **result.as_dict()}, ensure_ascii=False, indent=2))
+        return 0
+    what = f"completing {result.query.partial!r}" if result.completing else "next word"
+    print(f"{result.query.text!r} ({what}; {result.context_units} units of context)")
+    print(f"  {'#':>2}  {'word':<20} {'probability':>11}  {'logprob':>8}" + ("  to type" if result.completing else ""))
+    for rank, prediction in enumerate(result.predictions, 1):
+        rest = f"  {prediction.remainder}" if result.completing else ""
+        print(f"  {rank:>2}  {prediction.word:<20} {prediction.probability:>11.4f}  {prediction.logprob:>8.3f}{rest}")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from corpora import CorpusError, load_corpus
+    from lm.evaluation import HOW_STATE_FLOWS, evaluate_text, next_word_accuracy
+    from lm.predict import Predictor
+    from lm.runner import set_threads
+
+    set_threads(args.threads)
+    checkpoint = _load(args.model)
+    if checkpoint is None:
+        return 1
+    try:
+        corpus = load_corpus(args.corpus or checkpoint.train_config.corpus)
+    except CorpusError as error:
+        print(f"lm evaluate: error: {error}", file=sys.stderr)
+        return 1
+    split = corpus.split(args.split)
+    figures = evaluate_text(checkpoint.model, checkpoint.tokenizer, split.text, split.raw_words)
+    predictor = Predictor(checkpoint.model, checkpoint.tokenizer, cache_size=0)
+    accuracy = next_word_accuracy(predictor, split.text, positions=args.positions, seed=args.seed,
+                                  beam_width=args.beam_width, progress=not args.json and sys.stderr.isatty())
+    report = {"model": str(checkpoint.directory), "corpus": corpus.name, "split": args.split, **figures.as_dict(),
+              "accuracy": accuracy, "evaluation": HOW_STATE_FLOWS}
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"{args.split}: {figures.bpc:.4f} bpc  per-word ppl {figures.word_ppl:.2f}  per-unit ppl {figures.unit_ppl:.2f}  "
+          f"({figures.words:,.0f} words, {figures.chars:,} chars, {figures.units:,} units)")
+    sample = f"a seeded sample (seed {args.seed}) of {accuracy['positions']:,} of {accuracy['of']:,}" if accuracy["seed"] is not None else f"all {accuracy['of']:,}"
+    print(f"next-word accuracy over {sample} word positions: top-1 {accuracy['top1']:.2%}  top-3 {accuracy['top3']:.2%}  top-5 {accuracy['top5']:.2%}")
+    print(f"evaluation: {HOW_STATE_FLOWS}")
+    return 0
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, not {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The `python -m lm` parser with one sub-command per tool."""
     parser = argparse.ArgumentParser(prog="python -m lm", description="Reach: tools for trained recurrent language models.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    predict = commands.add_parser("predict", help="the k most probable next words (or completions) after a text")
+    predict.add_argument("--model", required=True, help="run or checkpoint directory")
+    predict.add_argument("text", help="the text so far; a trailing space asks for the next word, none for completions")
+    predict.add_argument("-k", type=_positive_int, default=5, help="number of words (default: 5)")
+    predict.add_argument("--beam-width", type=_positive_int, default=16, help="beam width of the search (default: 16)")
+    predict.add_argument("--max-word-length", type=_positive_int, default=24, help="longest word, in units (default: 24)")
+    predict.add_argument("--temperature", type=_positive_float, default=1.0, help="divide logits by this (default: 1)")
+    predict.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    predict.set_defaults(handler=_predict)
+
+    evaluate = commands.add_parser("evaluate", help="held-out bpc, per-word perplexity and next-word top-1/3/5 accuracy")
+    evaluate.add_argument("--model", required=True, help="run or checkpoint directory")
+    evaluate.add_argument("--split", choices=("train", "valid", "test"), default="test")
+    evaluate.add_argument("--corpus", default=None, help="corpus (default: the one the model was trained on)")
+    evaluate.add_argument("--positions", type=_positive_int, default=None, help="score a seeded sample of N word positions (default: all)")
+    evaluate.add_argument("--seed", type=int, default=0, help="seed of the sample (default: 0)")
+    evaluate.add_argument("--beam-width", type=_positive_int, default=16)
+    evaluate.add_argument("--threads", type=_positive_int, default=None)
+    evaluate.add_argument("--json", action="store_true", help="print JSON")
+    evaluate.set_defaults(handler=_evaluate)
 
     plot = commands.add_parser("plot", help="draw a run's training curves (loss, gradient norm, lr, speed) to a PNG")
     plot.add_argument("run", help="run directory (or its metrics.jsonl)")

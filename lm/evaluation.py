@@ -108,3 +108,56 @@ def evaluate_text(model: RNNLanguageModel, tokenizer: Tokenizer, text: str, raw_
     ids = tokenizer.encode(text)
     nll, units = evaluate_ids(model, ids, tokenizer.newline_id)
     return EvalResult(nll=nll, units=units, chars=len(text), words=words, words_estimated=estimated)
+
+
+def word_positions(text: str) -> list[int]:
+    """Offsets where a whitespace-separated word begins (the text start included)."""
+    return [i for i, char in enumerate(text) if not char.isspace() and (i == 0 or text[i - 1].isspace())]
+
+
+def next_word_accuracy(predictor, text: str, positions: int | None = None, seed: int = 0, ks: tuple[int, ...] = (1, 3, 5),
+                       beam_width: int = 16, progress: bool = False) -> dict:
+    """Keyboard-style recall@k: at each word start of normalised `text` (or a seeded sample), is the true
+    next word among the top k predicted from all the text before it (read as one stream from a zero state)?"""
+    import bisect
+    import random
+
+    from tqdm import tqdm
+
+    from lm.predict import ContextState, make_query, word_at
+
+    candidates = word_positions(text)
+    chosen = candidates
+    if positions is not None and positions < len(candidates):
+        chosen = sorted(random.Random(seed).sample(candidates, positions))
+    tokenizer, model = predictor.tokenizer, predictor.model
+    ids, spans = tokenizer.encode_with_offsets(text)
+    ends = [end for _, end in spans]
+    hits = {k: 0 for k in ks}
+    state = model.init_state(1)
+    read = 0  # units read so far (after the leading line break)
+    pending = [tokenizer.newline_id]
+    logits = None
+    for position in tqdm(chosen, disable=not progress, desc="next-word accuracy", unit="word", leave=False):
+        query = make_query(text[:position], tokenizer, normalized=True)
+        cut = len(query.context)
+        count = bisect.bisect_right(ends, cut)  # units wholly inside the context
+        pending.extend(ids[read:count])
+        read = count
+        if pending:
+            with torch.inference_mode():
+                out, state = model(torch.tensor([pending], dtype=torch.long), state)
+                logits = out[0, -1].float()
+            pending = []
+        assert logits is not None
+        logprobs = torch.log_softmax(logits.double(), dim=-1).numpy()
+        last = tokenizer.unit_text(ids[count - 1]) if count else "\n"
+        context = ContextState((), state, logprobs, logits, line_start=last == "\n", count=count)
+        result = predictor.predict_from(context, query, k=max(ks), beam_width=beam_width)
+        truth = word_at(text, position)
+        words = [p.word for p in result.predictions]
+        for k in ks:
+            hits[k] += truth in words[:k]
+    total = max(len(chosen), 1)
+    return {"positions": len(chosen), "of": len(candidates), "seed": seed if chosen is not candidates else None,
+            **{f"top{k}": hits[k] / total for k in ks}}

@@ -72,3 +72,14 @@ def test_bad_settings_are_value_errors():
         ModelConfig(dropout=1.0)
     with pytest.raises(ValueError, match="vocab_size"):
         RNNLanguageModel(ModelConfig())
+
+
+@pytest.mark.parametrize("cell", ["rnn_tanh", "rnn_relu", "lstm", "gru"])
+def test_single_step_equals_the_fused_forward(cell):
+    model = make_model(cell, tie_weights=True, embed_dim=8, hidden_dim=12).eval()
+    ids = torch.randint(0, 50, (4, 3))
+    logits, state = model(ids[:, :2])
+    step_logits, step_state = model.step(ids[:, 2], state)
+    full_logits, full_state = model(ids)
+    torch.testing.assert_close(step_logits, full_logits[:, 2], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(step_state, full_state, rtol=1e-5, atol=1e-6)

@@ -1,0 +1,535 @@
+"""Next-word prediction from a character- or subword-level model.
+
+The model predicts units (characters or SentencePiece pieces); users want
+words. A *word* is a run of word characters (letters, digits, marks) or one
+punctuation character. The probability of a word w after a text is the
+probability that the units generated next spell w and are then followed by
+a word boundary: a unit that starts with whitespace or punctuation, a line
+break, or the unit that spells w itself running on into punctuation. Every
+unit sequence that spells the same word adds to that word's probability.
+
+Where the continuation starts:
+- the text ends inside a word ("The capi"): the next units complete that
+  word, and the result is the completed word and the part still to type;
+- otherwise (whitespace, punctuation or nothing at the end): the next whole
+  word. After punctuation one whitespace character may come first
+  ("Hello," -> " world"); after whitespace none more.
+
+Subword models read the context up to the start of the unfinished part and
+must then spell it (" capi" after "The"), as SentencePiece would have
+tokenised the finished word ("token healing"); probabilities are
+conditioned on that part: P(w | text) = P(" capi...w" + boundary) / P(" capi"...).
+
+Candidates come from a beam search over units until each beam reaches a
+boundary; the top candidates of a subword model are then scored exactly
+(`score_word` enumerates every unit sequence that spells the word), so the
+returned probabilities are exact and those of the k words sum to at most 1.
+Units without text (the unknown unit, SentencePiece's byte pieces) never
+form words.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from corpora import normalize
+from lm.model import RNNLanguageModel
+from lm.tokenizers import Tokenizer, is_word_char
+
+__all__ = ["ContextState", "Predictor", "Query", "WordPrediction", "PredictionResult", "make_query", "word_at"]
+
+_NEG = -math.inf
+
+
+def _logaddexp(a: float, b: float) -> float:
+    return float(np.logaddexp(a, b))
+
+
+# Phases of a continuation, as plain tuples for speed:
+#   ("req", consumed)        still spelling the required part of the text (subword healing)
+#   ("before", has_space)    no word character yet; has_space: whitespace already seen
+#   ("word", word)           inside the word being predicted
+#   ("done", word)           the word is complete (emitted, not expanded)
+#   ("dead",)                not a continuation of this kind
+
+
+def _advance(phase: tuple, text: str) -> tuple:
+    """The phase after `text` is appended to a continuation in `phase` (not "req")."""
+    for char in text:
+        kind = phase[0]
+        if kind == "before":
+            if char.isspace():
+                if phase[1]:
+                    return ("dead",)
+                phase = ("before", True)
+            elif is_word_char(char):
+                phase = ("word", char)
+            else:
+                return ("done", char)  # punctuation is a word of its own
+        elif kind == "word":
+            if is_word_char(char):
+                phase = ("word", phase[1] + char)
+            else:
+                return ("done", phase[1])
+    return phase
+
+
+def word_at(text: str, position: int) -> str:
+    """The word that starts at `position` of `text`: a run of word characters or one other character."""
+    if position >= len(text):
+        return ""
+    if not is_word_char(text[position]):
+        return text[position]
+    end = position
+    while end < len(text) and is_word_char(text[end]):
+        end += 1
+    return text[position:end]
+
+
+@dataclass(frozen=True)
+class Query:
+    """A text turned into what the model reads and what the continuation must do."""
+
+    text: str  # the normalised text
+    context: str  # the part the model reads before predicting
+    required: str  # text the continuation must spell first (subword healing), possibly ""
+    start: tuple  # the phase after `required`
+    completing: bool
+    partial: str  # the unfinished word at the end of the text ("" when not completing)
+
+
+def make_query(text: str, tokenizer: Tokenizer, normalized: bool = False) -> Query:
+    """Normalise `text` exactly as in training and work out where the next word starts."""
+    ends_in_space = bool(text) and text[-1].isspace()
+    norm = text if normalized else normalize(text)
+    if ends_in_space and norm and not norm[-1].isspace():
+        norm += " "  # normalisation strips trailing spaces; the user typed one
+    partial_start = len(norm)
+    while partial_start > 0 and is_word_char(norm[partial_start - 1]):
+        partial_start -= 1
+    partial = norm[partial_start:]
+    completing = bool(partial)
+    cut = partial_start
+    while cut > 0 and norm[cut - 1].isspace():
+        cut -= 1
+    if tokenizer.kind == "char":
+        cut = len(norm)  # one unit per character: nothing to heal
+    required = norm[cut:]
+    if completing:
+        start: tuple = ("word", partial)
+    else:
+        start = ("before", bool(required) and required[-1].isspace() or cut == 0 or norm[cut - 1].isspace())
+    return Query(text=norm, context=norm[:cut], required=required, start=start, completing=completing, partial=partial)
+
+
+@dataclass(frozen=True)
+class ContextState:
+    """The model after reading a context: its state and the log-probabilities of the next unit."""
+
+    units: tuple[int, ...]  # the context's units (the leading line-break input excluded); may be () when `count` is set
+    state: torch.Tensor  # (L, 1, S)
+    logprobs: np.ndarray  # (V,) float64, at temperature 1
+    logits: torch.Tensor  # (V,) raw, for other temperatures
+    line_start: bool
+    count: int = -1  # number of context units when `units` is not kept
+
+    @property
+    def length(self) -> int:
+        return self.count if self.count >= 0 else len(self.units)
+
+
+@dataclass
+class WordPrediction:
+    """One predicted word with its probability and the unit sequences that spell it."""
+
+    word: str
+    logprob: float
+    remainder: str  # what is still to type: the word minus the unfinished part of the text
+    paths: list[tuple[tuple[int, ...], bool]] = field(default_factory=list)  # (units, needs boundary mass after them)
+
+    @property
+    def probability(self) -> float:
+        return math.exp(self.logprob)
+
+    def as_dict(self) -> dict:
+        return {"word": self.word, "probability": self.probability, "logprob": self.logprob, "remainder": self.remainder}
+
+
+@dataclass
+class PredictionResult:
+    """The top words after a text."""
+
+    query: Query
+    predictions: list[WordPrediction]
+    context_units: int
+    required_logprob: float  # log P(continuation spells query.required); 0 without healing
+    required_paths: list[tuple[int, ...]]
+
+    @property
+    def completing(self) -> bool:
+        return self.query.completing
+
+    def as_dict(self) -> dict:
+        return {
+            "text": self.query.text,
+            "completing": self.query.completing,
+            "partial": self.query.partial,
+            "predictions": [{**p.as_dict(), "completing": self.query.completing} for p in self.predictions],
+        }
+
+
+class _UnitTable:
+    """Per-unit text facts, computed once per tokenizer, for both line-start cases."""
+
+    def __init__(self, tokenizer: Tokenizer):
+        size = tokenizer.vocab_size
+        self.size = size
+        self.texts = [[tokenizer.unit_text(u, line_start=ls) for u in range(size)] for ls in (False, True)]
+        self.newline = tokenizer.newline_id
+        mid = self.texts[0]
+        # Inside a word: units that continue it, units that end it at their first character.
+        self.continues = np.array([bool(t) and all(is_word_char(c) for c in t) for t in mid])
+        self.ends = np.array([bool(t) and not is_word_char(t[0]) for t in mid])
+        # Units that continue the word and then end it inside themselves ("ing,").
+        self.runs_on = {u: _advance(("word", ""), t)[1] for u, t in enumerate(mid)
+                        if t and is_word_char(t[0]) and not self.continues[u]}
+        self.max_length = max((len(t) for texts in self.texts for t in texts if t), default=1)
+        self.by_text: list[dict[str, list[int]]] = [{}, {}]
+        self.by_prefix: list[dict[str, list[int]]] = [{}, {}]
+        for ls in (0, 1):
+            for unit, text in enumerate(self.texts[ls]):
+                if text is None:
+                    continue
+                self.by_text[ls].setdefault(text, []).append(unit)
+                for cut in range(0, len(text)):
+                    self.by_prefix[ls].setdefault(text[:cut], []).append(unit)
+        self._before: dict[tuple[bool, bool], list[tuple]] = {}
+
+    def before(self, has_space: bool, line_start: bool) -> list[tuple]:
+        """Phase after each unit from ("before", has_space)."""
+        key = (has_space, line_start)
+        if key not in self._before:
+            texts = self.texts[int(line_start)]
+            self._before[key] = [("dead",) if t is None else _advance(("before", has_space), t) for t in texts]
+        return self._before[key]
+
+
+@dataclass
+class _Hypothesis:
+    logprob: float
+    units: tuple[int, ...]
+    phase: tuple
+    line_start: bool
+    row: int  # index into the batch of states / logprobs
+
+
+def _line_start_after(text: str | None, line_start: bool) -> bool:
+    if text is None:
+        return line_start
+    if text == "":
+        return False  # SentencePiece's dummy space at a line start
+    return text.endswith("\n")
+
+
+class Predictor:
+    """Next-word predictions from one model; safe to share between threads."""
+
+    def __init__(self, model: RNNLanguageModel, tokenizer: Tokenizer, cache_size: int = 64):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.table = _UnitTable(tokenizer)
+        self.cache_size = cache_size
+        self._cache: OrderedDict[tuple[int, ...], ContextState] = OrderedDict()
+        self._lock = threading.Lock()
+
+    # Context -----------------------------------------------------------
+
+    def context_state(self, units: tuple[int, ...], use_cache: bool = True) -> ContextState:
+        """Read `units` from a zero state (after a line break); reuses the longest cached prefix."""
+        start_units: tuple[int, ...] = ()
+        state = None
+        logits = None
+        if use_cache:
+            with self._lock:
+                hit = self._cache.get(units)
+                if hit is not None:
+                    self._cache.move_to_end(units)
+                    return hit
+                for cached_units in reversed(self._cache):
+                    if len(cached_units) < len(units) and units[: len(cached_units)] == cached_units:
+                        cached = self._cache[cached_units]
+                        start_units, state, logits = cached_units, cached.state, cached.logits
+                        break
+        with torch.inference_mode():
+            if state is None:
+                inputs = [self.tokenizer.newline_id, *units]
+                state = self.model.init_state(1)
+            else:
+                inputs = list(units[len(start_units):])
+            if inputs:
+                out, state = self.model(torch.tensor([inputs], dtype=torch.long), state)  # (1, T, V)
+                logits = out[0, -1].float()
+        assert logits is not None
+        logprobs = torch.log_softmax(logits.double(), dim=-1).numpy()
+        text = self.tokenizer.unit_text(units[-1]) if units else "\n"
+        result = ContextState(units, state, logprobs, logits, line_start=text == "\n")
+        if use_cache and self.cache_size:
+            with self._lock:
+                self._cache[units] = result
+                self._cache.move_to_end(units)
+                while len(self._cache) > self.cache_size:
+                    self._cache.popitem(last=False)
+        return result
+
+    def clear_cache(self) -> None:
+        with self._lock:
+            self._cache.clear()
+
+    def _step(self, states: torch.Tensor, units: list[int], temperature: float) -> tuple[torch.Tensor, np.ndarray]:
+        """Feed one unit to each of N states (L, N, S); returns new states and (N, V) log-probs."""
+        with torch.inference_mode():
+            logits, new_states = self.model.step(torch.tensor(units, dtype=torch.long), states)  # (N, V)
+            logprobs = torch.log_softmax(logits.double() / temperature, dim=-1)
+        return new_states, logprobs.numpy()
+
+    @staticmethod
+    def _scaled(context: ContextState, temperature: float) -> np.ndarray:
+        if temperature == 1.0:
+            return context.logprobs
+        return torch.log_softmax(context.logits.double() / temperature, dim=-1).numpy()
+
+    # Exact scoring --------------------------------------------------------
+
+    def _spell_logprob(self, context: ContextState, target: str, boundary: bool, temperature: float) -> tuple[float, list]:
+        """log P(the next units spell `target`, then a boundary if `boundary`), over every unit sequence."""
+        return self._spell_many(context, [(target, boundary)], temperature)[0]
+
+    def _spell_many(self, context: ContextState, targets: list[tuple[str, bool]], temperature: float,
+                    max_nodes: int = 1024) -> list[tuple[float, list[tuple[tuple[int, ...], bool]]]]:
+        """For each (target, boundary): log P(the next units spell target, then a boundary if asked).
+
+        Sums over every unit sequence that spells the target (exact unless
+        more than `max_nodes` partial spellings are alive at once, when the
+        least probable are dropped). All targets advance together, one
+        batched model step per unit. Also returns the unit sequences (each
+        flagged when the boundary mass after it is part of its probability).
+        """
+        table = self.table
+        totals = [_NEG] * len(targets)
+        paths: list[list[tuple[tuple[int, ...], bool]]] = [[] for _ in targets]
+        first = self._scaled(context, temperature)
+        states = context.state
+        logprobs = first[None, :]
+        # A node: (logprob, units, target index, consumed characters, line_start, row)
+        frontier = []
+        for index, (target, boundary) in enumerate(targets):
+            if target:
+                frontier.append((0.0, (), index, 0, context.line_start, 0))
+            elif boundary:  # already spelled: only the boundary is still to come
+                totals[index] = float(np.logaddexp.reduce(first[table.ends]))
+                paths[index].append(((), True))
+            else:
+                totals[index] = 0.0
+                paths[index].append(((), False))
+        while frontier:
+            children = []  # node fields + terminal flag
+            for logprob, units, index, consumed, line_start, row in frontier:
+                target, boundary = targets[index]
+                rest = target[consumed:]
+                lp = logprobs[row]
+                ls = int(line_start)
+                for length in range(0 if line_start else 1, min(len(rest), table.max_length) + 1):
+                    for unit in table.by_text[ls].get(rest[:length], ()):
+                        value = logprob + lp[unit]
+                        if value == _NEG:
+                            continue
+                        if length < len(rest):
+                            after = _line_start_after(table.texts[ls][unit], line_start)
+                            children.append((value, units + (unit,), index, consumed + length, after, row, False))
+                        elif boundary:
+                            children.append((value, units + (unit,), index, consumed + length, False, row, True))
+                        else:
+                            totals[index] = _logaddexp(totals[index], value)
+                            paths[index].append((units + (unit,), False))
+                for unit in table.by_prefix[ls].get(rest, ()):
+                    text = table.texts[ls][unit]
+                    if len(text) > len(rest) and (not boundary or not is_word_char(text[len(rest)])):
+                        value = logprob + lp[unit]
+                        if value > _NEG:
+                            totals[index] = _logaddexp(totals[index], value)
+                            paths[index].append((units + (unit,), False))
+            if not children:
+                break
+            if len(children) > max_nodes:
+                children.sort(key=lambda node: -node[0])
+                children = children[:max_nodes]
+            rows = torch.tensor([node[5] for node in children])
+            states, logprobs = self._step(states[:, rows], [node[1][-1] for node in children], temperature)
+            frontier = []
+            for row, (value, units, index, consumed, line_start, _, terminal) in enumerate(children):
+                if terminal:
+                    mass = float(np.logaddexp.reduce(logprobs[row][table.ends]))
+                    totals[index] = _logaddexp(totals[index], value + mass)
+                    paths[index].append((units, True))
+                else:
+                    frontier.append((value, units, index, consumed, line_start, row))
+        return list(zip(totals, paths))
+
+    def _word_targets(self, query: Query, word: str) -> list[str]:
+        """The continuations (after the context) that spell `word` under the query's rules."""
+        if query.completing:
+            if not word.startswith(query.partial):
+                return []
+            return [query.required + word[len(query.partial):]]
+        _, has_space = query.start
+        spaces = [""] if has_space else ["", " ", "\n"]
+        return [query.required + space + word for space in spaces]
+
+    def score_word(self, text: str, word: str, temperature: float = 1.0) -> float:
+        """Exact log P(word | text): every unit sequence that spells it, followed by a boundary."""
+        query = make_query(text, self.tokenizer)
+        context = self.context_state(tuple(self.tokenizer.encode(query.context)))
+        (logprob, _), = self._score_words(context, query, [word], temperature)[0]
+        return logprob
+
+    def _score_words(self, context: ContextState, query: Query, words: list[str], temperature: float
+                     ) -> tuple[list[tuple[float, list]], float, list[tuple[int, ...]]]:
+        """Exact log P(word | text) for each word, with their unit sequences; and log P(required part), with its."""
+        targets: list[tuple[str, bool]] = [(query.required, False)]
+        owners: list[int] = [-1]
+        for number, word in enumerate(words):
+            if not word or (len(word) > 1 and not all(is_word_char(c) for c in word)):
+                continue
+            for target in self._word_targets(query, word):
+                targets.append((target, is_word_char(word[0])))
+                owners.append(number)
+        results = self._spell_many(context, targets, temperature)
+        required, required_found = results[0]
+        scores: list[tuple[float, list]] = [(_NEG, []) for _ in words]
+        for owner, (logprob, paths) in zip(owners[1:], results[1:]):
+            total, found = scores[owner]
+            scores[owner] = (_logaddexp(total, logprob), found + paths)
+        exact = [(total - required if total > _NEG else _NEG, found) for total, found in scores]
+        return exact, required, [units for units, _ in required_found]
+
+    # Beam search ------------------------------------------------------------
+
+    def predict(self, text: str, k: int = 5, beam_width: int = 16, max_word_length: int = 24,
+                temperature: float = 1.0, use_cache: bool = True) -> PredictionResult:
+        """The k most probable next words (or completions of the unfinished word) after `text`."""
+        query = make_query(text, self.tokenizer)
+        context = self.context_state(tuple(self.tokenizer.encode(query.context)), use_cache=use_cache)
+        return self.predict_from(context, query, k=k, beam_width=beam_width, max_word_length=max_word_length,
+                                 temperature=temperature)
+
+    def predict_from(self, context: ContextState, query: Query, k: int = 5, beam_width: int = 16,
+                     max_word_length: int = 24, temperature: float = 1.0) -> PredictionResult:
+        """Predict after an already-read context (see `context_state`)."""
+        if k < 1 or beam_width < 1 or max_word_length < 1 or not temperature > 0:
+            raise ValueError("k, beam_width and max_word_length must be at least 1 and temperature positive")
+        table = self.table
+        words: dict[str, float] = {}
+        word_paths: dict[str, list] = {}
+
+        def emit(word: str, logprob: float, path: tuple[tuple[int, ...], bool]) -> None:
+            if logprob == _NEG:
+                return
+            words[word] = _logaddexp(words.get(word, _NEG), logprob)
+            word_paths.setdefault(word, []).append(path)
+
+        start_phase = ("req", "") if query.required else query.start
+        live = [_Hypothesis(0.0, (), start_phase, context.line_start, 0)]
+        states = context.state
+        logprobs = self._scaled(context, temperature)[None, :]
+        for _ in range(max_word_length + len(query.required)):
+            candidates: list[tuple[float, int, int, tuple, bool]] = []  # logprob, parent, unit, phase, line_start
+            for hypothesis in live:
+                lp = logprobs[hypothesis.row]
+                self._expand(hypothesis, lp, query, candidates, emit, beam_width)
+            if not candidates:
+                break
+            candidates.sort(key=lambda c: -c[0])
+            candidates = candidates[:beam_width]
+            if len(words) >= k:
+                kth = sorted(words.values(), reverse=True)[k - 1]
+                candidates = [c for c in candidates if c[0] > kth]  # cannot overtake the k-th word any more
+                if not candidates:
+                    break
+            rows = torch.tensor([live[c[1]].row for c in candidates])
+            parents = [live[c[1]] for c in candidates]
+            states, logprobs = self._step(states[:, rows], [c[2] for c in candidates], temperature)
+            live = [_Hypothesis(c[0], parent.units + (c[2],), c[3], c[4], index)
+                    for index, (c, parent) in enumerate(zip(candidates, parents))]
+
+        # Other spellings (segmentations, a leading space) may have been
+        # pruned from the beam: score the leaders exactly, all in one pass.
+        leaders = [word for word, _ in sorted(words.items(), key=lambda item: -item[1])[: k + 3]]
+        exact, required_logprob, required_paths = self._score_words(context, query, leaders, temperature)
+        ranked = sorted(zip(leaders, exact), key=lambda item: -item[1][0])
+        predictions = []
+        for word, (logprob, paths) in ranked[:k]:
+            if logprob == _NEG:
+                continue
+            remainder = word[len(query.partial):] if query.completing else word
+            predictions.append(WordPrediction(word, logprob, remainder, paths))
+        return PredictionResult(query, predictions, context.length, required_logprob, required_paths)
+
+    def _expand(self, hypothesis: _Hypothesis, lp: np.ndarray, query: Query, candidates: list, emit, beam_width: int) -> None:
+        """Emit the words this hypothesis completes and list its live children."""
+        table = self.table
+        phase = hypothesis.phase
+        base = hypothesis.logprob
+        units = hypothesis.units
+        if phase[0] == "word":
+            # Every unit that starts with a boundary ends the word: their total mass, exactly.
+            mass = float(np.logaddexp.reduce(lp[table.ends]))
+            emit(phase[1], base + mass, (units, True))
+            for unit, run in table.runs_on.items():
+                emit(phase[1] + run, base + lp[unit], (units + (unit,), False))
+            scores = np.where(table.continues, lp, _NEG)
+            top = np.argpartition(-scores, min(beam_width, len(scores) - 1))[:beam_width]
+            for unit in top:
+                value = base + scores[unit]
+                if value > _NEG:
+                    candidates.append((value, hypothesis.row, int(unit), ("word", phase[1] + table.texts[0][unit]), False))
+            return
+        ls = int(hypothesis.line_start)
+        texts = table.texts[ls]
+        if phase[0] == "req":
+            rest = query.required[len(phase[1]):]
+            for unit in range(table.size):
+                text = texts[unit]
+                if text is None or (text == "" and not hypothesis.line_start):
+                    continue
+                value = base + lp[unit]
+                if value == _NEG:
+                    continue
+                if rest.startswith(text):
+                    consumed = phase[1] + text
+                    new_phase = ("req", consumed) if len(consumed) < len(query.required) else query.start
+                elif text.startswith(rest):
+                    new_phase = _advance(query.start, text[len(rest):])
+                else:
+                    continue
+                self._route(new_phase, value, hypothesis, unit, text, candidates, emit)
+            return
+        before = table.before(phase[1], hypothesis.line_start)
+        finite = np.nonzero(lp > _NEG)[0]
+        for unit in finite:
+            new_phase = before[unit]
+            if new_phase[0] == "dead":
+                continue
+            self._route(new_phase, base + lp[unit], hypothesis, int(unit), texts[unit], candidates, emit)
+
+    @staticmethod
+    def _route(new_phase: tuple, value: float, hypothesis: _Hypothesis, unit: int, text: str, candidates: list, emit) -> None:
+        if new_phase[0] == "done":
+            emit(new_phase[1], value, (hypothesis.units + (unit,), False))
+        elif new_phase[0] != "dead":
+            candidates.append((value, hypothesis.row, unit, new_phase, _line_start_after(text, hypothesis.line_start)))

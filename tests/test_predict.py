@@ -1,0 +1,240 @@
+"""Next-word prediction: probabilities by hand, merging, boundaries, completion, cache, unknown units, CLI."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from lm.__main__ import main as lm_main
+from lm.config import ModelConfig
+from lm.model import RNNLanguageModel
+from lm.predict import Predictor, make_query, word_at
+from lm.tokenizers import CharTokenizer, is_word_char
+
+
+class PieceTokenizer:
+    """A hand-made subword vocabulary with overlapping pieces, so that one word has several spellings.
+
+    Pieces stand for their text; a leading space is dropped at a line start
+    (like SentencePiece's dummy prefix). Encoding is greedy longest match.
+    """
+
+    kind = "subword"
+    PIECES = ["<unk>", " ab", " a", " b", " ", "a", "b", ",", "\n"]
+
+    def __init__(self):
+        self.vocab_size = len(self.PIECES)
+        self.unk_id = 0
+        self.newline_id = self.PIECES.index("\n")
+
+    def encode(self, text):
+        ids, position = [], 0
+        line_start = True
+        while position < len(text):
+            best = None
+            for unit, piece in enumerate(self.PIECES[1:], 1):
+                surface = piece[1:] if line_start and piece.startswith(" ") else piece
+                if surface and text.startswith(surface, position) and (best is None or len(surface) > len(best[1])):
+                    best = (unit, surface)
+            unit, surface = best if best else (0, text[position])
+            ids.append(unit)
+            position += len(surface)
+            line_start = surface == "\n"
+        return ids
+
+    def unit_text(self, unit, line_start=False):
+        if unit == 0:
+            return None
+        piece = self.PIECES[unit]
+        return piece[1:] if line_start and piece.startswith(" ") else piece
+
+
+def _model(vocab_size, seed=3, unk_bias=None):
+    torch.manual_seed(seed)
+    model = RNNLanguageModel(ModelConfig(cell="gru", vocab_size=vocab_size, embed_dim=6, hidden_dim=10, num_layers=1,
+                                         dropout=0.0, input_dropout=0.0, tie_weights=False))
+    with torch.no_grad():
+        model.decoder.weight.mul_(8)  # sharper distributions than the tiny init gives
+        if unk_bias is not None:
+            model.decoder.bias[0] = unk_bias
+    return model.eval()
+
+
+def _next_logprobs(model, inputs):
+    """log P(next unit) after feeding `inputs` (the leading line break included)."""
+    with torch.no_grad():
+        logits, _ = model(torch.tensor([inputs]))
+    return torch.log_softmax(logits[0, -1].double(), -1)
+
+
+def test_char_word_probability_equals_the_product_by_hand():
+    tokenizer = CharTokenizer(list("ab ,\n"))
+    model = _model(tokenizer.vocab_size)
+    predictor = Predictor(model, tokenizer)
+    context = [tokenizer.newline_id] + tokenizer.encode("ab ba ")
+    a, b = tokenizer.encode("ab")
+    boundary = tokenizer.encode(" ,\n")
+    # P("ab" + boundary) = P(a) P(b | a) sum over boundary characters P(c | a b)
+    by_hand = (_next_logprobs(model, context)[a] + _next_logprobs(model, context + [a])[b]
+               + torch.logsumexp(_next_logprobs(model, context + [a, b])[boundary], 0)).item()
+    assert predictor.score_word("ab ba ", "ab") == pytest.approx(by_hand, abs=1e-6)
+    result = predictor.predict("ab ba ", k=30, beam_width=64, max_word_length=8)
+    found = {p.word: p.logprob for p in result.predictions}
+    assert found["ab"] == pytest.approx(by_hand, abs=1e-6)
+    # Punctuation is a word of its own and needs no boundary after it.
+    comma = tokenizer.encode(",")[0]
+    assert found[","] == pytest.approx(_next_logprobs(model, context)[comma].item(), abs=1e-6)
+    assert sum(p.probability for p in result.predictions) <= 1 + 1e-9
+    for prediction in result.predictions:
+        assert prediction.logprob == pytest.approx(predictor.score_word("ab ba ", prediction.word), abs=1e-6)
+        assert all(is_word_char(c) for c in prediction.word) or len(prediction.word) == 1
+
+
+def test_several_spellings_of_one_word_are_summed_and_divided_by_the_healed_part():
+    tokenizer = PieceTokenizer()
+    model = _model(tokenizer.vocab_size, seed=5)
+    predictor = Predictor(model, tokenizer)
+    unit = {piece: index for index, piece in enumerate(tokenizer.PIECES)}
+    ends = [unit[p] for p in (" ab", " a", " b", " ", ",", "\n")]  # units that begin with a boundary
+    context = [tokenizer.newline_id] + tokenizer.encode("ab")  # "ab " is read as "ab", then " " must be spelled
+
+    def spelled(path):
+        total, inputs = 0.0, list(context)
+        for piece in path:
+            total += _next_logprobs(model, inputs)[unit[piece]].item()
+            inputs.append(unit[piece])
+        return total + torch.logsumexp(_next_logprobs(model, inputs)[ends], 0).item()
+
+    spellings = [[" ab"], [" a", "b"], [" ", "a", "b"], [" ", "ab"]]  # the last one is not a piece: skipped
+    paths = [path for path in spellings if all(piece in unit for piece in path)]
+    numerator = math.log(sum(math.exp(spelled(path)) for path in paths))
+    first = _next_logprobs(model, context)
+    required = torch.logsumexp(first[[unit[p] for p in (" ab", " a", " b", " ")]], 0).item()  # P(next starts with " ")
+    expected = numerator - required
+    assert predictor.score_word("ab ", "ab") == pytest.approx(expected, abs=1e-6)
+    result = predictor.predict("ab ", k=20, beam_width=32, max_word_length=6)
+    found = {p.word: p for p in result.predictions}
+    assert found["ab"].logprob == pytest.approx(expected, abs=1e-6)
+    assert len(found["ab"].paths) == 3
+    assert sum(p.probability for p in result.predictions) <= 1 + 1e-9
+
+
+def test_mid_word_completion_reports_the_part_still_to_type(tiny_run):
+    from lm.checkpoint import load_checkpoint
+
+    checkpoint = load_checkpoint(tiny_run.out)
+    predictor = Predictor(checkpoint.model, checkpoint.tokenizer)
+    result = predictor.predict("The first of the")
+    assert result.completing and result.query.partial == "the"
+    for prediction in result.predictions:
+        assert prediction.word.startswith("the") and prediction.remainder == prediction.word[3:]
+    assert result.as_dict()["predictions"][0]["completing"] is True
+    whole = predictor.predict("The first of the ")
+    assert not whole.completing and all(p.remainder == p.word for p in whole.predictions)
+
+
+def test_empty_text_predicts_a_first_word(tiny_run):
+    from lm.checkpoint import load_checkpoint
+
+    checkpoint = load_checkpoint(tiny_run.out)
+    result = Predictor(checkpoint.model, checkpoint.tokenizer).predict("")
+    assert result.context_units == 0 and not result.completing and len(result.predictions) == 5
+    assert result.predictions[0].word == "="  # articles start with "= Title ="
+
+
+def test_the_prefix_cache_gives_the_cold_answers_and_reads_only_the_new_words(tiny_subword_run, monkeypatch):
+    from lm.checkpoint import load_checkpoint
+
+    checkpoint = load_checkpoint(tiny_subword_run.out)
+    warm = Predictor(checkpoint.model, checkpoint.tokenizer)
+    cold = Predictor(checkpoint.model, checkpoint.tokenizer, cache_size=0)
+    first = "The album was released in the United States and"
+    warm.predict(first + " ")
+    read = []
+    forward = checkpoint.model.forward
+    monkeypatch.setattr(checkpoint.model, "forward", lambda ids=None, state=None, **kw: (read.append(ids.shape[1]), forward(ids, state, **kw))[1])
+    again = warm.predict(first + " it was a")
+    encode = checkpoint.tokenizer.encode
+    assert read == [len(encode(first + " it was")) - len(encode(first))]  # only the new words are read
+    monkeypatch.undo()
+    reference = cold.predict(first + " it was a")
+    assert [p.word for p in again.predictions] == [p.word for p in reference.predictions]
+    for a, b in zip(again.predictions, reference.predictions):
+        assert a.logprob == pytest.approx(b.logprob, abs=1e-5)
+
+
+def test_the_unknown_unit_is_never_a_word():
+    tokenizer = CharTokenizer(list("ab \n"))
+    model = _model(tokenizer.vocab_size, unk_bias=12.0)  # the unknown unit takes almost all the mass
+    result = Predictor(model, tokenizer).predict("ab ", k=5, beam_width=32)
+    assert result.predictions and all("<unk>" not in p.word and "\x00" not in p.word for p in result.predictions)
+    assert all(set(p.word) <= set("ab") for p in result.predictions)
+    assert sum(p.probability for p in result.predictions) < 0.01
+
+
+@pytest.mark.parametrize("text, context, required, completing, partial", [
+    ("The capi", "The", " capi", True, "capi"),
+    ("The capital of ", "The capital of", " ", False, ""),
+    ("Hello,", "Hello,", "", False, ""),
+    ("", "", "", False, ""),
+    ("One.\nTwo", "One.", "\nTwo", True, "Two"),
+    ("He said , \" yes", 'He said, "', "yes", True, "yes"),  # normalised as in training
+])
+def test_where_the_next_word_starts(subword_tokenizer, char_tokenizer, text, context, required, completing, partial):
+    query = make_query(text, subword_tokenizer)
+    assert (query.context, query.required, query.completing, query.partial) == (context, required, completing, partial)
+    char_query = make_query(text, char_tokenizer)
+    assert char_query.context == query.text and char_query.required == ""
+
+
+def test_word_at():
+    assert word_at("the cat, sat", 4) == "cat"
+    assert word_at("the cat, sat", 7) == ","
+    assert word_at("x", 5) == ""
+
+
+def test_bad_options_are_value_errors(tiny_run):
+    from lm.checkpoint import load_checkpoint
+
+    checkpoint = load_checkpoint(tiny_run.out)
+    predictor = Predictor(checkpoint.model, checkpoint.tokenizer)
+    with pytest.raises(ValueError):
+        predictor.predict("a ", k=0)
+    with pytest.raises(ValueError):
+        predictor.predict("a ", temperature=0.0)
+
+
+def test_temperature_flattens_the_distribution(tiny_run):
+    from lm.checkpoint import load_checkpoint
+
+    checkpoint = load_checkpoint(tiny_run.out)
+    predictor = Predictor(checkpoint.model, checkpoint.tokenizer)
+    sharp = predictor.predict("It was the ", temperature=0.5).predictions[0].probability
+    flat = predictor.predict("It was the ", temperature=2.0).predictions[0].probability
+    assert sharp > flat
+
+
+def test_predict_cli_prints_a_table_and_json(tiny_run, capsys):
+    assert lm_main(["predict", "--model", str(tiny_run.out), "The capi"]) == 0
+    table = capsys.readouterr().out
+    assert "completing 'capi'" in table and "to type" in table
+    assert lm_main(["predict", "--model", str(tiny_run.out), "--json", "-k", "3", "In the "]) == 0
+    payload = json.loads(capsys.readouterr().out)
+    assert len(payload["predictions"]) == 3
+    assert set(payload["predictions"][0]) >= {"word", "probability", "logprob", "completing"}
+    assert payload["predictions"][0]["completing"] is False
+
+
+def test_cli_refuses_a_missing_model_in_one_line(tmp_path, capsys):
+    assert lm_main(["predict", "--model", str(tmp_path / "none"), "x"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "does not exist" in err
+
+
+def test_evaluate_cli_reports_bpc_perplexity_and_accuracy(tiny_run, corpus_dir, capsys):
+    assert lm_main(["evaluate", "--model", str(tiny_run.out), "--corpus", str(corpus_dir), "--positions", "60", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["words"] == 21_812 and report["bpc"] == pytest.approx(tiny_run.test.bpc, rel=1e-6)
+    accuracy = report["accuracy"]
+    assert accuracy["positions"] == 60 and 0 < accuracy["top1"] <= accuracy["top3"] <= accuracy["top5"] <= 1
