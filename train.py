@@ -84,6 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     for name, figures in (("valid", valid), ("test", test)):
         print(f"{name}: {figures.bpc:.4f} bpc  per-word ppl {figures.word_ppl:.2f}  per-unit ppl {figures.unit_ppl:.2f}  "
               f"({figures.words:,.0f} words, {figures.chars:,} chars, {figures.units:,} units)")
+    if result.accuracy:
+        a = result.accuracy
+        print(f"next-word accuracy on {a['positions']} seeded test positions: top-1 {a['top1']:.2%}  top-3 {a['top3']:.2%}  top-5 {a['top5']:.2%}")
     print(f"evaluation: {HOW_STATE_FLOWS}")
     print(f"checkpoints: {out / 'best'} (served), {out / 'last'} (resume); metrics: {out / 'metrics.jsonl'}")
     if result.stopped_early:

@@ -1,49 +1,246 @@
-"""Held-out quality after N minutes of training on this machine.
+"""Held-out quality after N minutes of training on this machine, Reach against the textbook recipe.
 
     python bench/quality.py --minutes 10 --corpus ../shared/corpora/wiki-subset [train.py options]
+    python bench/quality.py --minutes 10 --recipe textbook
+    python bench/quality.py --minutes 10 --recipe both [train.py options]
 
-Trains with Reach's `train.py` settings (the default preset unless options
-say otherwise) for N minutes of training wall clock (evaluation excluded),
-then scores the best checkpoint on the test split. The last line is
-`test bpc B per-word-ppl P`.
+`--recipe reach` (the default) trains with `train.py`'s settings (the
+default preset unless options say otherwise). `--recipe textbook` is
+PyTorch's word_language_model example with its documented flags, written out
+here: a word vocabulary from all three splits plus an end-of-line token,
+a 2-layer LSTM 200/200, bptt 35, batch 20, SGD at lr 20 divided by 4 when an
+epoch does not improve validation, clipping at 0.25, dropout 0.2; scored as
+the example scores (evaluation batch 10).
+
+Both train for N minutes of training wall clock (evaluation excluded) and
+are scored on the test split: bits per character over the normalised test
+text, and per-word perplexity over the 21,812 published words whatever the
+tokenizer. `both` runs the textbook first, then Reach, and prints the ratio.
+The last line is `test bpc B per-word-ppl P` (for `both`: Reach's).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import torch  # noqa: E402
+import torch.nn as nn  # noqa: E402
+
 import train  # noqa: E402
+from corpora import load_corpus  # noqa: E402
 from lm.cli_support import collect_overrides, configure_logging  # noqa: E402
 from lm.config import ModelConfig, TokenizerConfig, TrainConfig, apply_preset  # noqa: E402
 from lm.runner import seed_everything, set_threads, train_run  # noqa: E402
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], add_help=True)
-    parser.add_argument("--minutes", type=float, required=True, help="training wall-clock budget")
-    parser.add_argument("--corpus", default=str(ROOT.parent / "shared/corpora/wiki-subset"))
-    ours, rest = parser.parse_known_args(argv)
-    args = train.parse_args(["--corpus", ours.corpus, "--max-minutes", str(ours.minutes), *rest])
-    configure_logging(args.quiet)
-    overrides = collect_overrides(args, (TokenizerConfig, ModelConfig, TrainConfig))
-    tokenizer_config, model_config, train_config = apply_preset(args.preset, overrides)
+def peak_matmul_flops(seconds: float = 3.0) -> float:
+    """fp32 matrix-multiply FLOP/s of this machine now (2048 x 2048, the fastest of repeats)."""
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    for _ in range(2):
+        a @ b
+    times = []
+    begun = time.perf_counter()
+    while time.perf_counter() - begun < seconds:
+        start = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - start)
+    return 2 * 2048**3 / min(times)
+
+
+def training_flops_per_token(embed: int, hidden: int, layers: int, vocab: int, projection: int = 0, cell: str = "lstm") -> float:
+    """Matrix-multiply FLOPs to train on one token: forward, and twice that backward (3x forward)."""
+    gates = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}[cell]
+    macs = 0
+    for index in range(layers):
+        inputs = embed if index == 0 else hidden
+        macs += gates * hidden * (inputs + hidden)
+    if projection:
+        macs += hidden * projection
+    macs += (projection or hidden) * vocab
+    return 3 * 2 * macs
+
+
+# The textbook recipe ------------------------------------------------------------
+
+
+class WordLSTM(nn.Module):
+    """word_language_model's RNNModel (LSTM, untied): encoder, dropout, nn.LSTM, dropout, decoder."""
+
+    def __init__(self, vocab: int, size: int = 200, layers: int = 2, dropout: float = 0.2):
+        super().__init__()
+        self.drop = nn.Dropout(dropout)
+        self.encoder = nn.Embedding(vocab, size)
+        self.rnn = nn.LSTM(size, size, layers, dropout=dropout)
+        self.decoder = nn.Linear(size, vocab)
+        nn.init.uniform_(self.encoder.weight, -0.1, 0.1)
+        nn.init.zeros_(self.decoder.bias)
+        nn.init.uniform_(self.decoder.weight, -0.1, 0.1)
+        self.layers, self.size = layers, size
+
+    def forward(self, x, hidden):
+        output, hidden = self.rnn(self.drop(self.encoder(x)), hidden)  # (T, B, H)
+        return self.decoder(self.drop(output)), hidden
+
+    def init_hidden(self, batch: int):
+        weight = next(self.parameters())
+        return (weight.new_zeros(self.layers, batch, self.size), weight.new_zeros(self.layers, batch, self.size))
+
+
+def _words(path: Path) -> list[list[str]]:
+    return [line.split() + ["<eos>"] for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def _batchify(ids: torch.Tensor, batch: int) -> torch.Tensor:
+    columns = ids.numel() // batch
+    return ids[: columns * batch].view(batch, -1).t().contiguous()  # (N, B), time-major as in the example
+
+
+def _evaluate_words(model: WordLSTM, data: torch.Tensor, bptt: int, vocab: int) -> tuple[float, int]:
+    """Total NLL and tokens scored, the example's way (hidden state carried across windows)."""
+    model.eval()
+    total, count = 0.0, 0
+    hidden = model.init_hidden(data.size(1))
+    with torch.no_grad():
+        for i in range(0, data.size(0) - 1, bptt):
+            length = min(bptt, data.size(0) - 1 - i)
+            x, y = data[i : i + length], data[i + 1 : i + 1 + length]
+            output, hidden = model(x, hidden)
+            total += nn.functional.cross_entropy(output.view(-1, vocab), y.reshape(-1), reduction="sum").item()
+            count += y.numel()
+    return total, count
+
+
+def run_textbook(corpus_dir: Path, minutes: float, seed: int = 1111) -> dict:
+    """Train the textbook recipe for `minutes` of training time; returns test figures."""
+    torch.manual_seed(seed)
+    splits = {name: _words(corpus_dir / f"{name}.txt") for name in ("train", "valid", "test")}
+    vocabulary: dict[str, int] = {}
+    for name in ("train", "valid", "test"):  # as the example does: all three splits
+        for line in splits[name]:
+            for word in line:
+                vocabulary.setdefault(word, len(vocabulary))
+    ids = {name: torch.tensor([vocabulary[w] for line in lines for w in line]) for name, lines in splits.items()}
+    vocab = len(vocabulary)
+    train_data, valid_data, test_data = _batchify(ids["train"], 20), _batchify(ids["valid"], 10), _batchify(ids["test"], 10)
+    model = WordLSTM(vocab)
+    criterion = nn.CrossEntropyLoss()
+    lr, bptt, clip = 20.0, 35, 0.25
+    best_valid, best_state = math.inf, None
+    elapsed, tokens, epochs = 0.0, 0, 0
+    budget = minutes * 60
+    while elapsed < budget:
+        model.train()
+        hidden = model.init_hidden(20)
+        for i in range(0, train_data.size(0) - 1, bptt):
+            begun = time.perf_counter()
+            length = min(bptt, train_data.size(0) - 1 - i)
+            x, y = train_data[i : i + length], train_data[i + 1 : i + 1 + length]
+            hidden = tuple(h.detach() for h in hidden)
+            model.zero_grad()
+            output, hidden = model(x, hidden)
+            loss = criterion(output.view(-1, vocab), y.reshape(-1))
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+            for p in model.parameters():
+                p.data.add_(p.grad, alpha=-lr)
+            elapsed += time.perf_counter() - begun
+            tokens += x.numel()
+            if elapsed >= budget:
+                break
+        else:
+            epochs += 1
+        valid_nll, valid_count = _evaluate_words(model, valid_data, bptt, vocab)
+        valid_loss = valid_nll / valid_count
+        label = f"epoch {epochs}" if elapsed < budget else f"budget end, {epochs} full epochs"
+        print(f"  textbook {label} ({elapsed / 60:.1f} min): valid loss {valid_loss:.3f}", flush=True)
+        if valid_loss < best_valid:
+            best_valid, best_state = valid_loss, {k: v.clone() for k, v in model.state_dict().items()}
+        else:
+            lr /= 4.0
+    model.load_state_dict(best_state)
+    test_nll, test_count = _evaluate_words(model, test_data, bptt, vocab)
+    test_tokens = ids["test"].numel()
+    words = sum(len(line) - 1 for line in splits["test"])
+    mean = test_nll / test_count
+    chars = len(load_corpus(str(corpus_dir)).test.text)
+    flops = training_flops_per_token(200, 200, 2, vocab)
+    return {
+        "recipe": "textbook", "epochs": epochs, "tokens": tokens, "tokens_per_s": tokens / elapsed,
+        "train_minutes": elapsed / 60, "test_loss": mean, "test_token_ppl": math.exp(mean),
+        # The mean loss spread over all test tokens, divided by the published words.
+        "word_ppl": math.exp(mean * test_tokens / words), "bpc": mean * test_tokens / math.log(2) / chars,
+        "flops_per_token": flops, "flops": flops * tokens / elapsed, "vocab": vocab,
+    }
+
+
+def run_reach(args: argparse.Namespace, rest: list[str], minutes: float) -> dict:
+    """Train Reach with train.py's options for `minutes`; returns test figures."""
+    options = train.parse_args(["--corpus", args.corpus, "--max-minutes", str(minutes), *rest])
+    configure_logging(options.quiet)
+    overrides = collect_overrides(options, (TokenizerConfig, ModelConfig, TrainConfig))
+    tokenizer_config, model_config, train_config = apply_preset(options.preset, overrides)
     set_threads(train_config.threads)
     seed_everything(train_config.seed)
     with tempfile.TemporaryDirectory() as scratch:
-        out = args.out or Path(scratch) / "run"
+        out = options.out or Path(scratch) / "run"
         result = train_run(tokenizer_config, model_config, train_config, out)
-    state = result.state
-    print(f"preset {args.preset} {tokenizer_config.tokenizer} {model_config.cell} {model_config.num_layers}x{model_config.hidden_dim} "
-          f"params {result.parameters:,} steps {state.step:,} tokens {state.tokens:,} "
-          f"tokens/s {state.tokens / max(state.elapsed, 1e-9):,.0f} train-minutes {state.elapsed / 60:.2f}")
-    print(f"valid bpc {result.valid.bpc:.4f} per-word-ppl {result.valid.word_ppl:.2f}")
-    print(f"test bpc {result.test.bpc:.4f} per-word-ppl {result.test.word_ppl:.2f}")
+    state, size = result.state, result.model_config
+    projection = size.embed_dim if size.tie_weights and size.embed_dim != size.hidden_dim else 0
+    flops = training_flops_per_token(size.embed_dim, size.hidden_dim, size.num_layers, size.vocab_size, projection, size.cell)
+    vocab = size.vocab_size
+    return {
+        "recipe": f"reach/{options.preset}", "tokenizer": tokenizer_config.tokenizer, "cell": size.cell,
+        "layers": size.num_layers, "hidden": size.hidden_dim, "embed": size.embed_dim, "parameters": result.parameters,
+        "steps": state.step, "tokens": state.tokens, "tokens_per_s": state.tokens / max(state.elapsed, 1e-9),
+        "train_minutes": state.elapsed / 60, "bpc": result.test.bpc, "word_ppl": result.test.word_ppl,
+        "valid_bpc": result.valid.bpc, "valid_word_ppl": result.valid.word_ppl, "flops_per_token": flops,
+        "flops": flops * state.tokens / max(state.elapsed, 1e-9), "vocab": vocab,
+    }
+
+
+def _row(figures: dict, peak: float) -> str:
+    return (f"{figures['recipe']}: test bpc {figures['bpc']:.4f} per-word-ppl {figures['word_ppl']:.2f} "
+            f"tokens/s {figures['tokens_per_s']:,.0f} train-minutes {figures['train_minutes']:.2f} "
+            f"FLOP/s {figures['flops'] / 1e9:.1f}G ({figures['flops'] / peak:.2f} of peak)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--minutes", type=float, required=True, help="training wall-clock budget of each recipe")
+    parser.add_argument("--corpus", default=str(ROOT.parent / "shared/corpora/wiki-subset"))
+    parser.add_argument("--recipe", choices=("reach", "textbook", "both"), default="reach")
+    parser.add_argument("--record", type=Path, default=None, help="append each recipe's figures and command as a JSON line")
+    parser.add_argument("--label", default="", help="a name for this configuration in --record")
+    args, rest = parser.parse_known_args(argv)
+    torch.set_num_threads(2)
+    peak = peak_matmul_flops()
+    print(f"fp32 matmul peak now: {peak / 1e9:.1f} GFLOP/s ({torch.get_num_threads()} threads, torch {torch.__version__})", flush=True)
+    results = []
+    if args.recipe in ("textbook", "both"):
+        results.append(run_textbook(Path(args.corpus), args.minutes))
+        print(_row(results[-1], peak), flush=True)
+    if args.recipe in ("reach", "both"):
+        results.append(run_reach(args, rest, args.minutes))
+        print(_row(results[-1], peak), flush=True)
+    if args.record:
+        args.record.parent.mkdir(parents=True, exist_ok=True)
+        with open(args.record, "a", encoding="utf-8") as handle:
+            for figures in results:
+                handle.write(json.dumps({"label": args.label, "minutes": args.minutes, "command": " ".join(sys.argv),
+                                         "peak_flops": peak, **figures}) + "\n")
+    if len(results) == 2:
+        print(f"per-word perplexity ratio reach/textbook {results[1]['word_ppl'] / results[0]['word_ppl']:.3f}")
+    last = results[-1]
+    print(f"test bpc {last['bpc']:.4f} per-word-ppl {last['word_ppl']:.2f}")
     return 0
 
 

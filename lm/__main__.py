@@ -1,8 +1,10 @@
 """`python -m lm COMMAND`: Reach's tools for trained models.
 
-    predict   the next words after a text
-    evaluate  held-out bits per character, per-word perplexity, next-word accuracy
-    plot      draw a run's training curves to a PNG
+    predict        the next words after a text
+    attribute      the next words with their gradient reach, and the text as a heatmap
+    reach-profile  reach over many held-out contexts, for one or several models, as JSON and PNG
+    evaluate       held-out bits per character, per-word perplexity, next-word accuracy
+    plot           draw a run's training curves to a PNG
 """
 
 from __future__ import annotations
@@ -61,6 +63,71 @@ def _predict(args: argparse.Namespace) -> int:
     for rank, prediction in enumerate(result.predictions, 1):
         rest = f"  {prediction.remainder}" if result.completing else ""
         print(f"  {rank:>2}  {prediction.word:<20} {prediction.probability:>11.4f}  {prediction.logprob:>8.3f}{rest}")
+    return 0
+
+
+def _attribute(args: argparse.Namespace) -> int:
+    from lm.attribution import attribute
+    from lm.predict import Predictor
+    from lm.views import render_html, render_terminal
+
+    checkpoint = _load(args.model)
+    if checkpoint is None:
+        return 1
+    predictor = Predictor(checkpoint.model, checkpoint.tokenizer)
+    try:
+        result = attribute(predictor, args.text, k=args.k, method=args.method, threshold=args.threshold,
+                           verify=args.verify, max_units=args.max_units)
+    except ValueError as error:
+        print(f"lm attribute: error: {error}", file=sys.stderr)
+        return 2
+    chosen = min(args.index, len(result.predictions)) - 1
+    if args.html:
+        args.html.parent.mkdir(parents=True, exist_ok=True)
+        args.html.write_text(render_html(result, str(checkpoint.directory)), encoding="utf-8")
+    if args.json:
+        print(json.dumps({"model": str(checkpoint.directory), **result.as_dict(full=True)}, ensure_ascii=False, indent=1))
+    else:
+        color = not args.no_color and "NO_COLOR" not in __import__("os").environ and sys.stdout.isatty() or args.color
+        print(render_terminal(result, chosen=max(chosen, 0), color=color))
+        if args.html:
+            print(f"\nwrote {args.html}")
+    return 0
+
+
+def _reach_profile(args: argparse.Namespace) -> int:
+    from corpora import CorpusError, load_corpus
+    from lm.predict import Predictor
+    from lm.reach_profile import reach_profile, write_profiles
+    from lm.runner import set_threads
+
+    set_threads(args.threads)
+    checkpoints = []
+    for model in args.model:
+        checkpoint = _load(model)
+        if checkpoint is None:
+            return 1
+        checkpoints.append(checkpoint)
+    profiles = {}
+    for checkpoint in checkpoints:
+        try:
+            corpus = load_corpus(args.corpus or checkpoint.train_config.corpus)
+        except CorpusError as error:
+            print(f"lm reach-profile: error: {error}", file=sys.stderr)
+            return 1
+        name = checkpoint.directory.parent.name if checkpoint.directory.name in ("best", "last") else checkpoint.directory.name
+        profile = reach_profile(Predictor(checkpoint.model, checkpoint.tokenizer, cache_size=0), corpus.split(args.split).text,
+                                samples=args.samples, seed=args.seed, context_chars=args.context_chars, threshold=args.threshold,
+                                verify=not args.no_verify, method=args.method, progress=sys.stderr.isatty())
+        profile["model"] = str(checkpoint.directory)
+        profile["cell"] = checkpoint.model_config.cell
+        profiles[name] = profile
+        r, f = profile["reach"], profile["faithfulness"]["abs_logprob_change"]
+        print(f"{name}: {profile['samples']} contexts; median reach {r['tokens'].get('median', 0):.0f} units / "
+              f"{r['words'].get('median', 0):.0f} words; 90% of influence within {r['mass90_words'].get('median', 0):.0f} words, "
+              f"99% within {r['mass99_words'].get('median', 0):.0f}" + (f"; median |change of log P| with filler {f['median']:.3f}" if f else ""))
+    json_path, png_path = write_profiles(profiles, args.out)
+    print(f"wrote {json_path} and {png_path}")
     return 0
 
 
@@ -125,6 +192,35 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--temperature", type=_positive_float, default=1.0, help="divide logits by this (default: 1)")
     predict.add_argument("--json", action="store_true", help="print JSON instead of a table")
     predict.set_defaults(handler=_predict)
+
+    attribute = commands.add_parser("attribute", help="the next words with how far back their gradient influence reaches")
+    attribute.add_argument("--model", required=True, help="run or checkpoint directory")
+    attribute.add_argument("text", help="the text so far")
+    attribute.add_argument("-k", type=_positive_int, default=5, help="number of predictions (default: 5)")
+    attribute.add_argument("--method", choices=("saliency", "grad_x_input"), default="saliency")
+    attribute.add_argument("--threshold", type=_positive_float, default=0.01, help="threshold reach: influence >= this x the largest (default: 0.01)")
+    attribute.add_argument("--verify", action="store_true", help="also replace text beyond the 99%% reach by filler and report the change")
+    attribute.add_argument("--max-units", type=_positive_int, default=None, help="read at most the last N units (reported)")
+    attribute.add_argument("--index", type=_positive_int, default=1, help="which prediction the heatmap shows (default: 1)")
+    attribute.add_argument("--json", action="store_true", help="print the full structure as JSON (the HTTP API's field names)")
+    attribute.add_argument("--html", type=Path, default=None, metavar="FILE", help="also write a self-contained HTML page")
+    attribute.add_argument("--color", action="store_true", help="colour even when not writing to a terminal")
+    attribute.add_argument("--no-color", action="store_true", help="no colours (also when NO_COLOR is set)")
+    attribute.set_defaults(handler=_attribute)
+
+    profile = commands.add_parser("reach-profile", help="gradient reach over many held-out contexts (JSON and PNG)")
+    profile.add_argument("--model", required=True, action="append", help="run or checkpoint directory (repeat to compare models)")
+    profile.add_argument("--samples", type=_positive_int, default=50, help="number of seeded contexts (default: 50)")
+    profile.add_argument("--split", choices=("valid", "test"), default="test")
+    profile.add_argument("--corpus", default=None, help="corpus (default: the one each model was trained on)")
+    profile.add_argument("--context-chars", type=_positive_int, default=2000, help="characters of text before each prediction (default: 2000)")
+    profile.add_argument("--threshold", type=_positive_float, default=0.01)
+    profile.add_argument("--method", choices=("saliency", "grad_x_input"), default="saliency")
+    profile.add_argument("--no-verify", action="store_true", help="skip the faithfulness check")
+    profile.add_argument("--seed", type=int, default=0)
+    profile.add_argument("--threads", type=_positive_int, default=None)
+    profile.add_argument("--out", type=Path, default=Path("reach-profile"), help="output path without suffix (default: reach-profile)")
+    profile.set_defaults(handler=_reach_profile)
 
     evaluate = commands.add_parser("evaluate", help="held-out bpc, per-word perplexity and next-word top-1/3/5 accuracy")
     evaluate.add_argument("--model", required=True, help="run or checkpoint directory")

@@ -97,6 +97,7 @@ class TrainConfig:
     max_minutes: float | None = _help("stop after this much wall-clock training time", default=10.0)
     eval_interval: int = _help("evaluate on the validation split every this many updates (and at the end)", default=500)
     eval_max_chars: int | None = _help("score at most this many characters of the validation split during training", default=None)
+    accuracy_positions: int = _help("after training, next-word accuracy on this many seeded test positions (0: skip)", default=500)
     rollback_ratio: float = _help("a validation loss this many times the best one (or non-finite) rolls back to the best checkpoint", default=1.5)
     seed: int = _help("random seed for weights, dropout and window lengths", default=1234)
     threads: int | None = _help("torch intra-op threads (default: all cores)", default=None)
@@ -121,6 +122,7 @@ class TrainConfig:
         _check(self.eval_interval >= 1, "eval_interval must be at least 1")
         _check(self.eval_max_chars is None or self.eval_max_chars >= 1000, "eval_max_chars must be at least 1000")
         _check(self.rollback_ratio > 1, "rollback_ratio must be above 1")
+        _check(self.accuracy_positions >= 0, "accuracy_positions must not be negative")
         _check(self.threads is None or self.threads >= 1, "threads must be at least 1")
 
     @property
@@ -136,7 +138,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {  # seconds; for tests and CI
         "tokenizer": "char", "embed_dim": 32, "hidden_dim": 64, "num_layers": 1, "dropout": 0.0,
         "input_dropout": 0.0, "batch_size": 16, "bptt": 32, "lr": 1e-2, "warmup_steps": 0,
-        "max_minutes": 0.5, "eval_interval": 100, "eval_max_chars": 20_000,
+        "max_minutes": 0.5, "eval_interval": 100, "eval_max_chars": 20_000, "accuracy_positions": 100,
     },
     "small": {  # about two minutes; the quick start
         "embed_dim": 128, "hidden_dim": 256, "num_layers": 1, "vocab_size": 2000, "dropout": 0.1,

@@ -98,8 +98,12 @@ class RNNLanguageModel(nn.Module):
         mask = weight.new_empty(weight.size(0), 1).bernoulli_(1 - p).div_(1 - p)  # (V, 1)
         return F.embedding(ids, weight * mask)
 
-    def _run_layer(self, index: int, x: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
-        """One recurrent layer over (B, T, C) from state (B, S); returns outputs and the final state."""
+    def _run_layer(self, index: int, x: Tensor, state: Tensor, lengths: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """One recurrent layer over (B, T, C) from state (B, S); returns outputs and the final state.
+
+        With `lengths` (B,), row b is only `lengths[b]` steps long (right-padded)
+        and its final state is the one after its last real step.
+        """
         layer = self.layers[index]
         hidden = self.config.hidden_dim
         if self.config.cell == "lstm":
@@ -108,6 +112,13 @@ class RNNLanguageModel(nn.Module):
             init: Tensor | tuple[Tensor, Tensor] = (h0, c0)
         else:
             init = state.unsqueeze(0).contiguous()
+        if lengths is not None:
+            packed = nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+            out, final = layer(packed, init)
+            out, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=x.size(1))
+            if self.config.cell == "lstm":
+                return out, torch.cat([final[0][0], final[1][0]], dim=-1)
+            return out, final[0]
         p = self.config.weight_dropout
         if self.training and p > 0.0:
             # DropConnect (Wan et al. 2013) on W_hh, one mask per window.
@@ -154,8 +165,12 @@ class RNNLanguageModel(nn.Module):
             x = self.projection(x)
         return self.decoder(x), torch.stack(finals)
 
-    def forward(self, ids: Tensor | None = None, state: Tensor | None = None, *, embeds: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """Logits (B, T, V) and final state (L, B, S) from ids (B, T) or embeddings (B, T, E)."""
+    def forward(self, ids: Tensor | None = None, state: Tensor | None = None, *, embeds: Tensor | None = None,
+                lengths: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Logits (B, T, V) and final state (L, B, S) from ids (B, T) or embeddings (B, T, E).
+
+        `lengths` (B,) marks right-padded rows: each row's final state is taken after its own last step.
+        """
         if embeds is None:
             if ids is None:
                 raise ValueError("forward needs ids or embeds")
@@ -165,7 +180,7 @@ class RNNLanguageModel(nn.Module):
         x = locked_dropout(embeds, self.config.input_dropout, self.training)  # (B, T, E)
         finals = []
         for index in range(self.config.num_layers):
-            x, final = self._run_layer(index, x, state[index])  # (B, T, H), (B, S)
+            x, final = self._run_layer(index, x, state[index], lengths)  # (B, T, H), (B, S)
             x = locked_dropout(x, self.config.dropout, self.training)
             finals.append(final)
         if self.projection is not None:

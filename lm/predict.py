@@ -287,6 +287,28 @@ class Predictor:
                     self._cache.popitem(last=False)
         return result
 
+    def predict_many(self, texts: list[str], k: int = 5, beam_width: int = 16, max_word_length: int = 24,
+                     temperature: float = 1.0) -> list[PredictionResult]:
+        """Predict after many texts: their contexts are read together in one padded batch."""
+        queries = [make_query(text, self.tokenizer) for text in texts]
+        rows = [[self.tokenizer.newline_id, *self.tokenizer.encode(q.context)] for q in queries]
+        lengths = torch.tensor([len(row) for row in rows])
+        padded = torch.zeros(len(rows), int(lengths.max()), dtype=torch.long)
+        for index, row in enumerate(rows):
+            padded[index, : len(row)] = torch.tensor(row)
+        with torch.inference_mode():
+            logits, states = self.model(padded, lengths=lengths)  # (N, T, V), (L, N, S)
+            last = logits[torch.arange(len(rows)), lengths - 1].float()  # (N, V)
+            logprobs = torch.log_softmax(last.double(), dim=-1).numpy()
+        results = []
+        for index, query in enumerate(queries):
+            units = tuple(rows[index][1:])
+            line_start = (self.tokenizer.unit_text(units[-1]) if units else "\n") == "\n"
+            context = ContextState(units, states[:, index : index + 1].clone(), logprobs[index], last[index], line_start)
+            results.append(self.predict_from(context, query, k=k, beam_width=beam_width, max_word_length=max_word_length,
+                                             temperature=temperature))
+        return results
+
     def clear_cache(self) -> None:
         with self._lock:
             self._cache.clear()

@@ -20,8 +20,9 @@ import torch
 from corpora import Corpus, load_corpus
 from lm.checkpoint import CheckpointError, load_checkpoint, read_meta, resolve_checkpoint, restore_training, save_checkpoint, update_metrics
 from lm.config import ModelConfig, TokenizerConfig, TrainConfig, from_dict
-from lm.evaluation import HOW_STATE_FLOWS, EvalResult, evaluate_text
+from lm.evaluation import HOW_STATE_FLOWS, EvalResult, evaluate_text, next_word_accuracy
 from lm.model import RNNLanguageModel, count_parameters
+from lm.predict import Predictor
 from lm.tokenizers import Tokenizer, build_tokenizer
 from lm.training import Hooks, MetricsLog, TrainingState, batchify, build_optimizer, fit
 
@@ -60,6 +61,8 @@ class RunResult:
     parameters: int
     seconds: float
     stopped_early: bool
+    model_config: ModelConfig
+    accuracy: dict | None = None
 
 
 def _corpus_info(corpus: Corpus, tokenizer: Tokenizer, train_units: int) -> dict[str, Any]:
@@ -165,7 +168,13 @@ def train_run(
     best = load_checkpoint(out)
     valid = evaluate_text(best.model, best.tokenizer, corpus.valid.text, corpus.valid.raw_words)
     test = evaluate_text(best.model, best.tokenizer, corpus.test.text, corpus.test.raw_words)
-    update_metrics(best.directory, {"valid": valid.as_dict(), "test": test.as_dict(), "evaluation": HOW_STATE_FLOWS})
+    accuracy = None
+    if train_config.accuracy_positions:
+        predictor = Predictor(best.model, best.tokenizer, cache_size=0)
+        accuracy = next_word_accuracy(predictor, corpus.test.text, positions=train_config.accuracy_positions, seed=0)
+        accuracy["split"] = "test"
+    update_metrics(best.directory, {"valid": valid.as_dict(), "test": test.as_dict(), "evaluation": HOW_STATE_FLOWS,
+                                    "accuracy": accuracy})
     with MetricsLog(metrics_path) as final:
         final.write({"kind": "eval", "split": "test", "step": state.step, "checkpoint": best.directory.name, **test.as_dict()})
-    return RunResult(out, state, valid, test, count_parameters(model), time.perf_counter() - begun, stopped_early)
+    return RunResult(out, state, valid, test, count_parameters(model), time.perf_counter() - begun, stopped_early, model_config, accuracy)

@@ -11,7 +11,7 @@ import torch
 from corpora import load_corpus
 from lm.config import ModelConfig, apply_preset, replace
 from lm.model import RNNLanguageModel
-from lm.runner import seed_everything, set_threads, train_run
+from lm.runner import seed_everything, train_run
 from lm.tokenizers import CharTokenizer, SubwordTokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -20,7 +20,7 @@ EXTRA_DIR = CORPUS_DIR.parent / "wiki-extra"
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    set_threads(2)
+    torch.set_num_threads(2)
     # Never reach for the network from tests: the hub paths fail fast.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -83,4 +83,17 @@ def tiny_subword_run(tmp_path_factory, corpus):
                       embed_dim=48, hidden_dim=96)
 
 
-__all__ = ["CORPUS_DIR", "EXTRA_DIR", "make_model", "replace", "train_tiny"]
+
+
+
+@pytest.fixture(scope="session")
+def app(tiny_run, tiny_subword_run):
+    """The Flask app serving the two tiny models ("char" is the default)."""
+    from server import create_app
+
+    return create_app({"TESTING": True, "REACH_MODELS": {"char": str(tiny_run.out), "subword": str(tiny_subword_run.out / "best")}})
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()

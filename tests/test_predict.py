@@ -238,3 +238,17 @@ def test_evaluate_cli_reports_bpc_perplexity_and_accuracy(tiny_run, corpus_dir, 
     assert report["words"] == 21_812 and report["bpc"] == pytest.approx(tiny_run.test.bpc, rel=1e-6)
     accuracy = report["accuracy"]
     assert accuracy["positions"] == 60 and 0 < accuracy["top1"] <= accuracy["top3"] <= accuracy["top5"] <= 1
+
+
+def test_predicting_many_texts_in_one_batch_equals_one_by_one(tiny_subword_run):
+    from lm.checkpoint import load_checkpoint
+
+    checkpoint = load_checkpoint(tiny_subword_run.out)
+    predictor = Predictor(checkpoint.model, checkpoint.tokenizer, cache_size=0)
+    texts = ["The album was released in ", "", "He said, \"It", "In 1990 the band toured Europe and the United States with "]
+    batched = predictor.predict_many(texts, k=3)
+    for text, result in zip(texts, batched):
+        alone = predictor.predict(text, k=3)
+        assert [p.word for p in result.predictions] == [p.word for p in alone.predictions]
+        for a, b in zip(result.predictions, alone.predictions):
+            assert a.logprob == pytest.approx(b.logprob, abs=1e-5)

@@ -1,0 +1,370 @@
+"""Gradient reach: how far back each prediction's gradient influence reaches.
+
+For a predicted word w after a text, the influence of an input position t is
+the size of the gradient of log P(w | text) with respect to the input
+embedding x_t (the word's units and the boundary after them included, every
+spelling of the word summed, the healed part of the text divided out):
+
+- saliency: || d log P(w | text) / d x_t ||_2 (Simonyan et al. 2014);
+- gradient x input: | (d log P(w | text) / d x_t) . x_t | (Shrikumar et al. 2016).
+
+Gradients flow through the whole text, from a zero state at its start, with
+the model in evaluation mode (no dropout); nothing is truncated except by an
+explicit input limit, which is then reported. The k predictions of one text
+are differentiated in one batched forward and backward pass: the context is
+read k times side by side (row j for word j), so one backward pass of the sum
+of the k log-probabilities gives each word its own gradient. Gradients are
+taken with `torch.autograd.grad` on the embeddings only: parameter `.grad`
+is never touched, so a model can serve other requests at the same time.
+
+Reach figures count back from the prediction point (the last unit read is
+at distance 1), in units, words and characters:
+- threshold reach: the farthest position whose influence is at least
+  `threshold` times the largest;
+- mass reach: the smallest distance covering 90% (99%) of the total influence;
+- the decay profile: influence by distance, divided by its maximum.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from lm.predict import PredictionResult, Predictor, WordPrediction, make_query
+
+__all__ = ["Attribution", "AttributedPrediction", "METHODS", "Reach", "attribute", "hidden_jacobian_norms", "reach_figures", "FILLER"]
+
+METHODS = ("saliency", "grad_x_input")
+HOW = {
+    "model_mode": "evaluation (no dropout)",
+    "initial_state": "zero state at the start of the text",
+    "gradient_of": "log P(word | text): the word's units and the boundary after them, every spelling summed",
+}
+# Neutral filler for the faithfulness check: frequent function words.
+FILLER = "the of and in to a was is for on as by with at from that it "
+
+
+@dataclass(frozen=True)
+class Reach:
+    """How far back influence reaches, counted from the prediction point."""
+
+    tokens: int
+    words: int
+    chars: int
+    mass90_tokens: int
+    mass99_tokens: int
+    mass90_words: int
+    mass99_words: int
+    mass90_chars: int
+    mass99_chars: int
+    threshold: float
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass
+class AttributedPrediction:
+    """A prediction with its influence over the text and its reach."""
+
+    prediction: WordPrediction
+    influence: np.ndarray  # (n,) per context unit, in text order
+    reach: Reach
+    faithfulness: dict | None = None
+
+    def profile(self) -> list[float]:
+        """Influence by distance 1..n (the last unit first), divided by the largest."""
+        top = float(self.influence.max()) if self.influence.size else 0.0
+        return [float(v) / top if top > 0 else 0.0 for v in self.influence[::-1]]
+
+
+@dataclass
+class Attribution:
+    """Every attributed prediction for one text, with the text's units and words."""
+
+    result: PredictionResult
+    method: str
+    threshold: float
+    units: list[tuple[str, int, int]]  # (text, start, end) of each context unit, offsets into result.query.text
+    words: list[tuple[str, int, int]]  # whitespace-separated words of the context
+    unit_word: list[int]  # the word of each unit
+    truncated: bool
+    dropped_chars: int
+    predictions: list[AttributedPrediction] = field(default_factory=list)
+
+    def context_summary(self) -> dict:
+        return {"tokens": len(self.units), "words": len(self.words), "chars": len(self.result.query.context),
+                "truncated": self.truncated, "dropped_chars": self.dropped_chars}
+
+    def word_scores(self, influence: np.ndarray) -> list[float]:
+        scores = [0.0] * len(self.words)
+        for unit, word in enumerate(self.unit_word):
+            if word >= 0:
+                scores[word] += float(influence[unit])
+        return scores
+
+    def as_dict(self, full: bool = True) -> dict:
+        """The HTTP API's structure (`full` adds per-unit and per-word influence and the decay profile)."""
+        predictions = []
+        for item in self.predictions:
+            entry = {**item.prediction.as_dict(), "reach": item.reach.as_dict()}
+            if item.faithfulness is not None:
+                entry["faithfulness"] = item.faithfulness
+            if full:
+                entry["influence"] = [
+                    {"text": text, "start": start, "end": end, "score": float(score), "word": word}
+                    for (text, start, end), score, word in zip(self.units, item.influence, self.unit_word)
+                ]
+                entry["word_influence"] = [
+                    {"text": text, "start": start, "end": end, "score": score}
+                    for (text, start, end), score in zip(self.words, self.word_scores(item.influence))
+                ]
+                entry["profile"] = item.profile()
+            predictions.append(entry)
+        return {
+            "text": self.result.query.text,
+            "context": self.context_summary(),
+            "completing": self.result.completing,
+            "partial": self.result.query.partial,
+            "attribution": {"method": self.method, "threshold": self.threshold, **HOW},
+            "predictions": predictions,
+        }
+
+
+def _words_of(text: str) -> list[tuple[str, int, int]]:
+    words, start = [], None
+    for index, char in enumerate(text + " "):
+        if char.isspace():
+            if start is not None:
+                words.append((text[start:index], start, index))
+                start = None
+        elif start is None:
+            start = index
+    return words
+
+
+def _unit_words(units: list[tuple[str, int, int]], words: list[tuple[str, int, int]]) -> list[int]:
+    """The word each unit belongs to: the word of its first non-space character; spaces go to the next word."""
+    owner = []
+    starts = [start for _, start, _ in words]
+    import bisect
+
+    for text, start, end in units:
+        position = start + (len(text) - len(text.lstrip())) if text else start
+        index = bisect.bisect_right(starts, position) - 1
+        if index >= 0 and position < words[index][2]:
+            owner.append(index)
+        elif index + 1 < len(words):
+            owner.append(index + 1)  # whitespace before a word
+        else:
+            owner.append(len(words) - 1 if words else -1)
+    return owner
+
+
+def reach_figures(influence: np.ndarray, unit_spans: list[tuple[int, int]], unit_word: list[int], text_length: int,
+                  word_count: int, threshold: float = 0.01) -> Reach:
+    """Reach in units, words and characters from per-unit influence (text order; the last unit is distance 1)."""
+    n = influence.size
+    if n == 0 or not np.isfinite(influence).all() or influence.max() <= 0:
+        return Reach(0, 0, 0, 0, 0, 0, 0, 0, 0, threshold)
+    by_distance = influence[::-1]  # index d-1 holds distance d
+    strong = np.nonzero(by_distance >= threshold * by_distance.max())[0]
+    far = int(strong.max()) + 1
+    cumulative = np.cumsum(by_distance) / by_distance.sum()
+    mass90 = int(np.searchsorted(cumulative, 0.9 - 1e-12)) + 1
+    mass99 = int(np.searchsorted(cumulative, 0.99 - 1e-12)) + 1
+    last_word = max(unit_word[-1], 0) if unit_word else 0
+
+    def in_words(distance: int) -> int:
+        word = unit_word[n - distance]
+        return last_word - word + 1 if word >= 0 else 0
+
+    def in_chars(distance: int) -> int:
+        return text_length - unit_spans[n - distance][0]
+
+    return Reach(far, in_words(far), in_chars(far), min(mass90, n), min(mass99, n), in_words(min(mass90, n)),
+                 in_words(min(mass99, n)), in_chars(min(mass90, n)), in_chars(min(mass99, n)), threshold)
+
+
+def _path_logprobs(model, states: torch.Tensor, first_logprobs: torch.Tensor, rows: list[int],
+                   paths: list[tuple[tuple[int, ...], bool]], ends: torch.Tensor) -> torch.Tensor:
+    """Log-probability of each unit path after the context of its row, the boundary mass included where flagged.
+
+    states: (L, k, S) after each row's context; first_logprobs: (k, V) for the first unit.
+    Returns (P,) differentiable with respect to both.
+    """
+    count = len(paths)
+    longest = max((len(units) for units, _ in paths), default=0)
+    values = []
+    if longest == 0:
+        for (units, boundary), row in zip(paths, rows):
+            values.append(torch.logsumexp(first_logprobs[row][ends], 0) if boundary else first_logprobs.new_zeros(()))
+        return torch.stack(values) if values else first_logprobs.new_zeros(0)
+    padded = torch.zeros(count, longest, dtype=torch.long)
+    for index, (units, _) in enumerate(paths):
+        padded[index, : len(units)] = torch.tensor(units, dtype=torch.long) if units else padded[index, :0]
+    row_index = torch.tensor(rows)
+    logits, _ = model(padded, states[:, row_index])  # (P, Lmax, V): the unit after each path unit
+    after = torch.log_softmax(logits.double(), dim=-1)
+    first = first_logprobs[row_index]  # (P, V)
+    for index, (units, boundary) in enumerate(paths):
+        total = first.new_zeros(())
+        if units:
+            total = total + first[index, units[0]]
+            for step in range(1, len(units)):
+                total = total + after[index, step - 1, units[step]]
+        if boundary:
+            source = after[index, len(units) - 1] if units else first[index]
+            total = total + torch.logsumexp(source[ends], 0)
+        values.append(total)
+    return torch.stack(values)
+
+
+def attribute(predictor: Predictor, text: str, k: int = 5, method: str = "saliency", threshold: float = 0.01,
+              verify: bool = False, max_units: int | None = None, beam_width: int = 16, temperature: float = 1.0) -> Attribution:
+    """Predict the next words after `text` and attribute each to the text's positions (see the module docstring)."""
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(METHODS)}, not {method!r}")
+    if not 0 < threshold < 1:
+        raise ValueError(f"threshold must be between 0 and 1, not {threshold}")
+    tokenizer, model = predictor.tokenizer, predictor.model
+    query = make_query(text, tokenizer)
+    ids, spans = tokenizer.encode_with_offsets(query.context)
+    truncated, dropped = False, 0
+    if max_units is not None and len(ids) > max_units:
+        # The input limit: the model reads only the last max_units units.
+        keep = len(ids) - max_units
+        dropped = spans[keep][0]
+        truncated = True
+        query = make_query(query.text[dropped:], tokenizer, normalized=True)
+        ids, spans = tokenizer.encode_with_offsets(query.context)
+    units = tuple(ids)
+    context = predictor.context_state(units)
+    result = predictor.predict_from(context, query, k=k, beam_width=beam_width, temperature=temperature)
+    unit_list = [(query.context[s:e], s, e) for s, e in spans]
+    words = _words_of(query.context)
+    unit_word = _unit_words(unit_list, words)
+    attribution = Attribution(result, method, threshold, unit_list, words, unit_word, truncated, dropped)
+    if not result.predictions:
+        return attribution
+    gradients, embeddings = _gradients(predictor, units, result, temperature)
+    for row, prediction in enumerate(result.predictions):
+        grad = gradients[row]  # (n, E)
+        if method == "saliency":
+            influence = grad.norm(dim=-1)
+        else:
+            influence = (grad * embeddings).sum(-1).abs()
+        influence_np = influence.double().numpy()
+        reach = reach_figures(influence_np, spans, unit_word, len(query.context), len(words), threshold)
+        item = AttributedPrediction(prediction, influence_np, reach)
+        if verify:
+            item.faithfulness = _faithfulness(predictor, query, spans, reach, prediction, temperature)
+        attribution.predictions.append(item)
+    return attribution
+
+
+def _gradients(predictor: Predictor, units: tuple[int, ...], result: PredictionResult, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """d log P(word_j | text) / d x_t for every prediction j and context unit t: (k, n, E), and x: (n, E)."""
+    model, tokenizer = predictor.model, predictor.tokenizer
+    k = len(result.predictions)
+    ends = torch.from_numpy(predictor.table.ends)
+    inputs = torch.tensor([tokenizer.newline_id, *units], dtype=torch.long)
+    with torch.enable_grad():
+        base = model.embedding(inputs).detach()  # (n + 1, E)
+        embeds = base.unsqueeze(0).repeat(k, 1, 1).requires_grad_(True)  # (k, n + 1, E): one row per word
+        logits, states = model(embeds=embeds)  # (k, n + 1, V), (L, k, S)
+        first = torch.log_softmax(logits[:, -1].double() / temperature, dim=-1)  # (k, V)
+        if temperature != 1.0:
+            # Temperature scales every step: fold it into the model's logits through a wrapper.
+            model_call = _Tempered(model, temperature)
+        else:
+            model_call = model
+        paths, rows, owners = [], [], []
+        for row, prediction in enumerate(result.predictions):
+            for path in prediction.paths:
+                paths.append(path)
+                rows.append(row)
+                owners.append(("word", row))
+            if result.query.required:
+                for units_path in result.required_paths:
+                    paths.append((units_path, False))
+                    rows.append(row)
+                    owners.append(("required", row))
+        values = _path_logprobs(model_call, states, first, rows, paths, ends)
+        objective = values.new_zeros(())
+        for row in range(k):
+            word = torch.stack([v for v, o in zip(values, owners) if o == ("word", row)])
+            total = torch.logsumexp(word, 0)
+            required = [v for v, o in zip(values, owners) if o == ("required", row)]
+            if required:
+                total = total - torch.logsumexp(torch.stack(required), 0)
+            objective = objective + total
+        (grad,) = torch.autograd.grad(objective, embeds)
+    return grad[:, 1:].detach(), base[1:]
+
+
+class _Tempered(torch.nn.Module):
+    """A model whose logits are divided by a temperature."""
+
+    def __init__(self, model, temperature: float):
+        super().__init__()
+        self.model, self.temperature = model, temperature
+
+    def forward(self, ids, state):
+        logits, final = self.model(ids, state)
+        return logits / self.temperature, final
+
+
+def _faithfulness(predictor: Predictor, query, spans, reach: Reach, prediction: WordPrediction, temperature: float) -> dict:
+    """Replace the text beyond the 99% mass reach by neutral filler; how far does log P(word) move?"""
+    n = len(spans)
+    keep_from = spans[n - reach.mass99_tokens][0] if reach.mass99_tokens else len(query.context)
+    if keep_from <= 0:
+        return {"replaced_chars": 0, "logprob": prediction.logprob, "logprob_change": 0.0}
+    kept = query.text[keep_from:]
+    head = query.text[:keep_from]
+    filler = (FILLER * (len(head) // len(FILLER) + 1))[: len(head)]
+    # Keep line breaks where they were, so the text keeps its shape.
+    filler = "".join("\n" if original == "\n" else new for original, new in zip(head, filler))
+    if kept and not kept[0].isspace() and filler and not filler[-1].isspace():
+        filler = filler[:-1] + " "
+    changed = predictor.score_word(filler + kept, prediction.word, temperature)
+    return {"replaced_chars": keep_from, "logprob": changed, "logprob_change": changed - prediction.logprob}
+
+
+def hidden_jacobian_norms(predictor: Predictor, text: str, probes: int = 8, seed: int = 0, max_units: int | None = None) -> dict:
+    """How fast the recurrence forgets: ||d h_T / d h_(T-d)||_F for d = 1..T, estimated with random probes.
+
+    h is the whole carried state (every layer; h and c for an LSTM). For a
+    random vector v, one backward pass of v . h_T gives v^T J_d for every d
+    at once, and E ||v^T J_d||^2 = ||J_d||_F^2; `probes` vectors run side by
+    side as a batch. The recurrence is stepped one unit at a time so that
+    each intermediate state can be differentiated.
+    """
+    model, tokenizer = predictor.model, predictor.tokenizer
+    ids = [tokenizer.newline_id, *tokenizer.encode(make_query(text, tokenizer).context)]
+    if max_units is not None:
+        ids = ids[-max_units:]
+    generator = torch.Generator().manual_seed(seed)
+    with torch.enable_grad():
+        state = model.init_state(probes)
+        taps = []
+        for unit in ids:
+            tap = torch.zeros_like(state, requires_grad=True)  # d(v . h_T)/d tap_t = v^T d h_T / d h_t
+            state = state + tap
+            taps.append(tap)
+            _, state = model.step(torch.full((probes,), unit, dtype=torch.long), state)
+        v = torch.randn(state.shape, generator=generator, dtype=state.dtype)
+        grads = torch.autograd.grad((state * v).sum(), taps, allow_unused=True)
+    norms = []
+    for grad in reversed(grads):  # the last tap is d = 1 (the state before the last unit)
+        if grad is None:
+            norms.append(0.0)
+            continue
+        per_probe = grad.pow(2).sum(dim=(0, 2))  # (probes,)
+        norms.append(math.sqrt(float(per_probe.mean())))
+    return {"distance": list(range(1, len(norms) + 1)), "jacobian_norm": norms, "probes": probes,
+            "state_dim": int(state.shape[0] * state.shape[2])}

@@ -1,0 +1,65 @@
+"""Every error the API returns: one exception class and the handlers that turn errors into JSON.
+
+The body is always {"error": {"code": str, "message": str}}; codes are
+stable (clients and tests rely on them), messages are for people.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, jsonify
+from werkzeug.exceptions import HTTPException
+
+__all__ = ["ApiError", "register_error_handlers"]
+
+log = logging.getLogger(__name__)
+
+# Codes for the HTTP errors Flask and Werkzeug raise themselves.
+_HTTP_CODES = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "body_too_large",
+    415: "unsupported_media_type",
+}
+
+
+class ApiError(Exception):
+    """An error with an HTTP status, a stable code and a message for people."""
+
+    def __init__(self, status: int, code: str, message: str):
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+def _body(status: int, code: str, message: str):
+    response = jsonify({"error": {"code": code, "message": message}})
+    response.status_code = status
+    return response
+
+
+def register_error_handlers(app: Flask) -> None:
+    """Turn ApiError, HTTP errors and anything unexpected into JSON errors."""
+
+    @app.errorhandler(ApiError)
+    def api_error(error: ApiError):
+        return _body(error.status, error.code, error.message)
+
+    @app.errorhandler(HTTPException)
+    def http_error(error: HTTPException):
+        status = error.code or 500
+        code = _HTTP_CODES.get(status, "http_error")
+        message = error.description or error.name
+        if status == 413:
+            limit = app.config.get("MAX_CONTENT_LENGTH")
+            message = f"the request body is larger than the limit of {limit} bytes"
+        response = _body(status, code, message)
+        if status == 405 and error.valid_methods:
+            response.headers["Allow"] = ", ".join(error.valid_methods)
+        return response
+
+    @app.errorhandler(Exception)
+    def unexpected(error: Exception):
+        log.exception("unexpected error while handling a request")
+        return _body(500, "internal_error", "an unexpected error occurred; it has been logged")

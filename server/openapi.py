@@ -1,0 +1,133 @@
+"""The OpenAPI 3.0 document of the API, with the configured limits filled in."""
+
+from __future__ import annotations
+
+__all__ = ["openapi_document"]
+
+_NUMBER = {"type": "number"}
+_INTEGER = {"type": "integer"}
+_STRING = {"type": "string"}
+_BOOLEAN = {"type": "boolean"}
+
+
+def _error(description: str) -> dict:
+    return {"description": description, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+
+
+def _schemas(limits: dict) -> dict:
+    reach = {
+        "type": "object",
+        "required": ["tokens", "words", "chars", "mass90_tokens", "mass99_tokens", "threshold"],
+        "properties": {name: _INTEGER for name in ("tokens", "words", "chars", "mass90_tokens", "mass99_tokens",
+                                                   "mass90_words", "mass99_words", "mass90_chars", "mass99_chars")}
+        | {"threshold": _NUMBER},
+        "description": "How far back influence reaches from the prediction point (the last unit read is at distance 1).",
+    }
+    unit = {"type": "object", "required": ["text", "start", "end", "score", "word"],
+            "properties": {"text": _STRING, "start": _INTEGER, "end": _INTEGER, "score": _NUMBER,
+                           "word": {"type": "integer", "description": "index into word_influence"}}}
+    word = {"type": "object", "required": ["text", "start", "end", "score"],
+            "properties": {"text": _STRING, "start": _INTEGER, "end": _INTEGER, "score": _NUMBER}}
+    prediction = {
+        "type": "object",
+        "required": ["word", "probability", "logprob", "remainder"],
+        "properties": {
+            "word": _STRING,
+            "probability": {"type": "number", "minimum": 0, "maximum": 1},
+            "logprob": _NUMBER,
+            "remainder": {"type": "string", "description": "what is still to type when completing a word"},
+            "reach": {"$ref": "#/components/schemas/Reach"},
+            "faithfulness": {"type": "object", "properties": {"replaced_chars": _INTEGER, "logprob": _NUMBER, "logprob_change": _NUMBER}},
+            "influence": {"type": "array", "items": {"$ref": "#/components/schemas/UnitInfluence"}},
+            "word_influence": {"type": "array", "items": {"$ref": "#/components/schemas/WordInfluence"}},
+            "profile": {"type": "array", "items": _NUMBER, "description": "influence by distance 1, 2, ... divided by its maximum"},
+        },
+    }
+    return {
+        "PredictRequest": {
+            "type": "object",
+            "required": ["text"],
+            "additionalProperties": False,
+            "properties": {
+                "text": {"type": "string", "maxLength": limits["max_text_chars"],
+                         "description": "the text so far; a trailing space asks for the next word, none for completions"},
+                "k": {"type": "integer", "minimum": 1, "maximum": limits["max_k"], "default": 5},
+                "model": {"type": "string", "nullable": True, "description": "a served model's name (default: the first)"},
+                "attribution": {"type": "string", "enum": ["summary", "full", "none"], "default": "summary"},
+                "threshold": {"type": "number", "exclusiveMinimum": True, "minimum": 0, "exclusiveMaximum": True,
+                              "maximum": 1, "default": 0.01},
+                "method": {"type": "string", "enum": ["saliency", "grad_x_input"], "default": "saliency"},
+                "verify": {"type": "boolean", "default": False,
+                           "description": "replace the text beyond the 99% mass reach by filler and report the change"},
+            },
+        },
+        "PredictResponse": {
+            "type": "object",
+            "required": ["model", "text", "context", "completing", "predictions"],
+            "properties": {
+                "model": _STRING,
+                "text": {"type": "string", "description": "the text as normalised and read by the model"},
+                "context": {"type": "object", "required": ["tokens", "words", "chars", "truncated"],
+                            "properties": {"tokens": _INTEGER, "words": _INTEGER, "chars": _INTEGER, "truncated": _BOOLEAN,
+                                           "dropped_chars": _INTEGER, "unknown_units": _INTEGER}},
+                "completing": _BOOLEAN,
+                "partial": _STRING,
+                "attribution": {"type": "object", "properties": {"method": _STRING, "threshold": _NUMBER, "model_mode": _STRING,
+                                                                  "initial_state": _STRING, "gradient_of": _STRING}},
+                "predictions": {"type": "array", "items": {"$ref": "#/components/schemas/Prediction"}},
+            },
+        },
+        "Prediction": prediction,
+        "Reach": reach,
+        "UnitInfluence": unit,
+        "WordInfluence": word,
+        "ModelCard": {"type": "object", "required": ["name", "cell", "tokenizer", "parameters"],
+                      "properties": {"name": _STRING, "cell": _STRING, "tokenizer": {"type": "object"}, "parameters": _INTEGER,
+                                     "training_tokens": {"type": "integer", "nullable": True}, "bptt": {"type": "object"},
+                                     "clipping": {"type": "object"}, "heldout": {"type": "object"}}},
+        "ModelsResponse": {"type": "object", "required": ["models"],
+                           "properties": {"default": {"type": "string", "nullable": True},
+                                          "models": {"type": "array", "items": {"$ref": "#/components/schemas/ModelCard"}}}},
+        "Status": {"type": "object", "required": ["status"], "properties": {"status": _STRING, "models": {"type": "array", "items": _STRING}}},
+        "Error": {"type": "object", "required": ["error"],
+                  "properties": {"error": {"type": "object", "required": ["code", "message"],
+                                           "properties": {"code": _STRING, "message": _STRING}}}},
+    }
+
+
+def openapi_document(limits: dict, max_body: int) -> dict:
+    """The API as OpenAPI 3.0.3."""
+    json_body = {"required": True, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/PredictRequest"}}}}
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "Reach", "version": "1",
+                 "description": "Next-word predictions from recurrent language models, each with how far back its gradient "
+                                "influence reaches. Errors are {\"error\": {\"code\", \"message\"}}."},
+        "paths": {
+            "/v1/predict": {"post": {
+                "summary": "The next words after a text, with gradient reach",
+                "requestBody": json_body,
+                "responses": {
+                    "200": {"description": "predictions", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/PredictResponse"}}}},
+                    "400": _error("malformed JSON, a wrong type, an unknown or missing field"),
+                    "404": _error("unknown model"),
+                    "405": _error("method not allowed"),
+                    "413": _error(f"body over {max_body} bytes or text over {limits['max_text_chars']} characters"),
+                    "415": _error("the body is not JSON"),
+                    "422": _error("a value out of range, or text with control characters"),
+                    "500": _error("unexpected error (logged, no internals returned)"),
+                },
+            }},
+            "/v1/models": {"get": {"summary": "Served models and their cards", "responses": {
+                "200": {"description": "models", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ModelsResponse"}}}}}}},
+            "/healthz": {"get": {"summary": "Liveness", "responses": {
+                "200": {"description": "alive", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Status"}}}}}}},
+            "/readyz": {"get": {"summary": "Readiness: models loaded", "responses": {
+                "200": {"description": "ready", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Status"}}}},
+                "503": _error("no model loaded")}}},
+            "/openapi.json": {"get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI document",
+                                                                                          "content": {"application/json": {}}}}}},
+            "/": {"get": {"summary": "The web page", "responses": {"200": {"description": "HTML page", "content": {"text/html": {}}}}}},
+        },
+        "components": {"schemas": _schemas(limits)},
+    }

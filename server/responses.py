@@ -1,0 +1,35 @@
+"""JSON bodies of the predict endpoint, built from lm's results (no tensor code here)."""
+
+from __future__ import annotations
+
+from lm.attribution import Attribution
+from lm.predict import PredictionResult
+from lm.tokenizers import Tokenizer
+
+__all__ = ["attribution_body", "prediction_body"]
+
+
+def _unknown(tokenizer: Tokenizer, text: str) -> int:
+    """Units of the text the model reads as unknown (char models) or spells as bytes (subword models)."""
+    return sum(tokenizer.unit_text(unit) is None for unit in tokenizer.encode(text))
+
+
+def prediction_body(model: str, tokenizer: Tokenizer, result: PredictionResult) -> dict:
+    """The body for `"attribution": "none"`."""
+    context = result.query.context
+    return {
+        "model": model,
+        "text": result.query.text,
+        "context": {"tokens": result.context_units, "words": len(context.split()), "chars": len(context),
+                    "truncated": False, "unknown_units": _unknown(tokenizer, context)},
+        "completing": result.completing,
+        "partial": result.query.partial,
+        "predictions": [p.as_dict() for p in result.predictions],
+    }
+
+
+def attribution_body(model: str, tokenizer: Tokenizer, attribution: Attribution, full: bool) -> dict:
+    """The body for `"attribution": "summary"` or `"full"`."""
+    body = {"model": model, **attribution.as_dict(full=full)}
+    body["context"]["unknown_units"] = _unknown(tokenizer, attribution.result.query.context)
+    return body

@@ -1,0 +1,77 @@
+"""Routes: the JSON API blueprint and the web page blueprint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from flask import Blueprint, current_app, jsonify, request, send_from_directory
+
+from lm.attribution import attribute
+from server.errors import ApiError
+from server.openapi import openapi_document
+from server.registry import registry
+from server.requests import parse_predict
+from server.responses import attribution_body, prediction_body
+
+__all__ = ["api", "page"]
+
+api = Blueprint("api", __name__)
+page = Blueprint("page", __name__, static_folder="static", static_url_path="/static")
+STATIC = Path(__file__).parent / "static"
+
+
+def _limits() -> dict:
+    config = current_app.config
+    return {"max_k": config["REACH_MAX_K"], "max_text_chars": config["REACH_MAX_TEXT_CHARS"],
+            "max_context_units": config["REACH_MAX_CONTEXT_UNITS"]}
+
+
+@api.post("/v1/predict")
+def predict():
+    """Next words for a text, each with its gradient reach."""
+    limits = _limits()
+    query = parse_predict(request, limits)
+    model = registry().get(query.model)
+    if model is None:
+        known = ", ".join(registry().models) or "none"
+        raise ApiError(404, "unknown_model", f"no model named {query.model!r} is served (served: {known})")
+    if query.attribution == "none":
+        result = model.predictor.predict(query.text, k=query.k)
+        return jsonify(prediction_body(model.name, model.checkpoint.tokenizer, result))
+    result = attribute(model.predictor, query.text, k=query.k, method=query.method, threshold=query.threshold,
+                       verify=query.verify, max_units=limits["max_context_units"])
+    return jsonify(attribution_body(model.name, model.checkpoint.tokenizer, result, full=query.attribution == "full"))
+
+
+@api.get("/v1/models")
+def models():
+    """Every served model with its card."""
+    served = registry()
+    return jsonify({"default": served.default, "models": [loaded.card() for loaded in served.models.values()]})
+
+
+@api.get("/healthz")
+def healthz():
+    """The process is alive."""
+    return jsonify({"status": "ok"})
+
+
+@api.get("/readyz")
+def readyz():
+    """Models are loaded and warmed up."""
+    served = registry()
+    if not served.models:
+        raise ApiError(503, "not_ready", "no model is loaded")
+    return jsonify({"status": "ready", "models": list(served.models)})
+
+
+@api.get("/openapi.json")
+def openapi():
+    """The OpenAPI 3 description of this API."""
+    return jsonify(openapi_document(_limits(), current_app.config["MAX_CONTENT_LENGTH"]))
+
+
+@page.get("/")
+def index():
+    """The web page: predictions as you type, coloured by influence."""
+    return send_from_directory(STATIC, "index.html")

@@ -1,0 +1,159 @@
+// Reach web page: predictions as you type, coloured by gradient influence. No external code.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const DECADES = 4;
+let latest = null;      // the last response shown
+let selected = 0;       // index of the chosen prediction
+let pending = null;     // debounce timer
+let sequence = 0;       // drop answers to outdated requests
+
+function level(score, top) {
+  if (!(top > 0) || !(score > 0)) return 0;
+  return Math.min(1, Math.max(0, 1 + Math.log10(score / top) / DECADES));
+}
+
+function setStatus(message, isError) {
+  $("status").textContent = message;
+  $("status").className = isError ? "error" : "";
+}
+
+async function loadModels() {
+  const response = await fetch("/v1/models");
+  const body = await response.json();
+  const select = $("model");
+  select.innerHTML = "";
+  for (const card of body.models) {
+    const option = document.createElement("option");
+    option.value = card.name;
+    option.textContent = `${card.name} (${card.cell}, ${card.tokenizer.kind})`;
+    select.appendChild(option);
+  }
+  $("cards").textContent = body.models.map((c) => {
+    const test = (c.heldout && c.heldout.test) || {};
+    const bpc = test.bpc != null ? `${test.bpc.toFixed(3)} bpc` : "bpc n/a";
+    const ppl = test.word_ppl != null ? `per-word perplexity ${test.word_ppl.toFixed(1)}` : "";
+    return `${c.name}: ${c.cell}, ${c.layers}×${c.hidden_dim}, ${c.parameters.toLocaleString()} parameters, ${bpc} ${ppl}`;
+  }).join(" · ");
+}
+
+function schedule() {
+  clearTimeout(pending);
+  pending = setTimeout(predict, 250);
+}
+
+async function predict() {
+  const text = $("text").value;
+  const mine = ++sequence;
+  setStatus("predicting…");
+  try {
+    const response = await fetch("/v1/predict", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ text, k: Number($("k").value), model: $("model").value || null,
+                             attribution: "full", method: $("method").value }),
+    });
+    const body = await response.json();
+    if (mine !== sequence) return;
+    if (!response.ok) {
+      setStatus(`${body.error.code}: ${body.error.message}`, true);
+      return;
+    }
+    latest = body;
+    selected = 0;
+    setStatus(`${body.context.tokens} units read${body.context.truncated ? " (truncated)" : ""}`);
+    render();
+  } catch (error) {
+    if (mine === sequence) setStatus(`request failed: ${error}`, true);
+  }
+}
+
+function render() {
+  const body = latest;
+  $("mode").textContent = body.completing ? `completing “${body.partial}”` : "";
+  const list = $("predictions");
+  list.innerHTML = "";
+  body.predictions.forEach((p, index) => {
+    const item = document.createElement("li");
+    item.dataset.index = index;
+    item.className = index === selected ? "selected" : "";
+    item.innerHTML = `<span class="w"></span><span class="p">${(100 * p.probability).toFixed(1)}% · reach ${p.reach.words} words</span>`;
+    item.querySelector(".w").textContent = p.word;
+    item.addEventListener("click", () => { selected = index; render(); });
+    item.addEventListener("dblclick", () => insert(p));
+    list.appendChild(item);
+  });
+  renderHeatmap();
+}
+
+function insert(prediction) {
+  const box = $("text");
+  box.value += prediction.remainder + " ";
+  schedule();
+}
+
+function renderHeatmap() {
+  const body = latest;
+  const heatmap = $("heatmap");
+  heatmap.innerHTML = "";
+  const p = body.predictions[selected];
+  if (!p) { $("chosen").textContent = "…"; $("reach").textContent = ""; drawProfile([]); return; }
+  $("chosen").textContent = `“${p.word}”`;
+  const r = p.reach;
+  $("reach").textContent = `reach ${r.tokens} units / ${r.words} words / ${r.chars} characters (threshold ${r.threshold}); ` +
+    `90% of influence within ${r.mass90_words} words, 99% within ${r.mass99_words}`;
+  const text = body.text.slice(0, body.context.chars);
+  const units = p.influence || [];
+  const top = Math.max(0, ...units.map((u) => u.score));
+  const reachUnit = r.tokens ? units.length - r.tokens : -1;
+  let cursor = 0;
+  units.forEach((u, index) => {
+    if (u.start > cursor) heatmap.appendChild(document.createTextNode(text.slice(cursor, u.start)));
+    if (index === reachUnit) {
+      const mark = document.createElement("span");
+      mark.className = "reach";
+      mark.textContent = "|";
+      mark.title = "threshold reach";
+      heatmap.appendChild(mark);
+    }
+    const span = document.createElement("span");
+    span.className = "unit";
+    span.textContent = text.slice(u.start, u.end);
+    span.style.background = `rgba(214, 39, 40, ${level(u.score, top).toFixed(3)})`;
+    span.title = u.score.toExponential(2);
+    heatmap.appendChild(span);
+    cursor = Math.max(cursor, u.end);
+  });
+  heatmap.appendChild(document.createTextNode(text.slice(cursor)));
+  drawProfile(p.profile || []);
+}
+
+function drawProfile(profile) {
+  const canvas = $("profile");
+  const g = canvas.getContext("2d");
+  const w = canvas.width, h = canvas.height, left = 44, bottom = 22, top = 8, right = 8;
+  g.clearRect(0, 0, w, h);
+  g.strokeStyle = "#ccc";
+  g.strokeRect(left, top, w - left - right, h - top - bottom);
+  const points = profile.map((v, i) => [i + 1, v]).filter(([, v]) => v > 0);
+  g.fillStyle = "#666";
+  g.font = "10px sans-serif";
+  if (!points.length) return;
+  const far = Math.max(...points.map(([d]) => d));
+  const low = Math.max(Math.min(...points.map(([, v]) => v)), 1e-8);
+  const span = Math.max(Math.log10(1 / low), 1e-9);
+  const x = (d) => left + (w - left - right) * (far > 1 ? Math.log10(d) / Math.log10(far) : 0);
+  const y = (v) => top + (h - top - bottom) * (-Math.log10(v) / span);
+  g.fillText("1", 4, top + 8);
+  g.fillText(low.toExponential(0), 4, h - bottom);
+  for (let power = 0; 10 ** power <= far; power++) g.fillText(String(10 ** power), x(10 ** power) - 4, h - 6);
+  g.strokeStyle = "#d62728";
+  g.lineWidth = 1.5;
+  g.beginPath();
+  points.forEach(([d, v], i) => (i ? g.lineTo(x(d), y(v)) : g.moveTo(x(d), y(v))));
+  g.stroke();
+}
+
+$("text").addEventListener("input", schedule);
+for (const id of ["model", "k", "method"]) $(id).addEventListener("change", predict);
+loadModels().then(predict).catch((error) => setStatus(`could not load models: ${error}`, true));

@@ -1,0 +1,232 @@
+"""Gradient reach: gradients against Captum and finite differences, batching, reach figures, text mapping, views."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from lm.__main__ import main as lm_main
+from lm.attribution import _unit_words, _words_of, attribute, hidden_jacobian_norms, reach_figures
+from lm.checkpoint import load_checkpoint
+from lm.predict import PredictionResult, Predictor
+from lm.views import render_html, render_terminal
+
+TEXT = "The album was released in the United States in 1998, and it was "
+
+
+@pytest.fixture(scope="module")
+def char_predictor(tiny_run):
+    checkpoint = load_checkpoint(tiny_run.out)
+    return Predictor(checkpoint.model, checkpoint.tokenizer)
+
+
+@pytest.fixture(scope="module")
+def subword_predictor(tiny_subword_run):
+    checkpoint = load_checkpoint(tiny_subword_run.out)
+    return Predictor(checkpoint.model, checkpoint.tokenizer)
+
+
+def _direct_logprob(model, tokenizer, embeds, word):
+    """log P(word + boundary | context) for a char model, written directly: embeds (1, n + 1, E) of the context."""
+    units = tokenizer.encode(word)
+    tail = torch.nn.functional.embedding(torch.tensor([units]), model.embedding.weight)  # (1, m, E), not through the hooked layer
+    logits, _ = model(embeds=torch.cat([embeds, tail], dim=1))
+    logprobs = torch.log_softmax(logits[0].double(), -1)  # (n + m + 1, V)
+    n = embeds.size(1)
+    total = sum(logprobs[n - 1 + i, u] for i, u in enumerate(units))
+    ends = torch.tensor([i for i, e in enumerate(Predictor(model, tokenizer).table.ends) if e])
+    return total + torch.logsumexp(logprobs[n - 1 + len(units), ends], 0)
+
+
+def test_saliency_equals_captum_and_finite_differences(char_predictor):
+    from captum.attr import Saliency
+
+    model, tokenizer = char_predictor.model, char_predictor.tokenizer
+    result = attribute(char_predictor, TEXT, k=3)
+    entry = result.predictions[0]
+    ids = torch.tensor([[tokenizer.newline_id, *tokenizer.encode(TEXT)]])
+    embeds = model.embedding(ids).detach()
+
+    def forward(x):
+        return _direct_logprob(model, tokenizer, x, entry.prediction.word).float().reshape(1)
+
+    captum = Saliency(forward).attribute(embeds.clone().requires_grad_(True), abs=True)  # (1, n + 1, E)
+    expected = captum[0, 1:].norm(dim=-1).double().numpy()
+    np.testing.assert_allclose(entry.influence, expected, rtol=1e-4, atol=1e-9 * expected.max())
+    # The direct function is the prediction's log-probability.
+    assert forward(embeds).detach().item() == pytest.approx(entry.prediction.logprob, abs=1e-5)
+
+    # Finite differences in float64 along the gradient at the five most influential positions.
+    double = type(model)(model.config).double().eval()
+    double.load_state_dict({k: v.double() for k, v in model.state_dict().items()})
+    x = double.embedding(ids).detach()
+    for position in np.argsort(-entry.influence)[:5]:
+        t = int(position) + 1
+        direction = torch.zeros_like(x)
+        probe = x.clone().requires_grad_(True)
+        g = torch.autograd.grad(_direct_logprob(double, tokenizer, probe, entry.prediction.word), probe)[0][0, t]
+        direction[0, t] = g / g.norm()
+        eps = 1e-5
+        with torch.no_grad():
+            slope = (_direct_logprob(double, tokenizer, x + eps * direction, entry.prediction.word)
+                     - _direct_logprob(double, tokenizer, x - eps * direction, entry.prediction.word)) / (2 * eps)
+        assert float(slope) == pytest.approx(entry.influence[position], rel=1e-3)
+
+
+def test_grad_x_input_equals_captum_layer_gradient_x_activation(char_predictor):
+    from captum.attr import LayerGradientXActivation
+
+    model, tokenizer = char_predictor.model, char_predictor.tokenizer
+    result = attribute(char_predictor, TEXT, k=2, method="grad_x_input")
+    entry = result.predictions[1]
+    ids = torch.tensor([[tokenizer.newline_id, *tokenizer.encode(TEXT)]])
+
+    def forward(inputs):
+        return _direct_logprob(model, tokenizer, model.embedding(inputs), entry.prediction.word).float().reshape(1)
+
+    layer = LayerGradientXActivation(forward, model.embedding)
+    expected = layer.attribute(ids)[0, 1:].sum(-1).abs().detach().double().numpy()
+    np.testing.assert_allclose(entry.influence, expected, rtol=1e-4, atol=1e-9 * expected.max())
+
+
+def test_the_batched_gradients_equal_k_separate_computations(subword_predictor):
+    from lm.attribution import _gradients
+
+    text = "In 1990 the band released a second album, and the "
+    result = attribute(subword_predictor, text, k=4)
+    units = tuple(subword_predictor.tokenizer.encode(result.result.query.context))
+    batched, _ = _gradients(subword_predictor, units, result.result, 1.0)
+    for row, prediction in enumerate(result.result.predictions):
+        alone = PredictionResult(result.result.query, [prediction], len(units), result.result.required_logprob,
+                                 result.result.required_paths)
+        single, _ = _gradients(subword_predictor, units, alone, 1.0)
+        torch.testing.assert_close(batched[row], single[0], rtol=1e-4, atol=1e-7)
+
+
+def test_healed_subword_gradient_is_of_the_conditional_probability(subword_predictor):
+    """With a healed unfinished word the objective divides out P(unfinished part): compare to a direct sum."""
+    result = attribute(subword_predictor, "The album was rel", k=2)
+    assert result.result.completing and result.result.query.required == " rel"
+    for entry in result.predictions:
+        exact = subword_predictor.score_word("The album was rel", entry.prediction.word)
+        assert entry.prediction.logprob == pytest.approx(exact, abs=1e-6)
+        assert entry.influence.shape == (len(result.units),) and np.isfinite(entry.influence).all()
+
+
+def test_reach_figures_on_hand_made_influence():
+    # Units in text order; the last unit is distance 1. Six one-character units, three words "ab cd e".
+    spans = [(0, 1), (1, 2), (2, 3), (3, 4), (4, 5), (5, 6)]
+    words = [0, 0, 1, 1, 1, 2]  # "ab", " cd" (the space goes with the next word), " e"... as unit -> word
+    influence = np.array([0.001, 0.02, 0.0, 0.5, 0.2, 1.0])
+    reach = reach_figures(influence, spans, words, text_length=6, word_count=3, threshold=0.01)
+    # Distances: d1=1.0, d2=0.2, d3=0.5, d4=0.0, d5=0.02, d6=0.001; >= 0.01 farthest at d5.
+    assert (reach.tokens, reach.words, reach.chars) == (5, 3, 5)
+    total = influence.sum()  # 1.721: 90% reached at d3 (1.7/1.721), 99% at d5 (1.72/1.721 = 0.9994)
+    assert total == pytest.approx(1.721)
+    assert (reach.mass90_tokens, reach.mass99_tokens) == (3, 5)
+    assert (reach.mass90_words, reach.mass99_words) == (2, 3)
+    flat = reach_figures(np.ones(4), spans[:4], [0, 1, 2, 3], 4, 4, threshold=0.5)
+    assert (flat.tokens, flat.mass90_tokens, flat.mass99_tokens) == (4, 4, 4)
+    assert reach_figures(np.zeros(3), spans[:3], [0, 0, 0], 3, 1).tokens == 0
+
+
+def test_units_map_to_words_and_offsets(subword_predictor):
+    text = "Reach, in short: how far back?"
+    words = _words_of(text)
+    assert [w for w, _, _ in words] == ["Reach,", "in", "short:", "how", "far", "back?"]
+    ids, spans = subword_predictor.tokenizer.encode_with_offsets(text)
+    units = [(text[s:e], s, e) for s, e in spans]
+    owners = _unit_words(units, words)
+    for (unit_text, start, end), owner in zip(units, owners):
+        word, word_start, word_end = words[owner]
+        stripped = unit_text.strip()
+        assert not stripped or (word_start <= start + unit_text.index(stripped) and end <= word_end)
+    result = attribute(subword_predictor, text + " ", k=1)
+    payload = result.as_dict(full=True)["predictions"][0]
+    assert [u["text"] for u in payload["influence"]] == [u for u, _, _ in units]
+    assert [w["text"] for w in payload["word_influence"]] == [w for w, _, _ in words]
+    assert sum(w["score"] for w in payload["word_influence"]) == pytest.approx(sum(u["score"] for u in payload["influence"]))
+
+
+def test_response_states_how_the_model_ran_and_uses_the_api_names(char_predictor):
+    payload = attribute(char_predictor, TEXT, k=2, verify=True).as_dict(full=True)
+    assert payload["attribution"]["model_mode"].startswith("evaluation") and "zero state" in payload["attribution"]["initial_state"]
+    assert payload["context"] == {"tokens": len(TEXT), "words": len(TEXT.split()), "chars": len(TEXT), "truncated": False, "dropped_chars": 0}
+    entry = payload["predictions"][0]
+    assert {"word", "probability", "logprob", "reach", "influence", "word_influence", "profile", "faithfulness"} <= set(entry)
+    assert set(entry["reach"]) >= {"tokens", "words", "chars", "mass90_tokens", "mass99_tokens", "threshold"}
+    assert entry["profile"][0] == pytest.approx(entry["influence"][-1]["score"] / max(u["score"] for u in entry["influence"]))
+    assert "logprob_change" in entry["faithfulness"]
+
+
+def test_an_input_limit_is_applied_and_reported(char_predictor):
+    result = attribute(char_predictor, TEXT * 4, k=1, max_units=50)
+    summary = result.context_summary()
+    assert summary["truncated"] and summary["tokens"] <= 50 and summary["dropped_chars"] > 0
+
+
+def test_the_faithfulness_check_replaces_only_text_beyond_the_reach(char_predictor):
+    entry = attribute(char_predictor, TEXT * 3, k=1, verify=True).predictions[0]
+    faith = entry.faithfulness
+    assert faith["replaced_chars"] == len(TEXT * 3) - entry.reach.mass99_chars
+    assert abs(faith["logprob_change"]) < 0.5  # beyond the 99% mass the text barely matters
+
+
+def test_attribution_never_touches_parameter_gradients(char_predictor):
+    attribute(char_predictor, TEXT, k=2)
+    assert all(p.grad is None for p in char_predictor.model.parameters())
+
+
+def test_hidden_jacobian_norms_decay_for_a_contracting_rnn():
+    from lm.config import ModelConfig
+    from lm.model import RNNLanguageModel
+    from lm.tokenizers import CharTokenizer
+
+    tokenizer = CharTokenizer(list("abc \n"))
+    torch.manual_seed(0)
+    model = RNNLanguageModel(ModelConfig(cell="rnn_tanh", vocab_size=tokenizer.vocab_size, embed_dim=4, hidden_dim=16,
+                                         num_layers=1, tie_weights=False)).eval()
+    with torch.no_grad():
+        model.layers[0].weight_hh_l0.mul_(0.3)  # a contraction: the recurrence forgets geometrically
+    diagnosis = hidden_jacobian_norms(Predictor(model, tokenizer), "abc cab bca abc ", probes=16)
+    norms = diagnosis["jacobian_norm"]
+    assert diagnosis["distance"][:3] == [1, 2, 3]
+    assert norms[0] > norms[4] > norms[9] > 0
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_views_show_the_heatmap_and_reach(char_predictor):
+    result = attribute(char_predictor, TEXT, k=2, verify=True)
+    colour = render_terminal(result, color=True)
+    assert "\x1b[48;5;" in colour and "reach" in colour and "p=" in colour
+    plain = render_terminal(result, color=False)
+    assert "\x1b[" not in plain and "|" in plain and "strongest words" in plain
+    page = render_html(result, "tiny")
+    assert page.startswith("<!doctype html>") and "<svg" in page and "http" not in page  # self-contained
+
+
+def test_attribute_cli_json_and_html(tiny_run, tmp_path, capsys):
+    page = tmp_path / "page.html"
+    assert lm_main(["attribute", "--model", str(tiny_run.out), "--json", "--html", str(page), "-k", "2", TEXT]) == 0
+    payload = json.loads(capsys.readouterr().out)
+    assert len(payload["predictions"]) == 2 and "influence" in payload["predictions"][0]
+    assert page.read_text().count("<section>") == 2
+    assert lm_main(["attribute", "--model", str(tiny_run.out), "--no-color", TEXT]) == 0
+    assert "threshold reach" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_reach_profile_cli_compares_models(tiny_run, tiny_subword_run, corpus_dir, tmp_path, capsys):
+    out = tmp_path / "profile"
+    assert lm_main(["reach-profile", "--model", str(tiny_run.out), "--model", str(tiny_subword_run.out), "--samples", "4",
+                    "--context-chars", "300", "--corpus", str(corpus_dir), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "tiny-char" in printed and "tiny-subword" in printed
+    profiles = json.loads(out.with_suffix(".json").read_text())
+    assert set(profiles) == {"tiny-char", "tiny-subword"}
+    for profile in profiles.values():
+        assert profile["samples"] == 4 and profile["by_unit_distance"]["median"][0] > 0
+        assert len(profile["faithfulness"]["values"]) == 4
+        assert profile["khandelwal_2018"] == {"context_used_tokens": 200, "word_order_tokens": 50}
+    assert out.with_suffix(".png").stat().st_size > 10_000

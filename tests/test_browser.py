@@ -1,0 +1,78 @@
+"""The web page in a real headless Chromium: type, see predictions, pick one, see the heatmap.
+
+Needs Debian's chromium at /usr/bin/chromium (`.ci/run` installs it). Without
+it the test is skipped, except in CI (CI=true), where it fails.
+"""
+
+import os
+import socket
+import threading
+from pathlib import Path
+
+import pytest
+from werkzeug.serving import make_server
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = ROOT / "artifacts"
+
+pytestmark = pytest.mark.browser
+
+
+@pytest.fixture(scope="module")
+def page_server(app):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = make_server("127.0.0.1", port, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{port}"
+    server.shutdown()
+
+
+def test_type_see_predictions_select_one_see_the_heatmap(page_server):
+    if not CHROMIUM.exists():
+        if os.environ.get("CI") == "true":
+            pytest.fail("CI must install Debian's chromium for the browser test")
+        pytest.skip("Debian's chromium is not installed")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--no-first-run", "--disable-sync"])
+        try:
+            page = browser.new_page(viewport={"width": 1200, "height": 900})
+            errors = []
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            page.goto(page_server + "/")
+            page.wait_for_function("document.querySelectorAll('#model option').length === 2")
+            typed = "The album was released in the United States and it was "
+            page.fill("#text", "")
+            page.type("#text", typed, delay=5)
+            # Predictions for the typed text (not the empty text shown on load) arrive after the debounce.
+            page.wait_for_function(f"document.querySelectorAll('#heatmap span.unit').length === {len(typed)}", timeout=20_000)
+            assert page.locator("#predictions li").count() == 5
+            first = page.text_content("#predictions li:nth-child(1) .w")
+            assert first
+            page.click("#predictions li:nth-child(2)")
+            page.wait_for_function("document.querySelector('#predictions li:nth-child(2)').classList.contains('selected')")
+            chosen = page.text_content("#chosen")
+            assert page.text_content("#predictions li:nth-child(2) .w") in chosen
+            units = page.locator("#heatmap span.unit")
+            assert units.count() == len(typed)
+            coloured = page.eval_on_selector_all("#heatmap span.unit", "spans => spans.filter(s => !s.style.background.endsWith(', 0)')).length")
+            assert coloured > 5
+            assert "reach" in page.text_content("#reach")
+            assert page.locator("#heatmap .reach").count() == 1
+            painted = page.evaluate("() => { const c = document.getElementById('profile'); const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data; let n = 0; for (let i = 3; i < d.length; i += 4) n += d[i] > 0; return n; }")
+            assert painted > 200  # the decay profile is drawn
+            # Switching the model re-predicts with the other one.
+            page.select_option("#model", "subword")
+            page.wait_for_function("document.querySelectorAll('#heatmap span.unit').length < 40", timeout=20_000)
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "browser.png"), full_page=True)
+            assert not errors
+        finally:
+            browser.close()

@@ -1,0 +1,67 @@
+"""The production server (gunicorn over the app factory) on a free 127.0.0.1 port, talked to over HTTP."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _request(url, body=None):
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"} if data else {})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+@pytest.fixture(scope="module")
+def live_server(tiny_run, tiny_subword_run, tmp_path_factory):
+    port = _free_port()
+    log = tmp_path_factory.mktemp("gunicorn") / "stderr.log"
+    env = {**os.environ, "REACH_MODELS": f"char={tiny_run.out},subword={tiny_subword_run.out}", "REACH_THREADS": "1"}
+    gunicorn = Path(sys.executable).with_name("gunicorn")
+    with open(log, "w") as stderr:
+        process = subprocess.Popen([str(gunicorn), "--workers", "2", "--bind", f"127.0.0.1:{port}", "--timeout", "60",
+                                    "server:create_app()"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        try:
+            if _request(base + "/readyz")[0] == 200:
+                break
+        except (urllib.error.URLError, ConnectionError):
+            time.sleep(0.3)
+        if process.poll() is not None:
+            raise AssertionError(log.read_text())
+    yield base
+    process.send_signal(signal.SIGTERM)
+    process.wait(timeout=30)
+
+
+def test_gunicorn_serves_predictions_over_http(live_server):
+    status, body = _request(live_server + "/v1/predict", {"text": "The album was released in ", "k": 3, "model": "subword"})
+    assert status == 200 and body["model"] == "subword" and len(body["predictions"]) == 3
+    assert all("reach" in p for p in body["predictions"])
+    status, body = _request(live_server + "/v1/predict", {"text": "x", "k": 99})
+    assert status == 422 and body["error"]["code"] == "invalid_value"
+    status, body = _request(live_server + "/v1/models")
+    assert status == 200 and {m["name"] for m in body["models"]} == {"char", "subword"}
+    assert _request(live_server + "/healthz") == (200, {"status": "ok"})
