@@ -3,6 +3,7 @@
     python train.py --corpus ../shared/corpora/wiki-subset --tokenizer char --cell lstm --out runs/char-lstm
     python train.py --preset small --out runs/small          # about two minutes
     python train.py --resume runs/small --max-minutes 5      # continue a stopped run
+    torchrun --nproc_per_node=2 train.py --preset small      # several processes (DDP), see docs/DEPLOY.md
 
 Every flag below is a field of `lm.config` (TokenizerConfig, ModelConfig,
 TrainConfig) with the same name; a preset fills in several at once and
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -56,17 +58,23 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     out = args.resume or args.out or Path("runs") / f"{args.preset}-{tokenizer_config.tokenizer}-{model_config.cell}"
 
-    # Entry point duties: threads and seeds (imported late: torch is slow to import).
+    # Entry point duties: processes, threads and seeds (imported late: torch is slow to import).
+    from lm.distributed import init_distributed, shutdown
     from lm.runner import seed_everything, set_threads, train_run
 
-    threads = set_threads(train_config.threads)
+    ranks = init_distributed()
+    if not ranks.is_main:
+        configure_logging(quiet=True)
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    threads = set_threads(train_config.threads or max(1, (os.cpu_count() or 1) // local))
     seed_everything(train_config.seed)
-    log.info("training in %s with %d threads", out, threads)
-    progress = ProgressBar(enabled=not args.quiet and sys.stderr.isatty())
+    log.info("training in %s with %d threads%s", out, threads,
+             f" in each of {ranks.world_size} processes ({ranks.backend})" if ranks.enabled else "")
+    progress = ProgressBar(enabled=not args.quiet and ranks.is_main and sys.stderr.isatty())
     try:
         with GracefulStop() as stop:
             result = train_run(tokenizer_config, model_config, train_config, out, resume=args.resume is not None,
-                               should_stop=stop, progress=progress)
+                               should_stop=stop, progress=progress, distributed=ranks)
     except (CorpusError, CheckpointError, TokenizerError, ValueError) as error:
         progress.close()
         print(f"train.py: error: {error}", file=sys.stderr)
@@ -75,7 +83,11 @@ def main(argv: list[str] | None = None) -> int:
         progress.close()
         print("train.py: aborted; the last checkpoint written is intact", file=sys.stderr)
         return 130
+    finally:
+        shutdown(ranks)
     progress.close()
+    if result is None:  # a rank other than 0: rank 0 reports
+        return 0
     state, test, valid = result.state, result.test, result.valid
     print(f"run: {out}  parameters {result.parameters:,}  steps {state.step:,}  epochs {state.epoch}  "
           f"training tokens {state.tokens:,}  training time {state.elapsed / 60:.1f} min")

@@ -4,6 +4,7 @@
     attribute      the next words with their gradient reach, and the text as a heatmap
     reach-profile  reach over many held-out contexts, for one or several models, as JSON and PNG
     evaluate       held-out bits per character, per-word perplexity, next-word accuracy
+    lab            train cells, truncation lengths and clipping modes; write a report
     plot           draw a run's training curves to a PNG
 """
 
@@ -164,6 +165,37 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _lab(args: argparse.Namespace) -> int:
+    from corpora import CorpusError
+    from lm.lab import CELLS, CLIPPING, LabSettings, run_lab
+    from lm.runner import set_threads
+
+    set_threads(args.threads)
+    overrides = {"seed": args.seed, "tokenizer": args.tokenizer}
+    for name in ("cells", "k2s", "clipping"):
+        value = getattr(args, name)
+        if value:
+            overrides[name] = tuple(value)
+    for name in ("parameters", "samples", "embed_dim"):
+        if getattr(args, name) is not None:
+            overrides[name] = getattr(args, name)
+    unknown = set(overrides.get("cells", ())) - set(CELLS) or set(overrides.get("clipping", ())) - set(CLIPPING)
+    if unknown:
+        print(f"lm lab: error: unknown choice(s): {', '.join(sorted(unknown))}", file=sys.stderr)
+        return 2
+    if args.quick:
+        settings = LabSettings.quick_mode(**overrides, **({"minutes": args.minutes} if args.minutes else {}))
+    else:
+        settings = LabSettings(minutes=args.minutes or 3.0, **overrides)
+    try:
+        report = run_lab(args.corpus, args.out, settings)
+    except CorpusError as error:
+        print(f"lm lab: error: {error}", file=sys.stderr)
+        return 1
+    print(f"wrote {report} (and lab.json, validation.png, gradients.png, reach.png in {args.out})")
+    return 0
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -232,6 +264,22 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--threads", type=_positive_int, default=None)
     evaluate.add_argument("--json", action="store_true", help="print JSON")
     evaluate.set_defaults(handler=_evaluate)
+
+    lab = commands.add_parser("lab", help="the BPTT lab: cells, truncation and clipping under one budget, with a report")
+    lab.add_argument("--corpus", default="wiki-subset", help="corpus (default: wiki-subset, $REACH_CORPUS or the hub)")
+    lab.add_argument("--minutes", type=_positive_float, default=None, help="training minutes per run (default: 3; quick: 0.05)")
+    lab.add_argument("--out", type=Path, required=True, help="report directory, e.g. reports/NAME")
+    lab.add_argument("--quick", action="store_true", help="tiny models, a few seconds each: the whole lab in about a minute")
+    lab.add_argument("--cells", nargs="+", default=None, metavar="CELL", help="cells to compare (default: all four)")
+    lab.add_argument("--k2s", nargs="+", type=_positive_int, default=None, metavar="K2", help="truncation lengths (default: 8 32 128)")
+    lab.add_argument("--clipping", nargs="+", default=None, metavar="MODE", help="clipping modes: off norm value (default: all)")
+    lab.add_argument("--tokenizer", choices=("char", "subword"), default="char")
+    lab.add_argument("--parameters", type=_positive_int, default=None, help="parameter count every cell is sized to")
+    lab.add_argument("--embed-dim", type=_positive_int, default=None)
+    lab.add_argument("--samples", type=_positive_int, default=None, help="reach-profile contexts per run")
+    lab.add_argument("--seed", type=int, default=1234)
+    lab.add_argument("--threads", type=_positive_int, default=None)
+    lab.set_defaults(handler=_lab)
 
     plot = commands.add_parser("plot", help="draw a run's training curves (loss, gradient norm, lr, speed) to a PNG")
     plot.add_argument("run", help="run directory (or its metrics.jsonl)")

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import logging
 import os
 import platform
 import shutil
@@ -51,6 +52,8 @@ __all__ = [
     "save_checkpoint",
     "update_metrics",
 ]
+
+log = logging.getLogger(__name__)
 
 FORMAT = "reach-checkpoint"
 FORMAT_VERSION = 1
@@ -139,8 +142,12 @@ def save_checkpoint(
     metrics: dict[str, Any] | None = None,
     optimizer: torch.optim.Optimizer | None = None,
     state: TrainingState | None = None,
+    rng_states: torch.Tensor | None = None,
 ) -> Path:
-    """Write a checkpoint to `directory` atomically (replacing any earlier one there)."""
+    """Write a checkpoint to `directory` atomically (replacing any earlier one there).
+
+    `rng_states` (ranks, n): every rank's torch RNG state, from a multi-process run.
+    """
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     temporary = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
@@ -163,6 +170,8 @@ def save_checkpoint(
         if optimizer is not None and state is not None:
             tensors, plain = _optimizer_payload(optimizer)
             tensors["rng.torch"] = torch.get_rng_state()
+            if rng_states is not None:
+                tensors["rng.torch_ranks"] = rng_states.contiguous()
             if state.carried is not None:
                 tensors["state.carried"] = state.carried.detach().contiguous()
             save_file(tensors, str(temporary / "training.safetensors"))
@@ -256,8 +265,15 @@ def load_checkpoint(path: Path | str) -> Checkpoint:
     return Checkpoint(directory, model, tokenizer, tokenizer_config, train_config, meta)
 
 
-def restore_training(directory: Path | str, model: RNNLanguageModel, optimizer: torch.optim.Optimizer) -> TrainingState:
-    """Load weights, optimiser, RNG and training state from a resumable checkpoint into live objects."""
+def restore_training(directory: Path | str, model: RNNLanguageModel, optimizer: torch.optim.Optimizer,
+                     rank: int = 0, world_size: int = 1, seed: int = 0) -> TrainingState:
+    """Load weights, optimiser, RNG and training state from a resumable checkpoint into live objects.
+
+    The carried state comes back whole, (L, B, S); a rank takes its own rows.
+    Each rank gets back its own RNG state when the number of processes is
+    unchanged; otherwise dropout is reseeded per rank (so the continuation
+    cannot equal the uninterrupted run's, but the run goes on).
+    """
     directory = Path(directory)
     meta = read_meta(directory)
     if not meta.get("resumable"):
@@ -275,8 +291,16 @@ def restore_training(directory: Path | str, model: RNNLanguageModel, optimizer: 
         for index, values in plain["plain_state"].items():
             slots.setdefault(int(index), {}).update(values)
         optimizer.load_state_dict({"state": slots, "param_groups": plain["param_groups"]})
-        torch.set_rng_state(tensors["rng.torch"])
         state = TrainingState.from_json(payload["state"], tensors.get("state.carried"))
+        generators = tensors.get("rng.torch_ranks")
+        if generators is not None and generators.size(0) == world_size:
+            torch.set_rng_state(generators[rank].clone())
+        elif generators is None and world_size == 1:
+            torch.set_rng_state(tensors["rng.torch"])
+        else:
+            torch.manual_seed(seed + 7919 * (state.step + 1) + rank)
+            log.warning("resuming with %d processes instead of %d: dropout masks are reseeded", world_size,
+                        generators.size(0) if generators is not None else 1)
     except (OSError, SafetensorError, RuntimeError, ValueError, KeyError, TypeError, json.JSONDecodeError) as error:
         first = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
         raise CheckpointError(f"cannot resume from {str(directory)!r}: its training state is damaged or does not match ({first})") from error

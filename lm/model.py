@@ -98,38 +98,46 @@ class RNNLanguageModel(nn.Module):
         mask = weight.new_empty(weight.size(0), 1).bernoulli_(1 - p).div_(1 - p)  # (V, 1)
         return F.embedding(ids, weight * mask)
 
-    def _run_layer(self, index: int, x: Tensor, state: Tensor, lengths: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """One recurrent layer over (B, T, C) from state (B, S); returns outputs and the final state.
+    def _to_init(self, state: Tensor) -> Tensor | tuple[Tensor, Tensor]:
+        """A (B, S) state row as nn.RNN/GRU's h0 or nn.LSTM's (h0, c0), each (1, B, H)."""
+        if self.config.cell == "lstm":
+            hidden = self.config.hidden_dim
+            return state[:, :hidden].unsqueeze(0).contiguous(), state[:, hidden:].unsqueeze(0).contiguous()
+        return state.unsqueeze(0).contiguous()
+
+    def _from_final(self, final: Tensor | tuple[Tensor, Tensor]) -> Tensor:
+        """nn.RNN/GRU's h_n or nn.LSTM's (h_n, c_n) as one (B, S) state row."""
+        if self.config.cell == "lstm":
+            return torch.cat([final[0][0], final[1][0]], dim=-1)
+        return final[0]
+
+    def _run_layer(self, index: int, x: Tensor, state: Tensor, lengths: Tensor | None = None,
+                   split_at: int | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
+        """One recurrent layer over (B, T, C) from state (B, S): outputs, final state, and the state after
+        `split_at` steps (None without `split_at`).
 
         With `lengths` (B,), row b is only `lengths[b]` steps long (right-padded)
         and its final state is the one after its last real step.
         """
         layer = self.layers[index]
-        hidden = self.config.hidden_dim
-        if self.config.cell == "lstm":
-            h0 = state[:, :hidden].unsqueeze(0).contiguous()  # (1, B, H)
-            c0 = state[:, hidden:].unsqueeze(0).contiguous()
-            init: Tensor | tuple[Tensor, Tensor] = (h0, c0)
-        else:
-            init = state.unsqueeze(0).contiguous()
         if lengths is not None:
             packed = nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
-            out, final = layer(packed, init)
+            out, final = layer(packed, self._to_init(state))
             out, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=x.size(1))
-            if self.config.cell == "lstm":
-                return out, torch.cat([final[0][0], final[1][0]], dim=-1)
-            return out, final[0]
+            return out, self._from_final(final), None
+        run = layer
         p = self.config.weight_dropout
         if self.training and p > 0.0:
-            # DropConnect (Wan et al. 2013) on W_hh, one mask per window.
+            # DropConnect (Wan et al. 2013) on W_hh, one mask per forward call.
             dropped = F.dropout(layer.weight_hh_l0, p=p, training=True)
-            out, final = functional_call(layer, {"weight_hh_l0": dropped}, (x, init))
-        else:
-            out, final = layer(x, init)
-        if self.config.cell == "lstm":
-            h, c = final
-            return out, torch.cat([h[0], c[0]], dim=-1)
-        return out, final[0]
+            run = lambda inputs, init: functional_call(layer, {"weight_hh_l0": dropped}, (inputs, init))  # noqa: E731
+        if split_at is None:
+            out, final = run(x, self._to_init(state))
+            return out, self._from_final(final), None
+        head, middle = run(x[:, :split_at], self._to_init(state))
+        middle = self._from_final(middle)
+        tail, final = run(x[:, split_at:], self._to_init(middle))
+        return torch.cat([head, tail], dim=1), self._from_final(final), middle
 
     def step(self, ids: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
         """One time step in evaluation mode: ids (N,), state (L, N, S) -> logits (N, V), new state.
@@ -166,10 +174,12 @@ class RNNLanguageModel(nn.Module):
         return self.decoder(x), torch.stack(finals)
 
     def forward(self, ids: Tensor | None = None, state: Tensor | None = None, *, embeds: Tensor | None = None,
-                lengths: Tensor | None = None) -> tuple[Tensor, Tensor]:
+                lengths: Tensor | None = None, split_at: int | None = None):
         """Logits (B, T, V) and final state (L, B, S) from ids (B, T) or embeddings (B, T, E).
 
         `lengths` (B,) marks right-padded rows: each row's final state is taken after its own last step.
+        With `split_at` (0 < split_at < T), also returns the state after that many steps, from the
+        same pass (one dropout mask), as a third value: TBPTT(k1, k2) carries it to the next window.
         """
         if embeds is None:
             if ids is None:
@@ -178,11 +188,14 @@ class RNNLanguageModel(nn.Module):
         if state is None:
             state = self.init_state(embeds.size(0))
         x = locked_dropout(embeds, self.config.input_dropout, self.training)  # (B, T, E)
-        finals = []
+        finals, middles = [], []
         for index in range(self.config.num_layers):
-            x, final = self._run_layer(index, x, state[index], lengths)  # (B, T, H), (B, S)
+            x, final, middle = self._run_layer(index, x, state[index], lengths, split_at)  # (B, T, H), (B, S)
             x = locked_dropout(x, self.config.dropout, self.training)
             finals.append(final)
+            middles.append(middle)
         if self.projection is not None:
             x = self.projection(x)  # (B, T, E)
+        if split_at is not None:
+            return self.decoder(x), torch.stack(finals), torch.stack(middles)
         return self.decoder(x), torch.stack(finals)

@@ -20,10 +20,11 @@ import torch
 from corpora import Corpus, load_corpus
 from lm.checkpoint import CheckpointError, load_checkpoint, read_meta, resolve_checkpoint, restore_training, save_checkpoint, update_metrics
 from lm.config import ModelConfig, TokenizerConfig, TrainConfig, from_dict
+from lm.distributed import Distributed
 from lm.evaluation import HOW_STATE_FLOWS, EvalResult, evaluate_text, next_word_accuracy
 from lm.model import RNNLanguageModel, count_parameters
 from lm.predict import Predictor
-from lm.tokenizers import Tokenizer, build_tokenizer
+from lm.tokenizers import Tokenizer, build_tokenizer, load_tokenizer
 from lm.training import Hooks, MetricsLog, TrainingState, batchify, build_optimizer, fit
 
 __all__ = ["RunResult", "seed_everything", "set_threads", "train_run", "BUDGET_FIELDS"]
@@ -31,7 +32,7 @@ __all__ = ["RunResult", "seed_everything", "set_threads", "train_run", "BUDGET_F
 log = logging.getLogger(__name__)
 
 # Settings that `--resume` may change; everything else comes from the checkpoint.
-BUDGET_FIELDS = ("max_steps", "max_minutes", "epochs", "eval_interval", "threads")
+BUDGET_FIELDS = ("max_steps", "max_minutes", "epochs", "eval_interval", "threads", "accuracy_positions")
 
 
 def seed_everything(seed: int) -> None:
@@ -96,75 +97,100 @@ def train_run(
     should_stop: Callable[[], bool] = lambda: False,
     progress: Callable[[float, dict], None] | None = None,
     corpus: Corpus | None = None,
-) -> RunResult:
-    """Train (or resume) a run in `out`, then score the best checkpoint on valid and test."""
+    distributed: Distributed | None = None,
+) -> RunResult | None:
+    """Train (or resume) a run in `out`, then score the best checkpoint on valid and test.
+
+    Under torchrun (`distributed` with several ranks) every rank trains its
+    share of the streams; rank 0 writes and scores, and gets the RunResult
+    (the other ranks get None).
+    """
     begun = time.perf_counter()
     out = Path(out)
+    ranks = distributed or Distributed()
     if resume:
         budget = {k: getattr(train_config, k) for k in BUDGET_FIELDS}
         tokenizer_config, model_config, train_config = _resume_configs(out, budget)
     corpus = corpus or load_corpus(train_config.corpus, train_config.extra_train)
-    if resume:
-        tokenizer = load_checkpoint(out / "last").tokenizer
-    else:
-        log.info("building the %s tokenizer on %s training characters", tokenizer_config.tokenizer, f"{len(corpus.train.text):,}")
-        tokenizer = build_tokenizer(
-            tokenizer_config.tokenizer, corpus.train.text, tokenizer_config.vocab_size,
-            tokenizer_config.subword_type, tokenizer_config.char_min_count,
-        )
+    tokenizer = _tokenizer(out, resume, tokenizer_config, corpus, ranks)
     model_config = replace(model_config, vocab_size=tokenizer.vocab_size)
     train_ids = torch.tensor(tokenizer.encode(corpus.train.text), dtype=torch.long)
-    data = batchify(train_ids, train_config.batch_size)  # (B, N)
+    data = batchify(train_ids, train_config.batch_size)[ranks.rows(train_config.batch_size)]  # (B / ranks, N)
     model = RNNLanguageModel(model_config)
     optimizer = build_optimizer(model, train_config)
     out.mkdir(parents=True, exist_ok=True)
     metrics_path = out / "metrics.jsonl"
     if resume:
-        state = restore_training(resolve_checkpoint(out / "last"), model, optimizer)
-        MetricsLog.truncate_after(metrics_path, state.step)
+        state = restore_training(resolve_checkpoint(out / "last"), model, optimizer, ranks.rank, ranks.world_size, train_config.seed)
+        state.carried = state.carried[:, ranks.rows(train_config.batch_size)] if state.carried is not None else None
+        if ranks.is_main:
+            MetricsLog.truncate_after(metrics_path, state.step)
         log.info("resuming %s at step %d (epoch %d, position %d)", out, state.step, state.epoch, state.position)
     else:
         state = TrainingState()
-        if metrics_path.exists():
+        if ranks.is_main and metrics_path.exists():
             metrics_path.unlink()
+        if ranks.enabled:
+            torch.manual_seed(train_config.seed + ranks.rank)  # each rank's rows get their own dropout masks
+    state.world_size = ranks.world_size
+    trained = model
+    if ranks.enabled:
+        trained = torch.nn.parallel.DistributedDataParallel(model)  # averages gradients across ranks in backward
     corpus_info = _corpus_info(corpus, tokenizer, train_ids.numel())
     latest: dict[str, Any] = {}
 
     def evaluate() -> EvalResult:
-        result = evaluate_text(model, tokenizer, corpus.valid.text, corpus.valid.raw_words, train_config.eval_max_chars)
+        figures = [0.0] * 5
+        if ranks.is_main:
+            result = evaluate_text(model, tokenizer, corpus.valid.text, corpus.valid.raw_words, train_config.eval_max_chars)
+            figures = [result.nll, result.units, result.chars, result.words, float(result.words_estimated)]
+        nll, units, chars, words, estimated = ranks.broadcast_floats(figures)
+        result = EvalResult(nll=nll, units=int(units), chars=int(chars), words=words, words_estimated=bool(estimated))
         latest["valid"] = result.as_dict()
         return result
 
     def save(name: str) -> None:
-        summary = {
-            **latest, "steps": state.step, "epochs": state.epoch, "training_tokens": state.tokens,
-            "training_seconds": state.elapsed, "clip_threshold": state.clip_threshold,
-            "clipped_steps": state.clipped_steps, "skipped_steps": state.skipped_steps, "rollbacks": state.rollbacks,
-        }
-        save_checkpoint(out / name, model, tokenizer, tokenizer_config, train_config, corpus=corpus_info,
-                        metrics=summary, optimizer=optimizer, state=state)
+        whole = replace(state, carried=ranks.gather_rows(state.carried) if state.carried is not None else None)
+        generators = ranks.gather_stack(torch.get_rng_state())
+        if ranks.is_main:
+            summary = {
+                **latest, "steps": state.step, "epochs": state.epoch, "training_tokens": state.tokens,
+                "training_seconds": state.elapsed, "clip_threshold": state.clip_threshold,
+                "clipped_steps": state.clipped_steps, "skipped_steps": state.skipped_steps, "rollbacks": state.rollbacks,
+            }
+            save_checkpoint(out / name, model, tokenizer, tokenizer_config, train_config, corpus=corpus_info,
+                            metrics=summary, optimizer=optimizer, state=whole, rng_states=generators)
+        ranks.barrier()
 
     def restore_best() -> bool:
         try:
             best = resolve_checkpoint(out / "best")
         except CheckpointError:
             return False
-        restored = restore_training(best, model, optimizer)
+        restored = restore_training(best, model, optimizer, ranks.rank, ranks.world_size, train_config.seed)
+        restored.carried = restored.carried[:, ranks.rows(train_config.batch_size)] if restored.carried is not None else None
         for key, value in restored.__dict__.items():
             setattr(state, key, value)
         return True
 
-    metrics = MetricsLog(metrics_path)
+    metrics = MetricsLog(metrics_path) if ranks.is_main else MetricsLog(None)
     if not resume:
         metrics.write({"kind": "run", "step": 0, "parameters": count_parameters(model), "tokenizer": tokenizer.describe(),
-                       "train_units": train_ids.numel(), "batch_size": train_config.batch_size,
+                       "train_units": train_ids.numel(), "batch_size": train_config.batch_size, "processes": ranks.world_size,
                        "bptt": train_config.bptt, "bptt_stride": train_config.stride})
     try:
-        state = fit(model, optimizer, data, train_config, state, metrics,
-                    Hooks(evaluate=evaluate, save=save, restore_best=restore_best, should_stop=should_stop, progress=progress))
+        state = fit(trained, optimizer, data, train_config, state, metrics,
+                    Hooks(evaluate=evaluate, save=save, restore_best=restore_best, should_stop=should_stop, progress=progress,
+                          agree=ranks.agree), world_size=ranks.world_size)
+        if ranks.enabled:
+            spread = ranks.weight_spread(model)
+            metrics.write({"kind": "processes", "step": state.step, "processes": ranks.world_size, "max_weight_difference": spread})
+            if spread > 0:
+                log.warning("weights differ across processes by up to %.3g", spread)
     finally:
         metrics.close()
-    stopped_early = should_stop()
+    if not ranks.is_main:
+        return None
     best = load_checkpoint(out)
     valid = evaluate_text(best.model, best.tokenizer, corpus.valid.text, corpus.valid.raw_words)
     test = evaluate_text(best.model, best.tokenizer, corpus.test.text, corpus.test.raw_words)
@@ -177,4 +203,21 @@ def train_run(
                                     "accuracy": accuracy})
     with MetricsLog(metrics_path) as final:
         final.write({"kind": "eval", "split": "test", "step": state.step, "checkpoint": best.directory.name, **test.as_dict()})
-    return RunResult(out, state, valid, test, count_parameters(model), time.perf_counter() - begun, stopped_early, model_config, accuracy)
+    return RunResult(out, state, valid, test, count_parameters(model), time.perf_counter() - begun, state.stopped,
+                     model_config, accuracy)
+
+
+def _tokenizer(out: Path, resume: bool, config: TokenizerConfig, corpus: Corpus, ranks: Distributed) -> Tokenizer:
+    """The run's tokenizer: from the checkpoint when resuming, else trained (by rank 0, shared through `out`)."""
+    if resume:
+        return load_checkpoint(out / "last").tokenizer
+    if not ranks.enabled:
+        log.info("building the %s tokenizer on %s training characters", config.tokenizer, f"{len(corpus.train.text):,}")
+        return build_tokenizer(config.tokenizer, corpus.train.text, config.vocab_size, config.subword_type, config.char_min_count)
+    shared = out / ".tokenizer"
+    if ranks.is_main:
+        tokenizer = build_tokenizer(config.tokenizer, corpus.train.text, config.vocab_size, config.subword_type, config.char_min_count)
+        shared.mkdir(parents=True, exist_ok=True)
+        tokenizer.save(shared)
+    ranks.barrier()
+    return load_tokenizer(shared)

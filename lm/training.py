@@ -196,6 +196,8 @@ class TrainingState:
     rollbacks: int = 0
     evaluations: int = 0
     last_saved_step: int = -1
+    world_size: int = 1  # processes that trained (each carries B / world_size streams)
+    stopped: bool = False  # ended by a stop request rather than a budget
     python_rng: list | None = None  # random.Random.getstate() of the window-length sampler
     carried: Tensor | None = None  # (L, B, S) state at the next window's start
 
@@ -235,20 +237,13 @@ def train_step(
     model.train()
     optimizer.zero_grad(set_to_none=True)
     inputs = window.inputs
-    if window.carry_at == inputs.size(1):
-        logits, final = model(inputs, state)  # (B, W, V)
-        carried = final
-    elif window.carry_at == 0:
-        logits, _ = model(inputs, state)
-        carried = state
+    if 0 < window.carry_at < inputs.size(1):
+        # The next window starts inside this one: take the state there from
+        # the same pass, and let this window's gradient flow on through it.
+        logits, _, carried = model(inputs, state, split_at=window.carry_at)  # (B, W, V)
     else:
-        # The next window starts inside this one: run up to that point, keep
-        # the state there for later, and let this window's gradient flow on
-        # through it.
-        head, middle = model(inputs[:, : window.carry_at], state)
-        tail, _ = model(inputs[:, window.carry_at :], middle)
-        logits = torch.cat([head, tail], dim=1)
-        carried = middle
+        logits, final = model(inputs, state)  # (B, W, V)
+        carried = final if window.carry_at == inputs.size(1) else state
     scored = logits[:, window.loss_from :]  # (B, k1, V)
     targets = window.targets[:, window.loss_from :]
     loss = F.cross_entropy(scored.reshape(-1, scored.size(-1)), targets.reshape(-1))
@@ -267,16 +262,19 @@ def train_step(
 class MetricsLog:
     """Append-only JSONL of training steps, evaluations and events."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path | None):
+        """Append to `path`; None writes nothing (ranks other than 0)."""
         self.path = path
-        self._file = open(path, "a", encoding="utf-8")
+        self._file = open(path, "a", encoding="utf-8") if path is not None else None
 
     def write(self, record: dict) -> None:
-        self._file.write(json.dumps(record, allow_nan=True) + "\n")
-        self._file.flush()
+        if self._file is not None:
+            self._file.write(json.dumps(record, allow_nan=True) + "\n")
+            self._file.flush()
 
     def close(self) -> None:
-        self._file.close()
+        if self._file is not None:
+            self._file.close()
 
     def __enter__(self) -> "MetricsLog":
         return self
@@ -302,6 +300,7 @@ class Hooks:
     restore_best: Callable[[], bool] | None = None  # load "best" into model, optimiser and state
     should_stop: Callable[[], bool] = lambda: False  # Ctrl-C, SIGTERM
     progress: Callable[[float, dict], None] | None = None  # fraction done, figures
+    agree: Callable[[bool, float, float], tuple[bool, float, float]] = lambda stop, elapsed, loss: (stop, elapsed, loss)  # across ranks
 
 
 def _progress(config: TrainConfig, state: TrainingState, columns: int) -> float:
@@ -324,22 +323,28 @@ def fit(
     state: TrainingState,
     metrics: MetricsLog,
     hooks: Hooks,
+    world_size: int = 1,
 ) -> TrainingState:
-    """Train on batchified `data` (B, N) until a budget ends or a stop is asked for; returns the state."""
+    """Train on batchified `data` (B, N) until a budget ends or a stop is asked for; returns the state.
+
+    `model` may be wrapped in DistributedDataParallel; `data` then holds this
+    rank's rows, and `world_size` scales the token counts to the whole job.
+    """
     if not (config.max_steps or config.epochs or config.max_minutes):
         raise ValueError("set at least one budget: max_steps, epochs or max_minutes")
+    network = getattr(model, "module", model)  # the model inside a DDP wrapper
     k1, k2 = config.stride, config.bptt
     sampler = random.Random(config.seed)
     if state.python_rng is not None:
         sampler.setstate(_tuplify(state.python_rng))
     if state.carried is None:
-        state.carried = model.init_state(data.size(0))
+        state.carried = network.init_state(data.size(0))
     if config.clip_norm not in (None, "auto"):
         state.clip_threshold = float(config.clip_norm)
-    parameters = [p for p in model.parameters() if p.requires_grad]
     smoothed_rate = None
     recent_clips: list[bool] = []
-    while _progress(config, state, data.size(1)) < 1.0 and not hooks.should_stop():
+    stop, _, _ = hooks.agree(hooks.should_stop(), state.elapsed, 0.0)
+    while _progress(config, state, data.size(1)) < 1.0 and not stop:
         windows = iterate_windows(data, state.position, k1, k2, sampler if config.variable_bptt else None)
         for window in windows:
             lr = learning_rate(config, state, _progress(config, state, data.size(1)))
@@ -351,19 +356,20 @@ def fit(
             threshold = state.clip_threshold
             result, state.carried = train_step(model, optimizer, window, state.carried, threshold, config.clip_value)
             seconds = time.perf_counter() - begun
-            state.elapsed += seconds
+            # Every rank stops together, counts the slowest rank's time and logs the loss of all rows.
+            stop, state.elapsed, loss = hooks.agree(hooks.should_stop(), state.elapsed + seconds, result.loss)
             state.step += 1
             state.position = window.next_position
-            state.tokens += result.scored * data.size(0)
+            state.tokens += result.scored * data.size(0) * world_size
             state.clipped_steps += result.clipped
             state.skipped_steps += result.skipped
             state.python_rng = list(sampler.getstate())
-            rate = result.scored * data.size(0) / max(seconds, 1e-9)
+            rate = result.scored * data.size(0) * world_size / max(seconds, 1e-9)
             smoothed_rate = rate if smoothed_rate is None else 0.9 * smoothed_rate + 0.1 * rate
             recent_clips = (recent_clips + [result.clipped])[-100:]
             metrics.write({
                 "kind": "step", "step": state.step, "epoch": state.epoch, "position": window.start + window.loss_from,
-                "loss": result.loss, "grad_norm": result.grad_norm, "clipped": result.clipped,
+                "loss": loss, "grad_norm": result.grad_norm, "clipped": result.clipped,
                 "skipped": result.skipped, "lr": lr, "k1": result.scored, "tokens_per_s": rate,
                 "elapsed": state.elapsed,
             })
@@ -376,7 +382,7 @@ def fit(
                     log.info("clip_norm auto: threshold %.4g from the mean of %d steps", state.clip_threshold, len(state.auto_norms))
             if hooks.progress:
                 hooks.progress(_progress(config, state, data.size(1)), {
-                    "loss": result.loss, "tok/s": smoothed_rate, "clip": sum(recent_clips) / len(recent_clips),
+                    "loss": loss, "tok/s": smoothed_rate, "clip": sum(recent_clips) / len(recent_clips),
                     "lr": lr, "step": state.step,
                 })
             done = _progress(config, state, data.size(1)) >= 1.0
@@ -385,15 +391,16 @@ def fit(
                     if state.python_rng is not None:
                         sampler.setstate(_tuplify(state.python_rng))
                     break  # rolled back: restart the window iterator at the restored position
-            if done or hooks.should_stop():
+            if done or stop:
                 break
         else:
             state.epoch += 1
             state.position = 0
-            state.carried = model.init_state(data.size(0))  # each epoch starts from a zero state
+            state.carried = network.init_state(data.size(0))  # each epoch starts from a zero state
             continue
-        if hooks.should_stop() or _progress(config, state, data.size(1)) >= 1.0:
+        if stop or _progress(config, state, data.size(1)) >= 1.0:
             break
+    state.stopped = stop
     if hooks.save and state.last_saved_step != state.step:
         state.last_saved_step = state.step
         hooks.save("last")  # stopped early: keep every finished step

@@ -1,0 +1,52 @@
+"""The BPTT lab: the plan of runs, equal parameter counts, and the quick lab end to end with its report."""
+
+import html
+import json
+import re
+
+import pytest
+
+from lm.__main__ import main as lm_main
+from lm.lab import LabSettings, _parameters, hidden_for_parameters, plan_runs
+
+
+def test_cells_are_sized_to_equal_parameter_counts():
+    settings = LabSettings(parameters=400_000, embed_dim=64)
+    counts = {cell: _parameters(cell, hidden_for_parameters(cell, 120, settings), 120, settings) for cell in settings.cells}
+    assert all(abs(count - 400_000) / 400_000 < 0.01 for count in counts.values()), counts
+    hidden = {cell: hidden_for_parameters(cell, 120, settings) for cell in settings.cells}
+    assert hidden["rnn_tanh"] > hidden["gru"] > hidden["lstm"]
+
+
+def test_the_plan_trains_each_configuration_once():
+    runs = plan_runs(LabSettings(), vocab=120)
+    names = [run.name for run in runs]
+    assert len(names) == len(set(names)) == 10  # 4 cells + 2 x 2 other k2 + 2 other clipping modes
+    shared = next(run for run in runs if run.name == "rnn_tanh-k32-clip-norm")
+    assert set(shared.groups) == {"cells", "truncation", "clipping"}
+    assert {run.bptt for run in runs if run.cell == "lstm"} == {8, 32, 128}
+    assert {run.clipping for run in runs if run.cell == "rnn_tanh" and run.bptt == 32} == {"off", "norm", "value"}
+    subset = plan_runs(LabSettings(cells=("lstm",), k2s=(16, 64)), vocab=120)
+    assert [run.name for run in subset] == ["lstm-k32-clip-norm", "lstm-k16-clip-norm", "lstm-k64-clip-norm"]
+
+
+@pytest.mark.slow
+def test_the_quick_lab_writes_a_report_with_every_section(tmp_path, corpus_dir):
+    out = tmp_path / "lab"
+    assert lm_main(["lab", "--quick", "--corpus", str(corpus_dir), "--out", str(out)]) == 0
+    lab = json.loads((out / "lab.json").read_text())
+    assert len(lab["runs"]) == 10
+    for run in lab["runs"]:
+        assert run["steps"] > 0 and run["test"]["bpc"] > 0 and run["valid_curve"]
+        assert run["reach"]["samples"] == 3 and run["reach"]["reach"]["tokens"]["median"] >= 1
+        assert len(run["grad_norm"]["series"]) == run["steps"] and run["jacobian"]["jacobian_norm"]
+        assert 0 <= run["accuracy"]["top1"] <= run["accuracy"]["top5"] <= 1
+    page = (out / "report.html").read_text()
+    for section in ("Findings", "Summary", "Validation curves", "Exploding gradients", "Vanishing gradients"):
+        assert f">{section}" in page
+    assert page.count("data:image/png;base64,") == 3 and "http" not in page.replace("http-equiv", "")
+    text = html.unescape(page)
+    assert re.search(r"At equal parameters and k2 = 32, the LSTM's median threshold reach \(\d+ units\)", text)
+    assert "tanh RNN clipping: off:" in text and lab["settings"]["minutes"] == 0.05
+    for name in ("validation.png", "gradients.png", "reach.png"):
+        assert (out / name).stat().st_size > 10_000
