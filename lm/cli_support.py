@@ -47,6 +47,8 @@ def add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, title: str, 
             kwargs.update(type=_clip_norm, metavar="NORM|auto|none")
         elif annotation == "bool":
             kwargs.update(action=argparse.BooleanOptionalAction)
+        elif annotation.startswith("tuple[int"):
+            kwargs.update(nargs="+", type=int, metavar="N")
         elif annotation.startswith("tuple"):
             kwargs.update(nargs="+", metavar="DIR")
         elif annotation.startswith("int"):

@@ -51,12 +51,14 @@ class ModelConfig:
     vocab_size: int = _help("number of units (set from the tokenizer)", default=0)
     embed_dim: int = _help("embedding size", default=256)
     hidden_dim: int = _help("hidden size of every recurrent layer", default=512)
-    num_layers: int = _help("number of stacked recurrent layers", default=2)
+    num_layers: int = _help("number of stacked recurrent layers", default=1)
     dropout: float = _help("locked (variational) dropout on each layer's output", default=0.2)
     input_dropout: float = _help("locked dropout on the embeddings fed to the first layer", default=0.1)
     embed_dropout: float = _help("drop whole embedding rows (a unit vanishes everywhere in a batch)", default=0.0)
     weight_dropout: float = _help("DropConnect on hidden-to-hidden weights (AWD-LSTM)", default=0.0)
     tie_weights: bool = _help("share the embedding with the output layer (projecting when sizes differ)", default=True)
+    adaptive_cutoffs: tuple[int, ...] = _help("adaptive softmax cluster boundaries, e.g. 2000 8000 (Grave et al. 2017); none: full softmax", default=())
+    adaptive_div: float = _help("adaptive softmax: each tail cluster's projection is this many times narrower", default=4.0)
 
     def __post_init__(self) -> None:
         _check(self.cell in CELLS, f"cell must be one of {', '.join(CELLS)}, not {self.cell!r}")
@@ -66,6 +68,11 @@ class ModelConfig:
         for name in ("dropout", "input_dropout", "embed_dropout", "weight_dropout"):
             value = getattr(self, name)
             _check(0.0 <= value < 1.0, f"{name} must be in [0, 1), not {value}")
+        cutoffs = tuple(self.adaptive_cutoffs)
+        _check(list(cutoffs) == sorted(set(cutoffs)) and all(c > 0 for c in cutoffs), "adaptive_cutoffs must be increasing positive numbers")
+        _check(not cutoffs or not self.tie_weights, "an adaptive softmax has no single output matrix to tie: add --no-tie-weights")
+        _check(not cutoffs or not self.vocab_size or cutoffs[-1] < self.vocab_size, "adaptive_cutoffs must be below the vocabulary size")
+        _check(self.adaptive_div >= 1, "adaptive_div must be at least 1")
 
     @property
     def state_dim(self) -> int:
@@ -84,7 +91,7 @@ class TrainConfig:
     bptt_stride: int | None = _help("k1: steps between updates (default: equal to bptt, non-overlapping windows)", default=None)
     variable_bptt: bool = _help("randomly vary the window length as AWD-LSTM does (Merity et al. 2017)", default=False)
     optimizer: str = _help("sgd or adamw", default="adamw")
-    lr: float = _help("learning rate", default=3e-3)
+    lr: float = _help("learning rate", default=1e-2)
     weight_decay: float = _help("decoupled weight decay (AdamW) or L2 penalty (SGD)", default=0.01)
     schedule: str = _help("plateau (divide lr by anneal_factor when validation stalls), cosine or constant", default="cosine")
     anneal_factor: float = _help("plateau schedule: divide lr by this on a stall", default=4.0)
@@ -132,8 +139,8 @@ class TrainConfig:
 
 
 # Presets override the dataclass defaults above (which are the default
-# preset, "base"). Explicit flags override presets. See docs/BENCHMARKS.md
-# for the measurements behind them.
+# preset, "base": the best 10-minute configuration the sweep in
+# docs/BENCHMARKS.md found). Explicit flags override presets.
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {  # seconds; for tests and CI
         "tokenizer": "char", "embed_dim": 32, "hidden_dim": 64, "num_layers": 1, "dropout": 0.0,
@@ -141,8 +148,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "max_minutes": 0.5, "eval_interval": 100, "eval_max_chars": 20_000, "accuracy_positions": 100,
     },
     "small": {  # about two minutes; the quick start
-        "embed_dim": 128, "hidden_dim": 256, "num_layers": 1, "vocab_size": 2000, "dropout": 0.1,
-        "input_dropout": 0.05, "bptt": 48, "max_minutes": 2.0, "eval_interval": 200,
+        "embed_dim": 192, "hidden_dim": 384, "vocab_size": 2000, "max_minutes": 2.0, "eval_interval": 200,
     },
     "base": {},
 }

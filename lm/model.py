@@ -66,7 +66,15 @@ class RNNLanguageModel(nn.Module):
             self.projection = nn.Linear(hidden, config.embed_dim)
         if config.tie_weights:
             out_dim = config.embed_dim
-        self.decoder = nn.Linear(out_dim, config.vocab_size)
+        self.decoder: nn.Linear | None = None
+        self.adaptive: nn.AdaptiveLogSoftmaxWithLoss | None = None
+        if config.adaptive_cutoffs:
+            # Frequent units get a full-width output, rare ones narrower clusters:
+            # most of the softmax cost goes (Grave et al. 2017).
+            self.adaptive = nn.AdaptiveLogSoftmaxWithLoss(out_dim, config.vocab_size, list(config.adaptive_cutoffs),
+                                                          div_value=config.adaptive_div)
+        else:
+            self.decoder = nn.Linear(out_dim, config.vocab_size)
         self._init_weights()
         if config.tie_weights:
             # Press and Wolf 2017; Inan et al. 2017: one matrix for input and output.
@@ -74,9 +82,10 @@ class RNNLanguageModel(nn.Module):
 
     def _init_weights(self) -> None:
         nn.init.uniform_(self.embedding.weight, -0.1, 0.1)
-        nn.init.zeros_(self.decoder.bias)
-        if not self.config.tie_weights:
-            nn.init.uniform_(self.decoder.weight, -0.1, 0.1)
+        if self.decoder is not None:
+            nn.init.zeros_(self.decoder.bias)
+            if not self.config.tie_weights:
+                nn.init.uniform_(self.decoder.weight, -0.1, 0.1)
         if self.config.cell == "lstm":
             hidden = self.config.hidden_dim
             for layer in self.layers:
@@ -169,17 +178,36 @@ class RNNLanguageModel(nn.Module):
                 pre = torch.addmm(b_ih, x, w_ih.t()) + torch.addmm(b_hh, h, w_hh.t())
                 x = torch.tanh(pre) if self.config.cell == "rnn_tanh" else torch.relu(pre)
             finals.append(x)
+        return self.output(x), torch.stack(finals)
+
+    def output(self, x: Tensor) -> Tensor:
+        """Logits over units from top-layer features (..., H). With an adaptive softmax they are
+        log-probabilities already (log_softmax leaves them unchanged)."""
+        if self.projection is not None:
+            x = self.projection(x)  # (..., E)
+        if self.adaptive is not None:
+            return self.adaptive.log_prob(x.reshape(-1, x.size(-1))).view(*x.shape[:-1], -1)
+        return self.decoder(x)
+
+    def target_logprobs(self, x: Tensor, targets: Tensor) -> Tensor:
+        """log P(target) at each position from features (B, T, H) and targets (B, T); cheap with an adaptive softmax."""
         if self.projection is not None:
             x = self.projection(x)
-        return self.decoder(x), torch.stack(finals)
+        if self.adaptive is not None:
+            return self.adaptive(x.reshape(-1, x.size(-1)), targets.reshape(-1)).output.view(targets.shape)
+        logits = self.decoder(x)
+        return -F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), reduction="none").view(targets.shape)
 
     def forward(self, ids: Tensor | None = None, state: Tensor | None = None, *, embeds: Tensor | None = None,
-                lengths: Tensor | None = None, split_at: int | None = None):
+                lengths: Tensor | None = None, split_at: int | None = None, targets: Tensor | None = None,
+                score_from: int = 0):
         """Logits (B, T, V) and final state (L, B, S) from ids (B, T) or embeddings (B, T, E).
 
         `lengths` (B,) marks right-padded rows: each row's final state is taken after its own last step.
         With `split_at` (0 < split_at < T), also returns the state after that many steps, from the
         same pass (one dropout mask), as a third value: TBPTT(k1, k2) carries it to the next window.
+        With `targets` (B, T - score_from), returns log P(target) at positions score_from.. instead of
+        logits: training needs no more, and an adaptive softmax then skips most of its work.
         """
         if embeds is None:
             if ids is None:
@@ -194,8 +222,7 @@ class RNNLanguageModel(nn.Module):
             x = locked_dropout(x, self.config.dropout, self.training)
             finals.append(final)
             middles.append(middle)
-        if self.projection is not None:
-            x = self.projection(x)  # (B, T, E)
+        scores = self.output(x) if targets is None else self.target_logprobs(x[:, score_from:], targets)
         if split_at is not None:
-            return self.decoder(x), torch.stack(finals), torch.stack(middles)
-        return self.decoder(x), torch.stack(finals)
+            return scores, torch.stack(finals), torch.stack(middles)
+        return scores, torch.stack(finals)

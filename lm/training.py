@@ -159,7 +159,7 @@ def clip_gradients(parameters: list[Tensor], clip_norm: float | None, clip_value
 
 
 def build_optimizer(model: RNNLanguageModel, config: TrainConfig) -> torch.optim.Optimizer:
-    """SGD (the classic recipe) or AdamW; no weight decay on biases and the embedding's scale-free rows."""
+    """SGD (the classic recipe) or AdamW; biases and other vectors get no weight decay."""
     decay = [p for name, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for name, p in model.named_parameters() if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
@@ -237,16 +237,15 @@ def train_step(
     model.train()
     optimizer.zero_grad(set_to_none=True)
     inputs = window.inputs
+    targets = window.targets[:, window.loss_from :]  # only the last k1 positions are scored
     if 0 < window.carry_at < inputs.size(1):
         # The next window starts inside this one: take the state there from
         # the same pass, and let this window's gradient flow on through it.
-        logits, _, carried = model(inputs, state, split_at=window.carry_at)  # (B, W, V)
+        scores, _, carried = model(inputs, state, split_at=window.carry_at, targets=targets, score_from=window.loss_from)
     else:
-        logits, final = model(inputs, state)  # (B, W, V)
+        scores, final = model(inputs, state, targets=targets, score_from=window.loss_from)  # (B, k1)
         carried = final if window.carry_at == inputs.size(1) else state
-    scored = logits[:, window.loss_from :]  # (B, k1, V)
-    targets = window.targets[:, window.loss_from :]
-    loss = F.cross_entropy(scored.reshape(-1, scored.size(-1)), targets.reshape(-1))
+    loss = -scores.mean()
     loss.backward()
     parameters = [p for p in model.parameters() if p.requires_grad]
     norm, clipped = clip_gradients(parameters, clip_norm, clip_value)

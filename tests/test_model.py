@@ -83,3 +83,18 @@ def test_single_step_equals_the_fused_forward(cell):
     full_logits, full_state = model(ids)
     torch.testing.assert_close(step_logits, full_logits[:, 2], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(step_state, full_state, rtol=1e-5, atol=1e-6)
+
+
+def test_adaptive_softmax_gives_normalised_log_probabilities_and_target_scores():
+    model = make_model("lstm", vocab_size=60, adaptive_cutoffs=(10, 30), adaptive_div=2.0, tie_weights=False).eval()
+    ids = torch.randint(0, 60, (2, 5))
+    logprobs, _ = model(ids)
+    torch.testing.assert_close(logprobs.exp().sum(-1), torch.ones(2, 5), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(torch.log_softmax(logprobs, -1), logprobs, rtol=1e-5, atol=1e-5)  # already normalised
+    targets = torch.randint(0, 60, (2, 3))
+    scores, _ = model(ids, targets=targets, score_from=2)
+    torch.testing.assert_close(scores, logprobs[:, 2:].gather(-1, targets.unsqueeze(-1)).squeeze(-1), rtol=1e-5, atol=1e-6)
+    step_logprobs, _ = model.step(ids[:, 0], model.init_state(2))
+    torch.testing.assert_close(step_logprobs, logprobs[:, 0], rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="no-tie-weights"):
+        ModelConfig(adaptive_cutoffs=(10,), tie_weights=True)
