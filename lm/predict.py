@@ -209,15 +209,29 @@ class _UnitTable:
                 self.by_text[ls].setdefault(text, []).append(unit)
                 for cut in range(0, len(text)):
                     self.by_prefix[ls].setdefault(text[:cut], []).append(unit)
-        self._before: dict[tuple[bool, bool], list[tuple]] = {}
+        self._before: dict[tuple[bool, bool], "_BeforeTable"] = {}
 
-    def before(self, has_space: bool, line_start: bool) -> list[tuple]:
-        """Phase after each unit from ("before", has_space)."""
+    def before(self, has_space: bool, line_start: bool) -> "_BeforeTable":
+        """What each unit does to a continuation that has no word character yet."""
         key = (has_space, line_start)
         if key not in self._before:
             texts = self.texts[int(line_start)]
-            self._before[key] = [("dead",) if t is None else _advance(("before", has_space), t) for t in texts]
+            self._before[key] = _BeforeTable([("dead",) if t is None else _advance(("before", has_space), t) for t in texts])
         return self._before[key]
+
+
+class _BeforeTable:
+    """Per-unit phases from ("before", has_space), as arrays for vectorised expansion."""
+
+    def __init__(self, phases: list[tuple]):
+        self.phases = phases
+        kinds = [p[0] for p in phases]
+        self.starts_word = np.array([k == "word" for k in kinds])  # units that begin the word
+        self.spaces = np.nonzero([k == "before" for k in kinds])[0]  # units that add whitespace
+        self.words = sorted({p[1] for p in phases if p[0] == "done"})
+        index = {word: i for i, word in enumerate(self.words)}
+        self.done = np.nonzero([k == "done" for k in kinds])[0]  # units that complete a word by themselves
+        self.done_word = np.array([index[phases[u][1]] for u in self.done], dtype=np.int64)
 
 
 @dataclass
@@ -457,13 +471,11 @@ class Predictor:
             raise ValueError("k, beam_width and max_word_length must be at least 1 and temperature positive")
         table = self.table
         words: dict[str, float] = {}
-        word_paths: dict[str, list] = {}
 
-        def emit(word: str, logprob: float, path: tuple[tuple[int, ...], bool]) -> None:
-            if logprob == _NEG:
-                return
-            words[word] = _logaddexp(words.get(word, _NEG), logprob)
-            word_paths.setdefault(word, []).append(path)
+        def emit(word: str, logprob: float, path) -> None:
+            # The beam's sums only rank candidates; exact scoring below gives the figures and spellings.
+            if logprob > _NEG:
+                words[word] = _logaddexp(words.get(word, _NEG), logprob)
 
         start_phase = ("req", "") if query.required else query.start
         live = [_Hypothesis(0.0, (), start_phase, context.line_start, 0)]
@@ -542,12 +554,18 @@ class Predictor:
                 self._route(new_phase, value, hypothesis, unit, text, candidates, emit)
             return
         before = table.before(phase[1], hypothesis.line_start)
-        finite = np.nonzero(lp > _NEG)[0]
-        for unit in finite:
-            new_phase = before[unit]
-            if new_phase[0] == "dead":
-                continue
-            self._route(new_phase, base + lp[unit], hypothesis, int(unit), texts[unit], candidates, emit)
+        if before.done.size:  # punctuation words and units that hold a whole word and its boundary
+            totals = np.full(len(before.words), _NEG)
+            np.logaddexp.at(totals, before.done_word, base + lp[before.done])
+            for index in np.nonzero(totals > _NEG)[0]:
+                emit(before.words[index], float(totals[index]), None)
+        for unit in before.spaces:
+            if lp[unit] > _NEG:
+                self._route(before.phases[unit], base + lp[unit], hypothesis, int(unit), texts[unit], candidates, emit)
+        scores = np.where(before.starts_word, lp, _NEG)
+        for unit in np.argpartition(-scores, min(beam_width, len(scores) - 1))[:beam_width]:
+            if scores[unit] > _NEG:
+                self._route(before.phases[unit], base + scores[unit], hypothesis, int(unit), texts[unit], candidates, emit)
 
     @staticmethod
     def _route(new_phase: tuple, value: float, hypothesis: _Hypothesis, unit: int, text: str, candidates: list, emit) -> None:
