@@ -38,7 +38,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--preset", choices=sorted(PRESETS), default="base", help="a set of defaults (default: base, the 10-minute preset)")
     parser.add_argument("--out", type=Path, default=None, help="run directory for checkpoints and metrics (default: runs/<preset>-<tokenizer>-<cell>)")
-    parser.add_argument("--resume", type=Path, default=None, metavar="DIR", help="continue the run in DIR from its last checkpoint (budget flags may change)")
+    parser.add_argument("--resume", type=Path, default=None, metavar="DIR",
+                        help="continue the run in DIR from its last checkpoint with its settings; only budget flags "
+                             "(--max-minutes, --max-steps, --epochs, --eval-interval, --threads, --accuracy-positions) "
+                             "may change, and budgets count the whole run")
     parser.add_argument("--quiet", action="store_true", help="no progress bar or log lines; only the final figures")
     add_dataclass_flags(parser, TokenizerConfig, "tokenizer")
     add_dataclass_flags(parser, ModelConfig, "model", skip=("vocab_size",))
@@ -60,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # Entry point duties: processes, threads and seeds (imported late: torch is slow to import).
     from lm.distributed import init_distributed, shutdown
-    from lm.runner import seed_everything, set_threads, train_run
+    from lm.runner import BUDGET_FIELDS, seed_everything, set_threads, train_run
 
     ranks = init_distributed()
     if not ranks.is_main:
@@ -74,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with GracefulStop() as stop:
             result = train_run(tokenizer_config, model_config, train_config, out, resume=args.resume is not None,
-                               should_stop=stop, progress=progress, distributed=ranks)
+                               should_stop=stop, progress=progress, distributed=ranks,
+                               budget={k: v for k, v in overrides.items() if k in BUDGET_FIELDS})
     except (CorpusError, CheckpointError, TokenizerError, ValueError) as error:
         progress.close()
         print(f"train.py: error: {error}", file=sys.stderr)

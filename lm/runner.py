@@ -83,7 +83,7 @@ def _resume_configs(out: Path, budget: dict[str, Any]) -> tuple[TokenizerConfig,
         raise CheckpointError(f"cannot resume: {str(out)!r} does not exist")
     meta = read_meta(resolve_checkpoint(out / "last"))
     train_config = from_dict(TrainConfig, meta["train"])
-    train_config = replace(train_config, **{k: v for k, v in budget.items() if k in BUDGET_FIELDS and v is not None})
+    train_config = replace(train_config, **{k: v for k, v in budget.items() if k in BUDGET_FIELDS})
     return from_dict(TokenizerConfig, meta["tokenizer"]), from_dict(ModelConfig, meta["model"]), train_config
 
 
@@ -98,19 +98,20 @@ def train_run(
     progress: Callable[[float, dict], None] | None = None,
     corpus: Corpus | None = None,
     distributed: Distributed | None = None,
+    budget: dict[str, Any] | None = None,
 ) -> RunResult | None:
     """Train (or resume) a run in `out`, then score the best checkpoint on valid and test.
 
-    Under torchrun (`distributed` with several ranks) every rank trains its
-    share of the streams; rank 0 writes and scores, and gets the RunResult
-    (the other ranks get None).
+    When resuming, the settings come from the checkpoint, except the
+    `budget` ones given (see BUDGET_FIELDS). Under torchrun (`distributed`
+    with several ranks) every rank trains its share of the streams; rank 0
+    writes and scores, and gets the RunResult (the other ranks get None).
     """
     begun = time.perf_counter()
     out = Path(out)
     ranks = distributed or Distributed()
     if resume:
-        budget = {k: getattr(train_config, k) for k in BUDGET_FIELDS}
-        tokenizer_config, model_config, train_config = _resume_configs(out, budget)
+        tokenizer_config, model_config, train_config = _resume_configs(out, budget or {})
     corpus = corpus or load_corpus(train_config.corpus, train_config.extra_train)
     tokenizer = _tokenizer(out, resume, tokenizer_config, corpus, ranks)
     model_config = replace(model_config, vocab_size=tokenizer.vocab_size)
