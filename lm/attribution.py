@@ -195,32 +195,41 @@ def _path_logprobs(model, states: torch.Tensor, first_logprobs: torch.Tensor, ro
 
     states: (L, k, S) after each row's context; first_logprobs: (k, V) for the first unit.
     Returns (P,) differentiable with respect to both.
+
+    Every term is gathered at once (one autograd node per kind of term: a
+    required space alone can have thousands of one-unit spellings), and the
+    model runs only on the paths that need a distribution after their first
+    unit: those longer than one unit or that end in a boundary.
     """
     count = len(paths)
-    longest = max((len(units) for units, _ in paths), default=0)
-    values = []
-    if longest == 0:
-        for (units, boundary), row in zip(paths, rows):
-            values.append(torch.logsumexp(first_logprobs[row][ends], 0) if boundary else first_logprobs.new_zeros(()))
-        return torch.stack(values) if values else first_logprobs.new_zeros(0)
-    padded = torch.zeros(count, longest, dtype=torch.long)
-    for index, (units, _) in enumerate(paths):
-        padded[index, : len(units)] = torch.tensor(units, dtype=torch.long) if units else padded[index, :0]
-    row_index = torch.tensor(rows)
-    logits, _ = model(padded, states[:, row_index])  # (P, Lmax, V): the unit after each path unit
+    row_index = torch.tensor(rows, dtype=torch.long)
+    lengths = torch.tensor([len(units) for units, _ in paths], dtype=torch.long)
+    flagged = torch.tensor([boundary for _, boundary in paths], dtype=torch.bool)
+    has_units = lengths > 0
+    starts = torch.tensor([units[0] if units else 0 for units, _ in paths], dtype=torch.long)
+    zeros = first_logprobs.new_zeros(count)
+    total = torch.where(has_units, first_logprobs[row_index, starts], zeros)  # gathers P numbers, copies no rows
+    ends_first = torch.logsumexp(first_logprobs[:, ends], dim=-1)[row_index]  # (P,): a boundary straight after the context
+    total = total + torch.where(flagged & ~has_units, ends_first, zeros)
+    needy = [i for i, (units, boundary) in enumerate(paths) if len(units) > 1 or (units and boundary)]
+    if not needy:
+        return total
+    longest = max(len(paths[i][0]) for i in needy)
+    padded = torch.zeros(len(needy), longest, dtype=torch.long)
+    for slot, i in enumerate(needy):
+        padded[slot, : len(paths[i][0])] = torch.tensor(paths[i][0], dtype=torch.long)
+    logits, _ = model(padded, states[:, row_index[needy]])  # (N, Lmax, V): the unit after each path unit
     after = torch.log_softmax(logits.double(), dim=-1)
-    first = first_logprobs[row_index]  # (P, V)
-    for index, (units, boundary) in enumerate(paths):
-        total = first.new_zeros(())
-        if units:
-            total = total + first[index, units[0]]
-            for step in range(1, len(units)):
-                total = total + after[index, step - 1, units[step]]
-        if boundary:
-            source = after[index, len(units) - 1] if units else first[index]
-            total = total + torch.logsumexp(source[ends], 0)
-        values.append(total)
-    return torch.stack(values)
+    later = [(slot, i, step, paths[i][0][step]) for slot, i in enumerate(needy) for step in range(1, len(paths[i][0]))]
+    if later:
+        slot, owner, step, unit = (torch.tensor(column, dtype=torch.long) for column in zip(*later))
+        total = total.index_add(0, owner, after[slot, step - 1, unit])
+    bounded = [(slot, i) for slot, i in enumerate(needy) if paths[i][1]]
+    if bounded:
+        slot, owner = (torch.tensor(column, dtype=torch.long) for column in zip(*bounded))
+        last = after[slot, lengths[owner] - 1]  # (B, V): the distribution after each path's last unit
+        total = total.index_add(0, owner, torch.logsumexp(last[:, ends], dim=-1))
+    return total
 
 
 def attribute(predictor: Predictor, text: str, k: int = 5, method: str = "saliency", threshold: float = 0.01,
@@ -275,7 +284,7 @@ def _gradients(predictor: Predictor, units: tuple[int, ...], result: PredictionR
     with torch.enable_grad():
         base = model.embedding(inputs).detach()  # (n + 1, E)
         embeds = base.unsqueeze(0).repeat(k, 1, 1).requires_grad_(True)  # (k, n + 1, E): one row per word
-        logits, states = model(embeds=embeds)  # (k, n + 1, V), (L, k, S)
+        logits, states = model(embeds=embeds, score_from=embeds.size(1) - 1)  # (k, 1, V): only the last position is scored
         first = torch.log_softmax(logits[:, -1].double() / temperature, dim=-1)  # (k, V)
         if temperature != 1.0:
             # Temperature scales every step: fold it into the model's logits through a wrapper.
@@ -296,11 +305,11 @@ def _gradients(predictor: Predictor, units: tuple[int, ...], result: PredictionR
         values = _path_logprobs(model_call, states, first, rows, paths, ends)
         objective = values.new_zeros(())
         for row in range(k):
-            word = torch.stack([v for v, o in zip(values, owners) if o == ("word", row)])
-            total = torch.logsumexp(word, 0)
-            required = [v for v, o in zip(values, owners) if o == ("required", row)]
+            word = torch.tensor([i for i, o in enumerate(owners) if o == ("word", row)])
+            total = torch.logsumexp(values[word], 0)
+            required = [i for i, o in enumerate(owners) if o == ("required", row)]
             if required:
-                total = total - torch.logsumexp(torch.stack(required), 0)
+                total = total - torch.logsumexp(values[torch.tensor(required)], 0)
             objective = objective + total
         (grad,) = torch.autograd.grad(objective, embeds)
     return grad[:, 1:].detach(), base[1:]

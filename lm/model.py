@@ -206,8 +206,9 @@ class RNNLanguageModel(nn.Module):
         `lengths` (B,) marks right-padded rows: each row's final state is taken after its own last step.
         With `split_at` (0 < split_at < T), also returns the state after that many steps, from the
         same pass (one dropout mask), as a third value: TBPTT(k1, k2) carries it to the next window.
-        With `targets` (B, T - score_from), returns log P(target) at positions score_from.. instead of
-        logits: training needs no more, and an adaptive softmax then skips most of its work.
+        Scores only positions score_from.. (logits (B, T - score_from, V)): attribution needs only the
+        last one. With `targets` (B, T - score_from), returns log P(target) there instead of logits:
+        training needs no more, and an adaptive softmax then skips most of its work.
         """
         if embeds is None:
             if ids is None:
@@ -222,7 +223,7 @@ class RNNLanguageModel(nn.Module):
             x = locked_dropout(x, self.config.dropout, self.training)
             finals.append(final)
             middles.append(middle)
-        scores = self.output(x) if targets is None else self.target_logprobs(x[:, score_from:], targets)
+        scores = self.output(x[:, score_from:]) if targets is None else self.target_logprobs(x[:, score_from:], targets)
         if split_at is not None:
             return scores, torch.stack(finals), torch.stack(middles)
         return scores, torch.stack(finals)

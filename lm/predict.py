@@ -287,7 +287,7 @@ class Predictor:
             else:
                 inputs = list(units[len(start_units):])
             if inputs:
-                out, state = self.model(torch.tensor([inputs], dtype=torch.long), state)  # (1, T, V)
+                out, state = self.model(torch.tensor([inputs], dtype=torch.long), state, score_from=len(inputs) - 1)  # (1, 1, V)
                 logits = out[0, -1].float()
         assert logits is not None
         logprobs = torch.log_softmax(logits.double(), dim=-1).numpy()
@@ -311,8 +311,9 @@ class Predictor:
         for index, row in enumerate(rows):
             padded[index, : len(row)] = torch.tensor(row)
         with torch.inference_mode():
-            logits, states = self.model(padded, lengths=lengths)  # (N, T, V), (L, N, S)
-            last = logits[torch.arange(len(rows)), lengths - 1].float()  # (N, V)
+            # Score only each row's last position: its top-layer output is the first part of its final state.
+            _, states = self.model(padded, lengths=lengths, score_from=padded.size(1))  # (L, N, S)
+            last = self.model.output(states[-1, :, : self.model.config.hidden_dim]).float()  # (N, V)
             logprobs = torch.log_softmax(last.double(), dim=-1).numpy()
         results = []
         for index, query in enumerate(queries):
