@@ -84,7 +84,7 @@ def textbook_tokens_per_second(ids: torch.Tensor, args: argparse.Namespace, voca
 def reach_tokens_per_second(ids: torch.Tensor, args: argparse.Namespace, vocab: int) -> float:
     """Train with `lm.training.fit` for `args.seconds`; returns tokens per second of wall clock."""
     config = ModelConfig(cell="lstm", vocab_size=vocab, embed_dim=args.embed_dim, hidden_dim=args.hidden_dim,
-                         num_layers=args.num_layers, dropout=args.dropout, input_dropout=args.dropout, tie_weights=False)
+                         num_layers=args.num_layers, dropout=args.dropout, input_dropout=args.dropout, weight_dropout=0.0, tie_weights=False)
     model = RNNLanguageModel(config)
     train = TrainConfig(batch_size=args.batch_size, bptt=args.bptt, optimizer="sgd", lr=args.lr, weight_decay=0.0,
                         schedule="constant", warmup_steps=0, clip_norm=args.clip_norm, max_minutes=args.seconds / 60,

@@ -52,10 +52,10 @@ class ModelConfig:
     embed_dim: int = _help("embedding size", default=256)
     hidden_dim: int = _help("hidden size of every recurrent layer", default=512)
     num_layers: int = _help("number of stacked recurrent layers", default=1)
-    dropout: float = _help("locked (variational) dropout on each layer's output", default=0.2)
-    input_dropout: float = _help("locked dropout on the embeddings fed to the first layer", default=0.1)
+    dropout: float = _help("locked (variational) dropout on each layer's output", default=0.4)
+    input_dropout: float = _help("locked dropout on the embeddings fed to the first layer", default=0.3)
     embed_dropout: float = _help("drop whole embedding rows (a unit vanishes everywhere in a batch)", default=0.0)
-    weight_dropout: float = _help("DropConnect on hidden-to-hidden weights (AWD-LSTM)", default=0.0)
+    weight_dropout: float = _help("DropConnect on hidden-to-hidden weights (AWD-LSTM)", default=0.3)
     tie_weights: bool = _help("share the embedding with the output layer (projecting when sizes differ)", default=True)
     adaptive_cutoffs: tuple[int, ...] = _help("adaptive softmax cluster boundaries, e.g. 2000 8000 (Grave et al. 2017); none: full softmax", default=())
     adaptive_div: float = _help("adaptive softmax: each tail cluster's projection is this many times narrower", default=4.0)
@@ -144,11 +144,12 @@ class TrainConfig:
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {  # seconds; for tests and CI
         "tokenizer": "char", "embed_dim": 32, "hidden_dim": 64, "num_layers": 1, "dropout": 0.0,
-        "input_dropout": 0.0, "batch_size": 16, "bptt": 32, "lr": 1e-2, "warmup_steps": 0,
+        "input_dropout": 0.0, "weight_dropout": 0.0, "batch_size": 16, "bptt": 32, "lr": 1e-2, "warmup_steps": 0,
         "max_minutes": 0.5, "eval_interval": 100, "eval_max_chars": 20_000, "accuracy_positions": 100,
     },
-    "small": {  # about two minutes; the quick start
-        "embed_dim": 192, "hidden_dim": 384, "vocab_size": 2000, "max_minutes": 2.0, "eval_interval": 200,
+    "small": {  # about two minutes; the quick start (too short to overfit: lighter dropout)
+        "embed_dim": 192, "hidden_dim": 384, "vocab_size": 2000, "dropout": 0.2, "input_dropout": 0.1,
+        "weight_dropout": 0.0, "max_minutes": 2.0, "eval_interval": 200,
     },
     "base": {},
 }

@@ -157,7 +157,7 @@ def _shorten(split: Split, chars: int | None) -> Split:
 def _train(run: LabRun, settings: LabSettings, corpus: Corpus, out: Path) -> dict:
     tokenizer_config = TokenizerConfig(tokenizer=settings.tokenizer, vocab_size=settings.vocab_size)
     model_config = ModelConfig(cell=run.cell, embed_dim=settings.embed_dim, hidden_dim=run.hidden_dim, num_layers=settings.num_layers,
-                               dropout=0.1 if not settings.quick else 0.0, input_dropout=0.0, tie_weights=True)
+                               dropout=0.1 if not settings.quick else 0.0, input_dropout=0.0, weight_dropout=0.0, tie_weights=True)
     train_config = TrainConfig(
         corpus=corpus.name, batch_size=settings.batch_size, bptt=run.bptt, optimizer="adamw", lr=settings.lr,
         schedule="cosine", warmup_steps=20, max_minutes=settings.minutes, eval_interval=settings.eval_interval, seed=settings.seed,

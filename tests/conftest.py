@@ -51,7 +51,7 @@ def make_model(cell: str = "lstm", vocab_size: int = 50, seed: int = 0, **overri
     """A seeded tiny model without dropout."""
     torch.manual_seed(seed)
     settings = dict(cell=cell, vocab_size=vocab_size, embed_dim=8, hidden_dim=12, num_layers=2, dropout=0.0,
-                    input_dropout=0.0, tie_weights=False)
+                    input_dropout=0.0, weight_dropout=0.0, tie_weights=False)
     settings.update(overrides)
     return RNNLanguageModel(ModelConfig(**settings))
 
