@@ -30,6 +30,7 @@ form words.
 
 from __future__ import annotations
 
+import heapq
 import math
 import threading
 from collections import OrderedDict
@@ -49,6 +50,16 @@ _NEG = -math.inf
 
 def _logaddexp(a: float, b: float) -> float:
     return float(np.logaddexp(a, b))
+
+
+def _logsumexp(values: np.ndarray) -> float:
+    """log(sum(exp(values))), stable; several times faster than np.logaddexp.reduce."""
+    if values.size == 0:
+        return _NEG
+    top = float(values.max())
+    if top == _NEG:
+        return _NEG
+    return top + math.log(float(np.exp(values - top).sum()))
 
 
 # Phases of a continuation, as plain tuples for speed:
@@ -209,25 +220,81 @@ class _UnitTable:
                 self.by_text[ls].setdefault(text, []).append(unit)
                 for cut in range(0, len(text)):
                     self.by_prefix[ls].setdefault(text[:cut], []).append(unit)
-        self._before: dict[tuple[bool, bool], "_BeforeTable"] = {}
+        self._before: dict[tuple[bool, bool], "_PhaseTable"] = {}
+        # Tables that depend on the text (the required part): a few recent ones are kept.
+        self._required: OrderedDict[tuple, "_PhaseTable"] = OrderedDict()
+        self._overshoot: OrderedDict[tuple, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()  # servers predict from several threads
 
-    def before(self, has_space: bool, line_start: bool) -> "_BeforeTable":
+    def before(self, has_space: bool, line_start: bool) -> "_PhaseTable":
         """What each unit does to a continuation that has no word character yet."""
         key = (has_space, line_start)
         if key not in self._before:
             texts = self.texts[int(line_start)]
-            self._before[key] = _BeforeTable([("dead",) if t is None else _advance(("before", has_space), t) for t in texts])
+            self._before[key] = _PhaseTable([("dead",) if t is None else _advance(("before", has_space), t) for t in texts])
         return self._before[key]
 
+    def requirement(self, required: str, consumed: str, start: tuple, line_start: bool) -> "_PhaseTable":
+        """What each unit does to a continuation that has spelled `consumed` of the `required` text so far."""
+        key = (required, consumed, start, line_start)
+        with self._lock:
+            table = _recent(self._required, key)
+        if table is None:
+            rest = required[len(consumed):]
+            phases = []
+            for text in self.texts[int(line_start)]:
+                if text is None or (text == "" and not line_start):
+                    phases.append(("dead",))
+                elif rest.startswith(text):
+                    spelled = consumed + text
+                    phases.append(("req", spelled) if len(spelled) < len(required) else start)
+                elif text.startswith(rest):
+                    phases.append(_advance(start, text[len(rest):]))
+                else:
+                    phases.append(("dead",))
+            with self._lock:
+                table = _remember(self._required, key, _PhaseTable(phases))
+        return table
 
-class _BeforeTable:
-    """Per-unit phases from ("before", has_space), as arrays for vectorised expansion."""
+    def overshoot(self, rest: str, boundary: bool, line_start: bool) -> np.ndarray:
+        """Units that spell `rest` and go on past it (with a non-word character next, if `boundary`)."""
+        key = (rest, boundary, line_start)
+        with self._lock:
+            units = _recent(self._overshoot, key)
+        if units is None:
+            texts = self.texts[int(line_start)]
+            found = [u for u in self.by_prefix[int(line_start)].get(rest, ())
+                     if not boundary or not is_word_char(texts[u][len(rest)])]
+            with self._lock:
+                units = _remember(self._overshoot, key, np.array(found, dtype=np.int64))
+        return units
+
+
+_TABLES_KEPT = 256
+
+
+def _recent(tables: OrderedDict, key: tuple):
+    table = tables.get(key)
+    if table is not None:
+        tables.move_to_end(key)
+    return table
+
+
+def _remember(tables: OrderedDict, key: tuple, table):
+    tables[key] = table
+    while len(tables) > _TABLES_KEPT:
+        tables.popitem(last=False)
+    return table
+
+
+class _PhaseTable:
+    """Per-unit phases from one phase ("before" or "req"), as arrays for vectorised expansion."""
 
     def __init__(self, phases: list[tuple]):
         self.phases = phases
         kinds = [p[0] for p in phases]
         self.starts_word = np.array([k == "word" for k in kinds])  # units that begin the word
-        self.spaces = np.nonzero([k == "before" for k in kinds])[0]  # units that add whitespace
+        self.spaces = np.nonzero([k in ("before", "req") for k in kinds])[0]  # units that add whitespace or required text
         self.words = sorted({p[1] for p in phases if p[0] == "done"})
         index = {word: i for i, word in enumerate(self.words)}
         self.done = np.nonzero([k == "done" for k in kinds])[0]  # units that complete a word by themselves
@@ -369,7 +436,7 @@ class Predictor:
             if target:
                 frontier.append((0.0, (), index, 0, context.line_start, 0))
             elif boundary:  # already spelled: only the boundary is still to come
-                totals[index] = float(np.logaddexp.reduce(first[table.ends]))
+                totals[index] = _logsumexp(first[table.ends])
                 paths[index].append(((), True))
             else:
                 totals[index] = 0.0
@@ -394,13 +461,13 @@ class Predictor:
                         else:
                             totals[index] = _logaddexp(totals[index], value)
                             paths[index].append((units + (unit,), False))
-                for unit in table.by_prefix[ls].get(rest, ()):
-                    text = table.texts[ls][unit]
-                    if len(text) > len(rest) and (not boundary or not is_word_char(text[len(rest)])):
-                        value = logprob + lp[unit]
-                        if value > _NEG:
-                            totals[index] = _logaddexp(totals[index], value)
-                            paths[index].append((units + (unit,), False))
+                over = table.overshoot(rest, boundary, line_start)
+                if over.size:
+                    values = logprob + lp[over]
+                    alive = values > _NEG
+                    if alive.any():
+                        totals[index] = _logaddexp(totals[index], _logsumexp(values[alive]))
+                        paths[index].extend((units + (int(unit),), False) for unit in over[alive])
             if not children:
                 break
             if len(children) > max_nodes:
@@ -411,7 +478,7 @@ class Predictor:
             frontier = []
             for row, (value, units, index, consumed, line_start, _, terminal) in enumerate(children):
                 if terminal:
-                    mass = float(np.logaddexp.reduce(logprobs[row][table.ends]))
+                    mass = _logsumexp(logprobs[row][table.ends])
                     totals[index] = _logaddexp(totals[index], value + mass)
                     paths[index].append((units, True))
                 else:
@@ -492,7 +559,7 @@ class Predictor:
             candidates.sort(key=lambda c: -c[0])
             candidates = candidates[:beam_width]
             if len(words) >= k:
-                kth = sorted(words.values(), reverse=True)[k - 1]
+                kth = heapq.nlargest(k, words.values())[-1]
                 candidates = [c for c in candidates if c[0] > kth]  # cannot overtake the k-th word any more
                 if not candidates:
                     break
@@ -523,7 +590,7 @@ class Predictor:
         units = hypothesis.units
         if phase[0] == "word":
             # Every unit that starts with a boundary ends the word: their total mass, exactly.
-            mass = float(np.logaddexp.reduce(lp[table.ends]))
+            mass = _logsumexp(lp[table.ends])
             emit(phase[1], base + mass, (units, True))
             for unit, run in table.runs_on.items():
                 emit(phase[1] + run, base + lp[unit], (units + (unit,), False))
@@ -534,27 +601,11 @@ class Predictor:
                 if value > _NEG:
                     candidates.append((value, hypothesis.row, int(unit), ("word", phase[1] + table.texts[0][unit]), False))
             return
-        ls = int(hypothesis.line_start)
-        texts = table.texts[ls]
+        texts = table.texts[int(hypothesis.line_start)]
         if phase[0] == "req":
-            rest = query.required[len(phase[1]):]
-            for unit in range(table.size):
-                text = texts[unit]
-                if text is None or (text == "" and not hypothesis.line_start):
-                    continue
-                value = base + lp[unit]
-                if value == _NEG:
-                    continue
-                if rest.startswith(text):
-                    consumed = phase[1] + text
-                    new_phase = ("req", consumed) if len(consumed) < len(query.required) else query.start
-                elif text.startswith(rest):
-                    new_phase = _advance(query.start, text[len(rest):])
-                else:
-                    continue
-                self._route(new_phase, value, hypothesis, unit, text, candidates, emit)
-            return
-        before = table.before(phase[1], hypothesis.line_start)
+            before = table.requirement(query.required, phase[1], query.start, hypothesis.line_start)
+        else:
+            before = table.before(phase[1], hypothesis.line_start)
         if before.done.size:  # punctuation words and units that hold a whole word and its boundary
             totals = np.full(len(before.words), _NEG)
             np.logaddexp.at(totals, before.done_word, base + lp[before.done])
