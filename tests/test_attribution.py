@@ -230,3 +230,71 @@ def test_reach_profile_cli_compares_models(tiny_run, tiny_subword_run, corpus_di
         assert len(profile["faithfulness"]["values"]) == 4
         assert profile["khandelwal_2018"] == {"context_used_tokens": 200, "word_order_tokens": 50}
     assert out.with_suffix(".png").stat().st_size > 10_000
+
+
+def test_path_logprobs_equal_a_path_by_path_sum(subword_predictor):
+    """The gathered path terms equal log-probabilities summed unit by unit, in value and in gradient."""
+    from lm.attribution import _path_logprobs
+
+    model, tokenizer = subword_predictor.model, subword_predictor.tokenizer
+    ends = torch.from_numpy(subword_predictor.table.ends)
+    contexts = ["The album was", "In 1990 the band"]
+    rows = [torch.tensor([[tokenizer.newline_id, *tokenizer.encode(text)]]) for text in contexts]
+    lengths = torch.tensor([row.size(1) for row in rows])
+    padded = torch.zeros(2, int(lengths.max()), dtype=torch.long)
+    for index, row in enumerate(rows):
+        padded[index, : row.size(1)] = row[0]
+    with torch.no_grad():
+        _, states = model(padded, lengths=lengths)  # (L, 2, S)
+    a, b, c = 40, 41, 123
+    paths = [((), True), ((), False), ((a,), False), ((a,), True), ((a, b, c), True), ((b, c), False), ((c,), False)]
+    path_rows = [0, 1, 0, 1, 1, 0, 1]
+
+    def fresh():
+        state = states.clone().requires_grad_(True)
+        first = torch.log_softmax(model.output(state[-1, :, : model.config.hidden_dim]).double(), dim=-1)
+        return state, first
+
+    state, first = fresh()
+    gathered = _path_logprobs(model, state, first, path_rows, paths, ends)
+    (gathered_grad,) = torch.autograd.grad(gathered.sum(), state)
+
+    state, first = fresh()
+    expected = []
+    for (units, boundary), row in zip(paths, path_rows):
+        total, lp, current = first.new_zeros(()), first[row], state[:, row : row + 1]
+        for unit in units:
+            total = total + lp[unit]
+            logits, current = model(torch.tensor([[unit]]), current)
+            lp = torch.log_softmax(logits[0, -1].double(), dim=-1)
+        if boundary:
+            total = total + torch.logsumexp(lp[ends], 0)
+        expected.append(total)
+    expected = torch.stack(expected)
+    (expected_grad,) = torch.autograd.grad(expected.sum(), state)
+    torch.testing.assert_close(gathered, expected, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(gathered_grad, expected_grad, rtol=1e-4, atol=1e-6)
+
+
+def test_one_unit_spellings_do_not_run_the_model(subword_predictor):
+    """A required space has a spelling per unit that begins with one: those must cost no model pass."""
+    from lm.attribution import _path_logprobs
+
+    calls = []
+
+    def counting(*args, **kwargs):
+        calls.append(args)
+        return subword_predictor.model(*args, **kwargs)
+
+    model = subword_predictor.model
+    ends = torch.from_numpy(subword_predictor.table.ends)
+    state = model.init_state(3).requires_grad_(True)
+    first = torch.log_softmax(model.output(state[-1, :, : model.config.hidden_dim]).double(), dim=-1)
+    units = range(model.config.vocab_size)
+    paths = [((unit,), False) for unit in units for _ in range(3)]
+    rows = [row for _ in units for row in range(3)]
+    values = _path_logprobs(counting, state, first, rows, paths, ends)
+    assert not calls
+    torch.testing.assert_close(values, first[torch.tensor(rows), torch.tensor([p[0][0] for p in paths])])
+    (grad,) = torch.autograd.grad(values.sum(), state)
+    assert torch.isfinite(grad).all()
