@@ -189,6 +189,10 @@ class RNNLanguageModel(nn.Module):
             return self.adaptive.log_prob(x.reshape(-1, x.size(-1))).view(*x.shape[:-1], -1)
         return self.decoder(x)
 
+    def output_from_state(self, state: Tensor) -> Tensor:
+        """Logits (N, V) after the step that left `state` (L, N, S): the top layer's output is its h."""
+        return self.output(state[-1, :, : self.config.hidden_dim])
+
     def target_logprobs(self, x: Tensor, targets: Tensor) -> Tensor:
         """log P(target) at each position from features (B, T, H) and targets (B, T); cheap with an adaptive softmax."""
         if self.projection is not None:

@@ -236,55 +236,43 @@ class _UnitTable:
 
     def requirement(self, required: str, consumed: str, start: tuple, line_start: bool) -> "_PhaseTable":
         """What each unit does to a continuation that has spelled `consumed` of the `required` text so far."""
-        key = (required, consumed, start, line_start)
-        with self._lock:
-            table = _recent(self._required, key)
-        if table is None:
-            rest = required[len(consumed):]
-            phases = []
-            for text in self.texts[int(line_start)]:
-                if text is None or (text == "" and not line_start):
-                    phases.append(("dead",))
-                elif rest.startswith(text):
-                    spelled = consumed + text
-                    phases.append(("req", spelled) if len(spelled) < len(required) else start)
-                elif text.startswith(rest):
-                    phases.append(_advance(start, text[len(rest):]))
-                else:
-                    phases.append(("dead",))
-            with self._lock:
-                table = _remember(self._required, key, _PhaseTable(phases))
-        return table
+        rest = required[len(consumed):]
+
+        def phase(text: str | None) -> tuple:
+            if text is None or (text == "" and not line_start):
+                return ("dead",)
+            if rest.startswith(text):
+                spelled = consumed + text
+                return ("req", spelled) if len(spelled) < len(required) else start
+            if text.startswith(rest):
+                return _advance(start, text[len(rest):])
+            return ("dead",)
+
+        return self._memo(self._required, (required, consumed, start, line_start),
+                          lambda: _PhaseTable([phase(text) for text in self.texts[int(line_start)]]))
 
     def overshoot(self, rest: str, boundary: bool, line_start: bool) -> np.ndarray:
         """Units that spell `rest` and go on past it (with a non-word character next, if `boundary`)."""
-        key = (rest, boundary, line_start)
+        ls = int(line_start)
+        return self._memo(self._overshoot, (rest, boundary, line_start), lambda: np.array(
+            [u for u in self.by_prefix[ls].get(rest, ()) if not boundary or not is_word_char(self.texts[ls][u][len(rest)])],
+            dtype=np.int64))
+
+    def _memo(self, tables: OrderedDict, key: tuple, build):
+        """tables[key], built on first use; only the most recently used _TABLES_KEPT are kept."""
         with self._lock:
-            units = _recent(self._overshoot, key)
-        if units is None:
-            texts = self.texts[int(line_start)]
-            found = [u for u in self.by_prefix[int(line_start)].get(rest, ())
-                     if not boundary or not is_word_char(texts[u][len(rest)])]
-            with self._lock:
-                units = _remember(self._overshoot, key, np.array(found, dtype=np.int64))
-        return units
+            if key in tables:
+                tables.move_to_end(key)
+                return tables[key]
+        value = build()
+        with self._lock:
+            tables[key] = value
+            while len(tables) > _TABLES_KEPT:
+                tables.popitem(last=False)
+        return value
 
 
 _TABLES_KEPT = 256
-
-
-def _recent(tables: OrderedDict, key: tuple):
-    table = tables.get(key)
-    if table is not None:
-        tables.move_to_end(key)
-    return table
-
-
-def _remember(tables: OrderedDict, key: tuple, table):
-    tables[key] = table
-    while len(tables) > _TABLES_KEPT:
-        tables.popitem(last=False)
-    return table
 
 
 class _PhaseTable:
@@ -304,7 +292,6 @@ class _PhaseTable:
 @dataclass
 class _Hypothesis:
     logprob: float
-    units: tuple[int, ...]
     phase: tuple
     line_start: bool
     row: int  # index into the batch of states / logprobs
@@ -378,9 +365,9 @@ class Predictor:
         for index, row in enumerate(rows):
             padded[index, : len(row)] = torch.tensor(row)
         with torch.inference_mode():
-            # Score only each row's last position: its top-layer output is the first part of its final state.
+            # Score only each row's last position, from its final state.
             _, states = self.model(padded, lengths=lengths, score_from=padded.size(1))  # (L, N, S)
-            last = self.model.output(states[-1, :, : self.model.config.hidden_dim]).float()  # (N, V)
+            last = self.model.output_from_state(states).float()  # (N, V)
             logprobs = torch.log_softmax(last.double(), dim=-1).numpy()
         results = []
         for index, query in enumerate(queries):
@@ -540,13 +527,13 @@ class Predictor:
         table = self.table
         words: dict[str, float] = {}
 
-        def emit(word: str, logprob: float, path) -> None:
+        def emit(word: str, logprob: float) -> None:
             # The beam's sums only rank candidates; exact scoring below gives the figures and spellings.
             if logprob > _NEG:
                 words[word] = _logaddexp(words.get(word, _NEG), logprob)
 
         start_phase = ("req", "") if query.required else query.start
-        live = [_Hypothesis(0.0, (), start_phase, context.line_start, 0)]
+        live = [_Hypothesis(0.0, start_phase, context.line_start, 0)]
         states = context.state
         logprobs = self._scaled(context, temperature)[None, :]
         for _ in range(max_word_length + len(query.required)):
@@ -564,10 +551,8 @@ class Predictor:
                 if not candidates:
                     break
             rows = torch.tensor([live[c[1]].row for c in candidates])
-            parents = [live[c[1]] for c in candidates]
             states, logprobs = self._step(states[:, rows], [c[2] for c in candidates], temperature)
-            live = [_Hypothesis(c[0], parent.units + (c[2],), c[3], c[4], index)
-                    for index, (c, parent) in enumerate(zip(candidates, parents))]
+            live = [_Hypothesis(c[0], c[3], c[4], index) for index, c in enumerate(candidates)]
 
         # Other spellings (segmentations, a leading space) may have been
         # pruned from the beam: score the leaders exactly, all in one pass.
@@ -587,13 +572,12 @@ class Predictor:
         table = self.table
         phase = hypothesis.phase
         base = hypothesis.logprob
-        units = hypothesis.units
         if phase[0] == "word":
             # Every unit that starts with a boundary ends the word: their total mass, exactly.
             mass = _logsumexp(lp[table.ends])
-            emit(phase[1], base + mass, (units, True))
+            emit(phase[1], base + mass)
             for unit, run in table.runs_on.items():
-                emit(phase[1] + run, base + lp[unit], (units + (unit,), False))
+                emit(phase[1] + run, base + lp[unit])
             scores = np.where(table.continues, lp, _NEG)
             top = np.argpartition(-scores, min(beam_width, len(scores) - 1))[:beam_width]
             for unit in top:
@@ -610,18 +594,12 @@ class Predictor:
             totals = np.full(len(before.words), _NEG)
             np.logaddexp.at(totals, before.done_word, base + lp[before.done])
             for index in np.nonzero(totals > _NEG)[0]:
-                emit(before.words[index], float(totals[index]), None)
-        for unit in before.spaces:
-            if lp[unit] > _NEG:
-                self._route(before.phases[unit], base + lp[unit], hypothesis, int(unit), texts[unit], candidates, emit)
+                emit(before.words[index], float(totals[index]))
+        # Units that keep the continuation going: every one that adds whitespace or required
+        # text, and the beam_width best that begin the word (only those can survive the beam).
         scores = np.where(before.starts_word, lp, _NEG)
-        for unit in np.argpartition(-scores, min(beam_width, len(scores) - 1))[:beam_width]:
-            if scores[unit] > _NEG:
-                self._route(before.phases[unit], base + scores[unit], hypothesis, int(unit), texts[unit], candidates, emit)
-
-    @staticmethod
-    def _route(new_phase: tuple, value: float, hypothesis: _Hypothesis, unit: int, text: str, candidates: list, emit) -> None:
-        if new_phase[0] == "done":
-            emit(new_phase[1], value, (hypothesis.units + (unit,), False))
-        elif new_phase[0] != "dead":
-            candidates.append((value, hypothesis.row, unit, new_phase, _line_start_after(text, hypothesis.line_start)))
+        top = np.argpartition(-scores, min(beam_width, len(scores) - 1))[:beam_width]
+        for unit in np.concatenate([before.spaces, top[scores[top] > _NEG]]):
+            if lp[unit] > _NEG:
+                candidates.append((base + lp[unit], hypothesis.row, int(unit), before.phases[unit],
+                                   _line_start_after(texts[unit], hypothesis.line_start)))
