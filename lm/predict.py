@@ -344,9 +344,7 @@ class Predictor:
                 out, state = self.model(torch.tensor([inputs], dtype=torch.long), state, score_from=len(inputs) - 1)  # (1, 1, V)
                 logits = out[0, -1].float()
         assert logits is not None
-        logprobs = torch.log_softmax(logits.double(), dim=-1).numpy()
-        text = self.tokenizer.unit_text(units[-1]) if units else "\n"
-        result = ContextState(units, state, logprobs, logits, line_start=text == "\n")
+        result = self.context_from(units, state, logits)
         if use_cache and self.cache_size:
             with self._lock:
                 self._cache[units] = result
@@ -354,6 +352,12 @@ class Predictor:
                 while len(self._cache) > self.cache_size:
                     self._cache.popitem(last=False)
         return result
+
+    def context_from(self, units: tuple[int, ...], state: torch.Tensor, logits: torch.Tensor) -> ContextState:
+        """The context state after `units` from a read done elsewhere: its final state (L, 1, S) and logits (V,)."""
+        logprobs = torch.log_softmax(logits.double(), dim=-1).numpy()
+        text = self.tokenizer.unit_text(units[-1]) if units else "\n"
+        return ContextState(units, state, logprobs, logits.float(), line_start=text == "\n")
 
     def predict_many(self, texts: list[str], k: int = 5, beam_width: int = 16, max_word_length: int = 24,
                      temperature: float = 1.0) -> list[PredictionResult]:

@@ -9,6 +9,7 @@ import torch
 from lm.__main__ import main as lm_main
 from lm.attribution import _unit_words, _words_of, attribute, hidden_jacobian_norms, reach_figures
 from lm.checkpoint import load_checkpoint
+from lm.context_grad import trace_context
 from lm.predict import PredictionResult, Predictor
 from lm.views import render_html, render_terminal
 
@@ -95,12 +96,14 @@ def test_the_batched_gradients_equal_k_separate_computations(subword_predictor):
 
     text = "In 1990 the band released a second album, and the "
     result = attribute(subword_predictor, text, k=4)
-    units = tuple(subword_predictor.tokenizer.encode(result.result.query.context))
-    batched, _ = _gradients(subword_predictor, units, result.result, 1.0)
+    tokenizer = subword_predictor.tokenizer
+    units = tuple(tokenizer.encode(result.result.query.context))
+    trace = trace_context(subword_predictor.model, torch.tensor([tokenizer.newline_id, *units]))
+    batched, _ = _gradients(subword_predictor, trace, result.result, 1.0)
     for row, prediction in enumerate(result.result.predictions):
         alone = PredictionResult(result.result.query, [prediction], len(units), result.result.required_logprob,
                                  result.result.required_paths)
-        single, _ = _gradients(subword_predictor, units, alone, 1.0)
+        single, _ = _gradients(subword_predictor, trace, alone, 1.0)
         torch.testing.assert_close(batched[row], single[0], rtol=1e-4, atol=1e-7)
 
 
