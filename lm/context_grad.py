@@ -17,7 +17,7 @@ backward at batch 5 takes ~250 us a step, and it also computes weight
 gradients nobody needs). Here the forward pass is shared with prediction, the
 gate activations are recomputed from the traced outputs in two large matrix
 products, and each backward step is a few element-wise operations and one
-(k, G) x (G, H) product with prepacked weights. The result equals autograd's
+(k, G) x (G, H) product with the weight prepacked (`lm/fastlinear.py`). The result equals autograd's
 to float32 rounding (tests/test_context_grad.py checks every cell type with
 two layers).
 
@@ -33,6 +33,8 @@ from typing import Callable
 
 import torch
 from torch import Tensor
+
+from lm.fastlinear import packed_linear
 
 __all__ = ["ContextTrace", "backward_context", "trace_context"]
 
@@ -65,23 +67,8 @@ def trace_context(model, ids: Tensor) -> ContextTrace:
 
 
 def _product_with(weight: Tensor, rows: int) -> Callable[[Tensor], Tensor]:
-    """x (rows, G) -> x @ weight for weight (G, H), with the weight prepacked once for oneDNN when it can be.
-
-    The same (5, 2048) x (2048, 512) product takes ~130 us prepacked against
-    ~270 us through `torch.mm` on this kind of CPU: plain GEMM repacks the
-    weight on every call, and the backward pass makes thousands of calls.
-    """
-    transposed = weight.t().contiguous()  # (H, G): a linear layer's weight
-    ops = getattr(torch.ops, "mkldnn", None)
-    if weight.dtype == torch.float32 and torch.backends.mkldnn.is_available() and hasattr(ops, "_reorder_linear_weight"):
-        try:
-            packed = ops._reorder_linear_weight(transposed, rows)
-            probe = torch.ones(rows, weight.size(0), dtype=weight.dtype)
-            if torch.allclose(ops._linear_pointwise(probe, packed, None, "none", [], ""), probe @ weight, rtol=1e-4, atol=1e-4):
-                return lambda x: ops._linear_pointwise(x, packed, None, "none", [], "")
-        except (RuntimeError, TypeError):
-            pass
-    return lambda x: x @ weight
+    """x (rows, G) -> x @ weight for weight (G, H), prepacked: a backward pass makes thousands of these products."""
+    return packed_linear(weight.t(), None, rows)
 
 
 class _InputGradients:

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from lm.config import ModelConfig
+from lm.fastlinear import packed_linear
 
 __all__ = ["RNNLanguageModel", "count_parameters"]
 
@@ -153,36 +154,71 @@ class RNNLanguageModel(nn.Module):
 
         The cell equations written out (the same as torch.nn's), because for
         a single step they run several times faster on a CPU than the fused
-        kernels, which are built for long sequences.
+        kernels, which are built for long sequences. Without autograd the
+        products use prepacked weights (`lm/fastlinear.py`).
         """
-        x = self.embedding(ids)  # (N, E)
+        fast = not torch.is_grad_enabled()
+        new_state = self._cell_step(self.embedding(ids), state, fast)
+        return self.output(new_state[-1, :, : self.config.hidden_dim], fast=fast), new_state
+
+    def _cell_step(self, x: Tensor, state: Tensor, fast: bool) -> Tensor:
+        """Every layer's cell once: inputs x (N, E), state (L, N, S) -> new state (L, N, S)."""
         hidden = self.config.hidden_dim
         finals = []
         for index, layer in enumerate(self.layers):
             h = state[index, :, :hidden]  # (N, H)
             w_ih, w_hh, b_ih, b_hh = layer.weight_ih_l0, layer.weight_hh_l0, layer.bias_ih_l0, layer.bias_hh_l0
+            if self.config.cell == "gru":
+                if fast:
+                    from_x = self._packed(f"ih{index}", (w_ih, b_ih), lambda: packed_linear(w_ih, b_ih))(x)
+                    from_h = self._packed(f"hh{index}", (w_hh, b_hh), lambda: packed_linear(w_hh, b_hh))(h)
+                else:
+                    from_x, from_h = torch.addmm(b_ih, x, w_ih.t()), torch.addmm(b_hh, h, w_hh.t())
+                xr, xz, xn = from_x.chunk(3, dim=-1)
+                hr, hz, hn = from_h.chunk(3, dim=-1)
+                r, z = torch.sigmoid(xr + hr), torch.sigmoid(xz + hz)
+                n = torch.tanh(xn + r * hn)
+                x = (1 - z) * n + z * h
+                finals.append(x)
+                continue
+            if fast:
+                # One product for both inputs: [x, h] (N, E + H) against [W_ih, W_hh] (G, E + H).
+                gates = self._packed(f"gates{index}", (w_ih, w_hh, b_ih, b_hh),
+                                     lambda: packed_linear(torch.cat([w_ih, w_hh], dim=1), b_ih + b_hh))
+                pre = gates(torch.cat([x, h], dim=1))
+            else:
+                pre = torch.addmm(b_ih, x, w_ih.t()) + torch.addmm(b_hh, h, w_hh.t())  # (N, G)
             if self.config.cell == "lstm":
-                gates = torch.addmm(b_ih, x, w_ih.t()) + torch.addmm(b_hh, h, w_hh.t())  # (N, 4H)
-                i, f, g, o = gates.chunk(4, dim=-1)
+                i, f, g, o = pre.chunk(4, dim=-1)
                 c = torch.sigmoid(f) * state[index, :, hidden:] + torch.sigmoid(i) * torch.tanh(g)
                 x = torch.sigmoid(o) * torch.tanh(c)
                 finals.append(torch.cat([x, c], dim=-1))
                 continue
-            if self.config.cell == "gru":
-                xr, xz, xn = torch.addmm(b_ih, x, w_ih.t()).chunk(3, dim=-1)
-                hr, hz, hn = torch.addmm(b_hh, h, w_hh.t()).chunk(3, dim=-1)
-                r, z = torch.sigmoid(xr + hr), torch.sigmoid(xz + hz)
-                n = torch.tanh(xn + r * hn)
-                x = (1 - z) * n + z * h
-            else:
-                pre = torch.addmm(b_ih, x, w_ih.t()) + torch.addmm(b_hh, h, w_hh.t())
-                x = torch.tanh(pre) if self.config.cell == "rnn_tanh" else torch.relu(pre)
+            x = torch.tanh(pre) if self.config.cell == "rnn_tanh" else torch.relu(pre)
             finals.append(x)
-        return self.output(x), torch.stack(finals)
+        return torch.stack(finals)
 
-    def output(self, x: Tensor) -> Tensor:
+    def _packed(self, name: str, sources: tuple[Tensor, ...], build):
+        """The prepacked linear map `build()` made from `sources`, rebuilt whenever one of them changes
+        (an optimiser step, a reload)."""
+        key = tuple((id(t), t.data_ptr(), t._version) for t in sources)
+        cache = self.__dict__.setdefault("_packed_linears", {})
+        entry = cache.get(name)
+        if entry is None or entry[0] != key:
+            entry = (key, build())
+            cache[name] = entry
+        return entry[1]
+
+    def output(self, x: Tensor, fast: bool = False) -> Tensor:
         """Logits over units from top-layer features (..., H). With an adaptive softmax they are
-        log-probabilities already (log_softmax leaves them unchanged)."""
+        log-probabilities already (log_softmax leaves them unchanged). `fast`: inference with
+        prepacked weights, for features (N, H)."""
+        if fast and self.adaptive is None:
+            projection, decoder = self.projection, self.decoder
+            if projection is not None:
+                x = self._packed("projection", (projection.weight, projection.bias),
+                                 lambda: packed_linear(projection.weight, projection.bias))(x)
+            return self._packed("decoder", (decoder.weight, decoder.bias), lambda: packed_linear(decoder.weight, decoder.bias))(x)
         if self.projection is not None:
             x = self.projection(x)  # (..., E)
         if self.adaptive is not None:

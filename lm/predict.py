@@ -273,6 +273,8 @@ class _UnitTable:
 
 
 _TABLES_KEPT = 256
+# Exact scoring may drop partial spellings worth this fraction of a word's probability (see _spell_many).
+SPELLING_TOLERANCE = 1e-6
 
 
 class _PhaseTable:
@@ -406,17 +408,28 @@ class Predictor:
         return self._spell_many(context, [(target, boundary)], temperature)[0]
 
     def _spell_many(self, context: ContextState, targets: list[tuple[str, bool]], temperature: float,
-                    max_nodes: int = 1024) -> list[tuple[float, list[tuple[tuple[int, ...], bool]]]]:
+                    max_nodes: int = 1024, tolerance: float = SPELLING_TOLERANCE) -> list[tuple[float, list[tuple[tuple[int, ...], bool]]]]:
         """For each (target, boundary): log P(the next units spell target, then a boundary if asked).
 
-        Sums over every unit sequence that spells the target (exact unless
-        more than `max_nodes` partial spellings are alive at once, when the
-        least probable are dropped). All targets advance together, one
-        batched model step per unit. Also returns the unit sequences (each
-        flagged when the boundary mass after it is part of its probability).
+        Sums over every unit sequence that spells the target. All targets
+        advance together, one batched model step per unit. Also returns the
+        unit sequences (each flagged when the boundary mass after it is part
+        of its probability).
+
+        Once a target has probability mass from finished spellings, its least
+        probable partial spellings are dropped for as long as their summed
+        probability stays within `tolerance` times that mass: what follows a
+        partial spelling can add at most its own probability, so the result
+        is within a factor (1 - tolerance) of the full sum, and the dropped
+        spellings (on a subword model, one character at a time and other odd
+        segmentations) no longer cost a model step per character. Beyond
+        that, only the cap of `max_nodes` partial spellings alive at once
+        (the least probable go) approximates.
         """
         table = self.table
         totals = [_NEG] * len(targets)
+        dropped = [_NEG] * len(targets)  # log of the probability of the partial spellings dropped so far
+        log_tolerance = math.log(tolerance) if tolerance > 0 else _NEG
         paths: list[list[tuple[tuple[int, ...], bool]]] = [[] for _ in targets]
         first = self._scaled(context, temperature)
         states = context.state
@@ -461,6 +474,19 @@ class Predictor:
                         paths[index].extend((units + (int(unit),), False) for unit in over[alive])
             if not children:
                 break
+            if log_tolerance > _NEG:
+                kept = []
+                for node in sorted(children, key=lambda node: node[0]):  # the least probable first
+                    index = node[2]
+                    if totals[index] > _NEG:
+                        mass = _logaddexp(dropped[index], node[0])
+                        if mass <= totals[index] + log_tolerance:
+                            dropped[index] = mass
+                            continue
+                    kept.append(node)
+                children = kept
+                if not children:
+                    break
             if len(children) > max_nodes:
                 children.sort(key=lambda node: -node[0])
                 children = children[:max_nodes]

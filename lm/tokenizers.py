@@ -225,7 +225,14 @@ class SubwordTokenizer:
         return ids, spans
 
     def encode(self, text: str) -> list[int]:
-        return self.encode_with_offsets(text)[0]
+        # The same ids as encode_with_offsets, without working out the spans (prediction encodes every request).
+        ids: list[int] = []
+        for index, line in enumerate(text.split(NEWLINE)):
+            if index:
+                ids.append(self.newline_id)
+            if line:
+                ids.extend(self._sp.encode(line))
+        return ids
 
     def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
         ids: list[int] = []

@@ -83,6 +83,19 @@ def test_single_step_equals_the_fused_forward(cell):
     full_logits, full_state = model(ids)
     torch.testing.assert_close(step_logits, full_logits[:, 2], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(step_state, full_state, rtol=1e-5, atol=1e-6)
+    with torch.inference_mode():  # the prepacked path
+        fast_logits, fast_state = model.step(ids[:, 2], state)
+    torch.testing.assert_close(fast_logits, full_logits[:, 2], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(fast_state, full_state, rtol=1e-5, atol=1e-6)
+    # A weight changed in place (as by an optimiser step) is seen: the packed copies are rebuilt.
+    with torch.no_grad():
+        model.layers[-1].weight_hh_l0.mul_(0.5)
+        model.embedding.weight.add_(0.1)
+        changed_logits, changed_state = model(ids)
+    with torch.inference_mode():
+        fast_logits, fast_state = model.step(ids[:, 2], model(ids[:, :2])[1])
+    torch.testing.assert_close(fast_logits, changed_logits[:, 2], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(fast_state, changed_state, rtol=1e-5, atol=1e-6)
 
 
 def test_adaptive_softmax_gives_normalised_log_probabilities_and_target_scores():

@@ -252,3 +252,29 @@ def test_predicting_many_texts_in_one_batch_equals_one_by_one(tiny_subword_run):
         assert [p.word for p in result.predictions] == [p.word for p in alone.predictions]
         for a, b in zip(result.predictions, alone.predictions):
             assert a.logprob == pytest.approx(b.logprob, abs=1e-5)
+
+
+def test_exact_scoring_drops_only_spellings_within_the_tolerance(tiny_subword_run):
+    from lm.checkpoint import load_checkpoint
+
+    checkpoint = load_checkpoint(tiny_subword_run.out)
+    predictor = Predictor(checkpoint.model, checkpoint.tokenizer)
+    steps = []
+    step = predictor._step
+    predictor._step = lambda states, units, temperature: (steps.append(len(units)), step(states, units, temperature))[1]
+    tolerance = 1e-2
+    for text in ("The album was released in the United States and ", "In 1990 the band rele"):
+        query = make_query(text, checkpoint.tokenizer)
+        context = predictor.context_state(tuple(checkpoint.tokenizer.encode(query.context)))
+        words = ["international", "released", "the", "television", "a", "relegated"]
+        targets = [(target, True) for word in words for target in predictor._word_targets(query, word)]
+        steps.clear()
+        full = predictor._spell_many(context, targets, 1.0, tolerance=0.0)
+        full_steps = sum(steps)
+        steps.clear()
+        pruned = predictor._spell_many(context, targets, 1.0, tolerance=tolerance)
+        assert sum(steps) < full_steps  # odd segmentations were dropped
+        for (exact, _), (approximate, _) in zip(full, pruned):
+            if exact > -math.inf:
+                # Never more than the full sum, never less than (1 - tolerance) of it (float32 noise aside).
+                assert exact + 1e-5 >= approximate >= exact + math.log(1 - tolerance) - 1e-5

@@ -26,6 +26,7 @@ def test_subword_is_lossless_with_exact_offsets(subword_tokenizer, corpus):
         ids, spans = subword_tokenizer.encode_with_offsets(text)
         assert subword_tokenizer.decode(ids) == text
         assert len(ids) == len(spans)
+        assert subword_tokenizer.encode(text) == ids  # the fast path without spans
         # Spans are ordered, inside the text, and together cover every character.
         covered = set()
         for start, end in spans:

@@ -1,0 +1,39 @@
+"""Linear layers with the weight prepacked for oneDNN, for the many small products of step-by-step inference.
+
+A (16, 768) x (768, 2048) product through `torch.addmm` repacks the weight on
+every call; prepacked once, the same product is ~30% faster here, and a
+(5, 2048) x (2048, 512) one ~2x. Prediction steps a beam one unit at a time
+and attribution steps back through thousands of units, so the packing pays
+for itself at once. Inference only: the packed op has no autograd.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+__all__ = ["packed_linear"]
+
+
+def packed_linear(weight: Tensor, bias: Tensor | None = None, rows: int = 16) -> Callable[[Tensor], Tensor]:
+    """x (N, in) -> x @ weight.T + bias for weight (out, in), prepacked for about `rows` rows when oneDNN can.
+
+    Falls back to `torch.nn.functional.linear` when oneDNN or its packed
+    linear op is missing, the weight is not float32, or the packed op
+    disagrees with the plain one on a probe.
+    """
+    weight = weight.detach().contiguous()
+    bias = None if bias is None else bias.detach().contiguous()
+    ops = getattr(torch.ops, "mkldnn", None)
+    if weight.dtype == torch.float32 and torch.backends.mkldnn.is_available() and hasattr(ops, "_reorder_linear_weight"):
+        try:
+            packed = ops._reorder_linear_weight(weight, rows)
+            probe = torch.linspace(-1, 1, 2 * weight.size(1), dtype=weight.dtype).view(2, -1)
+            got = ops._linear_pointwise(probe, packed, bias, "none", [], "")
+            if torch.allclose(got, torch.nn.functional.linear(probe, weight, bias), rtol=1e-4, atol=1e-5):
+                return lambda x: ops._linear_pointwise(x, packed, bias, "none", [], "")
+        except (RuntimeError, TypeError):
+            pass
+    return lambda x: torch.nn.functional.linear(x, weight, bias)
