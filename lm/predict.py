@@ -224,6 +224,7 @@ class _UnitTable:
         # Tables that depend on the text (the required part): a few recent ones are kept.
         self._required: OrderedDict[tuple, "_PhaseTable"] = OrderedDict()
         self._overshoot: OrderedDict[tuple, np.ndarray] = OrderedDict()
+        self._overshoot_paths: OrderedDict[tuple, list] = OrderedDict()
         self._lock = threading.Lock()  # servers predict from several threads
 
     def before(self, has_space: bool, line_start: bool) -> "_PhaseTable":
@@ -257,6 +258,11 @@ class _UnitTable:
         return self._memo(self._overshoot, (rest, boundary, line_start), lambda: np.array(
             [u for u in self.by_prefix[ls].get(rest, ()) if not boundary or not is_word_char(self.texts[ls][u][len(rest)])],
             dtype=np.int64))
+
+    def overshoot_paths(self, rest: str, boundary: bool, line_start: bool) -> list[tuple[tuple[int], bool]]:
+        """`overshoot` as one-unit paths ((unit,), False): a required space alone has thousands."""
+        return self._memo(self._overshoot_paths, (rest, boundary, line_start),
+                          lambda: [((int(unit),), False) for unit in self.overshoot(rest, boundary, line_start)])
 
     def _memo(self, tables: OrderedDict, key: tuple, build):
         """tables[key], built on first use; only the most recently used _TABLES_KEPT are kept."""
@@ -296,7 +302,29 @@ class _Hypothesis:
     logprob: float
     phase: tuple
     line_start: bool
-    row: int  # index into the batch of states / logprobs
+    units: tuple[int, ...]  # read after the context
+
+
+class _Reads:
+    """Unit sequences the model has read after one context: the state and next-unit log-probs after each."""
+
+    def __init__(self, state: torch.Tensor, logprobs: np.ndarray):
+        self._after: dict[tuple[int, ...], tuple[torch.Tensor, int, np.ndarray]] = {(): (state, 0, logprobs)}
+
+    def __contains__(self, units: tuple[int, ...]) -> bool:
+        return units in self._after
+
+    def add(self, sequences: list[tuple[int, ...]], states: torch.Tensor, logprobs: np.ndarray) -> None:
+        """Row i of states (L, N, S) and logprobs (N, V) follows sequences[i]."""
+        for row, units in enumerate(sequences):
+            self._after[units] = (states, row, logprobs[row])
+
+    def state(self, units: tuple[int, ...]) -> torch.Tensor:
+        states, row, _ = self._after[units]
+        return states[:, row]  # (L, S)
+
+    def logprobs(self, units: tuple[int, ...]) -> np.ndarray:
+        return self._after[units][2]
 
 
 def _line_start_after(text: str | None, line_start: bool) -> bool:
@@ -408,7 +436,8 @@ class Predictor:
         return self._spell_many(context, [(target, boundary)], temperature)[0]
 
     def _spell_many(self, context: ContextState, targets: list[tuple[str, bool]], temperature: float,
-                    max_nodes: int = 1024, tolerance: float = SPELLING_TOLERANCE) -> list[tuple[float, list[tuple[tuple[int, ...], bool]]]]:
+                    max_nodes: int = 1024, tolerance: float = SPELLING_TOLERANCE, known: _Reads | None = None
+                    ) -> list[tuple[float, list[tuple[tuple[int, ...], bool]]]]:
         """For each (target, boundary): log P(the next units spell target, then a boundary if asked).
 
         Sums over every unit sequence that spells the target. All targets
@@ -425,6 +454,10 @@ class Predictor:
         segmentations) no longer cost a model step per character. Beyond
         that, only the cap of `max_nodes` partial spellings alive at once
         (the least probable go) approximates.
+
+        `known` holds unit sequences the model has already read after this
+        context (the beam's): they, and a sequence shared by several targets,
+        are read only once.
         """
         table = self.table
         totals = [_NEG] * len(targets)
@@ -432,13 +465,12 @@ class Predictor:
         log_tolerance = math.log(tolerance) if tolerance > 0 else _NEG
         paths: list[list[tuple[tuple[int, ...], bool]]] = [[] for _ in targets]
         first = self._scaled(context, temperature)
-        states = context.state
-        logprobs = first[None, :]
-        # A node: (logprob, units, target index, consumed characters, line_start, row)
+        known = known if known is not None else _Reads(context.state, first)
+        # A node: (logprob, units, target index, consumed characters, line_start)
         frontier = []
         for index, (target, boundary) in enumerate(targets):
             if target:
-                frontier.append((0.0, (), index, 0, context.line_start, 0))
+                frontier.append((0.0, (), index, 0, context.line_start))
             elif boundary:  # already spelled: only the boundary is still to come
                 totals[index] = _logsumexp(first[table.ends])
                 paths[index].append(((), True))
@@ -447,10 +479,10 @@ class Predictor:
                 paths[index].append(((), False))
         while frontier:
             children = []  # node fields + terminal flag
-            for logprob, units, index, consumed, line_start, row in frontier:
+            for logprob, units, index, consumed, line_start in frontier:
                 target, boundary = targets[index]
                 rest = target[consumed:]
-                lp = logprobs[row]
+                lp = known.logprobs(units)
                 ls = int(line_start)
                 for length in range(0 if line_start else 1, min(len(rest), table.max_length) + 1):
                     for unit in table.by_text[ls].get(rest[:length], ()):
@@ -459,9 +491,9 @@ class Predictor:
                             continue
                         if length < len(rest):
                             after = _line_start_after(table.texts[ls][unit], line_start)
-                            children.append((value, units + (unit,), index, consumed + length, after, row, False))
+                            children.append((value, units + (unit,), index, consumed + length, after, False))
                         elif boundary:
-                            children.append((value, units + (unit,), index, consumed + length, False, row, True))
+                            children.append((value, units + (unit,), index, consumed + length, False, True))
                         else:
                             totals[index] = _logaddexp(totals[index], value)
                             paths[index].append((units + (unit,), False))
@@ -469,9 +501,21 @@ class Predictor:
                 if over.size:
                     values = logprob + lp[over]
                     alive = values > _NEG
-                    if alive.any():
+                    if alive.all() and not units:  # straight after the context: the same list every time
+                        totals[index] = _logaddexp(totals[index], _logsumexp(values))
+                        paths[index].extend(table.overshoot_paths(rest, boundary, line_start))
+                    elif alive.any():
                         totals[index] = _logaddexp(totals[index], _logsumexp(values[alive]))
                         paths[index].extend((units + (int(unit),), False) for unit in over[alive])
+            # Spellings already read to their end (by the beam) are finished now: their mass makes dropping safe sooner.
+            waiting = []
+            for node in children:
+                if node[5] and node[1] in known:
+                    totals[node[2]] = _logaddexp(totals[node[2]], node[0] + _logsumexp(known.logprobs(node[1])[table.ends]))
+                    paths[node[2]].append((node[1], True))
+                else:
+                    waiting.append(node)
+            children = waiting
             if not children:
                 break
             if log_tolerance > _NEG:
@@ -490,17 +534,25 @@ class Predictor:
             if len(children) > max_nodes:
                 children.sort(key=lambda node: -node[0])
                 children = children[:max_nodes]
-            rows = torch.tensor([node[5] for node in children])
-            states, logprobs = self._step(states[:, rows], [node[1][-1] for node in children], temperature)
+            self._read_all(known, [node[1] for node in children], temperature)
             frontier = []
-            for row, (value, units, index, consumed, line_start, _, terminal) in enumerate(children):
+            for value, units, index, consumed, line_start, terminal in children:
                 if terminal:
-                    mass = _logsumexp(logprobs[row][table.ends])
+                    mass = _logsumexp(known.logprobs(units)[table.ends])
                     totals[index] = _logaddexp(totals[index], value + mass)
                     paths[index].append((units, True))
                 else:
-                    frontier.append((value, units, index, consumed, line_start, row))
+                    frontier.append((value, units, index, consumed, line_start))
         return list(zip(totals, paths))
+
+    def _read_all(self, known: _Reads, sequences: list[tuple[int, ...]], temperature: float) -> None:
+        """Read every unit sequence not yet in `known` (each one unit past a known one), in one batched step."""
+        missing = list(dict.fromkeys(units for units in sequences if units not in known))
+        if not missing:
+            return
+        parents = torch.stack([known.state(units[:-1]) for units in missing], dim=1)  # (L, M, S)
+        states, logprobs = self._step(parents, [units[-1] for units in missing], temperature)
+        known.add(missing, states, logprobs)
 
     def _word_targets(self, query: Query, word: str) -> list[str]:
         """The continuations (after the context) that spell `word` under the query's rules."""
@@ -519,8 +571,8 @@ class Predictor:
         (logprob, _), = self._score_words(context, query, [word], temperature)[0]
         return logprob
 
-    def _score_words(self, context: ContextState, query: Query, words: list[str], temperature: float
-                     ) -> tuple[list[tuple[float, list]], float, list[tuple[int, ...]]]:
+    def _score_words(self, context: ContextState, query: Query, words: list[str], temperature: float,
+                     known: _Reads | None = None) -> tuple[list[tuple[float, list]], float, list[tuple[int, ...]]]:
         """Exact log P(word | text) for each word, with their unit sequences; and log P(required part), with its."""
         targets: list[tuple[str, bool]] = [(query.required, False)]
         owners: list[int] = [-1]
@@ -530,7 +582,7 @@ class Predictor:
             for target in self._word_targets(query, word):
                 targets.append((target, is_word_char(word[0])))
                 owners.append(number)
-        results = self._spell_many(context, targets, temperature)
+        results = self._spell_many(context, targets, temperature, known=known)
         required, required_found = results[0]
         scores: list[tuple[float, list]] = [(_NEG, []) for _ in words]
         for owner, (logprob, paths) in zip(owners[1:], results[1:]):
@@ -563,14 +615,12 @@ class Predictor:
                 words[word] = _logaddexp(words.get(word, _NEG), logprob)
 
         start_phase = ("req", "") if query.required else query.start
-        live = [_Hypothesis(0.0, start_phase, context.line_start, 0)]
-        states = context.state
-        logprobs = self._scaled(context, temperature)[None, :]
+        live = [_Hypothesis(0.0, start_phase, context.line_start, ())]
+        known = _Reads(context.state, self._scaled(context, temperature))  # what the beam reads, exact scoring reuses
         for _ in range(max_word_length + len(query.required)):
             candidates: list[tuple[float, int, int, tuple, bool]] = []  # logprob, parent, unit, phase, line_start
-            for hypothesis in live:
-                lp = logprobs[hypothesis.row]
-                self._expand(hypothesis, lp, query, candidates, emit, beam_width)
+            for parent, hypothesis in enumerate(live):
+                self._expand(hypothesis, parent, known.logprobs(hypothesis.units), query, candidates, emit, beam_width)
             if not candidates:
                 break
             candidates.sort(key=lambda c: -c[0])
@@ -580,14 +630,13 @@ class Predictor:
                 candidates = [c for c in candidates if c[0] > kth]  # cannot overtake the k-th word any more
                 if not candidates:
                     break
-            rows = torch.tensor([live[c[1]].row for c in candidates])
-            states, logprobs = self._step(states[:, rows], [c[2] for c in candidates], temperature)
-            live = [_Hypothesis(c[0], c[3], c[4], index) for index, c in enumerate(candidates)]
+            live = [_Hypothesis(c[0], c[3], c[4], live[c[1]].units + (c[2],)) for c in candidates]
+            self._read_all(known, [hypothesis.units for hypothesis in live], temperature)
 
         # Other spellings (segmentations, a leading space) may have been
         # pruned from the beam: score the leaders exactly, all in one pass.
         leaders = [word for word, _ in sorted(words.items(), key=lambda item: -item[1])[: k + 3]]
-        exact, required_logprob, required_paths = self._score_words(context, query, leaders, temperature)
+        exact, required_logprob, required_paths = self._score_words(context, query, leaders, temperature, known)
         ranked = sorted(zip(leaders, exact), key=lambda item: -item[1][0])
         predictions = []
         for word, (logprob, paths) in ranked[:k]:
@@ -597,7 +646,8 @@ class Predictor:
             predictions.append(WordPrediction(word, logprob, remainder, paths))
         return PredictionResult(query, predictions, context.length, required_logprob, required_paths)
 
-    def _expand(self, hypothesis: _Hypothesis, lp: np.ndarray, query: Query, candidates: list, emit, beam_width: int) -> None:
+    def _expand(self, hypothesis: _Hypothesis, parent: int, lp: np.ndarray, query: Query, candidates: list, emit,
+                beam_width: int) -> None:
         """Emit the words this hypothesis completes and list its live children."""
         table = self.table
         phase = hypothesis.phase
@@ -613,7 +663,7 @@ class Predictor:
             for unit in top:
                 value = base + scores[unit]
                 if value > _NEG:
-                    candidates.append((value, hypothesis.row, int(unit), ("word", phase[1] + table.texts[0][unit]), False))
+                    candidates.append((value, parent, int(unit), ("word", phase[1] + table.texts[0][unit]), False))
             return
         texts = table.texts[int(hypothesis.line_start)]
         if phase[0] == "req":
@@ -631,5 +681,5 @@ class Predictor:
         top = np.argpartition(-scores, min(beam_width, len(scores) - 1))[:beam_width]
         for unit in np.concatenate([before.spaces, top[scores[top] > _NEG]]):
             if lp[unit] > _NEG:
-                candidates.append((base + lp[unit], hypothesis.row, int(unit), before.phases[unit],
+                candidates.append((base + lp[unit], parent, int(unit), before.phases[unit],
                                    _line_start_after(texts[unit], hypothesis.line_start)))
