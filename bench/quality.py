@@ -17,6 +17,10 @@ are scored on the test split: bits per character over the normalised test
 text, and per-word perplexity over the 21,812 published words whatever the
 tokenizer. `both` runs the textbook first, then Reach, and prints the ratio.
 The last line is `test bpc B per-word-ppl P` (for `both`: Reach's).
+
+`--cache` also scores Reach's model with a continuous cache (lm/cache.py,
+Grave et al. 2017) whose settings are tuned on the validation split, as a
+separate row: an evaluation-time addition, not used by prediction.
 """
 
 from __future__ import annotations
@@ -206,6 +210,7 @@ def run_reach(args: argparse.Namespace, rest: list[str], minutes: float) -> dict
     with tempfile.TemporaryDirectory() as scratch:
         out = options.out or Path(scratch) / "run"
         result = train_run(tokenizer_config, model_config, train_config, out)
+        cache = with_cache(result.out, args.corpus) if args.cache else None
     state, size = result.state, result.model_config
     projection = size.embed_dim if size.tie_weights and size.embed_dim != size.hidden_dim else 0
     flops = training_flops_per_token(size.embed_dim, size.hidden_dim, size.num_layers, size.vocab_size, projection, size.cell,
@@ -217,8 +222,23 @@ def run_reach(args: argparse.Namespace, rest: list[str], minutes: float) -> dict
         "steps": state.step, "tokens": state.tokens, "tokens_per_s": state.tokens / max(state.elapsed, 1e-9),
         "train_minutes": state.elapsed / 60, "bpc": result.test.bpc, "word_ppl": result.test.word_ppl,
         "valid_bpc": result.valid.bpc, "valid_word_ppl": result.valid.word_ppl, "flops_per_token": flops,
-        "flops": flops * state.tokens / max(state.elapsed, 1e-9), "vocab": vocab,
+        "flops": flops * state.tokens / max(state.elapsed, 1e-9), "vocab": vocab, "cache": cache,
     }
+
+
+def with_cache(run: Path, corpus_dir: str) -> dict:
+    """Test figures of the run's best model with a continuous cache tuned on the validation split."""
+    from lm.cache import score_stream, tune_cache
+    from lm.checkpoint import load_checkpoint
+    from lm.evaluation import evaluate_text
+
+    checkpoint = load_checkpoint(run)
+    corpus = load_corpus(corpus_dir)
+    tokenizer = checkpoint.tokenizer
+    config, _, trials = tune_cache(score_stream(checkpoint.model, tokenizer.encode(corpus.valid.text), tokenizer.newline_id))
+    test = evaluate_text(checkpoint.model, tokenizer, corpus.test.text, corpus.test.raw_words, cache=config)
+    return {"window": config.window, "theta": config.theta, "weight": config.weight, "grid_points": len(trials),
+            "bpc": test.bpc, "word_ppl": test.word_ppl}
 
 
 def _row(figures: dict, peak: float) -> str:
@@ -234,6 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--recipe", choices=("reach", "textbook", "both"), default="reach")
     parser.add_argument("--record", type=Path, default=None, help="append each recipe's figures and command as a JSON line")
     parser.add_argument("--label", default="", help="a name for this configuration in --record")
+    parser.add_argument("--cache", action="store_true", help="also score Reach with a continuous cache tuned on the valid split")
     args, rest = parser.parse_known_args(argv)
     torch.set_num_threads(2)
     peak = peak_matmul_flops()
@@ -248,6 +269,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"fp32 matmul peak, best of before and after: {peak / 1e9:.1f} GFLOP/s", flush=True)
     for figures in results:
         print(_row(figures, peak), flush=True)
+        cache = figures.get("cache")
+        if cache:
+            print(f"{figures['recipe']} + continuous cache (window {cache['window']}, theta {cache['theta']:g}, weight "
+                  f"{cache['weight']:g}, tuned on valid): test bpc {cache['bpc']:.4f} per-word-ppl {cache['word_ppl']:.2f}")
     if args.record:
         args.record.parent.mkdir(parents=True, exist_ok=True)
         with open(args.record, "a", encoding="utf-8") as handle:
@@ -256,6 +281,8 @@ def main(argv: list[str] | None = None) -> int:
                                          "peak_flops": peak, **figures}) + "\n")
     if len(results) == 2:
         print(f"per-word perplexity ratio reach/textbook {results[1]['word_ppl'] / results[0]['word_ppl']:.3f}")
+        if results[1].get("cache"):
+            print(f"per-word perplexity ratio reach+cache/textbook {results[1]['cache']['word_ppl'] / results[0]['word_ppl']:.3f}")
     last = results[-1]
     print(f"test bpc {last['bpc']:.4f} per-word-ppl {last['word_ppl']:.2f}")
     return 0

@@ -149,20 +149,58 @@ def _evaluate(args: argparse.Namespace) -> int:
         return 1
     split = corpus.split(args.split)
     figures = evaluate_text(checkpoint.model, checkpoint.tokenizer, split.text, split.raw_words)
+    cache = _cache_figures(args, checkpoint, corpus, split)
     predictor = Predictor(checkpoint.model, checkpoint.tokenizer, cache_size=0)
     accuracy = next_word_accuracy(predictor, split.text, positions=args.positions, seed=args.seed,
                                   beam_width=args.beam_width, progress=not args.json and sys.stderr.isatty())
     report = {"model": str(checkpoint.directory), "corpus": corpus.name, "split": args.split, **figures.as_dict(),
               "accuracy": accuracy, "evaluation": HOW_STATE_FLOWS}
+    if cache is not None:
+        report["cache"] = cache
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
     print(f"{args.split}: {figures.bpc:.4f} bpc  per-word ppl {figures.word_ppl:.2f}  per-unit ppl {figures.unit_ppl:.2f}  "
           f"({figures.words:,.0f} words, {figures.chars:,} chars, {figures.units:,} units)")
     sample = f"a seeded sample (seed {args.seed}) of {accuracy['positions']:,} of {accuracy['of']:,}" if accuracy["seed"] is not None else f"all {accuracy['of']:,}"
+    if cache is not None:
+        print(f"with a continuous cache (window {cache['window']} units, theta {cache['theta']:g}, weight {cache['weight']:g}, "
+              f"{cache['chosen']}): {cache['bpc']:.4f} bpc  per-word ppl {cache['word_ppl']:.2f}")
     print(f"next-word accuracy over {sample} word positions: top-1 {accuracy['top1']:.2%}  top-3 {accuracy['top3']:.2%}  top-5 {accuracy['top5']:.2%}")
     print(f"evaluation: {HOW_STATE_FLOWS}")
     return 0
+
+
+def _cache_figures(args: argparse.Namespace, checkpoint, corpus, split) -> dict | None:
+    """The split's figures with a continuous cache (lm/cache.py): as given, or tuned on the valid split."""
+    from lm.cache import score_stream, tune_cache
+    from lm.evaluation import evaluate_text
+
+    if args.cache is None:
+        return None
+    if args.cache == "tune":
+        valid = corpus.split("valid")
+        scores = score_stream(checkpoint.model, checkpoint.tokenizer.encode(valid.text), checkpoint.tokenizer.newline_id)
+        config, _, _ = tune_cache(scores)
+        chosen = "tuned on the valid split"
+    else:
+        config, chosen = args.cache, "as given"
+    figures = evaluate_text(checkpoint.model, checkpoint.tokenizer, split.text, split.raw_words, cache=config)
+    return {"window": config.window, "theta": config.theta, "weight": config.weight, "chosen": chosen, **figures.as_dict()}
+
+
+def _cache_setting(value: str):
+    """--cache: 'tune' or WINDOW,THETA,WEIGHT."""
+    from lm.cache import CacheConfig
+
+    if value == "tune":
+        return value
+    try:
+        window, theta, weight = value.split(",")
+        return CacheConfig(int(window), float(theta), float(weight))
+    except ValueError as error:
+        detail = str(error) if "cache" in str(error) else "expected 'tune' or WINDOW,THETA,WEIGHT such as 4000,4,0.5"
+        raise argparse.ArgumentTypeError(detail) from None
 
 
 def _lab(args: argparse.Namespace) -> int:
@@ -261,6 +299,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--positions", type=_positive_int, default=None, help="score a seeded sample of N word positions (default: all)")
     evaluate.add_argument("--seed", type=int, default=0, help="seed of the sample (default: 0)")
     evaluate.add_argument("--beam-width", type=_positive_int, default=16)
+    evaluate.add_argument("--cache", type=_cache_setting, default=None, metavar="tune|WINDOW,THETA,WEIGHT",
+                          help="also report the figures with a continuous cache (Grave et al. 2017): 'tune' picks its "
+                               "settings on the valid split (about 20 s), or give them, e.g. 4000,4,0.5")
     evaluate.add_argument("--threads", type=_positive_int, default=None)
     evaluate.add_argument("--json", action="store_true", help="print JSON")
     evaluate.set_defaults(handler=_evaluate)

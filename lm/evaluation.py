@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
+from lm.cache import CacheConfig, cache_logprobs, mixed_nll, score_stream
 from lm.model import RNNLanguageModel
 from lm.tokenizers import Tokenizer
 
@@ -95,8 +96,9 @@ def evaluate_ids(model: RNNLanguageModel, ids: list[int], first_input: int, chun
         model.train(was_training)
 
 
-def evaluate_text(model: RNNLanguageModel, tokenizer: Tokenizer, text: str, raw_words: int, max_chars: int | None = None) -> EvalResult:
-    """Score normalised `text` (a whole split, or its first `max_chars` characters)."""
+def evaluate_text(model: RNNLanguageModel, tokenizer: Tokenizer, text: str, raw_words: int, max_chars: int | None = None,
+                  cache: CacheConfig | None = None) -> EvalResult:
+    """Score normalised `text` (a whole split, or its first `max_chars` characters), with a continuous cache if given."""
     words: float = raw_words
     estimated = False
     if max_chars is not None and len(text) > max_chars:
@@ -106,7 +108,11 @@ def evaluate_text(model: RNNLanguageModel, tokenizer: Tokenizer, text: str, raw_
         words = raw_words * len(text[:cut].split()) / max(len(text.split()), 1)
         text, estimated = text[:cut], True
     ids = tokenizer.encode(text)
-    nll, units = evaluate_ids(model, ids, tokenizer.newline_id)
+    if cache is not None:
+        scores = score_stream(model, ids, tokenizer.newline_id)
+        nll, units = mixed_nll(scores, cache_logprobs(scores, cache.window, cache.theta), cache.weight), len(ids)
+    else:
+        nll, units = evaluate_ids(model, ids, tokenizer.newline_id)
     return EvalResult(nll=nll, units=units, chars=len(text), words=words, words_estimated=estimated)
 
 

@@ -238,6 +238,16 @@ class RNNLanguageModel(nn.Module):
         logits = self.decoder(x)
         return -F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), reduction="none").view(targets.shape)
 
+    def features(self, ids: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
+        """Top-layer outputs (B, T, H) and the final state (L, B, S) after ids (B, T): `forward` without the output
+        layer, for evaluation (call in `eval()` mode)."""
+        x = self.embed(ids)
+        finals = []
+        for index in range(self.config.num_layers):
+            x, final, _ = self._run_layer(index, x, state[index])  # (B, T, H), (B, S)
+            finals.append(final)
+        return x, torch.stack(finals)
+
     def forward(self, ids: Tensor | None = None, state: Tensor | None = None, *, embeds: Tensor | None = None,
                 lengths: Tensor | None = None, split_at: int | None = None, targets: Tensor | None = None,
                 score_from: int = 0):
