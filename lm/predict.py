@@ -207,6 +207,7 @@ class _UnitTable:
         # Inside a word: units that continue it, units that end it at their first character.
         self.continues = np.array([bool(t) and all(is_word_char(c) for c in t) for t in mid])
         self.ends = np.array([bool(t) and not is_word_char(t[0]) for t in mid])
+        self.end_units = np.nonzero(self.ends)[0]
         # Units that continue the word and then end it inside themselves ("ing,").
         self.runs_on = {u: _advance(("word", ""), t)[1] for u, t in enumerate(mid)
                         if t and is_word_char(t[0]) and not self.continues[u]}
@@ -306,25 +307,36 @@ class _Hypothesis:
 
 
 class _Reads:
-    """Unit sequences the model has read after one context: the state and next-unit log-probs after each."""
+    """Unit sequences the model has read after one context: the state, next-unit log-probs and boundary mass after each."""
 
-    def __init__(self, state: torch.Tensor, logprobs: np.ndarray):
-        self._after: dict[tuple[int, ...], tuple[torch.Tensor, int, np.ndarray]] = {(): (state, 0, logprobs)}
+    def __init__(self, state: torch.Tensor, logprobs: np.ndarray, ends: np.ndarray):
+        self._ends = ends  # the units that begin with a boundary
+        self._after: dict[tuple[int, ...], tuple[torch.Tensor, int, np.ndarray, float]] = {}
+        self.add([()], state, logprobs[None, :])
 
     def __contains__(self, units: tuple[int, ...]) -> bool:
         return units in self._after
 
     def add(self, sequences: list[tuple[int, ...]], states: torch.Tensor, logprobs: np.ndarray) -> None:
         """Row i of states (L, N, S) and logprobs (N, V) follows sequences[i]."""
+        # log P(the next unit begins with a boundary), every row at once: max-shifted log-sum-exp.
+        at_ends = logprobs[:, self._ends]  # (N, E)
+        top = at_ends.max(axis=1, keepdims=True)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            masses = (top[:, 0] + np.log(np.exp(at_ends - top).sum(axis=1))).tolist()
         for row, units in enumerate(sequences):
-            self._after[units] = (states, row, logprobs[row])
+            self._after[units] = (states, row, logprobs[row], masses[row] if masses[row] == masses[row] else _NEG)
 
     def state(self, units: tuple[int, ...]) -> torch.Tensor:
-        states, row, _ = self._after[units]
+        states, row, _, _ = self._after[units]
         return states[:, row]  # (L, S)
 
     def logprobs(self, units: tuple[int, ...]) -> np.ndarray:
         return self._after[units][2]
+
+    def boundary(self, units: tuple[int, ...]) -> float:
+        """log P(a boundary next) after `units`."""
+        return self._after[units][3]
 
 
 def _line_start_after(text: str | None, line_start: bool) -> bool:
@@ -465,14 +477,14 @@ class Predictor:
         log_tolerance = math.log(tolerance) if tolerance > 0 else _NEG
         paths: list[list[tuple[tuple[int, ...], bool]]] = [[] for _ in targets]
         first = self._scaled(context, temperature)
-        known = known if known is not None else _Reads(context.state, first)
+        known = known if known is not None else _Reads(context.state, first, table.end_units)
         # A node: (logprob, units, target index, consumed characters, line_start)
         frontier = []
         for index, (target, boundary) in enumerate(targets):
             if target:
                 frontier.append((0.0, (), index, 0, context.line_start))
             elif boundary:  # already spelled: only the boundary is still to come
-                totals[index] = _logsumexp(first[table.ends])
+                totals[index] = known.boundary(())
                 paths[index].append(((), True))
             else:
                 totals[index] = 0.0
@@ -511,7 +523,7 @@ class Predictor:
             waiting = []
             for node in children:
                 if node[5] and node[1] in known:
-                    totals[node[2]] = _logaddexp(totals[node[2]], node[0] + _logsumexp(known.logprobs(node[1])[table.ends]))
+                    totals[node[2]] = _logaddexp(totals[node[2]], node[0] + known.boundary(node[1]))
                     paths[node[2]].append((node[1], True))
                 else:
                     waiting.append(node)
@@ -538,7 +550,7 @@ class Predictor:
             frontier = []
             for value, units, index, consumed, line_start, terminal in children:
                 if terminal:
-                    mass = _logsumexp(known.logprobs(units)[table.ends])
+                    mass = known.boundary(units)
                     totals[index] = _logaddexp(totals[index], value + mass)
                     paths[index].append((units, True))
                 else:
@@ -616,11 +628,12 @@ class Predictor:
 
         start_phase = ("req", "") if query.required else query.start
         live = [_Hypothesis(0.0, start_phase, context.line_start, ())]
-        known = _Reads(context.state, self._scaled(context, temperature))  # what the beam reads, exact scoring reuses
+        known = _Reads(context.state, self._scaled(context, temperature), table.end_units)  # what the beam reads, exact scoring reuses
         for _ in range(max_word_length + len(query.required)):
             candidates: list[tuple[float, int, int, tuple, bool]] = []  # logprob, parent, unit, phase, line_start
             for parent, hypothesis in enumerate(live):
-                self._expand(hypothesis, parent, known.logprobs(hypothesis.units), query, candidates, emit, beam_width)
+                self._expand(hypothesis, parent, known.logprobs(hypothesis.units), known.boundary(hypothesis.units), query,
+                             candidates, emit, beam_width)
             if not candidates:
                 break
             candidates.sort(key=lambda c: -c[0])
@@ -646,16 +659,15 @@ class Predictor:
             predictions.append(WordPrediction(word, logprob, remainder, paths))
         return PredictionResult(query, predictions, context.length, required_logprob, required_paths)
 
-    def _expand(self, hypothesis: _Hypothesis, parent: int, lp: np.ndarray, query: Query, candidates: list, emit,
-                beam_width: int) -> None:
+    def _expand(self, hypothesis: _Hypothesis, parent: int, lp: np.ndarray, boundary: float, query: Query, candidates: list,
+                emit, beam_width: int) -> None:
         """Emit the words this hypothesis completes and list its live children."""
         table = self.table
         phase = hypothesis.phase
         base = hypothesis.logprob
         if phase[0] == "word":
             # Every unit that starts with a boundary ends the word: their total mass, exactly.
-            mass = _logsumexp(lp[table.ends])
-            emit(phase[1], base + mass)
+            emit(phase[1], base + boundary)  # boundary: log P(the next unit begins with a boundary)
             for unit, run in table.runs_on.items():
                 emit(phase[1] + run, base + lp[unit])
             scores = np.where(table.continues, lp, _NEG)
