@@ -15,7 +15,7 @@ are differentiated together: the text is read once (the same read serves the
 prediction), autograd differentiates the k words' unit paths from the state
 after the text, one row per word, and a hand-written backward pass carries
 the k gradients on that state back through the whole text side by side
-(lm/context_grad.py: ~3x cheaper than autograd through k copies of the text,
+(lm/context_grad.py: cheaper than autograd through k copies of the text,
 and checked against it in the tests). Parameter `.grad` is never touched, so
 a model can serve other requests at the same time.
 
@@ -221,7 +221,13 @@ def _path_logprobs(model, states: torch.Tensor, first_logprobs: torch.Tensor, ro
     padded = torch.zeros(len(needy), longest, dtype=torch.long)
     for slot, i in enumerate(needy):
         padded[slot, : len(paths[i][0])] = torch.tensor(paths[i][0], dtype=torch.long)
-    logits, _ = model(padded, states[:, row_index[needy]])  # (N, Lmax, V): the unit after each path unit
+    # Paths are a few units long: single cell steps beat the fused layers' set-up, forward and backward.
+    state = states[:, row_index[needy]]
+    steps = []
+    for position in range(longest):
+        step_logits, state = model.step(padded[:, position], state)  # (N, V)
+        steps.append(step_logits)
+    logits = torch.stack(steps, dim=1)  # (N, Lmax, V): the unit after each path unit
     after = torch.log_softmax(logits.double(), dim=-1)
     later = [(slot, i, step, paths[i][0][step]) for slot, i in enumerate(needy) for step in range(1, len(paths[i][0]))]
     if later:
@@ -329,8 +335,8 @@ class _Tempered(torch.nn.Module):
         super().__init__()
         self.model, self.temperature = model, temperature
 
-    def forward(self, ids, state):
-        logits, final = self.model(ids, state)
+    def step(self, ids, state):
+        logits, final = self.model.step(ids, state)
         return logits / self.temperature, final
 
 
