@@ -19,8 +19,10 @@ tokenizer. `both` runs the textbook first, then Reach, and prints the ratio.
 The last line is `test bpc B per-word-ppl P` (for `both`: Reach's).
 
 `--cache` also scores Reach's model with a continuous cache (lm/cache.py,
-Grave et al. 2017) whose settings are tuned on the validation split, as a
-separate row: an evaluation-time addition, not used by prediction.
+Grave et al. 2017), `--dynamic` with dynamic evaluation (lm/dynamic.py,
+Krause et al. 2018), both together when both are given, their settings
+tuned on the validation split, as a separate row: evaluation-time additions,
+not used by prediction.
 """
 
 from __future__ import annotations
@@ -210,7 +212,7 @@ def run_reach(args: argparse.Namespace, rest: list[str], minutes: float) -> dict
     with tempfile.TemporaryDirectory() as scratch:
         out = options.out or Path(scratch) / "run"
         result = train_run(tokenizer_config, model_config, train_config, out)
-        cache = with_cache(result.out, args.corpus) if args.cache else None
+        extra = adapted(result.out, args.corpus, args.cache, args.dynamic) if args.cache or args.dynamic else None
     state, size = result.state, result.model_config
     projection = size.embed_dim if size.tie_weights and size.embed_dim != size.hidden_dim else 0
     flops = training_flops_per_token(size.embed_dim, size.hidden_dim, size.num_layers, size.vocab_size, projection, size.cell,
@@ -222,22 +224,32 @@ def run_reach(args: argparse.Namespace, rest: list[str], minutes: float) -> dict
         "steps": state.step, "tokens": state.tokens, "tokens_per_s": state.tokens / max(state.elapsed, 1e-9),
         "train_minutes": state.elapsed / 60, "bpc": result.test.bpc, "word_ppl": result.test.word_ppl,
         "valid_bpc": result.valid.bpc, "valid_word_ppl": result.valid.word_ppl, "flops_per_token": flops,
-        "flops": flops * state.tokens / max(state.elapsed, 1e-9), "vocab": vocab, "cache": cache,
+        "flops": flops * state.tokens / max(state.elapsed, 1e-9), "vocab": vocab, "adapted": extra,
     }
 
 
-def with_cache(run: Path, corpus_dir: str) -> dict:
-    """Test figures of the run's best model with a continuous cache tuned on the validation split."""
+def adapted(run: Path, corpus_dir: str, cache: bool, dynamic: bool) -> dict:
+    """Test figures of the run's best model with a continuous cache and/or dynamic evaluation, tuned on valid."""
     from lm.cache import score_stream, tune_cache
     from lm.checkpoint import load_checkpoint
+    from lm.dynamic import tune_dynamic
     from lm.evaluation import evaluate_text
 
     checkpoint = load_checkpoint(run)
     corpus = load_corpus(corpus_dir)
     tokenizer = checkpoint.tokenizer
-    config, _, trials = tune_cache(score_stream(checkpoint.model, tokenizer.encode(corpus.valid.text), tokenizer.newline_id))
-    test = evaluate_text(checkpoint.model, tokenizer, corpus.test.text, corpus.test.raw_words, cache=config)
-    return {"window": config.window, "theta": config.theta, "weight": config.weight, "grid_points": len(trials),
+    valid = tokenizer.encode(corpus.valid.text)
+    lr, config = None, None
+    if dynamic:
+        lr, scores, _ = tune_dynamic(checkpoint.model, valid, tokenizer.newline_id)
+    else:
+        scores = score_stream(checkpoint.model, valid, tokenizer.newline_id)
+    if cache:
+        config, _, _ = tune_cache(scores)
+    test = evaluate_text(checkpoint.model, tokenizer, corpus.test.text, corpus.test.raw_words, cache=config, dynamic_lr=lr)
+    parts = ([f"dynamic evaluation lr {lr:g}"] if lr is not None else []) + (
+        [f"continuous cache window {config.window}, theta {config.theta:g}, weight {config.weight:g}"] if config else [])
+    return {"with": " + ".join(parts), "dynamic_lr": lr, "cache": None if config is None else config.__dict__,
             "bpc": test.bpc, "word_ppl": test.word_ppl}
 
 
@@ -255,6 +267,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--record", type=Path, default=None, help="append each recipe's figures and command as a JSON line")
     parser.add_argument("--label", default="", help="a name for this configuration in --record")
     parser.add_argument("--cache", action="store_true", help="also score Reach with a continuous cache tuned on the valid split")
+    parser.add_argument("--dynamic", action="store_true", help="also score Reach with dynamic evaluation tuned on the valid split "
+                                                               "(with --cache: both)")
     args, rest = parser.parse_known_args(argv)
     torch.set_num_threads(2)
     peak = peak_matmul_flops()
@@ -269,10 +283,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"fp32 matmul peak, best of before and after: {peak / 1e9:.1f} GFLOP/s", flush=True)
     for figures in results:
         print(_row(figures, peak), flush=True)
-        cache = figures.get("cache")
-        if cache:
-            print(f"{figures['recipe']} + continuous cache (window {cache['window']}, theta {cache['theta']:g}, weight "
-                  f"{cache['weight']:g}, tuned on valid): test bpc {cache['bpc']:.4f} per-word-ppl {cache['word_ppl']:.2f}")
+        extra = figures.get("adapted")
+        if extra:
+            print(f"{figures['recipe']} + {extra['with']} (tuned on valid): test bpc {extra['bpc']:.4f} "
+                  f"per-word-ppl {extra['word_ppl']:.2f}")
     if args.record:
         args.record.parent.mkdir(parents=True, exist_ok=True)
         with open(args.record, "a", encoding="utf-8") as handle:
@@ -281,8 +295,9 @@ def main(argv: list[str] | None = None) -> int:
                                          "peak_flops": peak, **figures}) + "\n")
     if len(results) == 2:
         print(f"per-word perplexity ratio reach/textbook {results[1]['word_ppl'] / results[0]['word_ppl']:.3f}")
-        if results[1].get("cache"):
-            print(f"per-word perplexity ratio reach+cache/textbook {results[1]['cache']['word_ppl'] / results[0]['word_ppl']:.3f}")
+        if results[1].get("adapted"):
+            print(f"per-word perplexity ratio reach+{results[1]['adapted']['with']}/textbook "
+                  f"{results[1]['adapted']['word_ppl'] / results[0]['word_ppl']:.3f}")
     last = results[-1]
     print(f"test bpc {last['bpc']:.4f} per-word-ppl {last['word_ppl']:.2f}")
     return 0

@@ -149,44 +149,59 @@ def _evaluate(args: argparse.Namespace) -> int:
         return 1
     split = corpus.split(args.split)
     figures = evaluate_text(checkpoint.model, checkpoint.tokenizer, split.text, split.raw_words)
-    cache = _cache_figures(args, checkpoint, corpus, split)
+    adapted = _adapted_figures(args, checkpoint, corpus, split)
     predictor = Predictor(checkpoint.model, checkpoint.tokenizer, cache_size=0)
     accuracy = next_word_accuracy(predictor, split.text, positions=args.positions, seed=args.seed,
                                   beam_width=args.beam_width, progress=not args.json and sys.stderr.isatty())
     report = {"model": str(checkpoint.directory), "corpus": corpus.name, "split": args.split, **figures.as_dict(),
               "accuracy": accuracy, "evaluation": HOW_STATE_FLOWS}
-    if cache is not None:
-        report["cache"] = cache
+    if adapted is not None:
+        report["adapted"] = adapted
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
     print(f"{args.split}: {figures.bpc:.4f} bpc  per-word ppl {figures.word_ppl:.2f}  per-unit ppl {figures.unit_ppl:.2f}  "
           f"({figures.words:,.0f} words, {figures.chars:,} chars, {figures.units:,} units)")
     sample = f"a seeded sample (seed {args.seed}) of {accuracy['positions']:,} of {accuracy['of']:,}" if accuracy["seed"] is not None else f"all {accuracy['of']:,}"
-    if cache is not None:
-        print(f"with a continuous cache (window {cache['window']} units, theta {cache['theta']:g}, weight {cache['weight']:g}, "
-              f"{cache['chosen']}): {cache['bpc']:.4f} bpc  per-word ppl {cache['word_ppl']:.2f}")
+    if adapted is not None:
+        parts = []
+        if adapted["dynamic_lr"] is not None:
+            parts.append(f"dynamic evaluation (learning rate {adapted['dynamic_lr']:g})")
+        if adapted["cache"] is not None:
+            cache = adapted["cache"]
+            parts.append(f"a continuous cache (window {cache['window']} units, theta {cache['theta']:g}, weight {cache['weight']:g})")
+        print(f"with {' and '.join(parts)}, {adapted['chosen']}: {adapted['bpc']:.4f} bpc  per-word ppl {adapted['word_ppl']:.2f}")
     print(f"next-word accuracy over {sample} word positions: top-1 {accuracy['top1']:.2%}  top-3 {accuracy['top3']:.2%}  top-5 {accuracy['top5']:.2%}")
     print(f"evaluation: {HOW_STATE_FLOWS}")
     return 0
 
 
-def _cache_figures(args: argparse.Namespace, checkpoint, corpus, split) -> dict | None:
-    """The split's figures with a continuous cache (lm/cache.py): as given, or tuned on the valid split."""
+def _adapted_figures(args: argparse.Namespace, checkpoint, corpus, split) -> dict | None:
+    """The split's figures with a continuous cache and/or dynamic evaluation, their settings as given or tuned on valid."""
     from lm.cache import score_stream, tune_cache
+    from lm.dynamic import score_stream_dynamic, tune_dynamic
     from lm.evaluation import evaluate_text
 
-    if args.cache is None:
+    if args.cache is None and args.dynamic is None:
         return None
-    if args.cache == "tune":
-        valid = corpus.split("valid")
-        scores = score_stream(checkpoint.model, checkpoint.tokenizer.encode(valid.text), checkpoint.tokenizer.newline_id)
-        config, _, _ = tune_cache(scores)
-        chosen = "tuned on the valid split"
-    else:
-        config, chosen = args.cache, "as given"
-    figures = evaluate_text(checkpoint.model, checkpoint.tokenizer, split.text, split.raw_words, cache=config)
-    return {"window": config.window, "theta": config.theta, "weight": config.weight, "chosen": chosen, **figures.as_dict()}
+    tokenizer = checkpoint.tokenizer
+    lr, config, tuned = args.dynamic, args.cache, []
+    if "tune" in (lr, config):
+        valid = tokenizer.encode(corpus.split("valid").text)
+        scores = None
+        if lr == "tune":
+            lr, scores, _ = tune_dynamic(checkpoint.model, valid, tokenizer.newline_id)
+            tuned.append("learning rate")
+        if config == "tune":
+            if scores is None:  # the valid split read the way the evaluated split will be
+                scores = (score_stream(checkpoint.model, valid, tokenizer.newline_id) if lr is None
+                          else score_stream_dynamic(checkpoint.model, valid, tokenizer.newline_id, lr))
+            config, _, _ = tune_cache(scores)
+            tuned.append("cache settings")
+    figures = evaluate_text(checkpoint.model, tokenizer, split.text, split.raw_words, cache=config, dynamic_lr=lr)
+    cache = None if config is None else {"window": config.window, "theta": config.theta, "weight": config.weight}
+    chosen = f"{' and '.join(tuned)} tuned on the valid split" if tuned else "as given"
+    return {"cache": cache, "dynamic_lr": lr, "chosen": chosen, **figures.as_dict()}
 
 
 def _cache_setting(value: str):
@@ -201,6 +216,19 @@ def _cache_setting(value: str):
     except ValueError as error:
         detail = str(error) if "cache" in str(error) else "expected 'tune' or WINDOW,THETA,WEIGHT such as 4000,4,0.5"
         raise argparse.ArgumentTypeError(detail) from None
+
+
+def _dynamic_setting(value: str):
+    """--dynamic: 'tune' or a positive learning rate."""
+    if value == "tune":
+        return value
+    try:
+        lr = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'tune' or a learning rate such as 1.0, not {value!r}") from None
+    if not lr > 0 or lr == float("inf"):
+        raise argparse.ArgumentTypeError(f"the learning rate must be positive, not {value}")
+    return lr
 
 
 def _lab(args: argparse.Namespace) -> int:
@@ -302,6 +330,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--cache", type=_cache_setting, default=None, metavar="tune|WINDOW,THETA,WEIGHT",
                           help="also report the figures with a continuous cache (Grave et al. 2017): 'tune' picks its "
                                "settings on the valid split (about 20 s), or give them, e.g. 4000,4,0.5")
+    evaluate.add_argument("--dynamic", type=_dynamic_setting, default=None, metavar="tune|LR",
+                          help="also report the figures with dynamic evaluation (Krause et al. 2018: one SGD step on each "
+                               "64 units after scoring them): 'tune' picks the learning rate on the valid split, or give it")
     evaluate.add_argument("--threads", type=_positive_int, default=None)
     evaluate.add_argument("--json", action="store_true", help="print JSON")
     evaluate.set_defaults(handler=_evaluate)

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from lm.cache import CacheConfig, cache_logprobs, mixed_nll, score_stream
+from lm.dynamic import score_stream_dynamic
 from lm.model import RNNLanguageModel
 from lm.tokenizers import Tokenizer
 
@@ -97,8 +98,9 @@ def evaluate_ids(model: RNNLanguageModel, ids: list[int], first_input: int, chun
 
 
 def evaluate_text(model: RNNLanguageModel, tokenizer: Tokenizer, text: str, raw_words: int, max_chars: int | None = None,
-                  cache: CacheConfig | None = None) -> EvalResult:
-    """Score normalised `text` (a whole split, or its first `max_chars` characters), with a continuous cache if given."""
+                  cache: CacheConfig | None = None, dynamic_lr: float | None = None) -> EvalResult:
+    """Score normalised `text` (a whole split, or its first `max_chars` characters); with a continuous cache
+    (lm/cache.py) and dynamic evaluation at `dynamic_lr` (lm/dynamic.py) if given."""
     words: float = raw_words
     estimated = False
     if max_chars is not None and len(text) > max_chars:
@@ -108,9 +110,14 @@ def evaluate_text(model: RNNLanguageModel, tokenizer: Tokenizer, text: str, raw_
         words = raw_words * len(text[:cut].split()) / max(len(text.split()), 1)
         text, estimated = text[:cut], True
     ids = tokenizer.encode(text)
-    if cache is not None:
-        scores = score_stream(model, ids, tokenizer.newline_id)
-        nll, units = mixed_nll(scores, cache_logprobs(scores, cache.window, cache.theta), cache.weight), len(ids)
+    if cache is not None or dynamic_lr is not None:
+        if dynamic_lr is not None:
+            scores = score_stream_dynamic(model, ids, tokenizer.newline_id, dynamic_lr)
+        else:
+            scores = score_stream(model, ids, tokenizer.newline_id)
+        nll, units = scores.model_nll, len(ids)
+        if cache is not None:
+            nll = mixed_nll(scores, cache_logprobs(scores, cache.window, cache.theta), cache.weight)
     else:
         nll, units = evaluate_ids(model, ids, tokenizer.newline_id)
     return EvalResult(nll=nll, units=units, chars=len(text), words=words, words_estimated=estimated)

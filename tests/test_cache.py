@@ -74,7 +74,7 @@ def test_evaluate_cli_reports_the_cache_row(tiny_run, corpus_dir, capsys):
     assert lm_main(["evaluate", "--model", str(tiny_run.out), "--corpus", str(corpus_dir), "--positions", "5",
                     "--cache", "500,2,0.3"]) == 0
     out = capsys.readouterr().out
-    assert "with a continuous cache (window 500 units, theta 2, weight 0.3, as given)" in out
+    assert "with a continuous cache (window 500 units, theta 2, weight 0.3), as given:" in out
     with pytest.raises(SystemExit):
         lm_main(["evaluate", "--model", str(tiny_run.out), "--cache", "500,2"])
     assert "WINDOW,THETA,WEIGHT" in capsys.readouterr().err
