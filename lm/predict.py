@@ -208,6 +208,7 @@ class _UnitTable:
         self.continues = np.array([bool(t) and all(is_word_char(c) for c in t) for t in mid])
         self.ends = np.array([bool(t) and not is_word_char(t[0]) for t in mid])
         self.end_units = np.nonzero(self.ends)[0]
+        self.ends_mask = torch.from_numpy(self.ends.astype(np.float64))
         # Units that continue the word and then end it inside themselves ("ing,").
         self.runs_on = {u: _advance(("word", ""), t)[1] for u, t in enumerate(mid)
                         if t and is_word_char(t[0]) and not self.continues[u]}
@@ -309,23 +310,17 @@ class _Hypothesis:
 class _Reads:
     """Unit sequences the model has read after one context: the state, next-unit log-probs and boundary mass after each."""
 
-    def __init__(self, state: torch.Tensor, logprobs: np.ndarray, ends: np.ndarray):
-        self._ends = ends  # the units that begin with a boundary
-        self._after: dict[tuple[int, ...], tuple[torch.Tensor, int, np.ndarray, float]] = {}
-        self.add([()], state, logprobs[None, :])
+    def __init__(self, state: torch.Tensor, logprobs: np.ndarray, boundary: float):
+        self._after: dict[tuple[int, ...], tuple[torch.Tensor, int, np.ndarray, float]] = {(): (state, 0, logprobs, boundary)}
 
     def __contains__(self, units: tuple[int, ...]) -> bool:
         return units in self._after
 
-    def add(self, sequences: list[tuple[int, ...]], states: torch.Tensor, logprobs: np.ndarray) -> None:
-        """Row i of states (L, N, S) and logprobs (N, V) follows sequences[i]."""
-        # log P(the next unit begins with a boundary), every row at once: max-shifted log-sum-exp.
-        at_ends = logprobs[:, self._ends]  # (N, E)
-        top = at_ends.max(axis=1, keepdims=True)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            masses = (top[:, 0] + np.log(np.exp(at_ends - top).sum(axis=1))).tolist()
+    def add(self, sequences: list[tuple[int, ...]], states: torch.Tensor, logprobs: np.ndarray, boundaries: np.ndarray) -> None:
+        """Row i of states (L, N, S), logprobs (N, V) and boundaries (N,) follows sequences[i]."""
+        masses = boundaries.tolist()
         for row, units in enumerate(sequences):
-            self._after[units] = (states, row, logprobs[row], masses[row] if masses[row] == masses[row] else _NEG)
+            self._after[units] = (states, row, logprobs[row], masses[row])
 
     def state(self, units: tuple[int, ...]) -> torch.Tensor:
         states, row, _, _ = self._after[units]
@@ -335,7 +330,7 @@ class _Reads:
         return self._after[units][2]
 
     def boundary(self, units: tuple[int, ...]) -> float:
-        """log P(a boundary next) after `units`."""
+        """log P(the next unit begins with a boundary) after `units`."""
         return self._after[units][3]
 
 
@@ -428,12 +423,14 @@ class Predictor:
         with self._lock:
             self._cache.clear()
 
-    def _step(self, states: torch.Tensor, units: list[int], temperature: float) -> tuple[torch.Tensor, np.ndarray]:
-        """Feed one unit to each of N states (L, N, S); returns new states and (N, V) log-probs."""
+    def _step(self, states: torch.Tensor, units: list[int], temperature: float) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+        """Feed one unit to each of N states (L, N, S); returns new states, (N, V) log-probs and (N,) boundary masses."""
         with torch.inference_mode():
             logits, new_states = self.model.step(torch.tensor(units, dtype=torch.long), states)  # (N, V)
             logprobs = torch.log_softmax(logits.double() / temperature, dim=-1)
-        return new_states, logprobs.numpy()
+            # log P(the next unit begins with a boundary): one product with the 0/1 mask of such units.
+            boundaries = torch.log(logprobs.exp() @ self.table.ends_mask)
+        return new_states, logprobs.numpy(), boundaries.numpy()
 
     @staticmethod
     def _scaled(context: ContextState, temperature: float) -> np.ndarray:
@@ -477,7 +474,7 @@ class Predictor:
         log_tolerance = math.log(tolerance) if tolerance > 0 else _NEG
         paths: list[list[tuple[tuple[int, ...], bool]]] = [[] for _ in targets]
         first = self._scaled(context, temperature)
-        known = known if known is not None else _Reads(context.state, first, table.end_units)
+        known = known if known is not None else _Reads(context.state, first, _logsumexp(first[table.end_units]))
         # A node: (logprob, units, target index, consumed characters, line_start)
         frontier = []
         for index, (target, boundary) in enumerate(targets):
@@ -563,8 +560,7 @@ class Predictor:
         if not missing:
             return
         parents = torch.stack([known.state(units[:-1]) for units in missing], dim=1)  # (L, M, S)
-        states, logprobs = self._step(parents, [units[-1] for units in missing], temperature)
-        known.add(missing, states, logprobs)
+        known.add(missing, *self._step(parents, [units[-1] for units in missing], temperature))
 
     def _word_targets(self, query: Query, word: str) -> list[str]:
         """The continuations (after the context) that spell `word` under the query's rules."""
@@ -628,7 +624,8 @@ class Predictor:
 
         start_phase = ("req", "") if query.required else query.start
         live = [_Hypothesis(0.0, start_phase, context.line_start, ())]
-        known = _Reads(context.state, self._scaled(context, temperature), table.end_units)  # what the beam reads, exact scoring reuses
+        first = self._scaled(context, temperature)
+        known = _Reads(context.state, first, _logsumexp(first[table.end_units]))  # what the beam reads, exact scoring reuses
         for _ in range(max_word_length + len(query.required)):
             candidates: list[tuple[float, int, int, tuple, bool]] = []  # logprob, parent, unit, phase, line_start
             for parent, hypothesis in enumerate(live):
