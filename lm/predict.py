@@ -281,6 +281,8 @@ class _UnitTable:
 
 
 _TABLES_KEPT = 256
+# A cached context followed by at most this many new units is read with single cell steps (RNNLanguageModel.read_steps).
+_STEPWISE_READ = 3
 # Exact scoring may drop partial spellings worth this fraction of a word's probability (see _spell_many).
 SPELLING_TOLERANCE = 1e-6
 
@@ -377,7 +379,10 @@ class Predictor:
                 state = self.model.init_state(1)
             else:
                 inputs = list(units[len(start_units):])
-            if inputs:
+            if 0 < len(inputs) <= _STEPWISE_READ:
+                state = self.model.read_steps(torch.tensor([inputs], dtype=torch.long), state)
+                logits = self.model.output_from_state(state)[0].float()
+            elif inputs:
                 out, state = self.model(torch.tensor([inputs], dtype=torch.long), state, score_from=len(inputs) - 1)  # (1, 1, V)
                 logits = out[0, -1].float()
         assert logits is not None

@@ -85,6 +85,7 @@ def test_single_step_equals_the_fused_forward(cell):
     torch.testing.assert_close(step_state, full_state, rtol=1e-5, atol=1e-6)
     with torch.inference_mode():  # the prepacked path
         fast_logits, fast_state = model.step(ids[:, 2], state)
+        torch.testing.assert_close(model.read_steps(ids, model.init_state(4)), full_state, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(fast_logits, full_logits[:, 2], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(fast_state, full_state, rtol=1e-5, atol=1e-6)
     # A weight changed in place (as by an optimiser step) is seen: the packed copies are rebuilt.

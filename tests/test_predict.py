@@ -152,8 +152,9 @@ def test_the_prefix_cache_gives_the_cold_answers_and_reads_only_the_new_words(ti
     first = "The album was released in the United States and"
     warm.predict(first + " ")
     read = []
-    forward = checkpoint.model.forward
+    forward, steps = checkpoint.model.forward, checkpoint.model.read_steps  # the fused read and the few-units one
     monkeypatch.setattr(checkpoint.model, "forward", lambda ids=None, state=None, **kw: (read.append(ids.shape[1]), forward(ids, state, **kw))[1])
+    monkeypatch.setattr(checkpoint.model, "read_steps", lambda ids, state: (read.append(ids.shape[1]), steps(ids, state))[1])
     again = warm.predict(first + " it was a")
     encode = checkpoint.tokenizer.encode
     assert read == [len(encode(first + " it was")) - len(encode(first))]  # only the new words are read
