@@ -149,7 +149,11 @@ def _evaluate(args: argparse.Namespace) -> int:
         return 1
     split = corpus.split(args.split)
     figures = evaluate_text(checkpoint.model, checkpoint.tokenizer, split.text, split.raw_words)
-    adapted = _adapted_figures(args, checkpoint, corpus, split)
+    try:
+        adapted = _adapted_figures(args, checkpoint, corpus, split)
+    except FloatingPointError as error:  # dynamic evaluation at too high a learning rate
+        print(f"lm evaluate: error: {error}; try a smaller --dynamic learning rate or 'tune'", file=sys.stderr)
+        return 1
     predictor = Predictor(checkpoint.model, checkpoint.tokenizer, cache_size=0)
     accuracy = next_word_accuracy(predictor, split.text, positions=args.positions, seed=args.seed,
                                   beam_width=args.beam_width, progress=not args.json and sys.stderr.isatty())

@@ -51,7 +51,7 @@ def score_stream_dynamic(model: RNNLanguageModel, ids: list[int], first_input: i
             state = final.detach()  # truncated backpropagation: one segment at a time
     result = StreamScores(torch.cat(features), stream[1:], torch.cat(logprobs))
     if not math.isfinite(result.model_nll):
-        raise FloatingPointError(f"dynamic evaluation diverged at learning rate {lr}")
+        raise FloatingPointError(f"dynamic evaluation diverged at learning rate {lr:g}")
     return result
 
 

@@ -56,3 +56,10 @@ def test_evaluate_cli_reports_dynamic_evaluation(tiny_run, corpus_dir, capsys):
     with pytest.raises(SystemExit):
         lm_main(["evaluate", "--model", str(tiny_run.out), "--dynamic", "-1"])
     assert "must be positive" in capsys.readouterr().err
+
+
+def test_a_diverging_learning_rate_is_a_clear_error(tiny_run, corpus_dir, capsys):
+    assert lm_main(["evaluate", "--model", str(tiny_run.out), "--corpus", str(corpus_dir), "--positions", "1",
+                    "--dynamic", "1e9"]) == 1
+    err = capsys.readouterr().err
+    assert "diverged at learning rate 1e+09" in err and "Traceback" not in err
