@@ -207,7 +207,6 @@ class _UnitTable:
         # Inside a word: units that continue it, units that end it at their first character.
         self.continues = np.array([bool(t) and all(is_word_char(c) for c in t) for t in mid])
         self.ends = np.array([bool(t) and not is_word_char(t[0]) for t in mid])
-        self.end_units = np.nonzero(self.ends)[0]
         self.ends_mask = torch.from_numpy(self.ends.astype(np.float64))
         # Units that continue the word and then end it inside themselves ("ing,").
         self.runs_on = {u: _advance(("word", ""), t)[1] for u, t in enumerate(mid)
@@ -433,9 +432,17 @@ class Predictor:
         with torch.inference_mode():
             logits, new_states = self.model.step(torch.tensor(units, dtype=torch.long), states)  # (N, V)
             logprobs = torch.log_softmax(logits.double() / temperature, dim=-1)
-            # log P(the next unit begins with a boundary): one product with the 0/1 mask of such units.
-            boundaries = torch.log(logprobs.exp() @ self.table.ends_mask)
-        return new_states, logprobs.numpy(), boundaries.numpy()
+        return new_states, logprobs.numpy(), self._boundary_masses(logprobs).numpy()
+
+    def _boundary_masses(self, logprobs: torch.Tensor) -> torch.Tensor:
+        """log P(the next unit begins with a boundary) for each row of (N, V) log-probs: one product with the
+        0/1 mask of such units."""
+        return torch.log(logprobs.exp() @ self.table.ends_mask)
+
+    def _reads_after(self, context: ContextState, temperature: float) -> _Reads:
+        """The reads after a context, holding only the context itself so far."""
+        first = self._scaled(context, temperature)
+        return _Reads(context.state, first, float(self._boundary_masses(torch.from_numpy(first)[None])[0]))
 
     @staticmethod
     def _scaled(context: ContextState, temperature: float) -> np.ndarray:
@@ -478,8 +485,7 @@ class Predictor:
         dropped = [_NEG] * len(targets)  # log of the probability of the partial spellings dropped so far
         log_tolerance = math.log(tolerance) if tolerance > 0 else _NEG
         paths: list[list[tuple[tuple[int, ...], bool]]] = [[] for _ in targets]
-        first = self._scaled(context, temperature)
-        known = known if known is not None else _Reads(context.state, first, _logsumexp(first[table.end_units]))
+        known = known if known is not None else self._reads_after(context, temperature)
         # A node: (logprob, units, target index, consumed characters, line_start)
         frontier = []
         for index, (target, boundary) in enumerate(targets):
@@ -629,8 +635,7 @@ class Predictor:
 
         start_phase = ("req", "") if query.required else query.start
         live = [_Hypothesis(0.0, start_phase, context.line_start, ())]
-        first = self._scaled(context, temperature)
-        known = _Reads(context.state, first, _logsumexp(first[table.end_units]))  # what the beam reads, exact scoring reuses
+        known = self._reads_after(context, temperature)  # what the beam reads, exact scoring reuses
         for _ in range(max_word_length + len(query.required)):
             candidates: list[tuple[float, int, int, tuple, bool]] = []  # logprob, parent, unit, phase, line_start
             for parent, hypothesis in enumerate(live):
