@@ -193,7 +193,7 @@ def reach_figures(influence: np.ndarray, unit_spans: list[tuple[int, int]], unit
 
 
 def _path_logprobs(model, states: torch.Tensor, first_logprobs: torch.Tensor, rows: list[int],
-                   paths: list[tuple[tuple[int, ...], bool]], ends: torch.Tensor) -> torch.Tensor:
+                   paths: list[tuple[tuple[int, ...], bool]], ends: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """Log-probability of each unit path after the context of its row, the boundary mass included where flagged.
 
     states: (L, k, S) after each row's context; first_logprobs: (k, V) for the first unit.
@@ -226,7 +226,7 @@ def _path_logprobs(model, states: torch.Tensor, first_logprobs: torch.Tensor, ro
     steps = []
     for position in range(longest):
         step_logits, state = model.step(padded[:, position], state)  # (N, V)
-        steps.append(step_logits)
+        steps.append(step_logits / temperature)  # temperature scales every step
     logits = torch.stack(steps, dim=1)  # (N, Lmax, V): the unit after each path unit
     after = torch.log_softmax(logits.double(), dim=-1)
     later = [(slot, i, step, paths[i][0][step]) for slot, i in enumerate(needy) for step in range(1, len(paths[i][0]))]
@@ -303,11 +303,6 @@ def _gradients(predictor: Predictor, trace: ContextTrace, result: PredictionResu
     with torch.enable_grad():
         states = trace.final.clone().expand(-1, rows_count, -1).contiguous().requires_grad_(True)  # (L, rows, S)
         first = torch.log_softmax(model.output_from_state(states).double() / temperature, dim=-1)  # (rows, V)
-        if temperature != 1.0:
-            # Temperature scales every step: fold it into the model's logits through a wrapper.
-            model_call = _Tempered(model, temperature)
-        else:
-            model_call = model
         paths, rows, bounds = [], [], []
         for row, prediction in enumerate(result.predictions):
             bounds.append((len(paths), len(paths) + len(prediction.paths)))
@@ -317,7 +312,7 @@ def _gradients(predictor: Predictor, trace: ContextTrace, result: PredictionResu
             bounds.append((len(paths), len(paths) + len(result.required_paths)))
             paths.extend((units_path, False) for units_path in result.required_paths)
             rows.extend([k] * len(result.required_paths))
-        values = _path_logprobs(model_call, states, first, rows, paths, ends)
+        values = _path_logprobs(model, states, first, rows, paths, ends, temperature)
         totals = torch.stack([torch.logsumexp(values[start:end], 0) for start, end in bounds])  # (rows,)
         # log P(word_j | text) = totals[j] - totals[k] when healed: the required row's gradient joins every word's.
         objective = totals[:k].sum() - (totals[k] if required else 0.0)
@@ -326,18 +321,6 @@ def _gradients(predictor: Predictor, trace: ContextTrace, result: PredictionResu
         seeds = seeds[:, :k] + seeds[:, k:]  # d(-log P(required)) / d state belongs to every word
     grad = backward_context(model, trace, seeds)  # (k, n + 1, E)
     return grad[:, 1:], trace.inputs[0][1:]
-
-
-class _Tempered(torch.nn.Module):
-    """A model whose logits are divided by a temperature."""
-
-    def __init__(self, model, temperature: float):
-        super().__init__()
-        self.model, self.temperature = model, temperature
-
-    def step(self, ids, state):
-        logits, final = self.model.step(ids, state)
-        return logits / self.temperature, final
 
 
 def _faithfulness(predictor: Predictor, query, spans, reach: Reach, prediction: WordPrediction, temperature: float) -> dict:
