@@ -56,7 +56,7 @@ class CacheConfig:
 class StreamScores:
     """One read of a split: each position's top-layer output, target and log P_model(target)."""
 
-    features: Tensor  # (N, H)
+    features: Tensor  # (N, H); (0, H) when not kept
     targets: Tensor  # (N,)
     model_logprobs: Tensor  # (N,) float64
 
@@ -66,8 +66,10 @@ class StreamScores:
 
 
 @torch.inference_mode()
-def score_stream(model: RNNLanguageModel, ids: list[int], first_input: int, chunk: int = 2048) -> StreamScores:
-    """Read `ids` as one stream after `first_input` (as `evaluate_ids` does), keeping what the cache needs."""
+def score_stream(model: RNNLanguageModel, ids: list[int], first_input: int, chunk: int = 2048,
+                 keep_features: bool = True) -> StreamScores:
+    """Read `ids` as one stream after `first_input` (see lm/evaluation.py), keeping each position's log P(target)
+    and, with `keep_features`, the top-layer outputs the cache needs."""
     was_training = model.training
     model.eval()
     try:
@@ -78,9 +80,11 @@ def score_stream(model: RNNLanguageModel, ids: list[int], first_input: int, chun
             inputs = stream[start : min(start + chunk, len(stream) - 1)][None]  # (1, T)
             targets = stream[start + 1 : start + 1 + inputs.size(1)][None]
             x, state = model.features(inputs, state)  # (1, T, H)
-            features.append(x[0])
+            if keep_features:
+                features.append(x[0])
             logprobs.append(model.target_logprobs(x, targets)[0].double())
-        return StreamScores(torch.cat(features), stream[1:], torch.cat(logprobs))
+        kept = torch.cat(features) if features else torch.empty(0, model.config.hidden_dim)
+        return StreamScores(kept, stream[1:], torch.cat(logprobs))
     finally:
         model.train(was_training)
 

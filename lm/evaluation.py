@@ -20,7 +20,6 @@ import math
 from dataclasses import asdict, dataclass
 
 import torch
-import torch.nn.functional as F
 
 from lm.cache import CacheConfig, cache_logprobs, mixed_nll, score_stream
 from lm.dynamic import score_stream_dynamic
@@ -77,24 +76,9 @@ def _safe_exp(value: float) -> float:
     return math.exp(value) if value < 700 else math.inf
 
 
-@torch.inference_mode()
 def evaluate_ids(model: RNNLanguageModel, ids: list[int], first_input: int, chunk: int = 1024) -> tuple[float, int]:
     """Total NLL (nats) of `ids` scored as one stream after `first_input`, and the number scored."""
-    was_training = model.training
-    model.eval()
-    try:
-        stream = torch.tensor([first_input, *ids], dtype=torch.long).unsqueeze(0)  # (1, N + 1)
-        state = model.init_state(1)
-        total = 0.0
-        for start in range(0, stream.size(1) - 1, chunk):
-            inputs = stream[:, start : start + chunk]  # (1, T)
-            targets = stream[:, start + 1 : start + chunk + 1]
-            inputs = inputs[:, : targets.size(1)]
-            logits, state = model(inputs, state)  # (1, T, V)
-            total += F.cross_entropy(logits[0].float(), targets[0], reduction="sum").item()
-        return total, stream.size(1) - 1
-    finally:
-        model.train(was_training)
+    return score_stream(model, ids, first_input, chunk, keep_features=False).model_nll, len(ids)
 
 
 def evaluate_text(model: RNNLanguageModel, tokenizer: Tokenizer, text: str, raw_words: int, max_chars: int | None = None,
@@ -110,17 +94,12 @@ def evaluate_text(model: RNNLanguageModel, tokenizer: Tokenizer, text: str, raw_
         words = raw_words * len(text[:cut].split()) / max(len(text.split()), 1)
         text, estimated = text[:cut], True
     ids = tokenizer.encode(text)
-    if cache is not None or dynamic_lr is not None:
-        if dynamic_lr is not None:
-            scores = score_stream_dynamic(model, ids, tokenizer.newline_id, dynamic_lr)
-        else:
-            scores = score_stream(model, ids, tokenizer.newline_id)
-        nll, units = scores.model_nll, len(ids)
-        if cache is not None:
-            nll = mixed_nll(scores, cache_logprobs(scores, cache.window, cache.theta), cache.weight)
+    if dynamic_lr is not None:
+        scores = score_stream_dynamic(model, ids, tokenizer.newline_id, dynamic_lr)
     else:
-        nll, units = evaluate_ids(model, ids, tokenizer.newline_id)
-    return EvalResult(nll=nll, units=units, chars=len(text), words=words, words_estimated=estimated)
+        scores = score_stream(model, ids, tokenizer.newline_id, keep_features=cache is not None)
+    nll = scores.model_nll if cache is None else mixed_nll(scores, cache_logprobs(scores, cache.window, cache.theta), cache.weight)
+    return EvalResult(nll=nll, units=len(ids), chars=len(text), words=words, words_estimated=estimated)
 
 
 def word_positions(text: str) -> list[int]:
