@@ -230,27 +230,16 @@ def run_reach(args: argparse.Namespace, rest: list[str], minutes: float) -> dict
 
 def adapted(run: Path, corpus_dir: str, cache: bool, dynamic: bool) -> dict:
     """Test figures of the run's best model with a continuous cache and/or dynamic evaluation, tuned on valid."""
-    from lm.cache import score_stream, tune_cache
     from lm.checkpoint import load_checkpoint
-    from lm.dynamic import tune_dynamic
-    from lm.evaluation import evaluate_text
+    from lm.evaluation import evaluate_adapted
 
     checkpoint = load_checkpoint(run)
     corpus = load_corpus(corpus_dir)
-    tokenizer = checkpoint.tokenizer
-    valid = tokenizer.encode(corpus.valid.text)
-    lr, config = None, None
-    if dynamic:
-        lr, scores, _ = tune_dynamic(checkpoint.model, valid, tokenizer.newline_id)
-    else:
-        scores = score_stream(checkpoint.model, valid, tokenizer.newline_id)
-    if cache:
-        config, _, _ = tune_cache(scores)
-    test = evaluate_text(checkpoint.model, tokenizer, corpus.test.text, corpus.test.raw_words, cache=config, dynamic_lr=lr)
-    parts = ([f"dynamic evaluation lr {lr:g}"] if lr is not None else []) + (
-        [f"continuous cache window {config.window}, theta {config.theta:g}, weight {config.weight:g}"] if config else [])
-    return {"with": " + ".join(parts), "dynamic_lr": lr, "cache": None if config is None else config.__dict__,
-            "bpc": test.bpc, "word_ppl": test.word_ppl}
+    result = evaluate_adapted(checkpoint.model, checkpoint.tokenizer, corpus.test.text, corpus.test.raw_words, corpus.valid.text,
+                              cache="tune" if cache else None, dynamic_lr="tune" if dynamic else None)
+    return {"with": result.describe(), "dynamic_lr": result.dynamic_lr,
+            "cache": None if result.cache is None else result.cache.__dict__,
+            "bpc": result.figures.bpc, "word_ppl": result.figures.word_ppl}
 
 
 def _row(figures: dict, peak: float) -> str:
@@ -285,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
         print(_row(figures, peak), flush=True)
         extra = figures.get("adapted")
         if extra:
-            print(f"{figures['recipe']} + {extra['with']} (tuned on valid): test bpc {extra['bpc']:.4f} "
+            print(f"{figures['recipe']} with {extra['with']}: test bpc {extra['bpc']:.4f} "
                   f"per-word-ppl {extra['word_ppl']:.2f}")
     if args.record:
         args.record.parent.mkdir(parents=True, exist_ok=True)
@@ -296,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     if len(results) == 2:
         print(f"per-word perplexity ratio reach/textbook {results[1]['word_ppl'] / results[0]['word_ppl']:.3f}")
         if results[1].get("adapted"):
-            print(f"per-word perplexity ratio reach+{results[1]['adapted']['with']}/textbook "
+            print(f"per-word perplexity ratio reach (with {results[1]['adapted']['with']}) / textbook "
                   f"{results[1]['adapted']['word_ppl'] / results[0]['word_ppl']:.3f}")
     last = results[-1]
     print(f"test bpc {last['bpc']:.4f} per-word-ppl {last['word_ppl']:.2f}")

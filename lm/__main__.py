@@ -134,7 +134,7 @@ def _reach_profile(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from corpora import CorpusError, load_corpus
-    from lm.evaluation import HOW_STATE_FLOWS, evaluate_text, next_word_accuracy
+    from lm.evaluation import HOW_STATE_FLOWS, evaluate_adapted, evaluate_text, next_word_accuracy
     from lm.predict import Predictor
     from lm.runner import set_threads
 
@@ -149,8 +149,11 @@ def _evaluate(args: argparse.Namespace) -> int:
         return 1
     split = corpus.split(args.split)
     figures = evaluate_text(checkpoint.model, checkpoint.tokenizer, split.text, split.raw_words)
+    adapted = None
     try:
-        adapted = _adapted_figures(args, checkpoint, corpus, split)
+        if args.cache is not None or args.dynamic is not None:
+            adapted = evaluate_adapted(checkpoint.model, checkpoint.tokenizer, split.text, split.raw_words,
+                                       corpus.split("valid").text, cache=args.cache, dynamic_lr=args.dynamic)
     except FloatingPointError as error:  # dynamic evaluation at too high a learning rate
         print(f"lm evaluate: error: {error}; try a smaller --dynamic learning rate or 'tune'", file=sys.stderr)
         return 1
@@ -160,7 +163,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     report = {"model": str(checkpoint.directory), "corpus": corpus.name, "split": args.split, **figures.as_dict(),
               "accuracy": accuracy, "evaluation": HOW_STATE_FLOWS}
     if adapted is not None:
-        report["adapted"] = adapted
+        report["adapted"] = adapted.as_dict()
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
@@ -168,44 +171,10 @@ def _evaluate(args: argparse.Namespace) -> int:
           f"({figures.words:,.0f} words, {figures.chars:,} chars, {figures.units:,} units)")
     sample = f"a seeded sample (seed {args.seed}) of {accuracy['positions']:,} of {accuracy['of']:,}" if accuracy["seed"] is not None else f"all {accuracy['of']:,}"
     if adapted is not None:
-        parts = []
-        if adapted["dynamic_lr"] is not None:
-            parts.append(f"dynamic evaluation (learning rate {adapted['dynamic_lr']:g})")
-        if adapted["cache"] is not None:
-            cache = adapted["cache"]
-            parts.append(f"a continuous cache (window {cache['window']} units, theta {cache['theta']:g}, weight {cache['weight']:g})")
-        print(f"with {' and '.join(parts)}, {adapted['chosen']}: {adapted['bpc']:.4f} bpc  per-word ppl {adapted['word_ppl']:.2f}")
+        print(f"with {adapted.describe()}: {adapted.figures.bpc:.4f} bpc  per-word ppl {adapted.figures.word_ppl:.2f}")
     print(f"next-word accuracy over {sample} word positions: top-1 {accuracy['top1']:.2%}  top-3 {accuracy['top3']:.2%}  top-5 {accuracy['top5']:.2%}")
     print(f"evaluation: {HOW_STATE_FLOWS}")
     return 0
-
-
-def _adapted_figures(args: argparse.Namespace, checkpoint, corpus, split) -> dict | None:
-    """The split's figures with a continuous cache and/or dynamic evaluation, their settings as given or tuned on valid."""
-    from lm.cache import score_stream, tune_cache
-    from lm.dynamic import score_stream_dynamic, tune_dynamic
-    from lm.evaluation import evaluate_text
-
-    if args.cache is None and args.dynamic is None:
-        return None
-    tokenizer = checkpoint.tokenizer
-    lr, config, tuned = args.dynamic, args.cache, []
-    if "tune" in (lr, config):
-        valid = tokenizer.encode(corpus.split("valid").text)
-        scores = None
-        if lr == "tune":
-            lr, scores, _ = tune_dynamic(checkpoint.model, valid, tokenizer.newline_id)
-            tuned.append("learning rate")
-        if config == "tune":
-            if scores is None:  # the valid split read the way the evaluated split will be
-                scores = (score_stream(checkpoint.model, valid, tokenizer.newline_id) if lr is None
-                          else score_stream_dynamic(checkpoint.model, valid, tokenizer.newline_id, lr))
-            config, _, _ = tune_cache(scores)
-            tuned.append("cache settings")
-    figures = evaluate_text(checkpoint.model, tokenizer, split.text, split.raw_words, cache=config, dynamic_lr=lr)
-    cache = None if config is None else {"window": config.window, "theta": config.theta, "weight": config.weight}
-    chosen = f"{' and '.join(tuned)} tuned on the valid split" if tuned else "as given"
-    return {"cache": cache, "dynamic_lr": lr, "chosen": chosen, **figures.as_dict()}
 
 
 def _cache_setting(value: str):

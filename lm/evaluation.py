@@ -21,12 +21,12 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from lm.cache import CacheConfig, cache_logprobs, mixed_nll, score_stream
-from lm.dynamic import score_stream_dynamic
+from lm.cache import CacheConfig, cache_logprobs, mixed_nll, score_stream, tune_cache
+from lm.dynamic import score_stream_dynamic, tune_dynamic
 from lm.model import RNNLanguageModel
 from lm.tokenizers import Tokenizer
 
-__all__ = ["EvalResult", "HOW_STATE_FLOWS", "evaluate_ids", "evaluate_text"]
+__all__ = ["Adapted", "EvalResult", "HOW_STATE_FLOWS", "evaluate_adapted", "evaluate_ids", "evaluate_text"]
 
 HOW_STATE_FLOWS = (
     "one stream from a zero state, carried across the whole split (batch size 1, no resets); "
@@ -100,6 +100,54 @@ def evaluate_text(model: RNNLanguageModel, tokenizer: Tokenizer, text: str, raw_
         scores = score_stream(model, ids, tokenizer.newline_id, keep_features=cache is not None)
     nll = scores.model_nll if cache is None else mixed_nll(scores, cache_logprobs(scores, cache.window, cache.theta), cache.weight)
     return EvalResult(nll=nll, units=len(ids), chars=len(text), words=words, words_estimated=estimated)
+
+
+@dataclass(frozen=True)
+class Adapted:
+    """A split's figures with a continuous cache and/or dynamic evaluation, and the settings used."""
+
+    figures: EvalResult
+    cache: CacheConfig | None
+    dynamic_lr: float | None
+    tuned: tuple[str, ...]  # the settings chosen on the valid split
+
+    def describe(self) -> str:
+        parts = []
+        if self.dynamic_lr is not None:
+            parts.append(f"dynamic evaluation (learning rate {self.dynamic_lr:g})")
+        if self.cache is not None:
+            parts.append(f"a continuous cache (window {self.cache.window} units, theta {self.cache.theta:g}, "
+                         f"weight {self.cache.weight:g})")
+        return f"{' and '.join(parts)}, {self.chosen}"
+
+    @property
+    def chosen(self) -> str:
+        return f"{' and '.join(self.tuned)} tuned on the valid split" if self.tuned else "as given"
+
+    def as_dict(self) -> dict:
+        cache = None if self.cache is None else asdict(self.cache)
+        return {"cache": cache, "dynamic_lr": self.dynamic_lr, "chosen": self.chosen, **self.figures.as_dict()}
+
+
+def evaluate_adapted(model: RNNLanguageModel, tokenizer: Tokenizer, text: str, raw_words: int, valid_text: str,
+                     cache: CacheConfig | str | None = None, dynamic_lr: float | str | None = None) -> Adapted:
+    """Score `text` with a cache and/or dynamic evaluation; either setting may be "tune": chosen on `valid_text`,
+    read the way `text` will be (the cache is tuned on dynamically evaluated scores when both are asked for)."""
+    tuned = []
+    if "tune" in (cache, dynamic_lr):
+        valid = tokenizer.encode(valid_text)
+        scores = None
+        if dynamic_lr == "tune":
+            dynamic_lr, scores, _ = tune_dynamic(model, valid, tokenizer.newline_id)
+            tuned.append("learning rate")
+        if cache == "tune":
+            if scores is None:
+                scores = (score_stream(model, valid, tokenizer.newline_id) if dynamic_lr is None
+                          else score_stream_dynamic(model, valid, tokenizer.newline_id, dynamic_lr))
+            cache, _, _ = tune_cache(scores)
+            tuned.append("cache settings")
+    figures = evaluate_text(model, tokenizer, text, raw_words, cache=cache, dynamic_lr=dynamic_lr)
+    return Adapted(figures, cache, dynamic_lr, tuple(tuned))
 
 
 def word_positions(text: str) -> list[int]:
