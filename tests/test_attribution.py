@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import external_references
 from lm.__main__ import main as lm_main
 from lm.attribution import _unit_words, _words_of, attribute, hidden_jacobian_norms, reach_figures
 from lm.checkpoint import load_checkpoint
@@ -206,7 +207,7 @@ def test_views_show_the_heatmap_and_reach(char_predictor):
     plain = render_terminal(result, color=False)
     assert "\x1b[" not in plain and "|" in plain and "strongest words" in plain
     page = render_html(result, "tiny")
-    assert page.startswith("<!doctype html>") and "<svg" in page and "http" not in page  # self-contained
+    assert page.startswith("<!doctype html>") and "<svg" in page and external_references(page) == []  # self-contained
 
 
 def test_attribute_cli_json_and_html(tiny_run, tmp_path, capsys):

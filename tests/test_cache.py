@@ -8,7 +8,7 @@ import torch
 from lm.__main__ import main as lm_main
 from lm.cache import CacheConfig, StreamScores, cache_logprobs, mixed_nll, score_stream, tune_cache
 from lm.evaluation import evaluate_ids, evaluate_text
-from tests.conftest import make_model
+from conftest import make_model
 
 
 def _random_scores(count=53, width=6, vocab=5, seed=0):

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from lm.context_grad import backward_context, trace_context
-from tests.conftest import make_model
+from conftest import make_model
 
 
 def _autograd_reference(model, ids, seeds):
