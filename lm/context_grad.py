@@ -69,9 +69,11 @@ def trace_context(model, ids: Tensor) -> ContextTrace:
     return ContextTrace(inputs, outputs, torch.stack(finals), logits)
 
 
-def _product_with(weight: Tensor, rows: int) -> Callable[[Tensor], Tensor]:
-    """x (rows, G) -> x @ weight for weight (G, H), prepacked: a backward pass makes thousands of these products."""
-    return packed_linear(weight.t(), None, rows)
+def _product_with(model, index: int) -> Callable[[Tensor], Tensor]:
+    """x (k, G) -> x @ W_hh for layer `index`'s recurrent weight (G, H), prepacked: a backward pass makes
+    thousands of these products. Packed once per weight and kept on the model (packing costs a few ms)."""
+    weight = model.layers[index].weight_hh_l0
+    return model._packed(f"backward{index}", (weight,), lambda: packed_linear(weight.t(), None, rows=8))
 
 
 class _InputGradients:
@@ -108,7 +110,7 @@ def _zeros_before(values: Tensor) -> Tensor:
     return torch.cat([values.new_zeros(1, values.size(1)), values[:-1]])
 
 
-def _lstm_layer(layer, x: Tensor, h: Tensor, seed: Tensor, injected: Tensor | None) -> Tensor:
+def _lstm_layer(layer, back, x: Tensor, h: Tensor, seed: Tensor, injected: Tensor | None) -> Tensor:
     """d/d inputs (T, k, C) of one LSTM layer, from seeds (k, 2H) on (h_T, c_T) and injected (T, k, H) on its outputs."""
     hidden = h.size(1)
     h_prev = _zeros_before(h)
@@ -126,7 +128,6 @@ def _lstm_layer(layer, x: Tensor, h: Tensor, seed: Tensor, injected: Tensor | No
     through_h = o * (1 - tanh_c * tanh_c)  # d c_t / d h_t's path: dc += dh * o * tanh'(c)
     # d pre / d [c, c, c, h]: input, forget, cell and output gates.
     scale = torch.cat([g * i * (1 - i), _zeros_before(c) * f * (1 - f), i * (1 - g * g), tanh_c * o * (1 - o)], dim=-1)
-    back = _product_with(layer.weight_hh_l0, seed.size(0))
     sink = _InputGradients(steps, seed.size(0), 4 * hidden, layer.weight_ih_l0)
     # Rows as views made in one call each: indexing in the loop would cost a Python call per tensor per step.
     through_rows, scale_rows, forget_rows = through_h.unbind(0), scale.unbind(0), f.unbind(0)
@@ -143,7 +144,7 @@ def _lstm_layer(layer, x: Tensor, h: Tensor, seed: Tensor, injected: Tensor | No
     return sink.result
 
 
-def _gru_layer(layer, x: Tensor, h: Tensor, seed: Tensor, injected: Tensor | None) -> Tensor:
+def _gru_layer(layer, back, x: Tensor, h: Tensor, seed: Tensor, injected: Tensor | None) -> Tensor:
     """d/d inputs (T, k, C) of one GRU layer: h = (1 - z) n + z h_prev, n = tanh(x_n + r (W_hn h_prev + b_hn))."""
     hidden = h.size(1)
     h_prev = _zeros_before(h)
@@ -156,7 +157,6 @@ def _gru_layer(layer, x: Tensor, h: Tensor, seed: Tensor, injected: Tensor | Non
     to_n = (1 - z) * (1 - n * n)  # dh -> d pre_n
     scale_x = torch.cat([to_n * hn * r * (1 - r), (h_prev - n) * z * (1 - z), to_n], dim=-1)  # dh -> d [pre_r, pre_z, pre_n]
     scale_h = torch.cat([scale_x[:, : 2 * hidden], to_n * r], dim=-1)  # the hidden side sees r * (W_hn h_prev)
-    back = _product_with(layer.weight_hh_l0, seed.size(0))
     steps = h.size(0)
     sink = _InputGradients(steps, seed.size(0), 3 * hidden, layer.weight_ih_l0)
     x_rows, h_rows, z_rows = scale_x.unbind(0), scale_h.unbind(0), z.unbind(0)
@@ -172,10 +172,9 @@ def _gru_layer(layer, x: Tensor, h: Tensor, seed: Tensor, injected: Tensor | Non
     return sink.result
 
 
-def _rnn_layer(layer, x: Tensor, h: Tensor, seed: Tensor, injected: Tensor | None, relu: bool) -> Tensor:
+def _rnn_layer(layer, back, x: Tensor, h: Tensor, seed: Tensor, injected: Tensor | None, relu: bool) -> Tensor:
     """d/d inputs (T, k, C) of one Elman layer: h = tanh or relu(W_ih x + W_hh h_prev + b)."""
     slope = (h > 0).to(h.dtype) if relu else 1 - h * h  # (T, H)
-    back = _product_with(layer.weight_hh_l0, seed.size(0))
     steps = h.size(0)
     sink = _InputGradients(steps, seed.size(0), h.size(1), layer.weight_ih_l0)
     slope_rows = slope.unbind(0)
@@ -197,10 +196,11 @@ def backward_context(model, trace: ContextTrace, seeds: Tensor) -> Tensor:
         for index in reversed(range(model.config.num_layers)):
             layer = model.layers[index]
             x, h, seed = trace.inputs[index], trace.outputs[index], seeds[index].to(trace.final.dtype)
+            back = _product_with(model, index)
             if cell == "lstm":
-                injected = _lstm_layer(layer, x, h, seed, injected)  # (T, k, C): the layer below's output gradients
+                injected = _lstm_layer(layer, back, x, h, seed, injected)  # (T, k, C): the layer below's output gradients
             elif cell == "gru":
-                injected = _gru_layer(layer, x, h, seed, injected)
+                injected = _gru_layer(layer, back, x, h, seed, injected)
             else:
-                injected = _rnn_layer(layer, x, h, seed, injected, relu=cell == "rnn_relu")
+                injected = _rnn_layer(layer, back, x, h, seed, injected, relu=cell == "rnn_relu")
     return injected.transpose(0, 1)
