@@ -310,7 +310,7 @@ def _gradients(predictor: Predictor, trace: ContextTrace, result: PredictionResu
             rows.extend([row] * len(prediction.paths))
         if required:
             bounds.append((len(paths), len(paths) + len(result.required_paths)))
-            paths.extend((units_path, False) for units_path in result.required_paths)
+            paths.extend(result.required_paths)
             rows.extend([k] * len(result.required_paths))
         values = _path_logprobs(model, states, first, rows, paths, ends, temperature)
         totals = torch.stack([torch.logsumexp(values[start:end], 0) for start, end in bounds])  # (rows,)

@@ -180,7 +180,7 @@ class PredictionResult:
     predictions: list[WordPrediction]
     context_units: int
     required_logprob: float  # log P(continuation spells query.required); 0 without healing
-    required_paths: list[tuple[int, ...]]
+    required_paths: list[tuple[tuple[int, ...], bool]]  # the required part's spellings, as in WordPrediction.paths
 
     @property
     def completing(self) -> bool:
@@ -396,7 +396,8 @@ class Predictor:
 
     def context_from(self, units: tuple[int, ...], state: torch.Tensor, logits: torch.Tensor) -> ContextState:
         """The context state after `units` from a read done elsewhere: its final state (L, 1, S) and logits (V,)."""
-        logprobs = torch.log_softmax(logits.double(), dim=-1).numpy()
+        with torch.inference_mode():
+            logprobs = self._normalized(logits[None], 1.0)[0][0]
         text = self.tokenizer.unit_text(units[-1]) if units else "\n"
         return ContextState(units, state, logprobs, logits.float(), line_start=text == "\n")
 
@@ -413,7 +414,7 @@ class Predictor:
             # Score only each row's last position, from its final state.
             _, states = self.model(padded, lengths=lengths, score_from=padded.size(1))  # (L, N, S)
             last = self.model.output_from_state(states).float()  # (N, V)
-            logprobs = torch.log_softmax(last.double(), dim=-1).numpy()
+            logprobs, _ = self._normalized(last, 1.0)
         results = []
         for index, query in enumerate(queries):
             units = tuple(rows[index][1:])
@@ -431,24 +432,31 @@ class Predictor:
         """Feed one unit to each of N states (L, N, S); returns new states, (N, V) log-probs and (N,) boundary masses."""
         with torch.inference_mode():
             logits, new_states = self.model.step(torch.tensor(units, dtype=torch.long), states)  # (N, V)
-            logprobs = torch.log_softmax(logits.double() / temperature, dim=-1)
-        return new_states, logprobs.numpy(), self._boundary_masses(logprobs).numpy()
+            logprobs, boundaries = self._normalized(logits, temperature)
+        return new_states, logprobs, boundaries
 
-    def _boundary_masses(self, logprobs: torch.Tensor) -> torch.Tensor:
-        """log P(the next unit begins with a boundary) for each row of (N, V) log-probs: one product with the
-        0/1 mask of such units."""
-        return torch.log(logprobs.exp() @ self.table.ends_mask)
+    def _normalized(self, logits: torch.Tensor, temperature: float) -> tuple[np.ndarray, np.ndarray]:
+        """(N, V) float32 logits -> float64 log-probs (N, V) and log P(the next unit begins with a boundary) (N,).
+
+        The exponentials run in float32 (each within an ulp, below the logits'
+        own float32 rounding), the sums and the rest in float64: about half
+        the time of a float64 log-softmax followed by float64 exponentials.
+        """
+        if temperature != 1.0:
+            logits = logits / temperature
+        top = logits.amax(dim=-1, keepdim=True)
+        weights = (logits - top).exp_().double()
+        total = weights.sum(dim=-1)
+        normaliser = top[:, 0].double() + torch.log(total)
+        logprobs = logits.double() - normaliser[:, None]
+        boundaries = torch.log((weights @ self.table.ends_mask) / total)
+        return logprobs.numpy(), boundaries.numpy()
 
     def _reads_after(self, context: ContextState, temperature: float) -> _Reads:
         """The reads after a context, holding only the context itself so far."""
-        first = self._scaled(context, temperature)
-        return _Reads(context.state, first, float(self._boundary_masses(torch.from_numpy(first)[None])[0]))
-
-    @staticmethod
-    def _scaled(context: ContextState, temperature: float) -> np.ndarray:
-        if temperature == 1.0:
-            return context.logprobs
-        return torch.log_softmax(context.logits.double() / temperature, dim=-1).numpy()
+        with torch.inference_mode():
+            logprobs, boundaries = self._normalized(context.logits[None], temperature)
+        return _Reads(context.state, logprobs[0], float(boundaries[0]))
 
     # Exact scoring --------------------------------------------------------
 
@@ -497,7 +505,8 @@ class Predictor:
             else:
                 totals[index] = 0.0
                 paths[index].append(((), False))
-        while frontier:
+        pending: list[tuple] = []  # nodes waiting for a model step
+        while frontier or pending:
             children = []  # node fields + terminal flag
             for logprob, units, index, consumed, line_start in frontier:
                 target, boundary = targets[index]
@@ -528,19 +537,15 @@ class Predictor:
                         totals[index] = _logaddexp(totals[index], _logsumexp(values[alive]))
                         paths[index].extend((units + (int(unit),), False) for unit in over[alive])
             # Spellings already read to their end (by the beam) are finished now: their mass makes dropping safe sooner.
-            waiting = []
             for node in children:
                 if node[5] and node[1] in known:
                     totals[node[2]] = _logaddexp(totals[node[2]], node[0] + known.boundary(node[1]))
                     paths[node[2]].append((node[1], True))
                 else:
-                    waiting.append(node)
-            children = waiting
-            if not children:
-                break
-            if log_tolerance > _NEG:
+                    pending.append(node)
+            if log_tolerance > _NEG and pending:
                 kept = []
-                for node in sorted(children, key=lambda node: node[0]):  # the least probable first
+                for node in sorted(pending, key=lambda node: node[0]):  # the least probable first
                     index = node[2]
                     if totals[index] > _NEG:
                         mass = _logaddexp(dropped[index], node[0])
@@ -548,21 +553,27 @@ class Predictor:
                             dropped[index] = mass
                             continue
                     kept.append(node)
-                children = kept
-                if not children:
-                    break
-            if len(children) > max_nodes:
-                children.sort(key=lambda node: -node[0])
-                children = children[:max_nodes]
-            self._read_all(known, [node[1] for node in children], temperature)
-            frontier = []
-            for value, units, index, consumed, line_start, terminal in children:
+                pending = kept
+            # Partial spellings the beam has read already are expanded at once, so that their children join
+            # the same model step as the others at this depth rather than needing one more.
+            frontier = [node[:5] for node in pending if node[1] in known]
+            if frontier:
+                pending = [node for node in pending if node[1] not in known]
+                continue
+            if not pending:
+                break
+            if len(pending) > max_nodes:
+                pending.sort(key=lambda node: -node[0])
+                pending = pending[:max_nodes]
+            self._read_all(known, [node[1] for node in pending], temperature)
+            for value, units, index, consumed, line_start, terminal in pending:
                 if terminal:
                     mass = known.boundary(units)
                     totals[index] = _logaddexp(totals[index], value + mass)
                     paths[index].append((units, True))
                 else:
                     frontier.append((value, units, index, consumed, line_start))
+            pending = []
         return list(zip(totals, paths))
 
     def _read_all(self, known: _Reads, sequences: list[tuple[int, ...]], temperature: float) -> None:
@@ -591,7 +602,7 @@ class Predictor:
         return logprob
 
     def _score_words(self, context: ContextState, query: Query, words: list[str], temperature: float,
-                     known: _Reads | None = None) -> tuple[list[tuple[float, list]], float, list[tuple[int, ...]]]:
+                     known: _Reads | None = None) -> tuple[list[tuple[float, list]], float, list]:
         """Exact log P(word | text) for each word, with their unit sequences; and log P(required part), with its."""
         targets: list[tuple[str, bool]] = [(query.required, False)]
         owners: list[int] = [-1]
@@ -608,7 +619,7 @@ class Predictor:
             total, found = scores[owner]
             scores[owner] = (_logaddexp(total, logprob), found + paths)
         exact = [(total - required if total > _NEG else _NEG, found) for total, found in scores]
-        return exact, required, [units for units, _ in required_found]
+        return exact, required, required_found
 
     # Beam search ------------------------------------------------------------
 
