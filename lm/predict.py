@@ -309,23 +309,32 @@ class _Hypothesis:
 
 
 class _Reads:
-    """Unit sequences the model has read after one context: the state, next-unit log-probs and boundary mass after each."""
+    """Unit sequences the model has read after one context: the state, raw logits, next-unit log-probs and
+    boundary mass after each."""
 
-    def __init__(self, state: torch.Tensor, logprobs: np.ndarray, boundary: float):
-        self._after: dict[tuple[int, ...], tuple[torch.Tensor, int, np.ndarray, float]] = {(): (state, 0, logprobs, boundary)}
+    def __init__(self, context_units: tuple[int, ...] | None, state: torch.Tensor, logits: torch.Tensor,
+                 logprobs: np.ndarray, boundary: float):
+        self.context_units = context_units  # None when the context state does not keep its units
+        self._after: dict[tuple[int, ...], tuple] = {(): (state, 0, logprobs, boundary, logits[None])}
 
     def __contains__(self, units: tuple[int, ...]) -> bool:
         return units in self._after
 
-    def add(self, sequences: list[tuple[int, ...]], states: torch.Tensor, logprobs: np.ndarray, boundaries: np.ndarray) -> None:
-        """Row i of states (L, N, S), logprobs (N, V) and boundaries (N,) follows sequences[i]."""
+    def add(self, sequences: list[tuple[int, ...]], states: torch.Tensor, logits: torch.Tensor, logprobs: np.ndarray,
+            boundaries: np.ndarray) -> None:
+        """Row i of states (L, N, S), logits (N, V), logprobs (N, V) and boundaries (N,) follows sequences[i]."""
         masses = boundaries.tolist()
         for row, units in enumerate(sequences):
-            self._after[units] = (states, row, logprobs[row], masses[row])
+            self._after[units] = (states, row, logprobs[row], masses[row], logits)
 
     def state(self, units: tuple[int, ...]) -> torch.Tensor:
-        states, row, _, _ = self._after[units]
+        states, row = self._after[units][:2]
         return states[:, row]  # (L, S)
+
+    def after(self, units: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The state (L, 1, S) and raw logits (V,) after `units`."""
+        states, row, _, _, logits = self._after[units]
+        return states[:, row : row + 1], logits[row]
 
     def logprobs(self, units: tuple[int, ...]) -> np.ndarray:
         return self._after[units][2]
@@ -352,6 +361,10 @@ class Predictor:
         self.table = _UnitTable(tokenizer)
         self.cache_size = cache_size
         self._cache: OrderedDict[tuple[int, ...], ContextState] = OrderedDict()
+        # What the latest prediction read past its context (the beam's and exact scoring's unit sequences):
+        # when the next text is that context plus one of them (the user typed a word the model had
+        # weighed), its state is already known and the text needs no model step at all.
+        self._lookahead: _Reads | None = None
         self._lock = threading.Lock()
 
     # Context -----------------------------------------------------------
@@ -367,6 +380,10 @@ class Predictor:
                 if hit is not None:
                     self._cache.move_to_end(units)
                     return hit
+                ahead = self._ahead(units)
+            if ahead is not None:
+                return self._remember(units, self.context_from(units, *ahead))
+            with self._lock:
                 for cached_units in reversed(self._cache):
                     if len(cached_units) < len(units) and units[: len(cached_units)] == cached_units:
                         cached = self._cache[cached_units]
@@ -386,7 +403,20 @@ class Predictor:
                 logits = out[0, -1].float()
         assert logits is not None
         result = self.context_from(units, state, logits)
-        if use_cache and self.cache_size:
+        return self._remember(units, result) if use_cache else result
+
+    def _ahead(self, units: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The state and logits after `units` if the latest prediction read them past its context (lock held)."""
+        reads = self._lookahead
+        if reads is None or reads.context_units is None:
+            return None
+        base = reads.context_units
+        if len(units) <= len(base) or units[: len(base)] != base or units[len(base):] not in reads:
+            return None
+        return reads.after(units[len(base):])
+
+    def _remember(self, units: tuple[int, ...], result: ContextState) -> ContextState:
+        if self.cache_size:
             with self._lock:
                 self._cache[units] = result
                 self._cache.move_to_end(units)
@@ -427,13 +457,16 @@ class Predictor:
     def clear_cache(self) -> None:
         with self._lock:
             self._cache.clear()
+            self._lookahead = None
 
-    def _step(self, states: torch.Tensor, units: list[int], temperature: float) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
-        """Feed one unit to each of N states (L, N, S); returns new states, (N, V) log-probs and (N,) boundary masses."""
+    def _step(self, states: torch.Tensor, units: list[int], temperature: float
+              ) -> tuple[torch.Tensor, torch.Tensor, np.ndarray, np.ndarray]:
+        """Feed one unit to each of N states (L, N, S); returns new states, (N, V) raw logits, (N, V) log-probs
+        and (N,) boundary masses."""
         with torch.inference_mode():
             logits, new_states = self.model.step(torch.tensor(units, dtype=torch.long), states)  # (N, V)
             logprobs, boundaries = self._normalized(logits, temperature)
-        return new_states, logprobs, boundaries
+        return new_states, logits, logprobs, boundaries
 
     def _normalized(self, logits: torch.Tensor, temperature: float) -> tuple[np.ndarray, np.ndarray]:
         """(N, V) float32 logits -> float64 log-probs (N, V) and log P(the next unit begins with a boundary) (N,).
@@ -456,7 +489,8 @@ class Predictor:
         """The reads after a context, holding only the context itself so far."""
         with torch.inference_mode():
             logprobs, boundaries = self._normalized(context.logits[None], temperature)
-        return _Reads(context.state, logprobs[0], float(boundaries[0]))
+        units = context.units if context.count < 0 else None
+        return _Reads(units, context.state, context.logits, logprobs[0], float(boundaries[0]))
 
     # Exact scoring --------------------------------------------------------
 
@@ -668,6 +702,9 @@ class Predictor:
         # pruned from the beam: score the leaders exactly, all in one pass.
         leaders = [word for word, _ in sorted(words.items(), key=lambda item: -item[1])[: k + 3]]
         exact, required_logprob, required_paths = self._score_words(context, query, leaders, temperature, known)
+        if self.cache_size:
+            with self._lock:
+                self._lookahead = known
         ranked = sorted(zip(leaders, exact), key=lambda item: -item[1][0])
         predictions = []
         for word, (logprob, paths) in ranked[:k]:

@@ -165,6 +165,37 @@ def test_the_prefix_cache_gives_the_cold_answers_and_reads_only_the_new_words(ti
         assert a.logprob == pytest.approx(b.logprob, abs=1e-5)
 
 
+def test_typing_a_word_the_last_prediction_read_needs_no_model_read(tiny_subword_run, monkeypatch):
+    from lm.checkpoint import load_checkpoint
+
+    checkpoint = load_checkpoint(tiny_subword_run.out)
+    warm = Predictor(checkpoint.model, checkpoint.tokenizer)
+    cold = Predictor(checkpoint.model, checkpoint.tokenizer, cache_size=0)
+    first = "The album was released in the United States and"
+    # The most probable word (not punctuation, which normalisation would glue to "and"): exact scoring read its units.
+    top = next(p.word for p in warm.predict(first + " ").predictions if p.word[0].isalnum())
+    read = []
+    forward, steps = checkpoint.model.forward, checkpoint.model.read_steps
+    monkeypatch.setattr(checkpoint.model, "forward", lambda ids=None, state=None, **kw: (read.append(ids.shape[1]), forward(ids, state, **kw))[1])
+    monkeypatch.setattr(checkpoint.model, "read_steps", lambda ids, state: (read.append(ids.shape[1]), steps(ids, state))[1])
+    typed = f"{first} {top} "
+    again = warm.predict(typed)
+    assert read == []  # the context's state came from the previous prediction's reads
+    other = warm.predict(f"{first} {top} zzqx ")  # a word nobody predicted is read as usual
+    assert read and read[-1] == len(checkpoint.tokenizer.encode(f"{first} {top} zzqx")) - len(checkpoint.tokenizer.encode(f"{first} {top}"))
+    monkeypatch.undo()
+    for result, text in ((again, typed), (other, f"{first} {top} zzqx ")):
+        reference = cold.predict(text)
+        assert [p.word for p in result.predictions] == [p.word for p in reference.predictions]
+        for a, b in zip(result.predictions, reference.predictions):
+            assert a.logprob == pytest.approx(b.logprob, abs=1e-5)
+    warm.clear_cache()
+    read.clear()
+    monkeypatch.setattr(checkpoint.model, "forward", lambda ids=None, state=None, **kw: (read.append(ids.shape[1]), forward(ids, state, **kw))[1])
+    warm.predict(typed)
+    assert read == [len(checkpoint.tokenizer.encode(f"{first} {top}")) + 1]  # cleared: read from the start
+
+
 def test_the_unknown_unit_is_never_a_word():
     tokenizer = CharTokenizer(list("ab \n"))
     model = _model(tokenizer.vocab_size, unk_bias=12.0)  # the unknown unit takes almost all the mass
