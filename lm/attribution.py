@@ -225,7 +225,7 @@ def _path_logprobs(model, states: torch.Tensor, first_logprobs: torch.Tensor, ro
     state = states[:, row_index[needy]]
     steps = []
     for position in range(longest):
-        step_logits, state = model.step(padded[:, position], state)  # (N, V)
+        step_logits, state = model.step(padded[:, position], state, constant_weights=True)  # (N, V)
         steps.append(step_logits / temperature)  # temperature scales every step
     logits = torch.stack(steps, dim=1)  # (N, Lmax, V): the unit after each path unit
     after = torch.log_softmax(logits.double(), dim=-1)
@@ -302,7 +302,7 @@ def _gradients(predictor: Predictor, trace: ContextTrace, result: PredictionResu
     rows_count = k + 1 if required else k
     with torch.enable_grad():
         states = trace.final.clone().expand(-1, rows_count, -1).contiguous().requires_grad_(True)  # (L, rows, S)
-        first = torch.log_softmax(model.output_from_state(states).double() / temperature, dim=-1)  # (rows, V)
+        first = torch.log_softmax(model.output_from_state(states, "constant").double() / temperature, dim=-1)  # (rows, V)
         paths, rows, bounds = [], [], []
         for row, prediction in enumerate(result.predictions):
             bounds.append((len(paths), len(paths) + len(prediction.paths)))
@@ -361,7 +361,7 @@ def hidden_jacobian_norms(predictor: Predictor, text: str, probes: int = 8, seed
             tap = torch.zeros_like(state, requires_grad=True)  # d(v . h_T)/d tap_t = v^T d h_T / d h_t
             state = state + tap
             taps.append(tap)
-            _, state = model.step(torch.full((probes,), unit, dtype=torch.long), state)
+            _, state = model.step(torch.full((probes,), unit, dtype=torch.long), state, constant_weights=True)
         v = torch.randn(state.shape, generator=generator, dtype=state.dtype)
         grads = torch.autograd.grad((state * v).sum(), taps, allow_unused=True)
     norms = []

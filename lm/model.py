@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from lm.config import ModelConfig
-from lm.fastlinear import packed_linear
+from lm.fastlinear import constant_weight_linear, packed_linear
 
 __all__ = ["RNNLanguageModel", "count_parameters"]
 
@@ -149,17 +149,19 @@ class RNNLanguageModel(nn.Module):
         tail, final = run(x[:, split_at:], self._to_init(middle))
         return torch.cat([head, tail], dim=1), self._from_final(final), middle
 
-    def step(self, ids: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
+    def step(self, ids: Tensor, state: Tensor, constant_weights: bool = False) -> tuple[Tensor, Tensor]:
         """One time step in evaluation mode: ids (N,), state (L, N, S) -> logits (N, V), new state.
 
         The cell equations written out (the same as torch.nn's), because for
         a single step they run several times faster on a CPU than the fused
         kernels, which are built for long sequences. Without autograd the
-        products use prepacked weights (`lm/fastlinear.py`).
+        products use prepacked weights (`lm/fastlinear.py`). With autograd and
+        `constant_weights`, they do too, both ways: gradients reach the state
+        and the embeddings but never the weights (what attribution needs).
         """
-        fast = not torch.is_grad_enabled()
-        new_state = self._cell_step(self.embedding(ids), state, fast)
-        return self.output(new_state[-1, :, : self.config.hidden_dim], fast=fast), new_state
+        mode = "fast" if not torch.is_grad_enabled() else "constant" if constant_weights else "plain"
+        new_state = self._cell_step(self.embedding(ids), state, mode)
+        return self.output(new_state[-1, :, : self.config.hidden_dim], mode), new_state
 
     def read_steps(self, ids: Tensor, state: Tensor) -> Tensor:
         """The state (L, N, S) after reading ids (N, T) one cell step at a time, without autograd.
@@ -169,20 +171,23 @@ class RNNLanguageModel(nn.Module):
         """
         embeds = self.embedding(ids)  # (N, T, E)
         for t in range(ids.size(1)):
-            state = self._cell_step(embeds[:, t], state, fast=True)
+            state = self._cell_step(embeds[:, t], state, "fast")
         return state
 
-    def _cell_step(self, x: Tensor, state: Tensor, fast: bool) -> Tensor:
-        """Every layer's cell once: inputs x (N, E), state (L, N, S) -> new state (L, N, S)."""
+    def _cell_step(self, x: Tensor, state: Tensor, mode: str) -> Tensor:
+        """Every layer's cell once: inputs x (N, E), state (L, N, S) -> new state (L, N, S).
+
+        mode: "plain" (autograd everywhere), "fast" (no autograd, prepacked products) or "constant"
+        (prepacked products with autograd for their inputs only; see `step`)."""
         hidden = self.config.hidden_dim
         finals = []
         for index, layer in enumerate(self.layers):
             h = state[index, :, :hidden]  # (N, H)
             w_ih, w_hh, b_ih, b_hh = layer.weight_ih_l0, layer.weight_hh_l0, layer.bias_ih_l0, layer.bias_hh_l0
             if self.config.cell == "gru":
-                if fast:
-                    from_x = self._packed(f"ih{index}", (w_ih, b_ih), lambda: packed_linear(w_ih, b_ih))(x)
-                    from_h = self._packed(f"hh{index}", (w_hh, b_hh), lambda: packed_linear(w_hh, b_hh))(h)
+                if mode != "plain":
+                    from_x = self._linear(f"ih{index}", (w_ih, b_ih), lambda: w_ih, lambda: b_ih, mode)(x)
+                    from_h = self._linear(f"hh{index}", (w_hh, b_hh), lambda: w_hh, lambda: b_hh, mode)(h)
                 else:
                     from_x, from_h = torch.addmm(b_ih, x, w_ih.t()), torch.addmm(b_hh, h, w_hh.t())
                 xr, xz, xn = from_x.chunk(3, dim=-1)
@@ -192,10 +197,10 @@ class RNNLanguageModel(nn.Module):
                 x = (1 - z) * n + z * h
                 finals.append(x)
                 continue
-            if fast:
+            if mode != "plain":
                 # One product for both inputs: [x, h] (N, E + H) against [W_ih, W_hh] (G, E + H).
-                gates = self._packed(f"gates{index}", (w_ih, w_hh, b_ih, b_hh),
-                                     lambda: packed_linear(torch.cat([w_ih, w_hh], dim=1), b_ih + b_hh))
+                gates = self._linear(f"gates{index}", (w_ih, w_hh, b_ih, b_hh), lambda: torch.cat([w_ih, w_hh], dim=1),
+                                     lambda: b_ih + b_hh, mode)
                 pre = gates(torch.cat([x, h], dim=1))
             else:
                 pre = torch.addmm(b_ih, x, w_ih.t()) + torch.addmm(b_hh, h, w_hh.t())  # (N, G)
@@ -209,6 +214,15 @@ class RNNLanguageModel(nn.Module):
             finals.append(x)
         return torch.stack(finals)
 
+    def _linear(self, name: str, sources: tuple[Tensor, ...], weight, bias, mode: str):
+        """x -> x @ weight().T + bias(), prepacked ("fast"), or prepacked both ways with autograd for x
+        alone ("constant"); both kept until a source changes."""
+        forward = self._packed(name, sources, lambda: packed_linear(weight(), bias()))
+        if mode == "fast":
+            return forward
+        backward = self._packed(f"{name}^T", sources, lambda: packed_linear(weight().t(), None))
+        return lambda x: constant_weight_linear(x, forward, backward)
+
     def _packed(self, name: str, sources: tuple[Tensor, ...], build):
         """The prepacked linear map `build()` made from `sources`, rebuilt whenever one of them changes
         (an optimiser step, a reload)."""
@@ -220,25 +234,27 @@ class RNNLanguageModel(nn.Module):
             cache[name] = entry
         return entry[1]
 
-    def output(self, x: Tensor, fast: bool = False) -> Tensor:
+    def output(self, x: Tensor, mode: str = "plain") -> Tensor:
         """Logits over units from top-layer features (..., H). With an adaptive softmax they are
-        log-probabilities already (log_softmax leaves them unchanged). `fast`: inference with
-        prepacked weights, for features (N, H)."""
-        if fast and self.adaptive is None:
+        log-probabilities already (log_softmax leaves them unchanged). mode "fast": inference with
+        prepacked weights, for features (N, H); "constant": the same with autograd for x only
+        (see `step`)."""
+        if mode != "plain" and self.adaptive is None:
             projection, decoder = self.projection, self.decoder
             if projection is not None:
-                x = self._packed("projection", (projection.weight, projection.bias),
-                                 lambda: packed_linear(projection.weight, projection.bias))(x)
-            return self._packed("decoder", (decoder.weight, decoder.bias), lambda: packed_linear(decoder.weight, decoder.bias))(x)
+                x = self._linear("projection", (projection.weight, projection.bias), lambda: projection.weight,
+                                 lambda: projection.bias, mode)(x)
+            return self._linear("decoder", (decoder.weight, decoder.bias), lambda: decoder.weight, lambda: decoder.bias, mode)(x)
         if self.projection is not None:
             x = self.projection(x)  # (..., E)
         if self.adaptive is not None:
             return self.adaptive.log_prob(x.reshape(-1, x.size(-1))).view(*x.shape[:-1], -1)
         return self.decoder(x)
 
-    def output_from_state(self, state: Tensor) -> Tensor:
-        """Logits (N, V) after the step that left `state` (L, N, S): the top layer's output is its h."""
-        return self.output(state[-1, :, : self.config.hidden_dim])
+    def output_from_state(self, state: Tensor, mode: str = "plain") -> Tensor:
+        """Logits (N, V) after the step that left `state` (L, N, S): the top layer's output is its h.
+        `mode` as in `output`."""
+        return self.output(state[-1, :, : self.config.hidden_dim], mode)
 
     def target_logprobs(self, x: Tensor, targets: Tensor) -> Tensor:
         """log P(target) at each position from features (B, T, H) and targets (B, T); cheap with an adaptive softmax."""

@@ -99,6 +99,25 @@ def test_single_step_equals_the_fused_forward(cell):
     torch.testing.assert_close(fast_state, changed_state, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("cell", ["rnn_tanh", "lstm", "gru"])
+def test_a_step_with_constant_weights_gives_autograds_input_gradients_and_none_to_the_weights(cell):
+    model = make_model(cell, tie_weights=True, embed_dim=8, hidden_dim=12, num_layers=2).eval()
+    ids = torch.randint(0, 50, (3, 2))
+    start = model(ids[:, :1])[1].detach()
+    seed = torch.randn(3, 50)
+    grads = []
+    for constant in (False, True):
+        state = start.clone().requires_grad_(True)
+        logits, after = model.step(ids[:, 1], state, constant_weights=constant)
+        logits2, _ = model.step(ids[:, 0], after, constant_weights=constant)  # two steps: the state's path twice
+        objective = (logits2 * seed).sum() + logits.pow(2).sum()
+        weights = [p for name, p in model.named_parameters() if not name.startswith("embedding")]  # the products'
+        grads.append(torch.autograd.grad(objective, [state, *weights], allow_unused=True))
+    plain, constant = grads
+    torch.testing.assert_close(constant[0], plain[0], rtol=1e-4, atol=1e-6)
+    assert all(g is not None for g in plain[1:]) and all(g is None for g in constant[1:])  # no weight gradients
+
+
 def test_adaptive_softmax_gives_normalised_log_probabilities_and_target_scores():
     model = make_model("lstm", vocab_size=60, adaptive_cutoffs=(10, 30), adaptive_div=2.0, tie_weights=False).eval()
     ids = torch.randint(0, 60, (2, 5))
