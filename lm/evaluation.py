@@ -190,9 +190,8 @@ def next_word_accuracy(predictor, text: str, positions: int | None = None, seed:
                 logits = out[0, -1].float()
             pending = []
         assert logits is not None
-        logprobs = torch.log_softmax(logits.double(), dim=-1).numpy()
         last = tokenizer.unit_text(ids[count - 1]) if count else "\n"
-        context = ContextState((), state, logprobs, logits, line_start=last == "\n", count=count)
+        context = ContextState((), state, logits, line_start=last == "\n", count=count)
         result = predictor.predict_from(context, query, k=max(ks), beam_width=beam_width)
         truth = word_at(text, position)
         words = [p.word for p in result.predictions]

@@ -141,12 +141,11 @@ def make_query(text: str, tokenizer: Tokenizer, normalized: bool = False) -> Que
 
 @dataclass(frozen=True)
 class ContextState:
-    """The model after reading a context: its state and the log-probabilities of the next unit."""
+    """The model after reading a context: its state and the logits of the next unit."""
 
     units: tuple[int, ...]  # the context's units (the leading line-break input excluded); may be () when `count` is set
     state: torch.Tensor  # (L, 1, S)
-    logprobs: np.ndarray  # (V,) float64, at temperature 1
-    logits: torch.Tensor  # (V,) raw, for other temperatures
+    logits: torch.Tensor  # (V,) float32, raw (temperature 1)
     line_start: bool
     count: int = -1  # number of context units when `units` is not kept
 
@@ -309,23 +308,31 @@ class _Hypothesis:
 
 
 class _Reads:
-    """Unit sequences the model has read after one context: the state, raw logits, next-unit log-probs and
-    boundary mass after each."""
+    """Unit sequences the model has read after one context: after each, the state, the raw logits, the
+    log-normaliser of the (tempered) next-unit distribution and the boundary mass.
 
-    def __init__(self, context_units: tuple[int, ...] | None, state: torch.Tensor, logits: torch.Tensor,
-                 logprobs: np.ndarray, boundary: float):
+    The float64 log-probabilities of a row are made on first use: exact
+    scoring reads many sequences only for their boundary mass and never
+    looks at their distribution.
+    """
+
+    def __init__(self, context_units: tuple[int, ...] | None, state: torch.Tensor, logits: torch.Tensor, scaled: np.ndarray,
+                 normaliser: np.ndarray, boundary: np.ndarray):
         self.context_units = context_units  # None when the context state does not keep its units
-        self._after: dict[tuple[int, ...], tuple] = {(): (state, 0, logprobs, boundary, logits[None])}
+        self._after: dict[tuple[int, ...], tuple] = {}
+        self._logprobs: dict[tuple[int, ...], np.ndarray] = {}
+        self.add([()], state, logits[None], scaled, normaliser, boundary)
 
     def __contains__(self, units: tuple[int, ...]) -> bool:
         return units in self._after
 
-    def add(self, sequences: list[tuple[int, ...]], states: torch.Tensor, logits: torch.Tensor, logprobs: np.ndarray,
-            boundaries: np.ndarray) -> None:
-        """Row i of states (L, N, S), logits (N, V), logprobs (N, V) and boundaries (N,) follows sequences[i]."""
-        masses = boundaries.tolist()
+    def add(self, sequences: list[tuple[int, ...]], states: torch.Tensor, logits: torch.Tensor, scaled: np.ndarray,
+            normalisers: np.ndarray, boundaries: np.ndarray) -> None:
+        """Row i of states (L, N, S), raw logits (N, V), tempered logits (N, V) float32, normalisers (N,) and
+        boundaries (N,) follows sequences[i]."""
+        masses, norms = boundaries.tolist(), normalisers.tolist()
         for row, units in enumerate(sequences):
-            self._after[units] = (states, row, logprobs[row], masses[row], logits)
+            self._after[units] = (states, row, masses[row], logits, scaled, norms[row])
 
     def state(self, units: tuple[int, ...]) -> torch.Tensor:
         states, row = self._after[units][:2]
@@ -333,15 +340,22 @@ class _Reads:
 
     def after(self, units: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
         """The state (L, 1, S) and raw logits (V,) after `units`."""
-        states, row, _, _, logits = self._after[units]
+        states, row, _, logits = self._after[units][:4]
         return states[:, row : row + 1], logits[row]
 
     def logprobs(self, units: tuple[int, ...]) -> np.ndarray:
-        return self._after[units][2]
+        """(V,) float64 log-probabilities of the next unit after `units`."""
+        row = self._logprobs.get(units)
+        if row is None:
+            _, index, _, _, scaled, normaliser = self._after[units]
+            row = scaled[index].astype(np.float64)
+            row -= normaliser
+            self._logprobs[units] = row
+        return row
 
     def boundary(self, units: tuple[int, ...]) -> float:
         """log P(the next unit begins with a boundary) after `units`."""
-        return self._after[units][3]
+        return self._after[units][2]
 
 
 def _line_start_after(text: str | None, line_start: bool) -> bool:
@@ -426,10 +440,8 @@ class Predictor:
 
     def context_from(self, units: tuple[int, ...], state: torch.Tensor, logits: torch.Tensor) -> ContextState:
         """The context state after `units` from a read done elsewhere: its final state (L, 1, S) and logits (V,)."""
-        with torch.inference_mode():
-            logprobs = self._normalized(logits[None], 1.0)[0][0]
         text = self.tokenizer.unit_text(units[-1]) if units else "\n"
-        return ContextState(units, state, logprobs, logits.float(), line_start=text == "\n")
+        return ContextState(units, state, logits.float(), line_start=text == "\n")
 
     def predict_many(self, texts: list[str], k: int = 5, beam_width: int = 16, max_word_length: int = 24,
                      temperature: float = 1.0) -> list[PredictionResult]:
@@ -444,12 +456,11 @@ class Predictor:
             # Score only each row's last position, from its final state.
             _, states = self.model(padded, lengths=lengths, score_from=padded.size(1))  # (L, N, S)
             last = self.model.output_from_state(states).float()  # (N, V)
-            logprobs, _ = self._normalized(last, 1.0)
         results = []
         for index, query in enumerate(queries):
             units = tuple(rows[index][1:])
             line_start = (self.tokenizer.unit_text(units[-1]) if units else "\n") == "\n"
-            context = ContextState(units, states[:, index : index + 1].clone(), logprobs[index], last[index], line_start)
+            context = ContextState(units, states[:, index : index + 1].clone(), last[index], line_start)
             results.append(self.predict_from(context, query, k=k, beam_width=beam_width, max_word_length=max_word_length,
                                              temperature=temperature))
         return results
@@ -459,21 +470,20 @@ class Predictor:
             self._cache.clear()
             self._lookahead = None
 
-    def _step(self, states: torch.Tensor, units: list[int], temperature: float
-              ) -> tuple[torch.Tensor, torch.Tensor, np.ndarray, np.ndarray]:
-        """Feed one unit to each of N states (L, N, S); returns new states, (N, V) raw logits, (N, V) log-probs
-        and (N,) boundary masses."""
+    def _step(self, states: torch.Tensor, units: list[int], temperature: float) -> tuple:
+        """Feed one unit to each of N states (L, N, S); returns new states, (N, V) raw logits, and what
+        `_normalized` gives for them (the arguments of `_Reads.add` after the states)."""
         with torch.inference_mode():
             logits, new_states = self.model.step(torch.tensor(units, dtype=torch.long), states)  # (N, V)
-            logprobs, boundaries = self._normalized(logits, temperature)
-        return new_states, logits, logprobs, boundaries
+            return (new_states, logits, *self._normalized(logits, temperature))
 
-    def _normalized(self, logits: torch.Tensor, temperature: float) -> tuple[np.ndarray, np.ndarray]:
-        """(N, V) float32 logits -> float64 log-probs (N, V) and log P(the next unit begins with a boundary) (N,).
+    def _normalized(self, logits: torch.Tensor, temperature: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(N, V) float32 logits -> the tempered logits (N, V) float32, log-normalisers (N,) float64 and
+        log P(the next unit begins with a boundary) (N,) float64; log P(u) = logits[u] - normaliser.
 
         The exponentials run in float32 (each within an ulp, below the logits'
-        own float32 rounding), the sums and the rest in float64: about half
-        the time of a float64 log-softmax followed by float64 exponentials.
+        own float32 rounding), the sums and the rest in float64. No (N, V)
+        float64 array is made here (see `_Reads.logprobs`).
         """
         if temperature != 1.0:
             logits = logits / temperature
@@ -481,16 +491,15 @@ class Predictor:
         weights = (logits - top).exp_().double()
         total = weights.sum(dim=-1)
         normaliser = top[:, 0].double() + torch.log(total)
-        logprobs = logits.double() - normaliser[:, None]
         boundaries = torch.log((weights @ self.table.ends_mask) / total)
-        return logprobs.numpy(), boundaries.numpy()
+        return logits.numpy(), normaliser.numpy(), boundaries.numpy()
 
     def _reads_after(self, context: ContextState, temperature: float) -> _Reads:
         """The reads after a context, holding only the context itself so far."""
         with torch.inference_mode():
-            logprobs, boundaries = self._normalized(context.logits[None], temperature)
+            normalized = self._normalized(context.logits[None], temperature)
         units = context.units if context.count < 0 else None
-        return _Reads(units, context.state, context.logits, logprobs[0], float(boundaries[0]))
+        return _Reads(units, context.state, context.logits, *normalized)
 
     # Exact scoring --------------------------------------------------------
 
