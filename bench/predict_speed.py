@@ -1,11 +1,15 @@
 """Latency of next-word prediction (k = 5) for contexts of 20, 200 and 1,000 words, cold and with the prefix cache warm,
 and throughput when many texts are predicted in one batch.
 
-    python bench/predict_speed.py --model runs/base [--corpus DIR] [--repeats 7]
+    python bench/predict_speed.py --model runs/base [--corpus DIR] [--contexts 20] [--repeats 3]
 
 Contexts are the words of the test split before seeded positions. Cold: the
 cache is empty, so the whole context is read. Warm: the context was read just
-before, and one more word is typed (a true next word of the text). Medians.
+before, and one more word is typed (a true next word of the text). Each
+context is timed `repeats` times and keeps its median; the figure is the
+median over contexts. Timing on a shared machine drifts, so the run also
+times a fixed reference (one model step for 16 rows, the unit of a beam
+step) before and after: compare runs through it.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
 
 from corpora import load_corpus  # noqa: E402
 from lm.checkpoint import CheckpointError, load_checkpoint  # noqa: E402
@@ -47,11 +53,33 @@ def timed(function) -> float:
     return time.perf_counter() - begun
 
 
+def reference_ms(model, rows: int = 16, repeats: int = 200) -> float:
+    """Median time of one model step for `rows` rows (no autograd, prepacked weights): the machine's pace."""
+    import torch
+
+    ids = torch.zeros(rows, dtype=torch.long)
+    state = model.init_state(rows)
+    with torch.inference_mode():
+        for _ in range(20):
+            model.step(ids, state)
+        return statistics.median(timed(lambda: model.step(ids, state)) for _ in range(repeats)) * 1000
+
+
+def per_context(samples: list, measure, repeats: int) -> list[tuple]:
+    """For each sample, the median over `repeats` of each figure that measure(sample) returns."""
+    results = []
+    for sample in samples:
+        runs = [measure(sample) for _ in range(repeats)]
+        results.append(tuple(statistics.median(values) for values in zip(*runs)))
+    return results
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="runs/base", help="run or checkpoint directory (default: runs/base)")
     parser.add_argument("--corpus", default=str(ROOT.parent / "shared/corpora/wiki-subset"))
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--contexts", type=int, default=20, help="contexts per length (default: 20)")
+    parser.add_argument("--repeats", type=int, default=3, help="timings per context; each context keeps its median")
     parser.add_argument("--batch", type=int, default=32, help="texts per batch for the throughput figure")
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args(argv)
@@ -66,22 +94,28 @@ def main(argv: list[str] | None = None) -> int:
     predictor.predict("Warm up the lookup tables. ")
     print(f"model {checkpoint.directory}: {checkpoint.model_config.cell} {checkpoint.model_config.num_layers}x"
           f"{checkpoint.model_config.hidden_dim}, {checkpoint.tokenizer.kind} vocabulary {checkpoint.tokenizer.vocab_size}")
+    print(f"reference (one 16-row model step): {reference_ms(checkpoint.model):.3f} ms")
+
+    def cold_then_warm(sample):
+        context, following = sample
+        predictor.clear_cache()
+        cold = timed(lambda: predictor.predict(context, k=5))
+        return cold, timed(lambda: predictor.predict(context + following + " ", k=5))
+
     for words in (20, 200, 1000):
-        samples = contexts(text, words, args.repeats, seed=words)
-        cold, warm, units = [], [], []
-        for context, following in samples:
-            predictor.clear_cache()
-            cold.append(timed(lambda: predictor.predict(context, k=5)))
-            units.append(len(checkpoint.tokenizer.encode(context)))
-            warm.append(timed(lambda: predictor.predict(context + following + " ", k=5)))
+        samples = contexts(text, words, args.contexts, seed=words)
+        units = [len(checkpoint.tokenizer.encode(context)) for context, _ in samples]
+        cold, warm = zip(*per_context(samples, cold_then_warm, args.repeats))
         print(f"{words:>5} words (~{statistics.median(units):,.0f} units): cold {statistics.median(cold) * 1000:7.1f} ms   "
-              f"warm, one more word {statistics.median(warm) * 1000:7.1f} ms")
+              f"warm, one more word {statistics.median(warm) * 1000:7.1f} ms   "
+              f"(warm quartiles {np.percentile(warm, 25) * 1000:.1f}-{np.percentile(warm, 75) * 1000:.1f})")
     texts = [context for context, _ in contexts(text, 200, args.batch, seed=7)]
     predictor.clear_cache()
     one_by_one = timed(lambda: [predictor.predict(t, k=5, use_cache=False) for t in texts])
     batched = timed(lambda: predictor.predict_many(texts, k=5))
     print(f"throughput, {args.batch} texts of 200 words: one by one {args.batch / one_by_one:.1f} texts/s, "
           f"one batch {args.batch / batched:.1f} texts/s")
+    print(f"reference (one 16-row model step): {reference_ms(checkpoint.model):.3f} ms")
     return 0
 
 
