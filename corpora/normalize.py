@@ -17,6 +17,7 @@ normalising twice gives the same text as normalising once.
 
 from __future__ import annotations
 
+import functools
 import re
 
 __all__ = ["normalize", "normalize_line"]
@@ -70,6 +71,7 @@ def _join_tokens(tokens: list[str]) -> str:
     return "".join(out)
 
 
+@functools.lru_cache(maxsize=1024)  # a growing text brings its earlier lines again: they are looked up, not redone
 def normalize_line(line: str) -> str:
     """Normalise one line (no newline inside) of WikiText or ordinary text."""
     line = line.strip()

@@ -18,6 +18,7 @@ nothing is pickled.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import unicodedata
@@ -127,6 +128,10 @@ class CharTokenizer:
         return {"kind": self.kind, "vocab_size": self.vocab_size, "min_count": self.min_count}
 
 
+# Lines whose ids a subword tokenizer keeps for the next request.
+_LINES_KEPT = 1024
+
+
 class SubwordTokenizer:
     """SentencePiece pieces within a line, plus one unit (the last id) for each line break."""
 
@@ -142,6 +147,7 @@ class SubwordTokenizer:
             self._sp.LoadFromSerializedProto(model_proto)
         except Exception as error:  # sentencepiece raises RuntimeError or OSError
             raise TokenizerError(f"the SentencePiece model is not readable ({error})") from error
+        self._line_ids = self._line_cache()
         pieces = self._sp.get_piece_size()
         self.unk_id = self._sp.unk_id()
         self.newline_id = pieces
@@ -195,11 +201,24 @@ class SubwordTokenizer:
             raise TokenizerError(f"SentencePiece could not train a {vocab_size}-unit {model_type} model: {error}") from error
         return cls(model.getvalue(), model_type)
 
+    def _line_cache(self):
+        """line -> its ids, remembered: requests repeat their earlier lines (a text grows at its end)."""
+        return functools.lru_cache(maxsize=_LINES_KEPT)(lambda line: tuple(self._sp.encode(line)))
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        del state["_line_ids"]  # a closure: rebuilt on unpickling
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._line_ids = self._line_cache()
+
     def _line_units(self, line: str) -> tuple[list[int], list[tuple[int, int]]]:
         """Encode one line; spans are character offsets within the line."""
         if not line:
             return [], []
-        ids = self._sp.encode(line)
+        ids = list(self._line_ids(line))
         data = line.encode("utf-8")
         # For every byte offset: the character holding that byte (span
         # starts) and the number of characters begun before it (span ends),
@@ -231,7 +250,7 @@ class SubwordTokenizer:
             if index:
                 ids.append(self.newline_id)
             if line:
-                ids.extend(self._sp.encode(line))
+                ids.extend(self._line_ids(line))
         return ids
 
     def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:

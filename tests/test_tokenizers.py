@@ -57,6 +57,19 @@ def test_word_starts(char_tokenizer, subword_tokenizer):
         assert starts[unit] == (text[0] == " " or not is_word_char(text[0]))
 
 
+def test_subword_ids_are_the_same_from_the_line_cache_and_after_pickling(subword_tokenizer, corpus):
+    import pickle
+
+    lines = corpus.valid.text.split("\n")[:300]
+    text = "\n".join(lines)
+    first = subword_tokenizer.encode(text)  # fills the cache
+    assert subword_tokenizer.encode(text) == first
+    fresh = SubwordTokenizer(subword_tokenizer.model_proto, subword_tokenizer.model_type)  # an empty cache
+    assert fresh.encode(text) == first and fresh.encode_with_offsets(text)[0] == first
+    copy = pickle.loads(pickle.dumps(subword_tokenizer))
+    assert copy.encode(text + " more") == subword_tokenizer.encode(text + " more")
+
+
 def test_save_and_load_round_trip(tmp_path, char_tokenizer, subword_tokenizer):
     for tokenizer in (char_tokenizer, subword_tokenizer):
         directory = tmp_path / tokenizer.kind
