@@ -7,6 +7,13 @@ context is timed `repeats` times, prediction and attribution back to back,
 and keeps its medians; the figures are medians over contexts, and the ratio
 is the median of the per-context ratios attribution / prediction (the aim is
 at most 3). The machine's pace is shown as in predict_speed.py.
+
+"floor" is the ratio no implementation of exact gradients can beat here:
+the prediction plus only the matrix products that carrying k = 5 gradients
+back through T units cannot skip, timed alone on the same context: per
+layer, T products of the (k, G) gate gradients with the recurrent weight
+(G, H), and the products that turn the gate gradients into input gradients
+((T k, G) x (G, C), in blocks of 64 steps as lm/context_grad.py does).
 """
 
 from __future__ import annotations
@@ -25,8 +32,24 @@ from predict_speed import contexts, per_context, reference_ms, timed  # noqa: E4
 from corpora import load_corpus  # noqa: E402
 from lm.attribution import attribute  # noqa: E402
 from lm.checkpoint import CheckpointError, load_checkpoint  # noqa: E402
+from lm.context_grad import _product_with  # noqa: E402
 from lm.predict import Predictor  # noqa: E402
 from lm.runner import set_threads  # noqa: E402
+
+
+def products_s(model, units: int, k: int = 5, block: int = 64) -> float:
+    """Seconds for the unavoidable products of a backward pass over `units` steps (see the module docstring)."""
+    import torch
+
+    total = 0.0
+    with torch.inference_mode():
+        for index, layer in enumerate(model.layers):
+            back = _product_with(model, index)
+            gates = torch.randn(k, layer.weight_hh_l0.size(0))
+            rows = torch.randn(block * k, layer.weight_ih_l0.size(0))
+            total += timed(lambda: [back(gates) for _ in range(units)])
+            total += timed(lambda: [rows @ layer.weight_ih_l0 for _ in range(-(-units // block))])
+    return total
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,12 +77,14 @@ def main(argv: list[str] | None = None) -> int:
         context, _ = sample
         plain = timed(lambda: predictor.predict(context, k=5))
         attributed = timed(lambda: attribute(predictor, context, k=5))
-        return plain, attributed, attributed / plain
+        floor = (plain + products_s(checkpoint.model, len(checkpoint.tokenizer.encode(context)) + 1)) / plain
+        return plain, attributed, attributed / plain, floor
 
     for words in (20, 200, 1000):
-        plain, attributed, ratios = zip(*per_context(contexts(text, words, args.contexts, seed=words), both, args.repeats))
+        plain, attributed, ratios, floors = zip(*per_context(contexts(text, words, args.contexts, seed=words), both, args.repeats))
         print(f"{words:>5} words: prediction {statistics.median(plain) * 1000:7.1f} ms   "
-              f"attribution {statistics.median(attributed) * 1000:7.1f} ms   ratio {statistics.median(ratios):.2f}")
+              f"attribution {statistics.median(attributed) * 1000:7.1f} ms   ratio {statistics.median(ratios):.2f}   "
+              f"floor {statistics.median(floors):.2f}")
     print(f"reference (one 16-row model step): {reference_ms(checkpoint.model):.3f} ms")
     return 0
 
