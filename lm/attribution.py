@@ -197,7 +197,8 @@ def _path_logprobs(model, states: torch.Tensor, first_logprobs: torch.Tensor, ro
     """Log-probability of each unit path after the context of its row, the boundary mass included where flagged.
 
     states: (L, k, S) after each row's context; first_logprobs: (k, V) for the first unit.
-    Returns (P,) differentiable with respect to both.
+    Returns (P,) differentiable with respect to both, in the dtype of first_logprobs (attribution
+    passes the model's float32: these values only seed gradients; exact scoring reports the figures).
 
     Every term is gathered at once (one autograd node per kind of term: a
     required space alone can have thousands of one-unit spellings), and the
@@ -228,7 +229,7 @@ def _path_logprobs(model, states: torch.Tensor, first_logprobs: torch.Tensor, ro
         step_logits, state = model.step(padded[:, position], state, constant_weights=True)  # (N, V)
         steps.append(step_logits / temperature)  # temperature scales every step
     logits = torch.stack(steps, dim=1)  # (N, Lmax, V): the unit after each path unit
-    after = torch.log_softmax(logits.double(), dim=-1)
+    after = torch.log_softmax(logits.to(first_logprobs.dtype), dim=-1)  # (N, Lmax, V), in the precision of first_logprobs
     later = [(slot, i, step, paths[i][0][step]) for slot, i in enumerate(needy) for step in range(1, len(paths[i][0]))]
     if later:
         slot, owner, step, unit = (torch.tensor(column, dtype=torch.long) for column in zip(*later))
@@ -302,7 +303,7 @@ def _gradients(predictor: Predictor, trace: ContextTrace, result: PredictionResu
     rows_count = k + 1 if required else k
     with torch.enable_grad():
         states = trace.final.clone().expand(-1, rows_count, -1).contiguous().requires_grad_(True)  # (L, rows, S)
-        first = torch.log_softmax(model.output_from_state(states, "constant").double() / temperature, dim=-1)  # (rows, V)
+        first = torch.log_softmax(model.output_from_state(states, "constant") / temperature, dim=-1)  # (rows, V)
         paths, rows, bounds = [], [], []
         for row, prediction in enumerate(result.predictions):
             bounds.append((len(paths), len(paths) + len(prediction.paths)))
