@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from corpora import normalize
+from corpora import normalize, normalize_line
 from lm.model import RNNLanguageModel
 from lm.tokenizers import Tokenizer, is_word_char
 
@@ -466,9 +466,13 @@ class Predictor:
         return results
 
     def clear_cache(self) -> None:
+        """Forget cached contexts, the latest prediction's reads and remembered lines (normalised text,
+        subword ids): the next prediction starts cold."""
         with self._lock:
             self._cache.clear()
             self._lookahead = None
+        normalize_line.cache_clear()
+        self.tokenizer.clear_cache()
 
     def _step(self, states: torch.Tensor, units: list[int], temperature: float) -> tuple:
         """Feed one unit to each of N states (L, N, S); returns new states, (N, V) raw logits, and what

@@ -72,6 +72,8 @@ class Tokenizer(Protocol):
 
     def describe(self) -> dict: ...
 
+    def clear_cache(self) -> None: ...
+
 
 def _begins_word(surface: str | None) -> bool:
     """A unit begins a new word if its text starts with whitespace or a non-word character."""
@@ -126,6 +128,9 @@ class CharTokenizer:
 
     def describe(self) -> dict:
         return {"kind": self.kind, "vocab_size": self.vocab_size, "min_count": self.min_count}
+
+    def clear_cache(self) -> None:
+        """Nothing is remembered between calls."""
 
 
 # Lines whose ids a subword tokenizer keeps for the next request.
@@ -204,6 +209,10 @@ class SubwordTokenizer:
     def _line_cache(self):
         """line -> its ids, remembered: requests repeat their earlier lines (a text grows at its end)."""
         return functools.lru_cache(maxsize=_LINES_KEPT)(lambda line: tuple(self._sp.encode(line)))
+
+    def clear_cache(self) -> None:
+        """Forget the remembered lines."""
+        self._line_ids.cache_clear()
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
