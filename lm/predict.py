@@ -205,6 +205,7 @@ class _UnitTable:
         mid = self.texts[0]
         # Inside a word: units that continue it, units that end it at their first character.
         self.continues = np.array([bool(t) and all(is_word_char(c) for c in t) for t in mid])
+        self.continuing = np.nonzero(self.continues)[0]  # their ids
         self.ends = np.array([bool(t) and not is_word_char(t[0]) for t in mid])
         self.ends_mask = torch.from_numpy(self.ends.astype(np.float64))
         # Units that continue the word and then end it inside themselves ("ing,").
@@ -695,7 +696,7 @@ class Predictor:
         live = [_Hypothesis(0.0, start_phase, context.line_start, ())]
         known = self._reads_after(context, temperature)  # what the beam reads, exact scoring reuses
         for _ in range(max_word_length + len(query.required)):
-            candidates: list[tuple[float, int, int, tuple, bool]] = []  # logprob, parent, unit, phase, line_start
+            candidates: list[tuple] = []  # logprob, parent, unit, phase (None: the parent's word plus the unit), line_start
             for parent, hypothesis in enumerate(live):
                 self._expand(hypothesis, parent, known.logprobs(hypothesis.units), known.boundary(hypothesis.units), query,
                              candidates, emit, beam_width)
@@ -708,7 +709,8 @@ class Predictor:
                 candidates = [c for c in candidates if c[0] > kth]  # cannot overtake the k-th word any more
                 if not candidates:
                     break
-            live = [_Hypothesis(c[0], c[3], c[4], live[c[1]].units + (c[2],)) for c in candidates]
+            live = [_Hypothesis(c[0], c[3] if c[3] is not None else ("word", live[c[1]].phase[1] + table.texts[0][c[2]]), c[4],
+                                live[c[1]].units + (c[2],)) for c in candidates]
             self._read_all(known, [hypothesis.units for hypothesis in live], temperature)
 
         # Other spellings (segmentations, a leading space) may have been
@@ -738,12 +740,15 @@ class Predictor:
             emit(phase[1], base + boundary)  # boundary: log P(the next unit begins with a boundary)
             for unit, run in table.runs_on.items():
                 emit(phase[1] + run, base + lp[unit])
-            scores = np.where(table.continues, lp, _NEG)
-            top = np.argpartition(-scores, min(beam_width, len(scores) - 1))[:beam_width]
-            for unit in top:
-                value = base + scores[unit]
+            # The beam_width best continuations (only those can survive the beam); their phase is
+            # made only for the candidates that survive (None here: see predict_from).
+            scores = lp[table.continuing]
+            count = min(beam_width, len(scores))
+            best = np.argpartition(-scores, count - 1)[:count] if 0 < count < len(scores) else range(count)
+            for index in best:
+                value = base + scores[index]
                 if value > _NEG:
-                    candidates.append((value, parent, int(unit), ("word", phase[1] + table.texts[0][unit]), False))
+                    candidates.append((value, parent, int(table.continuing[index]), None, False))
             return
         texts = table.texts[int(hypothesis.line_start)]
         if phase[0] == "req":
