@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     text = load_corpus(args.corpus).test.text
     predictor = Predictor(checkpoint.model, checkpoint.tokenizer, cache_size=64)
-    predictor.predict("Warm up the lookup tables. ")
+    predictor.warm_up()
     print(f"model {checkpoint.directory}: {checkpoint.model_config.cell} {checkpoint.model_config.num_layers}x"
           f"{checkpoint.model_config.hidden_dim}, {checkpoint.tokenizer.kind} vocabulary {checkpoint.tokenizer.vocab_size}")
     print(f"reference (one 16-row model step): {reference_ms(checkpoint.model):.3f} ms")

@@ -68,7 +68,7 @@ class ModelRegistry:
     def load(self, name: str, directory: str | Path, cache_size: int = 64) -> LoadedModel:
         checkpoint = load_checkpoint(directory)
         predictor = Predictor(checkpoint.model, checkpoint.tokenizer, cache_size=cache_size)
-        predictor.predict("The ", k=1)  # warm up: the first call builds lookup tables
+        predictor.warm_up()  # the lookup tables and the step kernels, before the first request
         loaded = LoadedModel(name, checkpoint, predictor)
         self.models[name] = loaded
         log.info("loaded model %r from %s", name, checkpoint.directory)
