@@ -196,6 +196,19 @@ def test_typing_a_word_the_last_prediction_read_needs_no_model_read(tiny_subword
     assert read == [len(checkpoint.tokenizer.encode(f"{first} {top}")) + 1]  # cleared: read from the start
 
 
+def test_warm_up_changes_no_answer_and_caches_no_context(tiny_subword_run):
+    from lm.checkpoint import load_checkpoint
+
+    checkpoint = load_checkpoint(tiny_subword_run.out)
+    warmed = Predictor(checkpoint.model, checkpoint.tokenizer)
+    warmed.warm_up(rows=6)
+    assert not warmed._cache  # nothing a user typed is remembered
+    fresh = Predictor(checkpoint.model, checkpoint.tokenizer, cache_size=0)
+    text = "The album was released in "
+    for a, b in zip(warmed.predict(text).predictions, fresh.predict(text).predictions):
+        assert a.word == b.word and a.logprob == pytest.approx(b.logprob, abs=1e-6)
+
+
 def test_the_unknown_unit_is_never_a_word():
     tokenizer = CharTokenizer(list("ab \n"))
     model = _model(tokenizer.vocab_size, unk_bias=12.0)  # the unknown unit takes almost all the mass
