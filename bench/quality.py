@@ -23,6 +23,16 @@ Grave et al. 2017), `--dynamic` with dynamic evaluation (lm/dynamic.py,
 Krause et al. 2018), both together when both are given, their settings
 tuned on the validation split, as a separate row: evaluation-time additions,
 not used by prediction.
+
+Each recipe also reports where its test NLL goes: words that never occur in
+train.txt against the rest. For the textbook these are test tokens outside
+the training split's vocabulary (they are in its vocabulary all the same,
+built from all three splits, with embeddings no step trained); for Reach,
+normalised test words whose core (leading and trailing punctuation
+stripped) never occurs in train.txt, every unit of the word counted. The
+two sides count words differently (published tokens with end-of-line
+tokens; normalised words with punctuation attached), so compare the shares
+of the NLL more than the per-word figures.
 """
 
 from __future__ import annotations
@@ -123,19 +133,62 @@ def _batchify(ids: torch.Tensor, batch: int) -> torch.Tensor:
     return ids[: columns * batch].view(batch, -1).t().contiguous()  # (N, B), time-major as in the example
 
 
-def _evaluate_words(model: WordLSTM, data: torch.Tensor, bptt: int, vocab: int) -> tuple[float, int]:
-    """Total NLL and tokens scored, the example's way (hidden state carried across windows)."""
+def _evaluate_words(model: WordLSTM, data: torch.Tensor, bptt: int, vocab: int, unseen: torch.Tensor | None = None
+                    ) -> tuple[float, int] | tuple[float, int, float, int]:
+    """Total NLL and tokens scored, the example's way (hidden state carried across windows). With `unseen`
+    (a (vocab,) bool mask), also the NLL and count of the tokens it marks."""
     model.eval()
-    total, count = 0.0, 0
+    total, count, unseen_total, unseen_count = 0.0, 0, 0.0, 0
     hidden = model.init_hidden(data.size(1))
     with torch.no_grad():
         for i in range(0, data.size(0) - 1, bptt):
             length = min(bptt, data.size(0) - 1 - i)
             x, y = data[i : i + length], data[i + 1 : i + 1 + length]
             output, hidden = model(x, hidden)
-            total += nn.functional.cross_entropy(output.view(-1, vocab), y.reshape(-1), reduction="sum").item()
+            losses = nn.functional.cross_entropy(output.view(-1, vocab), y.reshape(-1), reduction="none")
+            total += losses.sum().item()
             count += y.numel()
-    return total, count
+            if unseen is not None:
+                marked = unseen[y.reshape(-1)]
+                unseen_total += losses[marked].sum().item()
+                unseen_count += int(marked.sum())
+    return (total, count) if unseen is None else (total, count, unseen_total, unseen_count)
+
+
+def _split(total: float, unseen_total: float, seen_count: int, unseen_count: int) -> dict:
+    return {"seen_words": seen_count, "seen_nats_per_word": (total - unseen_total) / max(seen_count, 1),
+            "unseen_words": unseen_count, "unseen_nats_per_word": unseen_total / max(unseen_count, 1),
+            "unseen_share_of_nll": unseen_total / total}
+
+
+def reach_unseen_split(run: Path, corpus_dir: str) -> dict:
+    """Where the run's test NLL goes: the units of normalised test words whose letters-and-digits core never
+    occurs in train.txt, against the rest (units between words count with the seen side)."""
+    import bisect
+    import re
+
+    from lm.cache import score_stream
+    from lm.checkpoint import load_checkpoint
+
+    checkpoint = load_checkpoint(run)
+    corpus = load_corpus(corpus_dir)
+    core = lambda word: re.sub(r"^\W+|\W+$", "", word)  # noqa: E731
+    known = {core(word) for word in corpus.train.text.split()}
+    text = corpus.test.text
+    bounds = [(m.start(), m.end()) for m in re.finditer(r"\S+", text)]
+    starts = [start for start, _ in bounds]
+    unseen_word = [core(text[a:b]) not in known and core(text[a:b]) != "" for a, b in bounds]
+    ids, spans = checkpoint.tokenizer.encode_with_offsets(text)
+    logprobs = score_stream(checkpoint.model, ids, checkpoint.tokenizer.newline_id, keep_features=False).model_logprobs
+    total, unseen_total = 0.0, 0.0
+    for (start, end), logprob in zip(spans, logprobs.tolist()):
+        where = max(start, end - 1)
+        index = bisect.bisect_right(starts, where) - 1
+        total -= logprob
+        if index >= 0 and where < bounds[index][1] and unseen_word[index]:
+            unseen_total -= logprob
+    unseen_count = sum(unseen_word)
+    return _split(total, unseen_total, len(bounds) - unseen_count, unseen_count)
 
 
 def run_textbook(corpus_dir: Path, minutes: float, seed: int = 1111) -> dict:
@@ -186,7 +239,9 @@ def run_textbook(corpus_dir: Path, minutes: float, seed: int = 1111) -> dict:
         else:
             lr /= 4.0
     model.load_state_dict(best_state)
-    test_nll, test_count = _evaluate_words(model, test_data, bptt, vocab)
+    in_train = torch.zeros(vocab, dtype=torch.bool)
+    in_train[ids["train"].unique()] = True
+    test_nll, test_count, unseen_nll, unseen_count = _evaluate_words(model, test_data, bptt, vocab, unseen=~in_train)
     test_tokens = ids["test"].numel()
     words = sum(len(line) - 1 for line in splits["test"])
     mean = test_nll / test_count
@@ -198,6 +253,7 @@ def run_textbook(corpus_dir: Path, minutes: float, seed: int = 1111) -> dict:
         # The mean loss spread over all test tokens, divided by the published words.
         "word_ppl": math.exp(mean * test_tokens / words), "bpc": mean * test_tokens / math.log(2) / chars,
         "flops_per_token": flops, "flops": flops * tokens / elapsed, "vocab": vocab,
+        "unseen_split": _split(test_nll, unseen_nll, test_count - unseen_count, unseen_count),
     }
 
 
@@ -213,6 +269,7 @@ def run_reach(args: argparse.Namespace, rest: list[str], minutes: float) -> dict
         out = options.out or Path(scratch) / "run"
         result = train_run(tokenizer_config, model_config, train_config, out)
         extra = adapted(result.out, args.corpus, args.cache, args.dynamic) if args.cache or args.dynamic else None
+        split = reach_unseen_split(result.out, args.corpus)
     state, size = result.state, result.model_config
     projection = size.embed_dim if size.tie_weights and size.embed_dim != size.hidden_dim else 0
     flops = training_flops_per_token(size.embed_dim, size.hidden_dim, size.num_layers, size.vocab_size, projection, size.cell,
@@ -225,6 +282,7 @@ def run_reach(args: argparse.Namespace, rest: list[str], minutes: float) -> dict
         "train_minutes": state.elapsed / 60, "bpc": result.test.bpc, "word_ppl": result.test.word_ppl,
         "valid_bpc": result.valid.bpc, "valid_word_ppl": result.valid.word_ppl, "flops_per_token": flops,
         "flops": flops * state.tokens / max(state.elapsed, 1e-9), "vocab": vocab, "adapted": extra,
+        "unseen_split": split,
     }
 
 
@@ -272,6 +330,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"fp32 matmul peak, best of before and after: {peak / 1e9:.1f} GFLOP/s", flush=True)
     for figures in results:
         print(_row(figures, peak), flush=True)
+        split = figures["unseen_split"]
+        print(f"  {figures['recipe']}: test words seen in train.txt {split['seen_words']:,} at "
+              f"{split['seen_nats_per_word']:.2f} nats each; never in train.txt {split['unseen_words']:,} at "
+              f"{split['unseen_nats_per_word']:.2f} nats each ({split['unseen_share_of_nll']:.0%} of the NLL)")
         extra = figures.get("adapted")
         if extra:
             print(f"{figures['recipe']} with {extra['with']}: test bpc {extra['bpc']:.4f} "
