@@ -35,6 +35,7 @@ import math
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -308,6 +309,17 @@ class _Hypothesis:
     units: tuple[int, ...]  # read after the context
 
 
+class _Read(NamedTuple):
+    """What one read unit sequence left: row `row` of a batched step's outputs."""
+
+    states: torch.Tensor  # (L, N, S)
+    row: int
+    boundary: float  # log P(the next unit begins with a boundary)
+    logits: torch.Tensor  # (N, V) raw
+    scaled: np.ndarray  # (N, V) float32, divided by the temperature
+    normaliser: float  # log-normaliser of the row's scaled logits
+
+
 class _Reads:
     """Unit sequences the model has read after one context: after each, the state, the raw logits, the
     log-normaliser of the (tempered) next-unit distribution and the boundary mass.
@@ -320,7 +332,7 @@ class _Reads:
     def __init__(self, context_units: tuple[int, ...] | None, state: torch.Tensor, logits: torch.Tensor, scaled: np.ndarray,
                  normaliser: np.ndarray, boundary: np.ndarray):
         self.context_units = context_units  # None when the context state does not keep its units
-        self._after: dict[tuple[int, ...], tuple] = {}
+        self._after: dict[tuple[int, ...], _Read] = {}
         self._logprobs: dict[tuple[int, ...], np.ndarray] = {}
         self.add([()], state, logits[None], scaled, normaliser, boundary)
 
@@ -333,30 +345,30 @@ class _Reads:
         boundaries (N,) follows sequences[i]."""
         masses, norms = boundaries.tolist(), normalisers.tolist()
         for row, units in enumerate(sequences):
-            self._after[units] = (states, row, masses[row], logits, scaled, norms[row])
+            self._after[units] = _Read(states, row, masses[row], logits, scaled, norms[row])
 
     def state(self, units: tuple[int, ...]) -> torch.Tensor:
-        states, row = self._after[units][:2]
-        return states[:, row]  # (L, S)
+        read = self._after[units]
+        return read.states[:, read.row]  # (L, S)
 
     def after(self, units: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
         """The state (L, 1, S) and raw logits (V,) after `units`."""
-        states, row, _, logits = self._after[units][:4]
-        return states[:, row : row + 1], logits[row]
+        read = self._after[units]
+        return read.states[:, read.row : read.row + 1], read.logits[read.row]
 
     def logprobs(self, units: tuple[int, ...]) -> np.ndarray:
         """(V,) float64 log-probabilities of the next unit after `units`."""
         row = self._logprobs.get(units)
         if row is None:
-            _, index, _, _, scaled, normaliser = self._after[units]
-            row = scaled[index].astype(np.float64)
-            row -= normaliser
+            read = self._after[units]
+            row = read.scaled[read.row].astype(np.float64)
+            row -= read.normaliser
             self._logprobs[units] = row
         return row
 
     def boundary(self, units: tuple[int, ...]) -> float:
         """log P(the next unit begins with a boundary) after `units`."""
-        return self._after[units][2]
+        return self._after[units].boundary
 
 
 def _line_start_after(text: str | None, line_start: bool) -> bool:
@@ -515,10 +527,6 @@ class Predictor:
         return _Reads(units, context.state, context.logits, *normalized)
 
     # Exact scoring --------------------------------------------------------
-
-    def _spell_logprob(self, context: ContextState, target: str, boundary: bool, temperature: float) -> tuple[float, list]:
-        """log P(the next units spell `target`, then a boundary if `boundary`), over every unit sequence."""
-        return self._spell_many(context, [(target, boundary)], temperature)[0]
 
     def _spell_many(self, context: ContextState, targets: list[tuple[str, bool]], temperature: float,
                     max_nodes: int = 1024, tolerance: float = SPELLING_TOLERANCE, known: _Reads | None = None
