@@ -161,34 +161,34 @@ def _split(total: float, unseen_total: float, seen_count: int, unseen_count: int
             "unseen_share_of_nll": unseen_total / total}
 
 
-def reach_unseen_split(run: Path, corpus_dir: str) -> dict:
-    """Where the run's test NLL goes: the units of normalised test words whose letters-and-digits core never
-    occurs in train.txt, against the rest (units between words count with the seen side)."""
-    import bisect
+def unseen_split(logprobs: list[float], spans: list[tuple[int, int]], text: str, train_text: str) -> dict:
+    """Where a read's test NLL goes: the units of normalised words of `text` whose core (leading and trailing
+    punctuation stripped) never occurs in `train_text`, against the rest. Each unit belongs to the word of
+    its first non-space character (a bare space piece to the word after it), as in attribution."""
     import re
 
+    from lm.attribution import _unit_words, _words_of
+
+    core = lambda word: re.sub(r"^\W+|\W+$", "", word)  # noqa: E731
+    known = {core(word) for word in train_text.split()}
+    words = _words_of(text)
+    unseen = [core(word) not in known and core(word) != "" for word, _, _ in words]
+    owners = _unit_words([(text[start:end], start, end) for start, end in spans], words)
+    total = -sum(logprobs)
+    unseen_total = -sum(logprob for logprob, owner in zip(logprobs, owners) if owner >= 0 and unseen[owner])
+    return _split(total, unseen_total, len(words) - sum(unseen), sum(unseen))
+
+
+def reach_unseen_split(run: Path, corpus_dir: str) -> dict:
+    """`unseen_split` of the run's best model on the test split, read as one stream."""
     from lm.cache import score_stream
     from lm.checkpoint import load_checkpoint
 
     checkpoint = load_checkpoint(run)
     corpus = load_corpus(corpus_dir)
-    core = lambda word: re.sub(r"^\W+|\W+$", "", word)  # noqa: E731
-    known = {core(word) for word in corpus.train.text.split()}
-    text = corpus.test.text
-    bounds = [(m.start(), m.end()) for m in re.finditer(r"\S+", text)]
-    starts = [start for start, _ in bounds]
-    unseen_word = [core(text[a:b]) not in known and core(text[a:b]) != "" for a, b in bounds]
-    ids, spans = checkpoint.tokenizer.encode_with_offsets(text)
-    logprobs = score_stream(checkpoint.model, ids, checkpoint.tokenizer.newline_id, keep_features=False).model_logprobs
-    total, unseen_total = 0.0, 0.0
-    for (start, end), logprob in zip(spans, logprobs.tolist()):
-        where = max(start, end - 1)
-        index = bisect.bisect_right(starts, where) - 1
-        total -= logprob
-        if index >= 0 and where < bounds[index][1] and unseen_word[index]:
-            unseen_total -= logprob
-    unseen_count = sum(unseen_word)
-    return _split(total, unseen_total, len(bounds) - unseen_count, unseen_count)
+    ids, spans = checkpoint.tokenizer.encode_with_offsets(corpus.test.text)
+    scores = score_stream(checkpoint.model, ids, checkpoint.tokenizer.newline_id, keep_features=False)
+    return unseen_split(scores.model_logprobs.tolist(), spans, corpus.test.text, corpus.train.text)
 
 
 def run_textbook(corpus_dir: Path, minutes: float, seed: int = 1111) -> dict:
