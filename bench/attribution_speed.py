@@ -32,6 +32,7 @@ from predict_speed import contexts, per_context, reference_ms, timed  # noqa: E4
 from corpora import load_corpus  # noqa: E402
 from lm.attribution import attribute  # noqa: E402
 from lm.checkpoint import CheckpointError, load_checkpoint  # noqa: E402
+from lm.cli_support import positive_int  # noqa: E402
 from lm.context_grad import _product_with  # noqa: E402
 from lm.predict import Predictor  # noqa: E402
 from lm.runner import set_threads  # noqa: E402
@@ -56,8 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="runs/base")
     parser.add_argument("--corpus", default=str(ROOT.parent / "shared/corpora/wiki-subset"))
-    parser.add_argument("--contexts", type=int, default=5, help="contexts per length (default: 5)")
-    parser.add_argument("--repeats", type=int, default=3, help="timings per context; each context keeps its medians")
+    parser.add_argument("--contexts", type=positive_int, default=5, help="contexts per length (default: 5)")
+    parser.add_argument("--repeats", type=positive_int, default=3, help="timings per context; each context keeps its medians")
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args(argv)
     set_threads(args.threads)

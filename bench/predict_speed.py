@@ -28,6 +28,7 @@ import numpy as np  # noqa: E402
 
 from corpora import load_corpus  # noqa: E402
 from lm.checkpoint import CheckpointError, load_checkpoint  # noqa: E402
+from lm.cli_support import positive_int  # noqa: E402
 from lm.predict import Predictor  # noqa: E402
 from lm.runner import set_threads  # noqa: E402
 
@@ -78,9 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="runs/base", help="run or checkpoint directory (default: runs/base)")
     parser.add_argument("--corpus", default=str(ROOT.parent / "shared/corpora/wiki-subset"))
-    parser.add_argument("--contexts", type=int, default=20, help="contexts per length (default: 20)")
-    parser.add_argument("--repeats", type=int, default=3, help="timings per context; each context keeps its median")
-    parser.add_argument("--batch", type=int, default=32, help="texts per batch for the throughput figure")
+    parser.add_argument("--contexts", type=positive_int, default=20, help="contexts per length (default: 20)")
+    parser.add_argument("--repeats", type=positive_int, default=3, help="timings per context; each context keeps its median")
+    parser.add_argument("--batch", type=positive_int, default=32, help="texts per batch for the throughput figure")
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args(argv)
     set_threads(args.threads)

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from lm.cli_support import configure_logging
+from lm.cli_support import positive_int as _positive_int
 
 
 def _plot(args: argparse.Namespace) -> int:
@@ -233,13 +234,6 @@ def _lab(args: argparse.Namespace) -> int:
         return 1
     print(f"wrote {report} (and lab.json, validation.png, gradients.png, reach.png in {args.out})")
     return 0
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
 
 
 def _positive_float(text: str) -> float:

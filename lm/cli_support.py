@@ -11,7 +11,15 @@ from typing import Any, Callable
 
 from tqdm import tqdm
 
-__all__ = ["add_dataclass_flags", "collect_overrides", "configure_logging", "GracefulStop", "ProgressBar"]
+__all__ = ["add_dataclass_flags", "collect_overrides", "configure_logging", "GracefulStop", "ProgressBar", "positive_int"]
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer of at least 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
 
 
 def _none_or(parse: Callable[[str], Any]) -> Callable[[str], Any]:
