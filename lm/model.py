@@ -26,6 +26,10 @@ from lm.fastlinear import constant_weight_linear, packed_linear
 
 __all__ = ["RNNLanguageModel", "count_parameters"]
 
+# The first layer's input product for every unit, (V, G), is kept for step-by-step inference when it fits in this
+# many bytes (32 MB for the default model: 4,000 units x 2,048 gate rows).
+INPUT_TABLE_BYTES = 256 * 2**20
+
 _RNN_CLASSES = {
     "rnn_tanh": lambda i, h: nn.RNN(i, h, nonlinearity="tanh", batch_first=True),
     "rnn_relu": lambda i, h: nn.RNN(i, h, nonlinearity="relu", batch_first=True),
@@ -160,7 +164,7 @@ class RNNLanguageModel(nn.Module):
         and the embeddings but never the weights (what attribution needs).
         """
         mode = "fast" if not torch.is_grad_enabled() else "constant" if constant_weights else "plain"
-        new_state = self._cell_step(self.embedding(ids), state, mode)
+        new_state = self._cell_step(state, mode, ids=ids)
         return self.output(new_state[-1, :, : self.config.hidden_dim], mode), new_state
 
     def read_steps(self, ids: Tensor, state: Tensor) -> Tensor:
@@ -169,23 +173,51 @@ class RNNLanguageModel(nn.Module):
         For the two or three units of a word typed after a cached prefix this
         beats the fused layers, whose set-up costs about as much as three steps.
         """
-        embeds = self.embedding(ids)  # (N, T, E)
         for t in range(ids.size(1)):
-            state = self._cell_step(embeds[:, t], state, "fast")
+            state = self._cell_step(state, "fast", ids=ids[:, t])
         return state
 
-    def _cell_step(self, x: Tensor, state: Tensor, mode: str) -> Tensor:
-        """Every layer's cell once: inputs x (N, E), state (L, N, S) -> new state (L, N, S).
+    def _input_table(self) -> Tensor | None:
+        """The first layer's input product for every unit, embedding(v) @ W_ih.T + biases (V, G), or None when it
+        would exceed INPUT_TABLE_BYTES. The biases are b_ih (a GRU's b_hh stays with its h product, inside r * hn)
+        and, for the other cells, b_hh as well. Kept until the weights change.
+
+        A step then gathers N rows of it instead of streaming W_ih through a product: for the default LSTM
+        that is a third of each step's gate arithmetic.
+        """
+        layer, embedding = self.layers[0], self.embedding.weight
+        if embedding.size(0) * layer.weight_ih_l0.size(0) * embedding.element_size() > INPUT_TABLE_BYTES:
+            return None
+        w_ih, b_ih, b_hh = layer.weight_ih_l0, layer.bias_ih_l0, layer.bias_hh_l0
+
+        def build() -> Tensor:
+            with torch.no_grad():
+                bias = b_ih if self.config.cell == "gru" else b_ih + b_hh
+                return F.linear(embedding, w_ih, bias)
+
+        return self._packed("input_table", (embedding, w_ih, b_ih, b_hh), build)
+
+    def _cell_step(self, state: Tensor, mode: str, ids: Tensor | None = None, x: Tensor | None = None) -> Tensor:
+        """Every layer's cell once on unit ids (N,) or embeddings x (N, E): state (L, N, S) -> new state (L, N, S).
 
         mode: "plain" (autograd everywhere), "fast" (no autograd, prepacked products) or "constant"
-        (prepacked products with autograd for their inputs only; see `step`)."""
+        (prepacked products with autograd for their inputs only; see `step`). Given ids, the fast modes take
+        the first layer's input product from `_input_table` and never embed them; the gradient then reaches
+        the state but not the embeddings, which is all "constant" promises."""
         hidden = self.config.hidden_dim
+        table = self._input_table() if mode != "plain" and ids is not None else None
+        if table is None and x is None:
+            x = self.embedding(ids)
         finals = []
         for index, layer in enumerate(self.layers):
             h = state[index, :, :hidden]  # (N, H)
             w_ih, w_hh, b_ih, b_hh = layer.weight_ih_l0, layer.weight_hh_l0, layer.bias_ih_l0, layer.bias_hh_l0
+            from_table = table.index_select(0, ids) if index == 0 and table is not None else None  # (N, G)
             if self.config.cell == "gru":
-                if mode != "plain":
+                if from_table is not None:
+                    from_x = from_table
+                    from_h = self._linear(f"hh{index}", (w_hh, b_hh), lambda: w_hh, lambda: b_hh, mode)(h)
+                elif mode != "plain":
                     from_x = self._linear(f"ih{index}", (w_ih, b_ih), lambda: w_ih, lambda: b_ih, mode)(x)
                     from_h = self._linear(f"hh{index}", (w_hh, b_hh), lambda: w_hh, lambda: b_hh, mode)(h)
                 else:
@@ -197,7 +229,9 @@ class RNNLanguageModel(nn.Module):
                 x = (1 - z) * n + z * h
                 finals.append(x)
                 continue
-            if mode != "plain":
+            if from_table is not None:
+                pre = self._linear(f"recurrent{index}", (w_hh,), lambda: w_hh, lambda: None, mode)(h) + from_table
+            elif mode != "plain":
                 # One product for both inputs: [x, h] (N, E + H) against [W_ih, W_hh] (G, E + H).
                 gates = self._linear(f"gates{index}", (w_ih, w_hh, b_ih, b_hh), lambda: torch.cat([w_ih, w_hh], dim=1),
                                      lambda: b_ih + b_hh, mode)
@@ -212,7 +246,7 @@ class RNNLanguageModel(nn.Module):
                 continue
             x = torch.tanh(pre) if self.config.cell == "rnn_tanh" else torch.relu(pre)
             finals.append(x)
-        return torch.stack(finals)
+        return finals[0].unsqueeze(0) if len(finals) == 1 else torch.stack(finals)
 
     def _linear(self, name: str, sources: tuple[Tensor, ...], weight, bias, mode: str):
         """x -> x @ weight().T + bias(), prepacked ("fast"), or prepacked both ways with autograd for x

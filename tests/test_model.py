@@ -74,8 +74,13 @@ def test_bad_settings_are_value_errors():
         RNNLanguageModel(ModelConfig())
 
 
+@pytest.mark.parametrize("table", [True, False], ids=["input-table", "no-input-table"])
 @pytest.mark.parametrize("cell", ["rnn_tanh", "rnn_relu", "lstm", "gru"])
-def test_single_step_equals_the_fused_forward(cell):
+def test_single_step_equals_the_fused_forward(cell, table, monkeypatch):
+    import lm.model
+
+    if not table:  # a vocabulary too large for the first layer's input table: the product runs on embeddings
+        monkeypatch.setattr(lm.model, "INPUT_TABLE_BYTES", 0)
     model = make_model(cell, tie_weights=True, embed_dim=8, hidden_dim=12).eval()
     ids = torch.randint(0, 50, (4, 3))
     logits, state = model(ids[:, :2])
@@ -88,6 +93,7 @@ def test_single_step_equals_the_fused_forward(cell):
         torch.testing.assert_close(model.read_steps(ids, model.init_state(4)), full_state, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(fast_logits, full_logits[:, 2], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(fast_state, full_state, rtol=1e-5, atol=1e-6)
+    assert ("input_table" in model._packed_linears) == table
     # A weight changed in place (as by an optimiser step) is seen: the packed copies are rebuilt.
     with torch.no_grad():
         model.layers[-1].weight_hh_l0.mul_(0.5)
