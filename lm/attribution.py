@@ -202,8 +202,11 @@ def _path_logprobs(model, states: torch.Tensor, first_logprobs: torch.Tensor, ro
 
     Every term is gathered at once (one autograd node per kind of term: a
     required space alone can have thousands of one-unit spellings), and the
-    model runs only on the paths that need a distribution after their first
-    unit: those longer than one unit or that end in a boundary.
+    model runs only where a distribution after a path's first unit is used:
+    on each distinct (row, prefix) that a path goes on from or ends at with
+    its boundary, one batched step per depth. Paths share prefixes ("▁",
+    "▁t" ...), so that is about half the rows of stepping every path to the
+    longest one's length.
     """
     count = len(paths)
     row_index = torch.tensor(rows, dtype=torch.long)
@@ -215,30 +218,45 @@ def _path_logprobs(model, states: torch.Tensor, first_logprobs: torch.Tensor, ro
     total = torch.where(has_units, first_logprobs[row_index, starts], zeros)  # gathers P numbers, copies no rows
     ends_first = torch.logsumexp(first_logprobs[:, ends], dim=-1)[row_index]  # (P,): a boundary straight after the context
     total = total + torch.where(flagged & ~has_units, ends_first, zeros)
-    needy = [i for i, (units, boundary) in enumerate(paths) if len(units) > 1 or (units and boundary)]
-    if not needy:
+    # The trie of prefixes that need the distribution after them: levels[d - 1] maps (row, prefix of length d)
+    # to its place in that level's step.
+    levels: list[dict[tuple[int, tuple[int, ...]], int]] = []
+    later: list[tuple[int, int, int, int]] = []  # (depth, place, next unit, path): log P(next unit | prefix)
+    bounded: list[tuple[int, int, int]] = []  # (depth, place, path): log P(a boundary | the whole path)
+    for path, ((units, boundary), row) in enumerate(zip(paths, rows)):
+        for depth in range(1, len(units) + (1 if boundary else 0)):
+            if len(levels) < depth:
+                levels.append({})
+            place = levels[depth - 1].setdefault((row, units[:depth]), len(levels[depth - 1]))
+            if depth < len(units):
+                later.append((depth, place, units[depth], path))
+            else:
+                bounded.append((depth, place, path))
+    if not levels:
         return total
-    longest = max(len(paths[i][0]) for i in needy)
-    padded = torch.zeros(len(needy), longest, dtype=torch.long)
-    for slot, i in enumerate(needy):
-        padded[slot, : len(paths[i][0])] = torch.tensor(paths[i][0], dtype=torch.long)
     # Paths are a few units long: single cell steps beat the fused layers' set-up, forward and backward.
-    state = states[:, row_index[needy]]
-    steps = []
-    for position in range(longest):
-        step_logits, state = model.step(padded[:, position], state, constant_weights=True)  # (N, V)
+    steps, offsets, state, parents = [], [0], states, None
+    for depth, level in enumerate(levels, start=1):
+        keys = list(level)  # in place order
+        if depth == 1:
+            source = torch.tensor([row for row, _ in keys], dtype=torch.long)  # the context's state of each row
+        else:
+            source = torch.tensor([parents[(row, prefix[:-1])] for row, prefix in keys], dtype=torch.long)
+        units = torch.tensor([prefix[-1] for _, prefix in keys], dtype=torch.long)
+        step_logits, state = model.step(units, state.index_select(1, source), constant_weights=True)  # (M_d, V)
         steps.append(step_logits / temperature)  # temperature scales every step
-    logits = torch.stack(steps, dim=1)  # (N, Lmax, V): the unit after each path unit
-    after = torch.log_softmax(logits.to(first_logprobs.dtype), dim=-1)  # (N, Lmax, V), in the precision of first_logprobs
-    later = [(slot, i, step, paths[i][0][step]) for slot, i in enumerate(needy) for step in range(1, len(paths[i][0]))]
+        offsets.append(offsets[-1] + len(keys))
+        parents = level
+    # Every needed distribution at once, in the precision of first_logprobs: (M, V).
+    after = torch.log_softmax(torch.cat(steps).to(first_logprobs.dtype), dim=-1)
     if later:
-        slot, owner, step, unit = (torch.tensor(column, dtype=torch.long) for column in zip(*later))
-        total = total.index_add(0, owner, after[slot, step - 1, unit])
-    bounded = [(slot, i) for slot, i in enumerate(needy) if paths[i][1]]
+        node, unit, owner = (torch.tensor(column, dtype=torch.long) for column in
+                             zip(*((offsets[depth - 1] + place, unit, path) for depth, place, unit, path in later)))
+        total = total.index_add(0, owner, after[node, unit])
     if bounded:
-        slot, owner = (torch.tensor(column, dtype=torch.long) for column in zip(*bounded))
-        last = after[slot, lengths[owner] - 1]  # (B, V): the distribution after each path's last unit
-        total = total.index_add(0, owner, torch.logsumexp(last[:, ends], dim=-1))
+        node, owner = (torch.tensor(column, dtype=torch.long) for column in
+                       zip(*((offsets[depth - 1] + place, path) for depth, place, path in bounded)))
+        total = total.index_add(0, owner, torch.logsumexp(after[node][:, ends], dim=-1))
     return total
 
 

@@ -251,8 +251,9 @@ def test_path_logprobs_equal_a_path_by_path_sum(subword_predictor):
     with torch.no_grad():
         _, states = model(padded, lengths=lengths)  # (L, 2, S)
     a, b, c = 40, 41, 123
-    paths = [((), True), ((), False), ((a,), False), ((a,), True), ((a, b, c), True), ((b, c), False), ((c,), False)]
-    path_rows = [0, 1, 0, 1, 1, 0, 1]
+    paths = [((), True), ((), False), ((a,), False), ((a,), True), ((a, b, c), True), ((b, c), False), ((c,), False),
+             ((a, b), False), ((a, b, c), False)]
+    path_rows = [0, 1, 0, 1, 1, 0, 1, 1, 1]
 
     def fresh():
         state = states.clone().requires_grad_(True)
@@ -260,7 +261,14 @@ def test_path_logprobs_equal_a_path_by_path_sum(subword_predictor):
         return state, first
 
     state, first = fresh()
-    gathered = _path_logprobs(model, state, first, path_rows, paths, ends)
+    stepped, step = [], model.step
+    model.step = lambda ids, *args, **kwargs: (stepped.append(ids.tolist()), step(ids, *args, **kwargs))[1]
+    try:
+        gathered = _path_logprobs(model, state, first, path_rows, paths, ends)
+    finally:
+        del model.step
+    # One step per distinct prefix whose distribution is used: row 1's (a), (a, b), (a, b, c) and row 0's (b).
+    assert stepped == [[a, b], [b], [c]]
     (gathered_grad,) = torch.autograd.grad(gathered.sum(), state)
 
     state, first = fresh()
