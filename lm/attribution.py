@@ -243,7 +243,7 @@ def _path_logprobs(model, states: torch.Tensor, first_logprobs: torch.Tensor, ro
         else:
             source = torch.tensor([parents[(row, prefix[:-1])] for row, prefix in keys], dtype=torch.long)
         units = torch.tensor([prefix[-1] for _, prefix in keys], dtype=torch.long)
-        step_logits, state = model.step(units, state.index_select(1, source), constant_weights=True)  # (M_d, V)
+        step_logits, state = model.step(units, state, constant_weights=True, parents=source)  # (M_d, V)
         steps.append(step_logits / temperature)  # temperature scales every step
         offsets.append(offsets[-1] + len(keys))
         parents = level

@@ -153,8 +153,9 @@ class RNNLanguageModel(nn.Module):
         tail, final = run(x[:, split_at:], self._to_init(middle))
         return torch.cat([head, tail], dim=1), self._from_final(final), middle
 
-    def step(self, ids: Tensor, state: Tensor, constant_weights: bool = False) -> tuple[Tensor, Tensor]:
-        """One time step in evaluation mode: ids (N,), state (L, N, S) -> logits (N, V), new state.
+    def step(self, ids: Tensor, state: Tensor, constant_weights: bool = False,
+             parents: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """One time step in evaluation mode: ids (N,), state (L, N, S) -> logits (N, V), new state (L, N, S).
 
         The cell equations written out (the same as torch.nn's), because for
         a single step they run several times faster on a CPU than the fused
@@ -162,16 +163,21 @@ class RNNLanguageModel(nn.Module):
         products use prepacked weights (`lm/fastlinear.py`). With autograd and
         `constant_weights`, they do too, both ways: gradients reach the state
         and the embeddings but never the weights (what attribution needs).
+
+        With `parents` (N,), state holds M states (L, M, S) and input i continues
+        state parents[i]: the same result as state[:, parents], but each layer's
+        recurrent product runs once per distinct state, not once per input (a
+        search steps many units from the same state).
         """
         mode = "fast" if not torch.is_grad_enabled() else "constant" if constant_weights else "plain"
-        new_state = self._cell_step(state, mode, ids=ids)
+        new_state = self._cell_step(state, mode, ids=ids, parents=parents)
         return self.output(new_state[-1, :, : self.config.hidden_dim], mode), new_state
 
     def read_steps(self, ids: Tensor, state: Tensor) -> Tensor:
         """The state (L, N, S) after reading ids (N, T) one cell step at a time, without autograd.
 
-        For the two or three units of a word typed after a cached prefix this
-        beats the fused layers, whose set-up costs about as much as three steps.
+        For the few units of a word typed after a cached prefix this beats the
+        fused layers, whose set-up costs about as much as several steps.
         """
         for t in range(ids.size(1)):
             state = self._cell_step(state, "fast", ids=ids[:, t])
@@ -197,31 +203,49 @@ class RNNLanguageModel(nn.Module):
 
         return self._packed("input_table", (embedding, w_ih, b_ih, b_hh), build)
 
-    def _cell_step(self, state: Tensor, mode: str, ids: Tensor | None = None, x: Tensor | None = None) -> Tensor:
-        """Every layer's cell once on unit ids (N,) or embeddings x (N, E): state (L, N, S) -> new state (L, N, S).
+    def _cell_step(self, state: Tensor, mode: str, ids: Tensor | None = None, x: Tensor | None = None,
+                   parents: Tensor | None = None) -> Tensor:
+        """Every layer's cell once on unit ids (N,) or embeddings x (N, E): state (L, N, S) -> new state (L, N, S),
+        or with `parents` (N,) from state (L, M, S) as `step` describes.
 
         mode: "plain" (autograd everywhere), "fast" (no autograd, prepacked products) or "constant"
         (prepacked products with autograd for their inputs only; see `step`). Given ids, the fast modes take
         the first layer's input product from `_input_table` and never embed them; the gradient then reaches
-        the state but not the embeddings, which is all "constant" promises."""
-        hidden = self.config.hidden_dim
+        the state but not the embeddings, which is all "constant" promises.
+
+        Each layer splits its pre-activations into an input part and a recurrent part, biases as in
+        `_input_table`: both of them with the input part, except a GRU's b_hh, which r gates with the rest
+        of the recurrent part.
+        """
+        hidden, cell = self.config.hidden_dim, self.config.cell
+        if parents is not None and mode == "plain":
+            state, parents = state.index_select(1, parents), None
         table = self._input_table() if mode != "plain" and ids is not None else None
         if table is None and x is None:
             x = self.embedding(ids)
         finals = []
         for index, layer in enumerate(self.layers):
-            h = state[index, :, :hidden]  # (N, H)
+            h = state[index, :, :hidden]  # (N, H), or (M, H) with parents
             w_ih, w_hh, b_ih, b_hh = layer.weight_ih_l0, layer.weight_hh_l0, layer.bias_ih_l0, layer.bias_hh_l0
-            from_table = table.index_select(0, ids) if index == 0 and table is not None else None  # (N, G)
-            if self.config.cell == "gru":
-                if from_table is not None:
-                    from_x = from_table
-                    from_h = self._linear(f"hh{index}", (w_hh, b_hh), lambda: w_hh, lambda: b_hh, mode)(h)
-                elif mode != "plain":
-                    from_x = self._linear(f"ih{index}", (w_ih, b_ih), lambda: w_ih, lambda: b_ih, mode)(x)
-                    from_h = self._linear(f"hh{index}", (w_hh, b_hh), lambda: w_hh, lambda: b_hh, mode)(h)
+            recurrent_bias = (b_hh,) if cell == "gru" else ()
+            if mode == "plain":
+                from_x, from_h = torch.addmm(b_ih, x, w_ih.t()), torch.addmm(b_hh, h, w_hh.t())
+            elif cell != "gru" and parents is None and (index > 0 or table is None):
+                # One product for both inputs: [x, h] (N, E + H) against [W_ih, W_hh] (G, E + H).
+                gates = self._linear(f"gates{index}", (w_ih, w_hh, b_ih, b_hh), lambda: torch.cat([w_ih, w_hh], dim=1),
+                                     lambda: b_ih + b_hh, mode)
+                from_x, from_h = gates(torch.cat([x, h], dim=1)), None
+            else:
+                if index == 0 and table is not None:
+                    from_x = table.index_select(0, ids)  # (N, G)
                 else:
-                    from_x, from_h = torch.addmm(b_ih, x, w_ih.t()), torch.addmm(b_hh, h, w_hh.t())
+                    from_x = self._linear(f"input{index}", (w_ih, b_ih, b_hh), lambda: w_ih,
+                                          lambda: b_ih if cell == "gru" else b_ih + b_hh, mode)(x)
+                from_h = self._linear(f"recurrent{index}", (w_hh, *recurrent_bias), lambda: w_hh,
+                                      lambda: recurrent_bias[0] if recurrent_bias else None, mode)(h)
+            if parents is not None:  # from each parent to its inputs
+                from_h, h = from_h.index_select(0, parents), h.index_select(0, parents)
+            if cell == "gru":
                 xr, xz, xn = from_x.chunk(3, dim=-1)
                 hr, hz, hn = from_h.chunk(3, dim=-1)
                 r, z = torch.sigmoid(xr + hr), torch.sigmoid(xz + hz)
@@ -229,22 +253,17 @@ class RNNLanguageModel(nn.Module):
                 x = (1 - z) * n + z * h
                 finals.append(x)
                 continue
-            if from_table is not None:
-                pre = self._linear(f"recurrent{index}", (w_hh,), lambda: w_hh, lambda: None, mode)(h) + from_table
-            elif mode != "plain":
-                # One product for both inputs: [x, h] (N, E + H) against [W_ih, W_hh] (G, E + H).
-                gates = self._linear(f"gates{index}", (w_ih, w_hh, b_ih, b_hh), lambda: torch.cat([w_ih, w_hh], dim=1),
-                                     lambda: b_ih + b_hh, mode)
-                pre = gates(torch.cat([x, h], dim=1))
-            else:
-                pre = torch.addmm(b_ih, x, w_ih.t()) + torch.addmm(b_hh, h, w_hh.t())  # (N, G)
-            if self.config.cell == "lstm":
+            pre = from_x if from_h is None else from_x + from_h  # (N, G)
+            if cell == "lstm":
+                c = state[index, :, hidden:]
+                if parents is not None:
+                    c = c.index_select(0, parents)
                 i, f, g, o = pre.chunk(4, dim=-1)
-                c = torch.sigmoid(f) * state[index, :, hidden:] + torch.sigmoid(i) * torch.tanh(g)
+                c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
                 x = torch.sigmoid(o) * torch.tanh(c)
                 finals.append(torch.cat([x, c], dim=-1))
                 continue
-            x = torch.tanh(pre) if self.config.cell == "rnn_tanh" else torch.relu(pre)
+            x = torch.tanh(pre) if cell == "rnn_tanh" else torch.relu(pre)
             finals.append(x)
         return finals[0].unsqueeze(0) if len(finals) == 1 else torch.stack(finals)
 

@@ -496,11 +496,13 @@ class Predictor:
         normalize_line.cache_clear()
         self.tokenizer.clear_cache()
 
-    def _step(self, states: torch.Tensor, units: list[int], temperature: float) -> tuple:
-        """Feed one unit to each of N states (L, N, S); returns new states, (N, V) raw logits, and what
-        `_normalized` gives for them (the arguments of `_Reads.add` after the states)."""
+    def _step(self, states: torch.Tensor, units: list[int], temperature: float, parents: list[int] | None = None) -> tuple:
+        """Feed one unit to each of N states (L, N, S), or unit i to states[:, parents[i]]; returns new states
+        (L, N, S), (N, V) raw logits, and what `_normalized` gives for them (the arguments of `_Reads.add`
+        after the states)."""
         with torch.inference_mode():
-            logits, new_states = self.model.step(torch.tensor(units, dtype=torch.long), states)  # (N, V)
+            shared = None if parents is None else torch.tensor(parents, dtype=torch.long)
+            logits, new_states = self.model.step(torch.tensor(units, dtype=torch.long), states, parents=shared)  # (N, V)
             return (new_states, logits, *self._normalized(logits, temperature))
 
     def _normalized(self, logits: torch.Tensor, temperature: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -646,8 +648,12 @@ class Predictor:
         missing = list(dict.fromkeys(units for units in sequences if units not in known))
         if not missing:
             return
-        parents = torch.stack([known.state(units[:-1]) for units in missing], dim=1)  # (L, M, S)
-        known.add(missing, *self._step(parents, [units[-1] for units in missing], temperature))
+        # Many sequences continue the same one (the beam's first step: all of them): each distinct state is
+        # stacked once and the step's recurrent products run once per state (RNNLanguageModel.step's parents).
+        slots: dict[tuple[int, ...], int] = {}
+        parents = [slots.setdefault(units[:-1], len(slots)) for units in missing]
+        states = torch.stack([known.state(units) for units in slots], dim=1)  # (L, distinct, S)
+        known.add(missing, *self._step(states, [units[-1] for units in missing], temperature, parents))
 
     def _word_targets(self, query: Query, word: str) -> list[str]:
         """The continuations (after the context) that spell `word` under the query's rules."""

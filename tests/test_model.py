@@ -105,6 +105,33 @@ def test_single_step_equals_the_fused_forward(cell, table, monkeypatch):
     torch.testing.assert_close(fast_state, changed_state, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("table", [True, False], ids=["input-table", "no-input-table"])
+@pytest.mark.parametrize("cell", ["rnn_tanh", "lstm", "gru"])
+def test_a_step_from_shared_parents_equals_one_from_each_childs_own_copy(cell, table, monkeypatch):
+    import lm.model
+
+    if not table:
+        monkeypatch.setattr(lm.model, "INPUT_TABLE_BYTES", 0)
+    model = make_model(cell, tie_weights=True, embed_dim=8, hidden_dim=12, num_layers=2).eval()
+    parents_state = model(torch.randint(0, 50, (3, 4)))[1].detach()  # (L, 3, S): three distinct states
+    parents = torch.tensor([2, 0, 2, 2, 1])  # five inputs continue them, three of them the same one
+    ids = torch.tensor([7, 7, 9, 11, 3])
+    expected_logits, expected_state = model.step(ids, parents_state[:, parents])
+    with torch.inference_mode():
+        logits, state = model.step(ids, parents_state, parents=parents)
+    torch.testing.assert_close(logits, expected_logits, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(state, expected_state, rtol=1e-5, atol=1e-6)
+    for constant in (False, True):  # with autograd: the gradients reach the shared parents' rows
+        start = parents_state.clone().requires_grad_(True)
+        logits, state = model.step(ids, start, constant_weights=constant, parents=parents)
+        (grad,) = torch.autograd.grad(logits.sum() + state.sum(), start)
+        start = parents_state.clone().requires_grad_(True)
+        reference_logits, reference_state = model.step(ids, start[:, parents])
+        (reference,) = torch.autograd.grad(reference_logits.sum() + reference_state.sum(), start)
+        torch.testing.assert_close(logits, reference_logits, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(grad, reference, rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("cell", ["rnn_tanh", "lstm", "gru"])
 def test_a_step_with_constant_weights_gives_autograds_input_gradients_and_none_to_the_weights(cell):
     model = make_model(cell, tie_weights=True, embed_dim=8, hidden_dim=12, num_layers=2).eval()

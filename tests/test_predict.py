@@ -306,7 +306,7 @@ def test_exact_scoring_drops_only_spellings_within_the_tolerance(tiny_subword_ru
     predictor = Predictor(checkpoint.model, checkpoint.tokenizer)
     steps = []
     step = predictor._step
-    predictor._step = lambda states, units, temperature: (steps.append(len(units)), step(states, units, temperature))[1]
+    predictor._step = lambda states, units, *rest: (steps.append(len(units)), step(states, units, *rest))[1]
     tolerance = 1e-2
     for text in ("The album was released in the United States and ", "In 1990 the band rele"):
         query = make_query(text, checkpoint.tokenizer)
