@@ -371,6 +371,14 @@ class _Reads:
         """log P(the next unit begins with a boundary) after `units`."""
         return self._after[units].boundary
 
+    def some_logprobs(self, units: tuple[int, ...], chosen: np.ndarray) -> np.ndarray:
+        """logprobs(units)[chosen] without making the (V,) row: the same float64 arithmetic, the same values."""
+        row = self._logprobs.get(units)
+        if row is not None:
+            return row[chosen]
+        read = self._after[units]
+        return read.scaled[read.row][chosen].astype(np.float64) - read.normaliser
+
 
 def _line_start_after(text: str | None, line_start: bool) -> bool:
     if text is None:
@@ -720,15 +728,25 @@ class Predictor:
         known = self._reads_after(context, temperature)  # what the beam reads, exact scoring reuses
         for _ in range(max_word_length + len(query.required)):
             candidates: list[tuple] = []  # logprob, parent, unit, phase (None: the parent's word plus the unit), line_start
+            # First the words every hypothesis completes, so that the k-th word's probability is known before
+            # any continuation of a word is ranked: a child is no more probable than its parent, so a word
+            # hypothesis at or below the k-th word has no child that could still overtake it.
+            inside_words = []
             for parent, hypothesis in enumerate(live):
-                self._expand(hypothesis, parent, known.logprobs(hypothesis.units), known.boundary(hypothesis.units), query,
-                             candidates, emit, beam_width)
+                if hypothesis.phase[0] == "word":
+                    self._complete_word(hypothesis, known, emit)
+                    inside_words.append(parent)
+                else:
+                    self._expand(hypothesis, parent, known.logprobs(hypothesis.units), query, candidates, emit, beam_width)
+            kth = heapq.nlargest(k, words.values())[-1] if len(words) >= k else _NEG
+            for parent in inside_words:
+                if live[parent].logprob > kth:
+                    self._continue_word(live[parent], parent, known, candidates, beam_width)
             if not candidates:
                 break
             candidates.sort(key=lambda c: -c[0])
             candidates = candidates[:beam_width]
             if len(words) >= k:
-                kth = heapq.nlargest(k, words.values())[-1]
                 candidates = [c for c in candidates if c[0] > kth]  # cannot overtake the k-th word any more
                 if not candidates:
                     break
@@ -752,27 +770,35 @@ class Predictor:
             predictions.append(WordPrediction(word, logprob, remainder, paths))
         return PredictionResult(query, predictions, context.length, required_logprob, required_paths)
 
-    def _expand(self, hypothesis: _Hypothesis, parent: int, lp: np.ndarray, boundary: float, query: Query, candidates: list,
+    def _complete_word(self, hypothesis: _Hypothesis, known: _Reads, emit) -> None:
+        """Emit the words a hypothesis inside a word completes."""
+        word, base = hypothesis.phase[1], hypothesis.logprob
+        # Every unit that starts with a boundary ends the word: their total mass, exactly.
+        emit(word, base + known.boundary(hypothesis.units))
+        if self.table.runs_on:  # units that end the word with a run of its own (character models)
+            lp = known.logprobs(hypothesis.units)
+            for unit, run in self.table.runs_on.items():
+                emit(word + run, base + lp[unit])
+
+    def _continue_word(self, hypothesis: _Hypothesis, parent: int, known: _Reads, candidates: list, beam_width: int) -> None:
+        """List the beam_width best continuations of a hypothesis inside a word (only those can survive the
+        beam); their phase is made only for the candidates that survive (None here: see predict_from)."""
+        continuing = self.table.continuing
+        scores = known.some_logprobs(hypothesis.units, continuing)
+        count = min(beam_width, len(scores))
+        best = np.argpartition(-scores, count - 1)[:count] if 0 < count < len(scores) else range(count)
+        base = hypothesis.logprob
+        for index in best:
+            value = base + scores[index]
+            if value > _NEG:
+                candidates.append((value, parent, int(continuing[index]), None, False))
+
+    def _expand(self, hypothesis: _Hypothesis, parent: int, lp: np.ndarray, query: Query, candidates: list,
                 emit, beam_width: int) -> None:
-        """Emit the words this hypothesis completes and list its live children."""
+        """Emit the words a hypothesis between words completes and list its live children."""
         table = self.table
         phase = hypothesis.phase
         base = hypothesis.logprob
-        if phase[0] == "word":
-            # Every unit that starts with a boundary ends the word: their total mass, exactly.
-            emit(phase[1], base + boundary)  # boundary: log P(the next unit begins with a boundary)
-            for unit, run in table.runs_on.items():
-                emit(phase[1] + run, base + lp[unit])
-            # The beam_width best continuations (only those can survive the beam); their phase is
-            # made only for the candidates that survive (None here: see predict_from).
-            scores = lp[table.continuing]
-            count = min(beam_width, len(scores))
-            best = np.argpartition(-scores, count - 1)[:count] if 0 < count < len(scores) else range(count)
-            for index in best:
-                value = base + scores[index]
-                if value > _NEG:
-                    candidates.append((value, parent, int(table.continuing[index]), None, False))
-            return
         texts = table.texts[int(hypothesis.line_start)]
         if phase[0] == "req":
             before = table.requirement(query.required, phase[1], query.start, hypothesis.line_start)
