@@ -9,7 +9,10 @@ before, and one more word is typed (a true next word of the text). Each
 context is timed `repeats` times and keeps its median; the figure is the
 median over contexts. Timing on a shared machine drifts, so the run also
 times a fixed reference (one model step for 16 rows, the unit of a beam
-step) before and after: compare runs through it.
+step) before and after, and again right before every warm prediction: the
+warm figure is also given in those interleaved reference steps, which stays
+put while the machine's pace moves (8.4-8.6 steps in three runs whose warm
+medians ranged from 10.0 to 12.4 ms).
 """
 
 from __future__ import annotations
@@ -54,14 +57,14 @@ def timed(function) -> float:
     return time.perf_counter() - begun
 
 
-def reference_ms(model, rows: int = 16, repeats: int = 200) -> float:
+def reference_ms(model, rows: int = 16, repeats: int = 200, warm_up: int = 20) -> float:
     """Median time of one model step for `rows` rows (no autograd, prepacked weights): the machine's pace."""
     import torch
 
     ids = torch.zeros(rows, dtype=torch.long)
     state = model.init_state(rows)
     with torch.inference_mode():
-        for _ in range(20):
+        for _ in range(warm_up):
             model.step(ids, state)
         return statistics.median(timed(lambda: model.step(ids, state)) for _ in range(repeats)) * 1000
 
@@ -101,15 +104,18 @@ def main(argv: list[str] | None = None) -> int:
         context, following = sample
         predictor.clear_cache()
         cold = timed(lambda: predictor.predict(context, k=5))
-        return cold, timed(lambda: predictor.predict(context + following + " ", k=5))
+        reference = reference_ms(checkpoint.model, repeats=7, warm_up=0) / 1000  # the pace right now
+        warm = timed(lambda: predictor.predict(context + following + " ", k=5))
+        return cold, warm, warm / reference
 
     for words in (20, 200, 1000):
         samples = contexts(text, words, args.contexts, seed=words)
         units = [len(checkpoint.tokenizer.encode(context)) for context, _ in samples]
-        cold, warm = zip(*per_context(samples, cold_then_warm, args.repeats))
+        cold, warm, in_steps = zip(*per_context(samples, cold_then_warm, args.repeats))
         print(f"{words:>5} words (~{statistics.median(units):,.0f} units): cold {statistics.median(cold) * 1000:7.1f} ms   "
               f"warm, one more word {statistics.median(warm) * 1000:7.1f} ms   "
-              f"(warm quartiles {np.percentile(warm, 25) * 1000:.1f}-{np.percentile(warm, 75) * 1000:.1f})")
+              f"(quartiles {np.percentile(warm, 25) * 1000:.1f}-{np.percentile(warm, 75) * 1000:.1f}; "
+              f"{statistics.median(in_steps):.2f} reference steps)")
     texts = [context for context, _ in contexts(text, 200, args.batch, seed=7)]
     predictor.clear_cache()
     one_by_one = timed(lambda: [predictor.predict(t, k=5, use_cache=False) for t in texts])
