@@ -244,8 +244,10 @@ class RNNLanguageModel(nn.Module):
                 from_h = self._linear(f"recurrent{index}", (w_hh, *recurrent_bias), lambda: w_hh,
                                       lambda: recurrent_bias[0] if recurrent_bias else None, mode)(h)
             if parents is not None:  # from each parent to its inputs
-                from_h, h = from_h.index_select(0, parents), h.index_select(0, parents)
+                from_h = from_h.index_select(0, parents)
             if cell == "gru":
+                if parents is not None:
+                    h = h.index_select(0, parents)  # z keeps part of it
                 xr, xz, xn = from_x.chunk(3, dim=-1)
                 hr, hz, hn = from_h.chunk(3, dim=-1)
                 r, z = torch.sigmoid(xr + hr), torch.sigmoid(xz + hz)
