@@ -236,7 +236,7 @@ def test_reach_profile_cli_compares_models(tiny_run, tiny_subword_run, corpus_di
     assert out.with_suffix(".png").stat().st_size > 10_000
 
 
-def test_path_logprobs_equal_a_path_by_path_sum(subword_predictor):
+def test_path_logprobs_equal_a_path_by_path_sum(subword_predictor, monkeypatch):
     """The gathered path terms equal log-probabilities summed unit by unit, in value and in gradient."""
     from lm.attribution import _path_logprobs
 
@@ -262,11 +262,9 @@ def test_path_logprobs_equal_a_path_by_path_sum(subword_predictor):
 
     state, first = fresh()
     stepped, step = [], model.step
-    model.step = lambda ids, *args, **kwargs: (stepped.append(ids.tolist()), step(ids, *args, **kwargs))[1]
-    try:
-        gathered = _path_logprobs(model, state, first, path_rows, paths, ends)
-    finally:
-        del model.step
+    monkeypatch.setattr(model, "step", lambda ids, *args, **kwargs: (stepped.append(ids.tolist()), step(ids, *args, **kwargs))[1])
+    gathered = _path_logprobs(model, state, first, path_rows, paths, ends)
+    monkeypatch.undo()
     # One step per distinct prefix whose distribution is used: row 1's (a), (a, b), (a, b, c) and row 0's (b).
     assert stepped == [[a, b], [b], [c]]
     (gathered_grad,) = torch.autograd.grad(gathered.sum(), state)
