@@ -15,8 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-from lm.cli_support import configure_logging
-from lm.cli_support import positive_int as _positive_int
+from lm.cli_support import configure_logging, positive_int
 
 
 def _plot(args: argparse.Namespace) -> int:
@@ -251,9 +250,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict = commands.add_parser("predict", help="the k most probable next words (or completions) after a text")
     predict.add_argument("--model", required=True, help="run or checkpoint directory")
     predict.add_argument("text", help="the text so far; a trailing space asks for the next word, none for completions")
-    predict.add_argument("-k", type=_positive_int, default=5, help="number of words (default: 5)")
-    predict.add_argument("--beam-width", type=_positive_int, default=16, help="beam width of the search (default: 16)")
-    predict.add_argument("--max-word-length", type=_positive_int, default=24, help="longest word, in units (default: 24)")
+    predict.add_argument("-k", type=positive_int, default=5, help="number of words (default: 5)")
+    predict.add_argument("--beam-width", type=positive_int, default=16, help="beam width of the search (default: 16)")
+    predict.add_argument("--max-word-length", type=positive_int, default=24, help="longest word, in units (default: 24)")
     predict.add_argument("--temperature", type=_positive_float, default=1.0, help="divide logits by this (default: 1)")
     predict.add_argument("--json", action="store_true", help="print JSON instead of a table")
     predict.set_defaults(handler=_predict)
@@ -261,12 +260,12 @@ def build_parser() -> argparse.ArgumentParser:
     attribute = commands.add_parser("attribute", help="the next words with how far back their gradient influence reaches")
     attribute.add_argument("--model", required=True, help="run or checkpoint directory")
     attribute.add_argument("text", help="the text so far")
-    attribute.add_argument("-k", type=_positive_int, default=5, help="number of predictions (default: 5)")
+    attribute.add_argument("-k", type=positive_int, default=5, help="number of predictions (default: 5)")
     attribute.add_argument("--method", choices=("saliency", "grad_x_input"), default="saliency")
     attribute.add_argument("--threshold", type=_positive_float, default=0.01, help="threshold reach: influence >= this x the largest (default: 0.01)")
     attribute.add_argument("--verify", action="store_true", help="also replace text beyond the 99%% reach by filler and report the change")
-    attribute.add_argument("--max-units", type=_positive_int, default=None, help="read at most the last N units (reported)")
-    attribute.add_argument("--index", type=_positive_int, default=1, help="which prediction the heatmap shows (default: 1)")
+    attribute.add_argument("--max-units", type=positive_int, default=None, help="read at most the last N units (reported)")
+    attribute.add_argument("--index", type=positive_int, default=1, help="which prediction the heatmap shows (default: 1)")
     attribute.add_argument("--json", action="store_true", help="print the full structure as JSON (the HTTP API's field names)")
     attribute.add_argument("--html", type=Path, default=None, metavar="FILE", help="also write a self-contained HTML page")
     attribute.add_argument("--color", action="store_true", help="colour even when not writing to a terminal")
@@ -275,15 +274,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     profile = commands.add_parser("reach-profile", help="gradient reach over many held-out contexts (JSON and PNG)")
     profile.add_argument("--model", required=True, action="append", help="run or checkpoint directory (repeat to compare models)")
-    profile.add_argument("--samples", type=_positive_int, default=50, help="number of seeded contexts (default: 50)")
+    profile.add_argument("--samples", type=positive_int, default=50, help="number of seeded contexts (default: 50)")
     profile.add_argument("--split", choices=("valid", "test"), default="test")
     profile.add_argument("--corpus", default=None, help="corpus (default: the one each model was trained on)")
-    profile.add_argument("--context-chars", type=_positive_int, default=2000, help="characters of text before each prediction (default: 2000)")
+    profile.add_argument("--context-chars", type=positive_int, default=2000, help="characters of text before each prediction (default: 2000)")
     profile.add_argument("--threshold", type=_positive_float, default=0.01)
     profile.add_argument("--method", choices=("saliency", "grad_x_input"), default="saliency")
     profile.add_argument("--no-verify", action="store_true", help="skip the faithfulness check")
     profile.add_argument("--seed", type=int, default=0)
-    profile.add_argument("--threads", type=_positive_int, default=None)
+    profile.add_argument("--threads", type=positive_int, default=None)
     profile.add_argument("--out", type=Path, default=Path("reach-profile"), help="output path without suffix (default: reach-profile)")
     profile.set_defaults(handler=_reach_profile)
 
@@ -291,16 +290,16 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--model", required=True, help="run or checkpoint directory")
     evaluate.add_argument("--split", choices=("train", "valid", "test"), default="test")
     evaluate.add_argument("--corpus", default=None, help="corpus (default: the one the model was trained on)")
-    evaluate.add_argument("--positions", type=_positive_int, default=None, help="score a seeded sample of N word positions (default: all)")
+    evaluate.add_argument("--positions", type=positive_int, default=None, help="score a seeded sample of N word positions (default: all)")
     evaluate.add_argument("--seed", type=int, default=0, help="seed of the sample (default: 0)")
-    evaluate.add_argument("--beam-width", type=_positive_int, default=16)
+    evaluate.add_argument("--beam-width", type=positive_int, default=16)
     evaluate.add_argument("--cache", type=_cache_setting, default=None, metavar="tune|WINDOW,THETA,WEIGHT",
                           help="also report the figures with a continuous cache (Grave et al. 2017): 'tune' picks its "
                                "settings on the valid split (about 20 s), or give them, e.g. 4000,4,0.5")
     evaluate.add_argument("--dynamic", type=_dynamic_setting, default=None, metavar="tune|LR",
                           help="also report the figures with dynamic evaluation (Krause et al. 2018: one SGD step on each "
                                "64 units after scoring them): 'tune' picks the learning rate on the valid split, or give it")
-    evaluate.add_argument("--threads", type=_positive_int, default=None)
+    evaluate.add_argument("--threads", type=positive_int, default=None)
     evaluate.add_argument("--json", action="store_true", help="print JSON")
     evaluate.set_defaults(handler=_evaluate)
 
@@ -310,14 +309,14 @@ def build_parser() -> argparse.ArgumentParser:
     lab.add_argument("--out", type=Path, required=True, help="report directory, e.g. reports/NAME")
     lab.add_argument("--quick", action="store_true", help="tiny models, a few seconds each: the whole lab in about a minute")
     lab.add_argument("--cells", nargs="+", default=None, metavar="CELL", help="cells to compare (default: all four)")
-    lab.add_argument("--k2s", nargs="+", type=_positive_int, default=None, metavar="K2", help="truncation lengths (default: 8 32 128)")
+    lab.add_argument("--k2s", nargs="+", type=positive_int, default=None, metavar="K2", help="truncation lengths (default: 8 32 128)")
     lab.add_argument("--clipping", nargs="+", default=None, metavar="MODE", help="clipping modes: off norm value (default: all)")
     lab.add_argument("--tokenizer", choices=("char", "subword"), default="char")
-    lab.add_argument("--parameters", type=_positive_int, default=None, help="parameter count every cell is sized to")
-    lab.add_argument("--embed-dim", type=_positive_int, default=None)
-    lab.add_argument("--samples", type=_positive_int, default=None, help="reach-profile contexts per run")
+    lab.add_argument("--parameters", type=positive_int, default=None, help="parameter count every cell is sized to")
+    lab.add_argument("--embed-dim", type=positive_int, default=None)
+    lab.add_argument("--samples", type=positive_int, default=None, help="reach-profile contexts per run")
     lab.add_argument("--seed", type=int, default=1234)
-    lab.add_argument("--threads", type=_positive_int, default=None)
+    lab.add_argument("--threads", type=positive_int, default=None)
     lab.set_defaults(handler=_lab)
 
     plot = commands.add_parser("plot", help="draw a run's training curves (loss, gradient norm, lr, speed) to a PNG")
