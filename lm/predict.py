@@ -367,21 +367,18 @@ class _Reads:
         return read.states[:, read.row : read.row + 1], read.logits[read.row]
 
     def logprobs(self, units: tuple[int, ...]) -> np.ndarray:
-        """(V,) float64 log-probabilities of the next unit after `units`."""
+        """(V,) float64 log-probabilities of the next unit after `units`, kept once made."""
         row = self._logprobs.get(units)
         if row is None:
-            read = self._after[units]
-            row = read.scaled[read.row].astype(np.float64)
-            row -= read.normaliser
-            self._logprobs[units] = row
+            row = self._logprobs[units] = self.some_logprobs(units, slice(None))
         return row
 
     def boundary(self, units: tuple[int, ...]) -> float:
         """log P(the next unit begins with a boundary) after `units`."""
         return self._after[units].boundary
 
-    def some_logprobs(self, units: tuple[int, ...], chosen: np.ndarray) -> np.ndarray:
-        """logprobs(units)[chosen] without making the (V,) row: the same float64 arithmetic, the same values."""
+    def some_logprobs(self, units: tuple[int, ...], chosen: np.ndarray | slice) -> np.ndarray:
+        """logprobs(units)[chosen], without keeping (or, for a few units, making) the (V,) row."""
         row = self._logprobs.get(units)
         if row is not None:
             return row[chosen]
