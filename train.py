@@ -23,7 +23,7 @@ from corpora import CorpusError
 from lm.checkpoint import CheckpointError
 from lm.cli_support import GracefulStop, ProgressBar, add_dataclass_flags, collect_overrides, configure_logging
 from lm.config import PRESETS, ModelConfig, TokenizerConfig, TrainConfig, apply_preset
-from lm.evaluation import HOW_STATE_FLOWS
+from lm.eval.figures import HOW_STATE_FLOWS
 from lm.tokenizers import TokenizerError
 
 log = logging.getLogger("train")
@@ -62,8 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     out = args.resume or args.out or Path("runs") / f"{args.preset}-{tokenizer_config.tokenizer}-{model_config.cell}"
 
     # Entry point duties: processes, threads and seeds (imported late: torch is slow to import).
-    from lm.distributed import init_distributed, shutdown
-    from lm.runner import BUDGET_FIELDS, seed_everything, set_threads, train_run
+    from lm.infer.accuracy import checkpoint_accuracy
+    from lm.train.distributed import init_distributed, shutdown
+    from lm.train.run import BUDGET_FIELDS, seed_everything, set_threads, train_run
 
     ranks = init_distributed()
     if not ranks.is_main:
@@ -78,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         with GracefulStop() as stop:
             result = train_run(tokenizer_config, model_config, train_config, out, resume=args.resume is not None,
                                should_stop=stop, progress=progress, distributed=ranks,
-                               budget={k: v for k, v in overrides.items() if k in BUDGET_FIELDS})
+                               budget={k: v for k, v in overrides.items() if k in BUDGET_FIELDS}, accuracy=checkpoint_accuracy)
     except (CorpusError, CheckpointError, TokenizerError, ValueError) as error:
         progress.close()
         print(f"train.py: error: {error}", file=sys.stderr)

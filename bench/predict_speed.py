@@ -23,6 +23,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -30,10 +31,10 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 
 from corpora import load_corpus  # noqa: E402
-from lm.checkpoint import CheckpointError, load_checkpoint  # noqa: E402
+from lm.checkpoint import Checkpoint, CheckpointError, load_checkpoint  # noqa: E402
 from lm.cli_support import positive_int  # noqa: E402
-from lm.predict import Predictor  # noqa: E402
-from lm.runner import set_threads  # noqa: E402
+from lm.infer.predictor import Predictor  # noqa: E402
+from lm.train.run import set_threads  # noqa: E402
 
 
 def contexts(text: str, words: int, count: int, seed: int) -> list[tuple[str, str]]:
@@ -57,16 +58,16 @@ def timed(function) -> float:
     return time.perf_counter() - begun
 
 
-def reference_ms(model, rows: int = 16, repeats: int = 200, warm_up: int = 20) -> float:
+def reference_ms(predictor, rows: int = 16, repeats: int = 200, warm_up: int = 20) -> float:
     """Median time of one model step for `rows` rows (no autograd, prepacked weights): the machine's pace."""
     import torch
 
     ids = torch.zeros(rows, dtype=torch.long)
-    state = model.init_state(rows)
+    state = predictor.model.init_state(rows)
     with torch.inference_mode():
         for _ in range(warm_up):
-            model.step(ids, state)
-        return statistics.median(timed(lambda: model.step(ids, state)) for _ in range(repeats)) * 1000
+            predictor.engine.step(ids, state)
+        return statistics.median(timed(lambda: predictor.engine.step(ids, state)) for _ in range(repeats)) * 1000
 
 
 def per_context(samples: list, measure, repeats: int) -> list[tuple]:
@@ -78,33 +79,54 @@ def per_context(samples: list, measure, repeats: int) -> list[tuple]:
     return results
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def speed_arguments(description: str, contexts: int) -> argparse.ArgumentParser:
+    """The flags both speed benches take."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--model", default="runs/base", help="run or checkpoint directory (default: runs/base)")
     parser.add_argument("--corpus", default=str(ROOT.parent / "shared/corpora/wiki-subset"))
-    parser.add_argument("--contexts", type=positive_int, default=20, help="contexts per length (default: 20)")
+    parser.add_argument("--contexts", type=positive_int, default=contexts, help=f"contexts per length (default: {contexts})")
     parser.add_argument("--repeats", type=positive_int, default=3, help="timings per context; each context keeps its median")
-    parser.add_argument("--batch", type=positive_int, default=32, help="texts per batch for the throughput figure")
     parser.add_argument("--threads", type=int, default=None)
-    args = parser.parse_args(argv)
+    return parser
+
+
+class SpeedSetup(NamedTuple):
+    """What a speed bench measures with."""
+
+    checkpoint: Checkpoint
+    text: str  # the test split
+    predictor: Predictor  # warmed up
+
+
+def speed_setup(args: argparse.Namespace, name: str, cache_size: int) -> SpeedSetup:
+    """Threads, the checkpoint, the test text and a warmed-up predictor, with the run's header printed; exits
+    with status 1 after one line on stderr when the model cannot be loaded."""
     set_threads(args.threads)
     try:
         checkpoint = load_checkpoint(args.model)
     except CheckpointError as error:
-        print(f"predict_speed: error: {error} (train one first: python train.py --out runs/base)", file=sys.stderr)
-        return 1
+        print(f"{name}: error: {error} (train one first: python train.py --out runs/base)", file=sys.stderr)
+        raise SystemExit(1) from None
     text = load_corpus(args.corpus).test.text
-    predictor = Predictor(checkpoint.model, checkpoint.tokenizer, cache_size=64)
+    predictor = Predictor(checkpoint.model, checkpoint.tokenizer, cache_size=cache_size)
     predictor.warm_up()
     print(f"model {checkpoint.directory}: {checkpoint.model_config.cell} {checkpoint.model_config.num_layers}x"
           f"{checkpoint.model_config.hidden_dim}, {checkpoint.tokenizer.kind} vocabulary {checkpoint.tokenizer.vocab_size}")
-    print(f"reference (one 16-row model step): {reference_ms(checkpoint.model):.3f} ms")
+    print(f"reference (one 16-row model step): {reference_ms(predictor):.3f} ms")
+    return SpeedSetup(checkpoint, text, predictor)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = speed_arguments(__doc__.split("\n\n")[0], contexts=20)
+    parser.add_argument("--batch", type=positive_int, default=32, help="texts per batch for the throughput figure")
+    args = parser.parse_args(argv)
+    checkpoint, text, predictor = speed_setup(args, "predict_speed", cache_size=64)
 
     def cold_then_warm(sample):
         context, following = sample
         predictor.clear_cache()
         cold = timed(lambda: predictor.predict(context, k=5))
-        reference = reference_ms(checkpoint.model, repeats=7, warm_up=0) / 1000  # the pace right now
+        reference = reference_ms(predictor, repeats=7, warm_up=0) / 1000  # the pace right now
         warm = timed(lambda: predictor.predict(context + following + " ", k=5))
         return cold, warm, warm / reference
 
@@ -122,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     batched = timed(lambda: predictor.predict_many(texts, k=5))
     print(f"throughput, {args.batch} texts of 200 words: one by one {args.batch / one_by_one:.1f} texts/s, "
           f"one batch {args.batch / batched:.1f} texts/s")
-    print(f"reference (one 16-row model step): {reference_ms(checkpoint.model):.3f} ms")
+    print(f"reference (one 16-row model step): {reference_ms(predictor):.3f} ms")
     return 0
 
 

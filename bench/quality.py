@@ -18,8 +18,8 @@ text, and per-word perplexity over the 21,812 published words whatever the
 tokenizer. `both` runs the textbook first, then Reach, and prints the ratio.
 The last line is `test bpc B per-word-ppl P` (for `both`: Reach's).
 
-`--cache` also scores Reach's model with a continuous cache (lm/cache.py,
-Grave et al. 2017), `--dynamic` with dynamic evaluation (lm/dynamic.py,
+`--cache` also scores Reach's model with a continuous cache (lm/eval/cache.py,
+Grave et al. 2017), `--dynamic` with dynamic evaluation (lm/eval/dynamic.py,
 Krause et al. 2018), both together when both are given, their settings
 tuned on the validation split, as a separate row: evaluation-time additions,
 not used by prediction.
@@ -52,10 +52,12 @@ import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 
 import train  # noqa: E402
+from textbook import TextbookLSTM  # noqa: E402
 from corpora import load_corpus  # noqa: E402
 from lm.cli_support import collect_overrides, configure_logging  # noqa: E402
 from lm.config import ModelConfig, TokenizerConfig, TrainConfig, apply_preset  # noqa: E402
-from lm.runner import seed_everything, set_threads, train_run  # noqa: E402
+from lm.infer.accuracy import checkpoint_accuracy  # noqa: E402
+from lm.train.run import seed_everything, set_threads, train_run  # noqa: E402
 
 
 def peak_matmul_flops(seconds: float = 3.0) -> float:
@@ -101,29 +103,6 @@ def training_flops_per_token(embed: int, hidden: int, layers: int, vocab: int, p
 # The textbook recipe ------------------------------------------------------------
 
 
-class WordLSTM(nn.Module):
-    """word_language_model's RNNModel (LSTM, untied): encoder, dropout, nn.LSTM, dropout, decoder."""
-
-    def __init__(self, vocab: int, size: int = 200, layers: int = 2, dropout: float = 0.2):
-        super().__init__()
-        self.drop = nn.Dropout(dropout)
-        self.encoder = nn.Embedding(vocab, size)
-        self.rnn = nn.LSTM(size, size, layers, dropout=dropout)
-        self.decoder = nn.Linear(size, vocab)
-        nn.init.uniform_(self.encoder.weight, -0.1, 0.1)
-        nn.init.zeros_(self.decoder.bias)
-        nn.init.uniform_(self.decoder.weight, -0.1, 0.1)
-        self.layers, self.size = layers, size
-
-    def forward(self, x, hidden):
-        output, hidden = self.rnn(self.drop(self.encoder(x)), hidden)  # (T, B, H)
-        return self.decoder(self.drop(output)), hidden
-
-    def init_hidden(self, batch: int):
-        weight = next(self.parameters())
-        return (weight.new_zeros(self.layers, batch, self.size), weight.new_zeros(self.layers, batch, self.size))
-
-
 def _words(path: Path) -> list[list[str]]:
     return [line.split() + ["<eos>"] for line in path.read_text(encoding="utf-8").splitlines()]
 
@@ -133,7 +112,7 @@ def _batchify(ids: torch.Tensor, batch: int) -> torch.Tensor:
     return ids[: columns * batch].view(batch, -1).t().contiguous()  # (N, B), time-major as in the example
 
 
-def _evaluate_words(model: WordLSTM, data: torch.Tensor, bptt: int, vocab: int, unseen: torch.Tensor | None = None
+def _evaluate_words(model: TextbookLSTM, data: torch.Tensor, bptt: int, vocab: int, unseen: torch.Tensor | None = None
                     ) -> tuple[float, int] | tuple[float, int, float, int]:
     """Total NLL and tokens scored, the example's way (hidden state carried across windows). With `unseen`
     (a (vocab,) bool mask), also the NLL and count of the tokens it marks."""
@@ -167,7 +146,7 @@ def unseen_split(logprobs: list[float], spans: list[tuple[int, int]], text: str,
     its first non-space character (a bare space piece to the word after it), as in attribution."""
     import re
 
-    from lm.attribution import _unit_words, _words_of
+    from lm.infer.attribution import _unit_words, _words_of
 
     core = lambda word: re.sub(r"^\W+|\W+$", "", word)  # noqa: E731
     known = {core(word) for word in train_text.split()}
@@ -181,7 +160,7 @@ def unseen_split(logprobs: list[float], spans: list[tuple[int, int]], text: str,
 
 def reach_unseen_split(run: Path, corpus_dir: str) -> dict:
     """`unseen_split` of the run's best model on the test split, read as one stream."""
-    from lm.cache import score_stream
+    from lm.eval.cache import score_stream
     from lm.checkpoint import load_checkpoint
 
     checkpoint = load_checkpoint(run)
@@ -203,7 +182,7 @@ def run_textbook(corpus_dir: Path, minutes: float, seed: int = 1111) -> dict:
     ids = {name: torch.tensor([vocabulary[w] for line in lines for w in line]) for name, lines in splits.items()}
     vocab = len(vocabulary)
     train_data, valid_data, test_data = _batchify(ids["train"], 20), _batchify(ids["valid"], 10), _batchify(ids["test"], 10)
-    model = WordLSTM(vocab)
+    model = TextbookLSTM(vocab)
     criterion = nn.CrossEntropyLoss()
     lr, bptt, clip = 20.0, 35, 0.25
     best_valid, best_state = math.inf, None
@@ -267,7 +246,7 @@ def run_reach(args: argparse.Namespace, rest: list[str], minutes: float) -> dict
     seed_everything(train_config.seed)
     with tempfile.TemporaryDirectory() as scratch:
         out = options.out or Path(scratch) / "run"
-        result = train_run(tokenizer_config, model_config, train_config, out)
+        result = train_run(tokenizer_config, model_config, train_config, out, accuracy=checkpoint_accuracy)
         extra = adapted(result.out, args.corpus, args.cache, args.dynamic) if args.cache or args.dynamic else None
         split = reach_unseen_split(result.out, args.corpus)
     state, size = result.state, result.model_config
@@ -289,7 +268,7 @@ def run_reach(args: argparse.Namespace, rest: list[str], minutes: float) -> dict
 def adapted(run: Path, corpus_dir: str, cache: bool, dynamic: bool) -> dict:
     """Test figures of the run's best model with a continuous cache and/or dynamic evaluation, tuned on valid."""
     from lm.checkpoint import load_checkpoint
-    from lm.evaluation import evaluate_adapted
+    from lm.eval.figures import evaluate_adapted
 
     checkpoint = load_checkpoint(run)
     corpus = load_corpus(corpus_dir)

@@ -3,7 +3,7 @@
 The textbook loop is the one of PyTorch's word_language_model example,
 written out here: a time-major `batchify`, one multi-layer `nn.LSTM`, the
 hidden state repackaged (detached) at each window, `clip_grad_norm_`, and a
-hand-written SGD update. Reach's loop is `lm.training.fit` with everything
+hand-written SGD update. Reach's loop is `lm.train.loop.fit` with everything
 it does in a real run: per-step metrics to JSONL, the norm before clipping,
 the non-finite check, the learning-rate schedule, the progress callback.
 
@@ -31,32 +31,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from corpora import load_corpus  # noqa: E402
 from lm.config import ModelConfig, TrainConfig  # noqa: E402
 from lm.model import RNNLanguageModel  # noqa: E402
-from lm.runner import seed_everything, set_threads  # noqa: E402
+from lm.train.run import seed_everything, set_threads  # noqa: E402
 from lm.tokenizers import SubwordTokenizer  # noqa: E402
-from lm.training import Hooks, MetricsLog, TrainingState, batchify, build_optimizer, fit  # noqa: E402
-
-
-class TextbookModel(nn.Module):
-    """word_language_model's RNNModel for the LSTM: embedding, dropout, nn.LSTM, dropout, linear."""
-
-    def __init__(self, vocab: int, embed: int, hidden: int, layers: int, dropout: float):
-        super().__init__()
-        self.drop = nn.Dropout(dropout)
-        self.encoder = nn.Embedding(vocab, embed)
-        self.rnn = nn.LSTM(embed, hidden, layers, dropout=dropout)
-        self.decoder = nn.Linear(hidden, vocab)
-        nn.init.uniform_(self.encoder.weight, -0.1, 0.1)
-        nn.init.zeros_(self.decoder.bias)
-        nn.init.uniform_(self.decoder.weight, -0.1, 0.1)
-
-    def forward(self, x, hidden):
-        output, hidden = self.rnn(self.drop(self.encoder(x)), hidden)  # (T, B, H)
-        return self.decoder(self.drop(output)), hidden
+from textbook import TextbookLSTM  # noqa: E402
+from lm.train.loop import Hooks, MetricsLog, TrainingState, batchify, build_optimizer, fit  # noqa: E402
 
 
 def textbook_tokens_per_second(ids: torch.Tensor, args: argparse.Namespace, vocab: int) -> float:
     """Train the textbook loop for `args.seconds`; returns tokens per second."""
-    model = TextbookModel(vocab, args.embed_dim, args.hidden_dim, args.num_layers, args.dropout)
+    model = TextbookLSTM(vocab, args.embed_dim, args.hidden_dim, args.num_layers, args.dropout)
     model.train()
     columns = ids.numel() // args.batch_size
     data = ids[: columns * args.batch_size].view(args.batch_size, -1).t().contiguous()  # (N, B), time-major
@@ -82,7 +65,7 @@ def textbook_tokens_per_second(ids: torch.Tensor, args: argparse.Namespace, voca
 
 
 def reach_tokens_per_second(ids: torch.Tensor, args: argparse.Namespace, vocab: int) -> float:
-    """Train with `lm.training.fit` for `args.seconds`; returns tokens per second of wall clock."""
+    """Train with `lm.train.loop.fit` for `args.seconds`; returns tokens per second of wall clock."""
     config = ModelConfig(cell="lstm", vocab_size=vocab, embed_dim=args.embed_dim, hidden_dim=args.hidden_dim,
                          num_layers=args.num_layers, dropout=args.dropout, input_dropout=args.dropout, weight_dropout=0.0, tie_weights=False)
     model = RNNLanguageModel(config)

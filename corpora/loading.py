@@ -28,7 +28,7 @@ from typing import Iterable
 
 from corpora.normalize import normalize_line
 
-__all__ = ["Corpus", "CorpusError", "Split", "load_corpus", "split_name_for_article", "DEFAULT_CORPUS"]
+__all__ = ["Corpus", "CorpusError", "Split", "load_corpus", "split_articles", "split_name_for_article", "DEFAULT_CORPUS"]
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ def _hub_failure(name: str, error: Exception) -> CorpusError:
     )
 
 
-def _split_articles(lines: Iterable[str]) -> dict[str, list[str]]:
+def split_articles(lines: Iterable[str]) -> dict[str, list[str]]:
     """Split WikiText lines into train/valid/test by article index (an article starts at ' = Title = ')."""
     out: dict[str, list[str]] = {name: [] for name in SPLITS}
     index = -1
@@ -132,7 +132,7 @@ def _load_wiki_subset_from_hub() -> dict[str, list[str]]:
     from datasets import load_dataset
 
     dataset = load_dataset("Salesforce/wikitext", "wikitext-2-raw-v1", split="test")
-    return _split_articles(dataset["text"])
+    return split_articles(dataset["text"])
 
 
 def _load_wikitext(config: str) -> dict[str, list[str]]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from lm.cli_support import configure_logging, positive_int
 
 
 def _plot(args: argparse.Namespace) -> int:
-    from lm.plots import plot_metrics
+    from lm.reports.plots import plot_metrics
 
     out = args.out or Path(args.run) / "metrics.png"
     try:
@@ -42,19 +43,27 @@ def _load(model: str):
         return None
 
 
-def _predict(args: argparse.Namespace) -> int:
-    from lm.predict import Predictor
+def _predicted(args: argparse.Namespace, command: str, work):
+    """(checkpoint, work(predictor)) for args.model, or the exit status after one clear line: 1 when the model
+    cannot be loaded, 2 when `work` rejects its input (a ValueError)."""
+    from lm.infer.predictor import Predictor
 
     checkpoint = _load(args.model)
     if checkpoint is None:
         return 1
-    predictor = Predictor(checkpoint.model, checkpoint.tokenizer)
     try:
-        result = predictor.predict(args.text, k=args.k, beam_width=args.beam_width, max_word_length=args.max_word_length,
-                                   temperature=args.temperature)
+        return checkpoint, work(Predictor(checkpoint.model, checkpoint.tokenizer))
     except ValueError as error:
-        print(f"lm predict: error: {error}", file=sys.stderr)
+        print(f"lm {command}: error: {error}", file=sys.stderr)
         return 2
+
+
+def _predict(args: argparse.Namespace) -> int:
+    done = _predicted(args, "predict", lambda predictor: predictor.predict(
+        args.text, k=args.k, beam_width=args.beam_width, max_word_length=args.max_word_length, temperature=args.temperature))
+    if isinstance(done, int):
+        return done
+    checkpoint, result = done
     if args.json:
         print(json.dumps({"model": str(checkpoint.directory), **result.as_dict()}, ensure_ascii=False, indent=2))
         return 0
@@ -68,20 +77,15 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _attribute(args: argparse.Namespace) -> int:
-    from lm.attribution import attribute
-    from lm.predict import Predictor
-    from lm.views import render_html, render_terminal
+    from lm.infer.attribution import attribute
+    from lm.reports.views import render_html, render_terminal
 
-    checkpoint = _load(args.model)
-    if checkpoint is None:
-        return 1
-    predictor = Predictor(checkpoint.model, checkpoint.tokenizer)
-    try:
-        result = attribute(predictor, args.text, k=args.k, method=args.method, threshold=args.threshold,
-                           verify=args.verify, max_units=args.max_units)
-    except ValueError as error:
-        print(f"lm attribute: error: {error}", file=sys.stderr)
-        return 2
+    done = _predicted(args, "attribute", lambda predictor: attribute(
+        predictor, args.text, k=args.k, method=args.method, threshold=args.threshold, verify=args.verify,
+        max_units=args.max_units))
+    if isinstance(done, int):
+        return done
+    checkpoint, result = done
     chosen = min(args.index, len(result.predictions)) - 1
     if args.html:
         args.html.parent.mkdir(parents=True, exist_ok=True)
@@ -89,7 +93,7 @@ def _attribute(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"model": str(checkpoint.directory), **result.as_dict(full=True)}, ensure_ascii=False, indent=1))
     else:
-        color = not args.no_color and "NO_COLOR" not in __import__("os").environ and sys.stdout.isatty() or args.color
+        color = not args.no_color and "NO_COLOR" not in os.environ and sys.stdout.isatty() or args.color
         print(render_terminal(result, chosen=max(chosen, 0), color=color))
         if args.html:
             print(f"\nwrote {args.html}")
@@ -98,9 +102,9 @@ def _attribute(args: argparse.Namespace) -> int:
 
 def _reach_profile(args: argparse.Namespace) -> int:
     from corpora import CorpusError, load_corpus
-    from lm.predict import Predictor
-    from lm.reach_profile import reach_profile, write_profiles
-    from lm.runner import set_threads
+    from lm.infer.predictor import Predictor
+    from lm.reports.reach_profile import reach_profile, write_profiles
+    from lm.train.run import set_threads
 
     set_threads(args.threads)
     checkpoints = []
@@ -134,9 +138,10 @@ def _reach_profile(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from corpora import CorpusError, load_corpus
-    from lm.evaluation import HOW_STATE_FLOWS, evaluate_adapted, evaluate_text, next_word_accuracy
-    from lm.predict import Predictor
-    from lm.runner import set_threads
+    from lm.eval.figures import HOW_STATE_FLOWS, evaluate_adapted, evaluate_text
+    from lm.infer.accuracy import next_word_accuracy
+    from lm.infer.predictor import Predictor
+    from lm.train.run import set_threads
 
     set_threads(args.threads)
     checkpoint = _load(args.model)
@@ -179,7 +184,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 def _cache_setting(value: str):
     """--cache: 'tune' or WINDOW,THETA,WEIGHT."""
-    from lm.cache import CacheConfig
+    from lm.eval.cache import CacheConfig
 
     if value == "tune":
         return value
@@ -206,8 +211,8 @@ def _dynamic_setting(value: str):
 
 def _lab(args: argparse.Namespace) -> int:
     from corpora import CorpusError
-    from lm.lab import CELLS, CLIPPING, LabSettings, run_lab
-    from lm.runner import set_threads
+    from lm.reports.lab import CELLS, CLIPPING, LabSettings, run_lab
+    from lm.train.run import set_threads
 
     set_threads(args.threads)
     overrides = {"seed": args.seed, "tokenizer": args.tokenizer}

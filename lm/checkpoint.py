@@ -29,7 +29,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple, Protocol
 
 import torch
 from safetensors import SafetensorError
@@ -38,11 +38,12 @@ from safetensors.torch import load_file, load_model, save_file, save_model
 from lm.config import ModelConfig, TokenizerConfig, TrainConfig, from_dict, to_dict
 from lm.model import RNNLanguageModel, count_parameters
 from lm.tokenizers import Tokenizer, TokenizerError, load_tokenizer
-from lm.training import TrainingState
 
 __all__ = [
     "Checkpoint",
     "CheckpointError",
+    "Resumable",
+    "Resumed",
     "FORMAT",
     "FORMAT_VERSION",
     "load_checkpoint",
@@ -62,6 +63,21 @@ _OLD_SUFFIX = ".old"
 
 class CheckpointError(Exception):
     """A checkpoint that is missing, damaged or not Reach's; the message is for the user."""
+
+
+class Resumable(Protocol):
+    """What a checkpoint keeps of a training run's progress (lm.train.loop.TrainingState is one)."""
+
+    carried: torch.Tensor | None  # the hidden state carried between windows, (L, B, S)
+
+    def to_json(self) -> dict[str, Any]: ...
+
+
+class Resumed(NamedTuple):
+    """A resumable checkpoint's training progress, as saved: the JSON of `Resumable.to_json` and the carried state."""
+
+    state: dict[str, Any]
+    carried: torch.Tensor | None
 
 
 @dataclass
@@ -141,7 +157,7 @@ def save_checkpoint(
     corpus: dict[str, Any],
     metrics: dict[str, Any] | None = None,
     optimizer: torch.optim.Optimizer | None = None,
-    state: TrainingState | None = None,
+    state: Resumable | None = None,
     rng_states: torch.Tensor | None = None,
 ) -> Path:
     """Write a checkpoint to `directory` atomically (replacing any earlier one there).
@@ -266,7 +282,7 @@ def load_checkpoint(path: Path | str) -> Checkpoint:
 
 
 def restore_training(directory: Path | str, model: RNNLanguageModel, optimizer: torch.optim.Optimizer,
-                     rank: int = 0, world_size: int = 1, seed: int = 0) -> TrainingState:
+                     rank: int = 0, world_size: int = 1, seed: int = 0) -> Resumed:
     """Load weights, optimiser, RNG and training state from a resumable checkpoint into live objects.
 
     The carried state comes back whole, (L, B, S); a rank takes its own rows.
@@ -291,14 +307,15 @@ def restore_training(directory: Path | str, model: RNNLanguageModel, optimizer: 
         for index, values in plain["plain_state"].items():
             slots.setdefault(int(index), {}).update(values)
         optimizer.load_state_dict({"state": slots, "param_groups": plain["param_groups"]})
-        state = TrainingState.from_json(payload["state"], tensors.get("state.carried"))
+        state = Resumed(payload["state"], tensors.get("state.carried"))
+        step = int(state.state["step"])
         generators = tensors.get("rng.torch_ranks")
         if generators is not None and generators.size(0) == world_size:
             torch.set_rng_state(generators[rank].clone())
         elif generators is None and world_size == 1:
             torch.set_rng_state(tensors["rng.torch"])
         else:
-            torch.manual_seed(seed + 7919 * (state.step + 1) + rank)
+            torch.manual_seed(seed + 7919 * (step + 1) + rank)
             log.warning("resuming with %d processes instead of %d: dropout masks are reseeded", world_size,
                         generators.size(0) if generators is not None else 1)
     except (OSError, SafetensorError, RuntimeError, ValueError, KeyError, TypeError, json.JSONDecodeError) as error:

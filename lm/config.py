@@ -8,12 +8,13 @@ carries the `--help` text.
 
 from __future__ import annotations
 
-from dataclasses import MISSING, asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-__all__ = ["CELLS", "ModelConfig", "TokenizerConfig", "TrainConfig", "PRESETS", "apply_preset", "from_dict"]
+from lm.cells import cell_names, get_cell
 
-CELLS = ("rnn_tanh", "rnn_relu", "lstm", "gru")
+__all__ = ["ModelConfig", "TokenizerConfig", "TrainConfig", "PRESETS", "apply_preset", "from_dict"]
+
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("plateau", "cosine", "constant")
 
@@ -61,7 +62,7 @@ class ModelConfig:
     adaptive_div: float = _help("adaptive softmax: each tail cluster's projection is this many times narrower", default=4.0)
 
     def __post_init__(self) -> None:
-        _check(self.cell in CELLS, f"cell must be one of {', '.join(CELLS)}, not {self.cell!r}")
+        _check(self.cell in cell_names(), f"cell must be one of {', '.join(cell_names())}, not {self.cell!r}")
         _check(self.vocab_size >= 0, "vocab_size must not be negative")
         _check(self.embed_dim >= 1 and self.hidden_dim >= 1, "embed_dim and hidden_dim must be positive")
         _check(1 <= self.num_layers <= 16, f"num_layers must be between 1 and 16, not {self.num_layers}")
@@ -77,7 +78,7 @@ class ModelConfig:
     @property
     def state_dim(self) -> int:
         """Width of one layer's carried state: h, or h and c side by side for an LSTM."""
-        return 2 * self.hidden_dim if self.cell == "lstm" else self.hidden_dim
+        return get_cell(self.cell).state_width(self.hidden_dim)
 
 
 @dataclass(frozen=True)
@@ -182,15 +183,7 @@ def from_dict(cls: type, payload: dict[str, Any]) -> Any:
     return cls(**values)
 
 
-def field_defaults(cls: type) -> dict[str, Any]:
-    """Each field's default value."""
-    return {f.name: (f.default if f.default is not MISSING else f.default_factory()) for f in fields(cls)}  # type: ignore[misc]
-
-
 def to_dict(config: Any) -> dict[str, Any]:
     """A JSON-ready dict of a config."""
     return {key: list(value) if isinstance(value, tuple) else value for key, value in asdict(config).items()}
 
-
-# Re-exported for callers that tweak one field of a frozen config.
-replace = replace

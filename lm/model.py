@@ -4,9 +4,15 @@ Tensor layout, used everywhere in Reach:
 - unit ids: (B, T), batch first;
 - embeddings and layer outputs: (B, T, C);
 - logits: (B, T, V);
-- carried state: (L, B, S), one row per layer, where S is the hidden size H,
-  or 2H for an LSTM with h in the first half and c in the second. One tensor
-  for every cell keeps detaching, saving and slicing the state uniform.
+- carried state: (L, B, S), one row per layer, where S is the cell's state
+  width (`lm/cells`): the hidden size H, or 2H for an LSTM with h in the
+  first half and c in the second. One tensor for every cell keeps
+  detaching, saving and slicing the state uniform.
+
+This module is the portable network only: it runs on any device, knows no
+loss, reads no files and uses no CPU-only kernels. The cell equations come
+from the cell's family (`lm/cells`); the fast CPU single step used for
+prediction and attribution is `lm/infer/engine.py`.
 
 Regularisation follows AWD-LSTM (Merity, Keskar and Socher 2017): locked
 (variational) dropout whose mask is shared across time steps, embedding
@@ -21,21 +27,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from lm.cells import RECURRENT_WEIGHT, get_cell, layer_weights
 from lm.config import ModelConfig
-from lm.fastlinear import constant_weight_linear, packed_linear
 
 __all__ = ["RNNLanguageModel", "count_parameters"]
-
-# The first layer's input product for every unit, (V, G), is kept for step-by-step inference when it fits in this
-# many bytes (32 MB for the default model: 4,000 units x 2,048 gate rows).
-INPUT_TABLE_BYTES = 256 * 2**20
-
-_RNN_CLASSES = {
-    "rnn_tanh": lambda i, h: nn.RNN(i, h, nonlinearity="tanh", batch_first=True),
-    "rnn_relu": lambda i, h: nn.RNN(i, h, nonlinearity="relu", batch_first=True),
-    "lstm": lambda i, h: nn.LSTM(i, h, batch_first=True),
-    "gru": lambda i, h: nn.GRU(i, h, batch_first=True),
-}
 
 
 def locked_dropout(x: Tensor, p: float, training: bool) -> Tensor:
@@ -59,10 +54,11 @@ class RNNLanguageModel(nn.Module):
         if config.vocab_size < 2:
             raise ValueError("ModelConfig.vocab_size must be set from the tokenizer before building a model")
         self.config = config
+        self.cell = get_cell(config.cell)  # the cell family: its layer, state layout and equations
         hidden = config.hidden_dim
         self.embedding = nn.Embedding(config.vocab_size, config.embed_dim)
         self.layers = nn.ModuleList(
-            _RNN_CLASSES[config.cell](config.embed_dim if index == 0 else hidden, hidden)
+            self.cell.make_layer(config.embed_dim if index == 0 else hidden, hidden)
             for index in range(config.num_layers)
         )
         out_dim = hidden
@@ -91,12 +87,8 @@ class RNNLanguageModel(nn.Module):
             nn.init.zeros_(self.decoder.bias)
             if not self.config.tie_weights:
                 nn.init.uniform_(self.decoder.weight, -0.1, 0.1)
-        if self.config.cell == "lstm":
-            hidden = self.config.hidden_dim
-            for layer in self.layers:
-                # Forget-gate bias 1 (Jozefowicz et al. 2015): remember by default.
-                nn.init.ones_(layer.bias_ih_l0[hidden : 2 * hidden])
-                nn.init.zeros_(layer.bias_hh_l0[hidden : 2 * hidden])
+        for layer in self.layers:
+            self.cell.init_layer(layer, self.config.hidden_dim)
 
     def init_state(self, batch_size: int) -> Tensor:
         """The zero state, (L, B, S)."""
@@ -112,20 +104,7 @@ class RNNLanguageModel(nn.Module):
         mask = weight.new_empty(weight.size(0), 1).bernoulli_(1 - p).div_(1 - p)  # (V, 1)
         return F.embedding(ids, weight * mask)
 
-    def _to_init(self, state: Tensor) -> Tensor | tuple[Tensor, Tensor]:
-        """A (B, S) state row as nn.RNN/GRU's h0 or nn.LSTM's (h0, c0), each (1, B, H)."""
-        if self.config.cell == "lstm":
-            hidden = self.config.hidden_dim
-            return state[:, :hidden].unsqueeze(0).contiguous(), state[:, hidden:].unsqueeze(0).contiguous()
-        return state.unsqueeze(0).contiguous()
-
-    def _from_final(self, final: Tensor | tuple[Tensor, Tensor]) -> Tensor:
-        """nn.RNN/GRU's h_n or nn.LSTM's (h_n, c_n) as one (B, S) state row."""
-        if self.config.cell == "lstm":
-            return torch.cat([final[0][0], final[1][0]], dim=-1)
-        return final[0]
-
-    def _run_layer(self, index: int, x: Tensor, state: Tensor, lengths: Tensor | None = None,
+    def run_layer(self, index: int, x: Tensor, state: Tensor, lengths: Tensor | None = None,
                    split_at: int | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
         """One recurrent layer over (B, T, C) from state (B, S): outputs, final state, and the state after
         `split_at` steps (None without `split_at`).
@@ -133,183 +112,61 @@ class RNNLanguageModel(nn.Module):
         With `lengths` (B,), row b is only `lengths[b]` steps long (right-padded)
         and its final state is the one after its last real step.
         """
-        layer = self.layers[index]
+        layer, cell, hidden = self.layers[index], self.cell, self.config.hidden_dim
         if lengths is not None:
             packed = nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
-            out, final = layer(packed, self._to_init(state))
+            out, final = layer(packed, cell.to_torch_state(state, hidden))
             out, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=x.size(1))
-            return out, self._from_final(final), None
+            return out, cell.from_torch_state(final, hidden), None
         run = layer
         p = self.config.weight_dropout
         if self.training and p > 0.0:
             # DropConnect (Wan et al. 2013) on W_hh, one mask per forward call.
-            dropped = F.dropout(layer.weight_hh_l0, p=p, training=True)
-            run = lambda inputs, init: functional_call(layer, {"weight_hh_l0": dropped}, (inputs, init))  # noqa: E731
+            dropped = F.dropout(layer_weights(layer).recurrent, p=p, training=True)
+            run = lambda inputs, init: functional_call(layer, {RECURRENT_WEIGHT: dropped}, (inputs, init))  # noqa: E731
         if split_at is None:
-            out, final = run(x, self._to_init(state))
-            return out, self._from_final(final), None
-        head, middle = run(x[:, :split_at], self._to_init(state))
-        middle = self._from_final(middle)
-        tail, final = run(x[:, split_at:], self._to_init(middle))
-        return torch.cat([head, tail], dim=1), self._from_final(final), middle
+            out, final = run(x, cell.to_torch_state(state, hidden))
+            return out, cell.from_torch_state(final, hidden), None
+        head, middle = run(x[:, :split_at], cell.to_torch_state(state, hidden))
+        middle = cell.from_torch_state(middle, hidden)
+        tail, final = run(x[:, split_at:], cell.to_torch_state(middle, hidden))
+        return torch.cat([head, tail], dim=1), cell.from_torch_state(final, hidden), middle
 
-    def step(self, ids: Tensor, state: Tensor, constant_weights: bool = False,
-             parents: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """One time step in evaluation mode: ids (N,), state (L, N, S) -> logits (N, V), new state (L, N, S).
+    def step(self, ids: Tensor, state: Tensor, parents: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """One time step in evaluation mode, with autograd everywhere: ids (N,), state (L, N, S) -> logits (N, V),
+        new state (L, N, S). With `parents` (N,), state holds M states (L, M, S) and input i continues
+        state[:, parents[i]].
 
-        The cell equations written out (the same as torch.nn's), because for
-        a single step they run several times faster on a CPU than the fused
-        kernels, which are built for long sequences. Without autograd the
-        products use prepacked weights (`lm/fastlinear.py`). With autograd and
-        `constant_weights`, they do too, both ways: gradients reach the state
-        and the embeddings but never the weights (what attribution needs).
-
-        With `parents` (N,), state holds M states (L, M, S) and input i continues
-        state parents[i]: the same result as state[:, parents], but each layer's
-        recurrent product runs once per distinct state, not once per input (a
-        search steps many units from the same state).
+        The reference single step, on any device; the CPU inference engine
+        (`lm/infer/engine.py`) computes the same equations faster.
         """
-        mode = "fast" if not torch.is_grad_enabled() else "constant" if constant_weights else "plain"
-        new_state = self._cell_step(state, mode, ids=ids, parents=parents)
-        return self.output(new_state[-1, :, : self.config.hidden_dim], mode), new_state
-
-    def read_steps(self, ids: Tensor, state: Tensor) -> Tensor:
-        """The state (L, N, S) after reading ids (N, T) one cell step at a time, without autograd.
-
-        For the few units of a word typed after a cached prefix this beats the
-        fused layers, whose set-up costs about as much as several steps.
-        """
-        for t in range(ids.size(1)):
-            state = self._cell_step(state, "fast", ids=ids[:, t])
-        return state
-
-    def _input_table(self) -> Tensor | None:
-        """The first layer's input product for every unit, embedding(v) @ W_ih.T + biases (V, G), or None when it
-        would exceed INPUT_TABLE_BYTES. The biases are b_ih (a GRU's b_hh stays with its h product, inside r * hn)
-        and, for the other cells, b_hh as well. Kept until the weights change.
-
-        A step then gathers N rows of it instead of streaming W_ih through a product: for the default LSTM
-        that is a third of each step's gate arithmetic.
-        """
-        layer, embedding = self.layers[0], self.embedding.weight
-        if embedding.size(0) * layer.weight_ih_l0.size(0) * embedding.element_size() > INPUT_TABLE_BYTES:
-            return None
-        w_ih, b_ih, b_hh = layer.weight_ih_l0, layer.bias_ih_l0, layer.bias_hh_l0
-
-        def build() -> Tensor:
-            with torch.no_grad():
-                bias = b_ih if self.config.cell == "gru" else b_ih + b_hh
-                return F.linear(embedding, w_ih, bias)
-
-        return self._packed("input_table", (embedding, w_ih, b_ih, b_hh), build)
-
-    def _cell_step(self, state: Tensor, mode: str, ids: Tensor | None = None, x: Tensor | None = None,
-                   parents: Tensor | None = None) -> Tensor:
-        """Every layer's cell once on unit ids (N,) or embeddings x (N, E): state (L, N, S) -> new state (L, N, S),
-        or with `parents` (N,) from state (L, M, S) as `step` describes.
-
-        mode: "plain" (autograd everywhere), "fast" (no autograd, prepacked products) or "constant"
-        (prepacked products with autograd for their inputs only; see `step`). Given ids, the fast modes take
-        the first layer's input product from `_input_table` and never embed them; the gradient then reaches
-        the state but not the embeddings, which is all "constant" promises.
-
-        Each layer splits its pre-activations into an input part and a recurrent part, biases as in
-        `_input_table`: both of them with the input part, except a GRU's b_hh, which r gates with the rest
-        of the recurrent part.
-        """
-        hidden, cell = self.config.hidden_dim, self.config.cell
-        if parents is not None and mode == "plain":
-            state, parents = state.index_select(1, parents), None
-        table = self._input_table() if mode != "plain" and ids is not None else None
-        if table is None and x is None:
-            x = self.embedding(ids)
+        if parents is not None:
+            state = state.index_select(1, parents)
+        hidden, cell = self.config.hidden_dim, self.cell
+        x = self.embedding(ids)  # (N, E)
         finals = []
         for index, layer in enumerate(self.layers):
-            h = state[index, :, :hidden]  # (N, H), or (M, H) with parents
-            w_ih, w_hh, b_ih, b_hh = layer.weight_ih_l0, layer.weight_hh_l0, layer.bias_ih_l0, layer.bias_hh_l0
-            recurrent_bias = (b_hh,) if cell == "gru" else ()
-            if mode == "plain":
-                from_x, from_h = torch.addmm(b_ih, x, w_ih.t()), torch.addmm(b_hh, h, w_hh.t())
-            elif cell != "gru" and parents is None and (index > 0 or table is None):
-                # One product for both inputs: [x, h] (N, E + H) against [W_ih, W_hh] (G, E + H).
-                gates = self._linear(f"gates{index}", (w_ih, w_hh, b_ih, b_hh), lambda: torch.cat([w_ih, w_hh], dim=1),
-                                     lambda: b_ih + b_hh, mode)
-                from_x, from_h = gates(torch.cat([x, h], dim=1)), None
-            else:
-                if index == 0 and table is not None:
-                    from_x = table.index_select(0, ids)  # (N, G)
-                else:
-                    from_x = self._linear(f"input{index}", (w_ih, b_ih, b_hh), lambda: w_ih,
-                                          lambda: b_ih if cell == "gru" else b_ih + b_hh, mode)(x)
-                from_h = self._linear(f"recurrent{index}", (w_hh, *recurrent_bias), lambda: w_hh,
-                                      lambda: recurrent_bias[0] if recurrent_bias else None, mode)(h)
-            if parents is not None:  # from each parent to its inputs
-                from_h = from_h.index_select(0, parents)
-            if cell == "gru":
-                if parents is not None:
-                    h = h.index_select(0, parents)  # z keeps part of it
-                xr, xz, xn = from_x.chunk(3, dim=-1)
-                hr, hz, hn = from_h.chunk(3, dim=-1)
-                r, z = torch.sigmoid(xr + hr), torch.sigmoid(xz + hz)
-                n = torch.tanh(xn + r * hn)
-                x = (1 - z) * n + z * h
-                finals.append(x)
-                continue
-            pre = from_x if from_h is None else from_x + from_h  # (N, G)
-            if cell == "lstm":
-                c = state[index, :, hidden:]
-                if parents is not None:
-                    c = c.index_select(0, parents)
-                i, f, g, o = pre.chunk(4, dim=-1)
-                c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-                x = torch.sigmoid(o) * torch.tanh(c)
-                finals.append(torch.cat([x, c], dim=-1))
-                continue
-            x = torch.tanh(pre) if cell == "rnn_tanh" else torch.relu(pre)
-            finals.append(x)
-        return finals[0].unsqueeze(0) if len(finals) == 1 else torch.stack(finals)
+            weights = layer_weights(layer)
+            h = state[index, :, :hidden]  # (N, H)
+            from_x = torch.addmm(weights.input_bias, x, weights.input.t())  # (N, G)
+            from_h = torch.addmm(weights.recurrent_bias, h, weights.recurrent.t())
+            final = cell.step(from_x, from_h, state[index], None, hidden)  # (N, S)
+            x = final[:, :hidden]
+            finals.append(final)
+        return self.output(x), torch.stack(finals)
 
-    def _linear(self, name: str, sources: tuple[Tensor, ...], weight, bias, mode: str):
-        """x -> x @ weight().T + bias(), prepacked ("fast"), or prepacked both ways with autograd for x
-        alone ("constant"); both kept until a source changes."""
-        forward = self._packed(name, sources, lambda: packed_linear(weight(), bias()))
-        if mode == "fast":
-            return forward
-        backward = self._packed(f"{name}^T", sources, lambda: packed_linear(weight().t(), None))
-        return lambda x: constant_weight_linear(x, forward, backward)
-
-    def _packed(self, name: str, sources: tuple[Tensor, ...], build):
-        """The prepacked linear map `build()` made from `sources`, rebuilt whenever one of them changes
-        (an optimiser step, a reload)."""
-        key = tuple((id(t), t.data_ptr(), t._version) for t in sources)
-        cache = self.__dict__.setdefault("_packed_linears", {})
-        entry = cache.get(name)
-        if entry is None or entry[0] != key:
-            entry = (key, build())
-            cache[name] = entry
-        return entry[1]
-
-    def output(self, x: Tensor, mode: str = "plain") -> Tensor:
+    def output(self, x: Tensor) -> Tensor:
         """Logits over units from top-layer features (..., H). With an adaptive softmax they are
-        log-probabilities already (log_softmax leaves them unchanged). mode "fast": inference with
-        prepacked weights, for features (N, H); "constant": the same with autograd for x only
-        (see `step`)."""
-        if mode != "plain" and self.adaptive is None:
-            projection, decoder = self.projection, self.decoder
-            if projection is not None:
-                x = self._linear("projection", (projection.weight, projection.bias), lambda: projection.weight,
-                                 lambda: projection.bias, mode)(x)
-            return self._linear("decoder", (decoder.weight, decoder.bias), lambda: decoder.weight, lambda: decoder.bias, mode)(x)
+        log-probabilities already (log_softmax leaves them unchanged)."""
         if self.projection is not None:
             x = self.projection(x)  # (..., E)
         if self.adaptive is not None:
             return self.adaptive.log_prob(x.reshape(-1, x.size(-1))).view(*x.shape[:-1], -1)
         return self.decoder(x)
 
-    def output_from_state(self, state: Tensor, mode: str = "plain") -> Tensor:
-        """Logits (N, V) after the step that left `state` (L, N, S): the top layer's output is its h.
-        `mode` as in `output`."""
-        return self.output(state[-1, :, : self.config.hidden_dim], mode)
+    def output_from_state(self, state: Tensor) -> Tensor:
+        """Logits (N, V) after the step that left `state` (L, N, S): the top layer's output is its h."""
+        return self.output(state[-1, :, : self.config.hidden_dim])
 
     def target_logprobs(self, x: Tensor, targets: Tensor) -> Tensor:
         """log P(target) at each position from features (B, T, H) and targets (B, T); cheap with an adaptive softmax."""
@@ -326,7 +183,7 @@ class RNNLanguageModel(nn.Module):
         x = self.embed(ids)
         finals = []
         for index in range(self.config.num_layers):
-            x, final, _ = self._run_layer(index, x, state[index])  # (B, T, H), (B, S)
+            x, final, _ = self.run_layer(index, x, state[index])  # (B, T, H), (B, S)
             finals.append(final)
         return x, torch.stack(finals)
 
@@ -351,7 +208,7 @@ class RNNLanguageModel(nn.Module):
         x = locked_dropout(embeds, self.config.input_dropout, self.training)  # (B, T, E)
         finals, middles = [], []
         for index in range(self.config.num_layers):
-            x, final, middle = self._run_layer(index, x, state[index], lengths, split_at)  # (B, T, H), (B, S)
+            x, final, middle = self.run_layer(index, x, state[index], lengths, split_at)  # (B, T, H), (B, S)
             x = locked_dropout(x, self.config.dropout, self.training)
             finals.append(final)
             middles.append(middle)

@@ -51,9 +51,37 @@ def is_word_char(char: str) -> bool:
 
 
 class Tokenizer(Protocol):
-    """What the rest of Reach needs from a tokenizer."""
+    """What the rest of Reach needs from a tokenizer: the whole contract the predictor relies on.
+
+    Units and text:
+    - Text is encoded line by line: each line break is one unit of its own,
+      `newline_id`, and no other unit spans a line break. A model reads a line
+      break first (a text starts at a line start), so `encode` never emits a
+      leading one.
+    - `encode_with_offsets` gives each unit's (start, end) character span in
+      the text it encoded; spans are in order and cover the text.
+    - `unit_text(u, line_start)` is the exact text unit u adds after a
+      context: None for units that stand for no text of their own (the
+      unknown unit, SentencePiece's byte pieces; they never form words); "\n"
+      for `newline_id`; otherwise a non-empty string, except that at a line
+      start a unit whose text is only SentencePiece's dummy leading space
+      gives "" (the space a line does not show). `line_start` is whether the
+      unit follows a line break (or nothing).
+    - Decoding the units of `encode(text)` gives `text` back for text made of
+      known characters.
+
+    Capabilities:
+    - `heals_words`: True when one unit can hold several characters, so that
+      a text ending inside a word is encoded differently from the finished
+      word (" capi" vs " capital"); the predictor then reads the context only
+      up to the unfinished word and makes the continuation spell it ("token
+      healing", docs/PREDICTION.md). False for one unit per character.
+
+    `kind` names the tokenizer in files and model cards only; no code branches on it.
+    """
 
     kind: str
+    heals_words: bool
     vocab_size: int
     unk_id: int
     newline_id: int
@@ -86,6 +114,7 @@ class CharTokenizer:
     """One unit per character; characters rarer than `min_count` in training map to `<unk>` (id 0)."""
 
     kind = "char"
+    heals_words = False  # one unit per character: a text that ends inside a word needs no healing
 
     def __init__(self, chars: list[str], min_count: int = 1):
         if len(set(chars)) != len(chars) or any(len(c) != 1 for c in chars):
@@ -141,6 +170,7 @@ class SubwordTokenizer:
     """SentencePiece pieces within a line, plus one unit (the last id) for each line break."""
 
     kind = "subword"
+    heals_words = True
 
     def __init__(self, model_proto: bytes, model_type: str):
         import sentencepiece

@@ -14,7 +14,7 @@ from pathlib import Path
 from flask import current_app
 
 from lm.checkpoint import Checkpoint, load_checkpoint
-from lm.predict import Predictor
+from lm.infer.predictor import Predictor
 
 __all__ = ["LoadedModel", "ModelRegistry", "parse_model_specs", "registry"]
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from lm.attribution import Attribution
-from lm.predict import PredictionResult
+from lm.infer.attribution import Attribution
+from lm.infer.predictor import PredictionResult
 from lm.tokenizers import Tokenizer
 
 __all__ = ["attribution_body", "prediction_body"]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from flask import Blueprint, current_app, jsonify, request, send_from_directory
 
-from lm.attribution import attribute
+from lm.infer.attribution import attribute
 from server.errors import ApiError
 from server.openapi import openapi_document
 from server.registry import registry

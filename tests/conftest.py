@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import os
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 
 from corpora import load_corpus
-from lm.config import ModelConfig, apply_preset, replace
+from lm.config import ModelConfig, apply_preset
 from lm.model import RNNLanguageModel
-from lm.runner import seed_everything, train_run
+from lm.infer.accuracy import checkpoint_accuracy
+from lm.train.run import seed_everything, train_run
 from lm.tokenizers import CharTokenizer, SubwordTokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,7 +80,7 @@ def train_tiny(out: Path, corpus, **overrides):
     settings.update(overrides)
     tokenizer_config, model_config, train_config = apply_preset("tiny", settings)
     seed_everything(train_config.seed)
-    return train_run(tokenizer_config, model_config, train_config, out, corpus=corpus)
+    return train_run(tokenizer_config, model_config, train_config, out, corpus=corpus, accuracy=checkpoint_accuracy)
 
 
 @pytest.fixture(scope="session")

@@ -8,11 +8,12 @@ import torch
 
 from conftest import external_references
 from lm.__main__ import main as lm_main
-from lm.attribution import _unit_words, _words_of, attribute, hidden_jacobian_norms, reach_figures
+from lm.infer.attribution import (attribute, hidden_jacobian_norms, path_logprobs, prediction_gradients, reach_figures,
+                                  unit_words, words_of)
 from lm.checkpoint import load_checkpoint
-from lm.context_grad import trace_context
-from lm.predict import PredictionResult, Predictor
-from lm.views import render_html, render_terminal
+from lm.infer.context_grad import trace_context
+from lm.infer.predictor import PredictionResult, Predictor
+from lm.reports.views import render_html, render_terminal
 
 TEXT = "The album was released in the United States in 1998, and it was "
 
@@ -37,7 +38,7 @@ def _direct_logprob(model, tokenizer, embeds, word):
     logprobs = torch.log_softmax(logits[0].double(), -1)  # (n + m + 1, V)
     n = embeds.size(1)
     total = sum(logprobs[n - 1 + i, u] for i, u in enumerate(units))
-    ends = torch.tensor([i for i, e in enumerate(Predictor(model, tokenizer).table.ends) if e])
+    ends = torch.tensor([i for i, e in enumerate(Predictor(model, tokenizer).units.ends) if e])
     return total + torch.logsumexp(logprobs[n - 1 + len(units), ends], 0)
 
 
@@ -93,18 +94,16 @@ def test_grad_x_input_equals_captum_layer_gradient_x_activation(char_predictor):
 
 
 def test_the_batched_gradients_equal_k_separate_computations(subword_predictor):
-    from lm.attribution import _gradients
-
     text = "In 1990 the band released a second album, and the "
     result = attribute(subword_predictor, text, k=4)
     tokenizer = subword_predictor.tokenizer
     units = tuple(tokenizer.encode(result.result.query.context))
     trace = trace_context(subword_predictor.model, torch.tensor([tokenizer.newline_id, *units]))
-    batched, _ = _gradients(subword_predictor, trace, result.result, 1.0)
+    batched, _ = prediction_gradients(subword_predictor, trace, result.result, 1.0)
     for row, prediction in enumerate(result.result.predictions):
         alone = PredictionResult(result.result.query, [prediction], len(units), result.result.required_logprob,
                                  result.result.required_paths)
-        single, _ = _gradients(subword_predictor, trace, alone, 1.0)
+        single, _ = prediction_gradients(subword_predictor, trace, alone, 1.0)
         torch.testing.assert_close(batched[row], single[0], rtol=1e-4, atol=1e-7)
 
 
@@ -137,11 +136,11 @@ def test_reach_figures_on_hand_made_influence():
 
 def test_units_map_to_words_and_offsets(subword_predictor):
     text = "Reach, in short: how far back?"
-    words = _words_of(text)
+    words = words_of(text)
     assert [w for w, _, _ in words] == ["Reach,", "in", "short:", "how", "far", "back?"]
     ids, spans = subword_predictor.tokenizer.encode_with_offsets(text)
     units = [(text[s:e], s, e) for s, e in spans]
-    owners = _unit_words(units, words)
+    owners = unit_words(units, words)
     for (unit_text, start, end), owner in zip(units, owners):
         word, word_start, word_end = words[owner]
         stripped = unit_text.strip()
@@ -238,10 +237,8 @@ def test_reach_profile_cli_compares_models(tiny_run, tiny_subword_run, corpus_di
 
 def test_path_logprobs_equal_a_path_by_path_sum(subword_predictor, monkeypatch):
     """The gathered path terms equal log-probabilities summed unit by unit, in value and in gradient."""
-    from lm.attribution import _path_logprobs
-
-    model, tokenizer = subword_predictor.model, subword_predictor.tokenizer
-    ends = torch.from_numpy(subword_predictor.table.ends)
+    model, tokenizer, engine = subword_predictor.model, subword_predictor.tokenizer, subword_predictor.engine
+    ends = torch.from_numpy(subword_predictor.units.ends)
     contexts = ["The album was", "In 1990 the band"]
     rows = [torch.tensor([[tokenizer.newline_id, *tokenizer.encode(text)]]) for text in contexts]
     lengths = torch.tensor([row.size(1) for row in rows])
@@ -261,9 +258,10 @@ def test_path_logprobs_equal_a_path_by_path_sum(subword_predictor, monkeypatch):
         return state, first
 
     state, first = fresh()
-    stepped, step = [], model.step
-    monkeypatch.setattr(model, "step", lambda ids, *args, **kwargs: (stepped.append(ids.tolist()), step(ids, *args, **kwargs))[1])
-    gathered = _path_logprobs(model, state, first, path_rows, paths, ends)
+    stepped, step = [], engine.differentiable_step
+    monkeypatch.setattr(engine, "differentiable_step",
+                        lambda ids, *args, **kwargs: (stepped.append(ids.tolist()), step(ids, *args, **kwargs))[1])
+    gathered = path_logprobs(engine, state, first, path_rows, paths, ends)
     monkeypatch.undo()
     # One step per distinct prefix whose distribution is used: row 1's (a), (a, b), (a, b, c) and row 0's (b).
     assert stepped == [[a, b], [b], [c]]
@@ -286,24 +284,20 @@ def test_path_logprobs_equal_a_path_by_path_sum(subword_predictor, monkeypatch):
     torch.testing.assert_close(gathered_grad, expected_grad, rtol=1e-4, atol=1e-6)
 
 
-def test_one_unit_spellings_do_not_run_the_model(subword_predictor):
+def test_one_unit_spellings_do_not_run_the_model(subword_predictor, monkeypatch):
     """A required space has a spelling per unit that begins with one: those must cost no model pass."""
-    from lm.attribution import _path_logprobs
-
     calls = []
-
-    def counting(*args, **kwargs):
-        calls.append(args)
-        return subword_predictor.model(*args, **kwargs)
-
+    engine = subword_predictor.engine
+    step = engine.differentiable_step
+    monkeypatch.setattr(engine, "differentiable_step", lambda *args, **kwargs: (calls.append(args), step(*args, **kwargs))[1])
     model = subword_predictor.model
-    ends = torch.from_numpy(subword_predictor.table.ends)
+    ends = torch.from_numpy(subword_predictor.units.ends)
     state = model.init_state(3).requires_grad_(True)
     first = torch.log_softmax(model.output(state[-1, :, : model.config.hidden_dim]).double(), dim=-1)
     units = range(model.config.vocab_size)
     paths = [((unit,), False) for unit in units for _ in range(3)]
     rows = [row for _ in units for row in range(3)]
-    values = _path_logprobs(counting, state, first, rows, paths, ends)
+    values = path_logprobs(engine, state, first, rows, paths, ends)
     assert not calls
     torch.testing.assert_close(values, first[torch.tensor(rows), torch.tensor([p[0][0] for p in paths])])
     (grad,) = torch.autograd.grad(values.sum(), state)

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from lm.__main__ import main as lm_main
-from lm.cache import CacheConfig, StreamScores, cache_logprobs, mixed_nll, score_stream, tune_cache
-from lm.evaluation import evaluate_ids, evaluate_text
+from lm.eval.cache import CacheConfig, StreamScores, cache_logprobs, mixed_nll, score_stream, tune_cache
+from lm.eval.figures import evaluate_ids, evaluate_text
 from conftest import make_model
 
 

@@ -8,9 +8,11 @@ import torch
 
 from lm import checkpoint as checkpoint_module
 from lm.checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint, restore_training, save_checkpoint
-from lm.config import TokenizerConfig, TrainConfig, replace
+from dataclasses import replace
+
+from lm.config import TokenizerConfig, TrainConfig
 from lm.model import RNNLanguageModel
-from lm.training import TrainingState, build_optimizer
+from lm.train.loop import TrainingState, build_optimizer
 
 
 @pytest.fixture
@@ -59,7 +61,7 @@ def test_training_state_restores_optimizer_rng_and_carried_state(saved):
     torch.manual_seed(999)
     fresh = RNNLanguageModel(model.config)
     fresh_optimizer = build_optimizer(fresh, TrainConfig())
-    restored = restore_training(directory, fresh, fresh_optimizer)
+    restored = TrainingState.from_json(*restore_training(directory, fresh, fresh_optimizer))
     assert (restored.step, restored.epoch, restored.position) == (7, 1, 123)
     torch.testing.assert_close(restored.carried, state.carried)
     assert restored.python_rng == [3, [1, 2], None]

@@ -3,8 +3,10 @@
 import pytest
 import torch
 
-from lm.context_grad import backward_context, trace_context
 from conftest import make_model
+from lm.infer import engine as engine_module
+from lm.infer.context_grad import backward_context, trace_context
+from lm.infer.engine import StepEngine
 
 
 def _autograd_reference(model, ids, seeds):
@@ -19,22 +21,21 @@ def _autograd_reference(model, ids, seeds):
 @pytest.mark.parametrize("table", [True, False], ids=["input-table", "no-input-table"])
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh", "rnn_relu"])
 def test_backward_context_equals_autograd(cell, table, monkeypatch):
-    import lm.model
-
     if not table:  # the first layer's input part recomputed by a product, not gathered from the per-unit table
-        monkeypatch.setattr(lm.model, "INPUT_TABLE_BYTES", 0)
+        monkeypatch.setattr(engine_module, "INPUT_TABLE_BYTES", 0)
     model = make_model(cell, vocab_size=40, seed=3, num_layers=2).eval()
     generator = torch.Generator().manual_seed(1)
     ids = torch.randint(0, 40, (150,), generator=generator)  # more than one 64-step block, the last one partial
     seeds = torch.randn(2, 3, model.config.state_dim, generator=generator)  # (L, k, S)
     trace = trace_context(model, ids)
-    got = backward_context(model, trace, seeds)
+    engine = StepEngine(model)
+    got = backward_context(engine, trace, seeds)
     expected = _autograd_reference(model, ids, seeds)
     assert got.shape == expected.shape == (3, 150, model.config.embed_dim)
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-6)
     # Every seed row has its own gradient, not a mixture: a seed of zeros gives zeros.
     seeds[:, 1] = 0
-    assert backward_context(model, trace, seeds)[1].abs().max() == 0
+    assert backward_context(engine, trace, seeds)[1].abs().max() == 0
 
 
 def test_trace_gives_the_models_own_final_state_and_logits():

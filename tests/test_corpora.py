@@ -5,7 +5,7 @@ import time
 import pytest
 
 from corpora import CorpusError, load_corpus
-from corpora.loading import _split_articles, split_name_for_article
+from corpora.loading import split_articles, split_name_for_article
 from conftest import EXTRA_DIR
 
 
@@ -71,7 +71,7 @@ def test_articles_are_split_deterministically_by_index():
     lines = []
     for index in range(20):
         lines += [f" = Article {index} = ", f" Text of article {index} . "]
-    splits = _split_articles(lines)
+    splits = split_articles(lines)
     assert [line for line in splits["valid"] if "=" in line] == [" = Article 4 = ", " = Article 14 = "]
     assert [line for line in splits["test"] if "=" in line] == [" = Article 9 = ", " = Article 19 = "]
     assert len(splits["train"]) == 32

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from lm.__main__ import main as lm_main
-from lm.cache import score_stream
-from lm.dynamic import score_stream_dynamic, tune_dynamic
-from lm.evaluation import evaluate_text
+from lm.eval.cache import score_stream
+from lm.eval.dynamic import score_stream_dynamic, tune_dynamic
+from lm.eval.figures import evaluate_text
 from tests.conftest import make_model
 
 

@@ -8,12 +8,12 @@ import pytest
 
 from conftest import external_references
 from lm.__main__ import main as lm_main
-from lm.lab import LabSettings, _parameters, hidden_for_parameters, plan_runs
+from lm.reports.lab import LabSettings, hidden_for_parameters, lab_parameters, plan_runs
 
 
 def test_cells_are_sized_to_equal_parameter_counts():
     settings = LabSettings(parameters=400_000, embed_dim=64)
-    counts = {cell: _parameters(cell, hidden_for_parameters(cell, 120, settings), 120, settings) for cell in settings.cells}
+    counts = {cell: lab_parameters(cell, hidden_for_parameters(cell, 120, settings), 120, settings) for cell in settings.cells}
     assert all(abs(count - 400_000) / 400_000 < 0.01 for count in counts.values()), counts
     hidden = {cell: hidden_for_parameters(cell, 120, settings) for cell in settings.cells}
     assert hidden["rnn_tanh"] > hidden["gru"] > hidden["lstm"]

@@ -9,7 +9,9 @@ import torch
 from lm.__main__ import main as lm_main
 from lm.config import ModelConfig
 from lm.model import RNNLanguageModel
-from lm.predict import Predictor, make_query, word_at
+from lm.infer.predictor import Predictor
+from lm.infer.query import make_query, word_at
+from lm.infer.scoring import spell_many, word_targets
 from lm.tokenizers import CharTokenizer, is_word_char
 
 
@@ -21,6 +23,7 @@ class PieceTokenizer:
     """
 
     kind = "subword"
+    heals_words = True
     PIECES = ["<unk>", " ab", " a", " b", " ", "a", "b", ",", "\n"]
 
     def __init__(self):
@@ -152,9 +155,9 @@ def test_the_prefix_cache_gives_the_cold_answers_and_reads_only_the_new_words(ti
     first = "The album was released in the United States and"
     warm.predict(first + " ")
     read = []
-    forward, steps = checkpoint.model.forward, checkpoint.model.read_steps  # the fused read and the few-units one
+    forward, steps = checkpoint.model.forward, warm.engine.read_steps  # the fused read and the few-units one
     monkeypatch.setattr(checkpoint.model, "forward", lambda ids=None, state=None, **kw: (read.append(ids.shape[1]), forward(ids, state, **kw))[1])
-    monkeypatch.setattr(checkpoint.model, "read_steps", lambda ids, state: (read.append(ids.shape[1]), steps(ids, state))[1])
+    monkeypatch.setattr(warm.engine, "read_steps", lambda ids, state: (read.append(ids.shape[1]), steps(ids, state))[1])
     again = warm.predict(first + " it was a")
     encode = checkpoint.tokenizer.encode
     assert read == [len(encode(first + " it was")) - len(encode(first))]  # only the new words are read
@@ -175,9 +178,9 @@ def test_typing_a_word_the_last_prediction_read_needs_no_model_read(tiny_subword
     # The most probable word (not punctuation, which normalisation would glue to "and"): exact scoring read its units.
     top = next(p.word for p in warm.predict(first + " ").predictions if p.word[0].isalnum())
     read = []
-    forward, steps = checkpoint.model.forward, checkpoint.model.read_steps
+    forward, steps = checkpoint.model.forward, warm.engine.read_steps
     monkeypatch.setattr(checkpoint.model, "forward", lambda ids=None, state=None, **kw: (read.append(ids.shape[1]), forward(ids, state, **kw))[1])
-    monkeypatch.setattr(checkpoint.model, "read_steps", lambda ids, state: (read.append(ids.shape[1]), steps(ids, state))[1])
+    monkeypatch.setattr(warm.engine, "read_steps", lambda ids, state: (read.append(ids.shape[1]), steps(ids, state))[1])
     typed = f"{first} {top} "
     again = warm.predict(typed)
     assert read == []  # the context's state came from the previous prediction's reads
@@ -202,7 +205,7 @@ def test_warm_up_changes_no_answer_and_caches_no_context(tiny_subword_run):
     checkpoint = load_checkpoint(tiny_subword_run.out)
     warmed = Predictor(checkpoint.model, checkpoint.tokenizer)
     warmed.warm_up(rows=6)
-    assert not warmed._cache  # nothing a user typed is remembered
+    assert warmed.cached_contexts == 0  # nothing a user typed is remembered
     fresh = Predictor(checkpoint.model, checkpoint.tokenizer, cache_size=0)
     text = "The album was released in "
     for a, b in zip(warmed.predict(text).predictions, fresh.predict(text).predictions):
@@ -305,19 +308,19 @@ def test_exact_scoring_drops_only_spellings_within_the_tolerance(tiny_subword_ru
     checkpoint = load_checkpoint(tiny_subword_run.out)
     predictor = Predictor(checkpoint.model, checkpoint.tokenizer)
     steps = []
-    step = predictor._step
-    predictor._step = lambda states, units, *rest: (steps.append(len(units)), step(states, units, *rest))[1]
+    step = predictor.engine.step
+    predictor.engine.step = lambda ids, *rest, **kw: (steps.append(len(ids)), step(ids, *rest, **kw))[1]
     tolerance = 1e-2
     for text in ("The album was released in the United States and ", "In 1990 the band rele"):
         query = make_query(text, checkpoint.tokenizer)
         context = predictor.context_state(tuple(checkpoint.tokenizer.encode(query.context)))
         words = ["international", "released", "the", "television", "a", "relegated"]
-        targets = [(target, True) for word in words for target in predictor._word_targets(query, word)]
+        targets = [(target, True) for word in words for target in word_targets(query, word)]
         steps.clear()
-        full = predictor._spell_many(context, targets, 1.0, tolerance=0.0)
+        full = spell_many(predictor.units, predictor.reads_after(context), context.line_start, targets, tolerance=0.0)
         full_steps = sum(steps)
         steps.clear()
-        pruned = predictor._spell_many(context, targets, 1.0, tolerance=tolerance)
+        pruned = spell_many(predictor.units, predictor.reads_after(context), context.line_start, targets, tolerance=tolerance)
         assert sum(steps) < full_steps  # odd segmentations were dropped
         for (exact, _), (approximate, _) in zip(full, pruned):
             if exact > -math.inf:

@@ -11,7 +11,7 @@ import pytest
 
 import train
 from conftest import ROOT, train_tiny
-from lm.runner import seed_everything, train_run
+from lm.train.run import seed_everything, train_run
 from lm.config import apply_preset
 
 

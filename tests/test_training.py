@@ -10,8 +10,8 @@ import torch.nn.functional as F
 
 from conftest import make_model
 from lm.config import TrainConfig
-from lm.evaluation import EvalResult
-from lm.training import (
+from lm.eval.figures import EvalResult
+from lm.train.loop import (
     Hooks,
     MetricsLog,
     TrainingState,

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lm.lab import escape, png_data
+from lm.cells import get_cell
+from lm.reports.html import escape, png_data
 
 __all__ = ["write_report", "findings"]
 
@@ -23,6 +24,13 @@ def _plt():
 
 def _median(values):
     return float(np.median(values)) if values else float("nan")
+
+
+def _truncation_cells(lab: dict) -> tuple[str, str]:
+    """The gated cell and the vanilla RNN whose truncation lengths the lab swept (lab.json from before they were
+    settings: the LSTM and the tanh RNN)."""
+    gated, vanilla = lab["settings"].get("truncation_cells", ("lstm", "rnn_tanh"))
+    return gated, vanilla
 
 
 def _runs(lab: dict, group: str) -> list[dict]:
@@ -76,7 +84,7 @@ def _figure_reach(lab: dict):
         axis.set(title=f"median influence by distance ({group})", xlabel="distance back, units", ylabel="influence / max",
                  xscale="log", yscale="log", ylim=(1e-6, 1.5))
         axis.legend(fontsize=7)
-    for cell, marker in (("lstm", "o"), ("rnn_tanh", "s")):
+    for cell, marker in zip(_truncation_cells(lab), "os"):
         runs = sorted((r for r in _runs(lab, "truncation") if r["run"]["cell"] == cell), key=lambda r: r["run"]["bptt"])
         if runs:
             k2 = [r["run"]["bptt"] for r in runs]
@@ -105,15 +113,16 @@ def findings(lab: dict) -> list[str]:
         return run["reach"]["reach"]["tokens"].get("median", float("nan"))
 
     cells = {r["run"]["cell"]: r for r in _runs(lab, "cells")}
-    if "lstm" in cells and "rnn_tanh" in cells:
-        lstm, tanh = reach(cells["lstm"]), reach(cells["rnn_tanh"])
-        verdict = "exceeds" if lstm > tanh else "does not exceed"
-        out.append(f"At equal parameters and k2 = {cells['lstm']['run']['bptt']}, the LSTM's median threshold reach ({lstm:.0f} units) "
-                   f"{verdict} the tanh RNN's ({tanh:.0f} units).")
+    gated, vanilla = _truncation_cells(lab)
+    if gated in cells and vanilla in cells:
+        gated_reach, vanilla_reach = reach(cells[gated]), reach(cells[vanilla])
+        verdict = "exceeds" if gated_reach > vanilla_reach else "does not exceed"
+        out.append(f"At equal parameters and k2 = {cells[gated]['run']['bptt']}, the {get_cell(gated).title}'s median "
+                   f"threshold reach ({gated_reach:.0f} units) {verdict} the {get_cell(vanilla).title}'s ({vanilla_reach:.0f} units).")
     ranked = sorted(cells.values(), key=lambda r: r["test"]["bpc"])
     if ranked:
         out.append("Held-out test bits per character, best first: " + ", ".join(f"{r['run']['cell']} {r['test']['bpc']:.3f}" for r in ranked) + ".")
-    for cell in ("lstm", "rnn_tanh"):
+    for cell in _truncation_cells(lab):
         runs = sorted((r for r in _runs(lab, "truncation") if r["run"]["cell"] == cell), key=lambda r: r["run"]["bptt"])
         if len(runs) >= 2:
             parts = ", ".join(f"k2 {r['run']['bptt']}: reach {reach(r):.0f}, {r['test']['bpc']:.3f} bpc" for r in runs)

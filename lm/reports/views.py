@@ -10,7 +10,7 @@ from __future__ import annotations
 import html
 import math
 
-from lm.attribution import Attribution
+from lm.infer.attribution import Attribution
 
 __all__ = ["level", "render_terminal", "render_html", "DECADES"]
 

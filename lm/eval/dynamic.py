@@ -19,7 +19,7 @@ import math
 
 import torch
 
-from lm.cache import StreamScores
+from lm.eval.cache import StreamScores
 from lm.model import RNNLanguageModel
 
 __all__ = ["LEARNING_RATES", "score_stream_dynamic", "tune_dynamic"]

@@ -17,10 +17,7 @@ held-out bits per character, per-word perplexity and next-word accuracy.
 
 from __future__ import annotations
 
-import base64
 import datetime
-import html
-import io
 import json
 import logging
 import math
@@ -33,19 +30,23 @@ import numpy as np
 import torch
 
 from corpora import Corpus, Split, load_corpus
-from lm.attribution import hidden_jacobian_norms
+from lm.cells import cell_names
 from lm.checkpoint import load_checkpoint
 from lm.config import ModelConfig, TokenizerConfig, TrainConfig
+from lm.infer.accuracy import checkpoint_accuracy
+from lm.infer.attribution import hidden_jacobian_norms
+from lm.infer.predictor import Predictor
 from lm.model import RNNLanguageModel, count_parameters
-from lm.plots import read_metrics
-from lm.predict import Predictor
-from lm.reach_profile import reach_profile
-from lm.runner import seed_everything, train_run
+from lm.reports.lab_report import write_report
+from lm.reports.plots import read_metrics
+from lm.reports.reach_profile import reach_profile
+from lm.tokenizers import build_tokenizer
+from lm.train.run import seed_everything, train_run
 
-__all__ = ["LabRun", "LabSettings", "plan_runs", "hidden_for_parameters", "run_lab"]
+__all__ = ["LabRun", "LabSettings", "hidden_for_parameters", "lab_parameters", "plan_runs", "run_lab"]
 
 log = logging.getLogger(__name__)
-CELLS = ("rnn_tanh", "rnn_relu", "lstm", "gru")
+CELLS = cell_names()  # every registered cell
 CLIPPING = ("off", "norm", "value")
 
 
@@ -64,6 +65,9 @@ class LabSettings:
     default_k2: int = 32
     k2s: tuple[int, ...] = (8, 32, 128)
     cells: tuple[str, ...] = CELLS
+    # The classic pair: truncation lengths are swept for a gated cell and a vanilla RNN, clipping for the vanilla RNN.
+    truncation_cells: tuple[str, ...] = ("lstm", "rnn_tanh")
+    clipping_cell: str = "rnn_tanh"
     clipping: tuple[str, ...] = CLIPPING
     clip_norm: float = 1.0
     clip_value: float = 0.1
@@ -97,7 +101,8 @@ class LabRun:
     groups: tuple[str, ...]
 
 
-def _parameters(cell: str, hidden: int, vocab: int, settings: LabSettings) -> int:
+def lab_parameters(cell: str, hidden: int, vocab: int, settings: LabSettings) -> int:
+    """Parameters of a lab model of this cell and hidden size (counted on the meta device: nothing allocated)."""
     config = ModelConfig(cell=cell, vocab_size=vocab, embed_dim=settings.embed_dim, hidden_dim=hidden,
                          num_layers=settings.num_layers, tie_weights=True)
     with torch.device("meta"):
@@ -110,13 +115,13 @@ def hidden_for_parameters(cell: str, vocab: int, settings: LabSettings) -> int:
     low, high = 1, 4096
     while low <= high:  # parameters grow with the hidden size: bisect, then check the neighbours
         middle = (low + high) // 2
-        if _parameters(cell, middle, vocab, settings) < settings.parameters:
+        if lab_parameters(cell, middle, vocab, settings) < settings.parameters:
             low = middle + 1
         else:
             high = middle - 1
     for hidden in (low - 1, low, low + 1):
         if hidden >= 1:
-            gap = abs(_parameters(cell, hidden, vocab, settings) - settings.parameters)
+            gap = abs(lab_parameters(cell, hidden, vocab, settings) - settings.parameters)
             if gap < best_gap:
                 best, best_gap = hidden, gap
     return best
@@ -136,13 +141,13 @@ def plan_runs(settings: LabSettings, vocab: int) -> list[LabRun]:
 
     for cell in settings.cells:
         add(cell, settings.default_k2, "norm", "cells")
-    for cell in ("lstm", "rnn_tanh"):
+    for cell in settings.truncation_cells:
         if cell in settings.cells:
             for k2 in settings.k2s:
                 add(cell, k2, "norm", "truncation")
-    if "rnn_tanh" in settings.cells:
+    if settings.clipping_cell in settings.cells:
         for clipping in settings.clipping:
-            add("rnn_tanh", settings.default_k2, clipping, "clipping")
+            add(settings.clipping_cell, settings.default_k2, clipping, "clipping")
     return list(runs.values())
 
 
@@ -166,7 +171,8 @@ def _train(run: LabRun, settings: LabSettings, corpus: Corpus, out: Path) -> dic
         accuracy_positions=settings.accuracy_positions, eval_max_chars=settings.eval_chars, rollback_ratio=1e9,
     )
     seed_everything(settings.seed)
-    result = train_run(tokenizer_config, model_config, train_config, out / "runs" / run.name, corpus=corpus)
+    result = train_run(tokenizer_config, model_config, train_config, out / "runs" / run.name, corpus=corpus,
+                       accuracy=checkpoint_accuracy)
     records = read_metrics(out / "runs" / run.name)
     steps = [r for r in records if r["kind"] == "step"]
     checkpoint = load_checkpoint(out / "runs" / run.name)
@@ -206,8 +212,6 @@ def run_lab(corpus_spec: str, out: Path, settings: LabSettings, corpus: Corpus |
     out.mkdir(parents=True, exist_ok=True)
     corpus = corpus or load_corpus(corpus_spec)
     corpus = replace(corpus, valid=_shorten(corpus.valid, settings.heldout_chars), test=_shorten(corpus.test, settings.heldout_chars))
-    from lm.tokenizers import build_tokenizer
-
     vocab = build_tokenizer(settings.tokenizer, corpus.train.text, settings.vocab_size).vocab_size
     runs = plan_runs(settings, vocab)
     results = []
@@ -224,8 +228,6 @@ def run_lab(corpus_spec: str, out: Path, settings: LabSettings, corpus: Corpus |
         "runs": results,
     }
     (out / "lab.json").write_text(json.dumps(lab, indent=1, allow_nan=True), encoding="utf-8")
-    from lm.lab_report import write_report
-
     return write_report(lab, out)
 
 
@@ -236,15 +238,3 @@ def _version() -> str:
         return version("reach")
     except PackageNotFoundError:
         return "unknown"
-
-
-def png_data(figure) -> tuple[bytes, str]:
-    """A matplotlib figure as PNG bytes and as a data URI."""
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=100)
-    data = buffer.getvalue()
-    return data, "data:image/png;base64," + base64.b64encode(data).decode()
-
-
-def escape(text: object) -> str:
-    return html.escape(str(text))

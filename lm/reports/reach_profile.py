@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from lm.attribution import attribute
-from lm.evaluation import word_positions
-from lm.predict import Predictor
+from lm.infer.attribution import attribute
+from lm.infer.accuracy import word_positions
+from lm.infer.predictor import Predictor
 
 __all__ = ["reach_profile", "plot_profiles", "KHANDELWAL"]
 

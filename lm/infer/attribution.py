@@ -15,7 +15,7 @@ are differentiated together: the text is read once (the same read serves the
 prediction), autograd differentiates the k words' unit paths from the state
 after the text, one row per word, and a hand-written backward pass carries
 the k gradients on that state back through the whole text side by side
-(lm/context_grad.py: cheaper than autograd through k copies of the text,
+(lm/infer/context_grad.py: cheaper than autograd through k copies of the text,
 and checked against it in the tests). Parameter `.grad` is never touched, so
 a model can serve other requests at the same time.
 
@@ -29,16 +29,19 @@ at distance 1), in units, words and characters:
 
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from lm.context_grad import ContextTrace, backward_context, trace_context
-from lm.predict import PredictionResult, Predictor, WordPrediction, make_query
+from lm.infer.context_grad import ContextTrace, backward_context, trace_context
+from lm.infer.engine import StepEngine
+from lm.infer.predictor import PredictionResult, Predictor, WordPrediction
+from lm.infer.query import make_query
 
-__all__ = ["Attribution", "AttributedPrediction", "METHODS", "Reach", "attribute", "hidden_jacobian_norms", "reach_figures", "FILLER"]
+__all__ = ["Attribution", "AttributedPrediction", "METHODS", "Reach", "attribute", "hidden_jacobian_norms", "path_logprobs", "prediction_gradients", "reach_figures", "FILLER", "unit_words", "words_of"]
 
 METHODS = ("saliency", "grad_x_input")
 HOW = {
@@ -137,7 +140,8 @@ class Attribution:
         }
 
 
-def _words_of(text: str) -> list[tuple[str, int, int]]:
+def words_of(text: str) -> list[tuple[str, int, int]]:
+    """The whitespace-separated words of `text`, each (word, start, end)."""
     words, start = [], None
     for index, char in enumerate(text + " "):
         if char.isspace():
@@ -149,12 +153,10 @@ def _words_of(text: str) -> list[tuple[str, int, int]]:
     return words
 
 
-def _unit_words(units: list[tuple[str, int, int]], words: list[tuple[str, int, int]]) -> list[int]:
+def unit_words(units: list[tuple[str, int, int]], words: list[tuple[str, int, int]]) -> list[int]:
     """The word each unit belongs to: the word of its first non-space character; spaces go to the next word."""
     owner = []
     starts = [start for _, start, _ in words]
-    import bisect
-
     for text, start, end in units:
         position = start + (len(text) - len(text.lstrip())) if text else start
         index = bisect.bisect_right(starts, position) - 1
@@ -192,7 +194,7 @@ def reach_figures(influence: np.ndarray, unit_spans: list[tuple[int, int]], unit
                  in_words(min(mass99, n)), in_chars(min(mass90, n)), in_chars(min(mass99, n)), threshold)
 
 
-def _path_logprobs(model, states: torch.Tensor, first_logprobs: torch.Tensor, rows: list[int],
+def path_logprobs(engine: StepEngine, states: torch.Tensor, first_logprobs: torch.Tensor, rows: list[int],
                    paths: list[tuple[tuple[int, ...], bool]], ends: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """Log-probability of each unit path after the context of its row, the boundary mass included where flagged.
 
@@ -243,7 +245,7 @@ def _path_logprobs(model, states: torch.Tensor, first_logprobs: torch.Tensor, ro
         else:
             source = torch.tensor([parents[(row, prefix[:-1])] for row, prefix in keys], dtype=torch.long)
         units = torch.tensor([prefix[-1] for _, prefix in keys], dtype=torch.long)
-        step_logits, state = model.step(units, state, constant_weights=True, parents=source)  # (M_d, V)
+        step_logits, state = engine.differentiable_step(units, state, parents=source)  # (M_d, V)
         steps.append(step_logits / temperature)  # temperature scales every step
         offsets.append(offsets[-1] + len(keys))
         parents = level
@@ -279,17 +281,17 @@ def attribute(predictor: Predictor, text: str, k: int = 5, method: str = "salien
         query = make_query(query.text[dropped:], tokenizer, normalized=True)
         ids, spans = tokenizer.encode_with_offsets(query.context)
     units = tuple(ids)
-    # One read of the text serves the prediction and the gradients (see lm/context_grad.py).
+    # One read of the text serves the prediction and the gradients (see lm/infer/context_grad.py).
     trace = trace_context(model, torch.tensor([tokenizer.newline_id, *units], dtype=torch.long))
     context = predictor.context_from(units, trace.final, trace.logits)
     result = predictor.predict_from(context, query, k=k, beam_width=beam_width, temperature=temperature)
     unit_list = [(query.context[s:e], s, e) for s, e in spans]
-    words = _words_of(query.context)
-    unit_word = _unit_words(unit_list, words)
+    words = words_of(query.context)
+    unit_word = unit_words(unit_list, words)
     attribution = Attribution(result, method, threshold, unit_list, words, unit_word, truncated, dropped)
     if not result.predictions:
         return attribution
-    gradients, embeddings = _gradients(predictor, trace, result, temperature)
+    gradients, embeddings = prediction_gradients(predictor, trace, result, temperature)
     for row, prediction in enumerate(result.predictions):
         grad = gradients[row]  # (n, E)
         if method == "saliency":
@@ -305,23 +307,23 @@ def attribute(predictor: Predictor, text: str, k: int = 5, method: str = "salien
     return attribution
 
 
-def _gradients(predictor: Predictor, trace: ContextTrace, result: PredictionResult, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+def prediction_gradients(predictor: Predictor, trace: ContextTrace, result: PredictionResult, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
     """d log P(word_j | text) / d x_t for every prediction j and context unit t: (k, n, E), and x: (n, E).
 
     Autograd differentiates each word's paths from the state after the text,
     one row per word; the hand-written pass of `backward_context` carries the
     k gradients on that state back through the text.
     """
-    model = predictor.model
+    engine = predictor.engine
     k = len(result.predictions)
-    ends = torch.from_numpy(predictor.table.ends)
+    ends = torch.from_numpy(predictor.units.ends)
     required = bool(result.query.required)
     # Row j < k carries word j's paths; with a healed text, one more row carries the required part's
     # spellings, the same for every word (often thousands of one-unit paths: read them once, not k times).
     rows_count = k + 1 if required else k
     with torch.enable_grad():
         states = trace.final.clone().expand(-1, rows_count, -1).contiguous().requires_grad_(True)  # (L, rows, S)
-        first = torch.log_softmax(model.output_from_state(states, "constant") / temperature, dim=-1)  # (rows, V)
+        first = torch.log_softmax(engine.output_from_state(states, differentiable=True) / temperature, dim=-1)  # (rows, V)
         paths, rows, bounds = [], [], []
         for row, prediction in enumerate(result.predictions):
             bounds.append((len(paths), len(paths) + len(prediction.paths)))
@@ -331,14 +333,14 @@ def _gradients(predictor: Predictor, trace: ContextTrace, result: PredictionResu
             bounds.append((len(paths), len(paths) + len(result.required_paths)))
             paths.extend(result.required_paths)
             rows.extend([k] * len(result.required_paths))
-        values = _path_logprobs(model, states, first, rows, paths, ends, temperature)
+        values = path_logprobs(engine, states, first, rows, paths, ends, temperature)
         totals = torch.stack([torch.logsumexp(values[start:end], 0) for start, end in bounds])  # (rows,)
         # log P(word_j | text) = totals[j] - totals[k] when healed: the required row's gradient joins every word's.
         objective = totals[:k].sum() - (totals[k] if required else 0.0)
         (seeds,) = torch.autograd.grad(objective, states)  # (L, rows, S)
     if required:
         seeds = seeds[:, :k] + seeds[:, k:]  # d(-log P(required)) / d state belongs to every word
-    grad = backward_context(model, trace, seeds)  # (k, n + 1, E)
+    grad = backward_context(engine, trace, seeds)  # (k, n + 1, E)
     return grad[:, 1:], trace.inputs[0][1:]
 
 
@@ -380,7 +382,7 @@ def hidden_jacobian_norms(predictor: Predictor, text: str, probes: int = 8, seed
             tap = torch.zeros_like(state, requires_grad=True)  # d(v . h_T)/d tap_t = v^T d h_T / d h_t
             state = state + tap
             taps.append(tap)
-            _, state = model.step(torch.full((probes,), unit, dtype=torch.long), state, constant_weights=True)
+            _, state = predictor.engine.differentiable_step(torch.full((probes,), unit, dtype=torch.long), state)
         v = torch.randn(state.shape, generator=generator, dtype=state.dtype)
         grads = torch.autograd.grad((state * v).sum(), taps, allow_unused=True)
     norms = []

@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 
 from lm.config import TrainConfig
-from lm.evaluation import EvalResult
+from lm.eval.figures import EvalResult
 from lm.model import RNNLanguageModel
 
 __all__ = [

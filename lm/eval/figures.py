@@ -21,8 +21,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from lm.cache import CacheConfig, cache_logprobs, mixed_nll, score_stream, tune_cache
-from lm.dynamic import score_stream_dynamic, tune_dynamic
+from lm.eval.cache import CacheConfig, cache_logprobs, mixed_nll, score_stream, tune_cache
+from lm.eval.dynamic import score_stream_dynamic, tune_dynamic
 from lm.model import RNNLanguageModel
 from lm.tokenizers import Tokenizer
 
@@ -84,7 +84,7 @@ def evaluate_ids(model: RNNLanguageModel, ids: list[int], first_input: int, chun
 def evaluate_text(model: RNNLanguageModel, tokenizer: Tokenizer, text: str, raw_words: int, max_chars: int | None = None,
                   cache: CacheConfig | None = None, dynamic_lr: float | None = None) -> EvalResult:
     """Score normalised `text` (a whole split, or its first `max_chars` characters); with a continuous cache
-    (lm/cache.py) and dynamic evaluation at `dynamic_lr` (lm/dynamic.py) if given."""
+    (lm/eval/cache.py) and dynamic evaluation at `dynamic_lr` (lm/eval/dynamic.py) if given."""
     words: float = raw_words
     estimated = False
     if max_chars is not None and len(text) > max_chars:
@@ -148,55 +148,3 @@ def evaluate_adapted(model: RNNLanguageModel, tokenizer: Tokenizer, text: str, r
             tuned.append("cache settings")
     figures = evaluate_text(model, tokenizer, text, raw_words, cache=cache, dynamic_lr=dynamic_lr)
     return Adapted(figures, cache, dynamic_lr, tuple(tuned))
-
-
-def word_positions(text: str) -> list[int]:
-    """Offsets where a whitespace-separated word begins (the text start included)."""
-    return [i for i, char in enumerate(text) if not char.isspace() and (i == 0 or text[i - 1].isspace())]
-
-
-def next_word_accuracy(predictor, text: str, positions: int | None = None, seed: int = 0, ks: tuple[int, ...] = (1, 3, 5),
-                       beam_width: int = 16, progress: bool = False) -> dict:
-    """Keyboard-style recall@k: at each word start of normalised `text` (or a seeded sample), is the true
-    next word among the top k predicted from all the text before it (read as one stream from a zero state)?"""
-    import bisect
-    import random
-
-    from tqdm import tqdm
-
-    from lm.predict import ContextState, make_query, word_at
-
-    candidates = word_positions(text)
-    chosen = candidates
-    if positions is not None and positions < len(candidates):
-        chosen = sorted(random.Random(seed).sample(candidates, positions))
-    tokenizer, model = predictor.tokenizer, predictor.model
-    ids, spans = tokenizer.encode_with_offsets(text)
-    ends = [end for _, end in spans]
-    hits = {k: 0 for k in ks}
-    state = model.init_state(1)
-    read = 0  # units read so far (after the leading line break)
-    pending = [tokenizer.newline_id]
-    logits = None
-    for position in tqdm(chosen, disable=not progress, desc="next-word accuracy", unit="word", leave=False):
-        query = make_query(text[:position], tokenizer, normalized=True)
-        cut = len(query.context)
-        count = bisect.bisect_right(ends, cut)  # units wholly inside the context
-        pending.extend(ids[read:count])
-        read = count
-        if pending:
-            with torch.inference_mode():
-                out, state = model(torch.tensor([pending], dtype=torch.long), state)
-                logits = out[0, -1].float()
-            pending = []
-        assert logits is not None
-        last = tokenizer.unit_text(ids[count - 1]) if count else "\n"
-        context = ContextState((), state, logits, line_start=last == "\n", count=count)
-        result = predictor.predict_from(context, query, k=max(ks), beam_width=beam_width)
-        truth = word_at(text, position)
-        words = [p.word for p in result.predictions]
-        for k in ks:
-            hits[k] += truth in words[:k]
-    total = max(len(chosen), 1)
-    return {"positions": len(chosen), "of": len(candidates), "seed": seed if chosen is not candidates else None,
-            **{f"top{k}": hits[k] / total for k in ks}}

@@ -1,7 +1,9 @@
 """One training run from settings to checkpoints: corpus, tokenizer, model, `fit`, held-out figures.
 
 `train.py`, the benchmarks and the lab call `train_run`; the entry points
-set seeds and threads first (`seed_everything`, `set_threads`).
+set seeds and threads first (`seed_everything`, `set_threads`). Training
+never predicts words: the next-word accuracy of the finished run is
+measured by a function its caller passes in (`lm.infer.accuracy.checkpoint_accuracy`).
 """
 
 from __future__ import annotations
@@ -18,14 +20,13 @@ import numpy
 import torch
 
 from corpora import Corpus, load_corpus
-from lm.checkpoint import CheckpointError, load_checkpoint, read_meta, resolve_checkpoint, restore_training, save_checkpoint, update_metrics
+from lm.checkpoint import Checkpoint, CheckpointError, load_checkpoint, read_meta, resolve_checkpoint, restore_training, save_checkpoint, update_metrics
 from lm.config import ModelConfig, TokenizerConfig, TrainConfig, from_dict
-from lm.distributed import Distributed
-from lm.evaluation import HOW_STATE_FLOWS, EvalResult, evaluate_text, next_word_accuracy
+from lm.train.distributed import Distributed
+from lm.eval.figures import HOW_STATE_FLOWS, EvalResult, evaluate_text
 from lm.model import RNNLanguageModel, count_parameters
-from lm.predict import Predictor
 from lm.tokenizers import Tokenizer, build_tokenizer, load_tokenizer
-from lm.training import Hooks, MetricsLog, TrainingState, batchify, build_optimizer, fit
+from lm.train.loop import Hooks, MetricsLog, TrainingState, batchify, build_optimizer, fit
 
 __all__ = ["RunResult", "seed_everything", "set_threads", "train_run", "BUDGET_FIELDS"]
 
@@ -99,6 +100,7 @@ def train_run(
     corpus: Corpus | None = None,
     distributed: Distributed | None = None,
     budget: dict[str, Any] | None = None,
+    accuracy: Callable[[Checkpoint, str, int], dict] | None = None,
 ) -> RunResult | None:
     """Train (or resume) a run in `out`, then score the best checkpoint on valid and test.
 
@@ -106,6 +108,9 @@ def train_run(
     `budget` ones given (see BUDGET_FIELDS). Under torchrun (`distributed`
     with several ranks) every rank trains its share of the streams; rank 0
     writes and scores, and gets the RunResult (the other ranks get None).
+
+    `accuracy(best checkpoint, test text, positions)` measures next-word
+    accuracy after training when `accuracy_positions` asks for it (None: skipped).
     """
     begun = time.perf_counter()
     out = Path(out)
@@ -122,7 +127,8 @@ def train_run(
     out.mkdir(parents=True, exist_ok=True)
     metrics_path = out / "metrics.jsonl"
     if resume:
-        state = restore_training(resolve_checkpoint(out / "last"), model, optimizer, ranks.rank, ranks.world_size, train_config.seed)
+        state = TrainingState.from_json(*restore_training(resolve_checkpoint(out / "last"), model, optimizer, ranks.rank,
+                                                          ranks.world_size, train_config.seed))
         state.carried = state.carried[:, ranks.rows(train_config.batch_size)] if state.carried is not None else None
         if ranks.is_main:
             MetricsLog.truncate_after(metrics_path, state.step)
@@ -168,7 +174,8 @@ def train_run(
             best = resolve_checkpoint(out / "best")
         except CheckpointError:
             return False
-        restored = restore_training(best, model, optimizer, ranks.rank, ranks.world_size, train_config.seed)
+        restored = TrainingState.from_json(*restore_training(best, model, optimizer, ranks.rank, ranks.world_size,
+                                                             train_config.seed))
         restored.carried = restored.carried[:, ranks.rows(train_config.batch_size)] if restored.carried is not None else None
         for key, value in restored.__dict__.items():
             setattr(state, key, value)
@@ -195,17 +202,15 @@ def train_run(
     best = load_checkpoint(out)
     valid = evaluate_text(best.model, best.tokenizer, corpus.valid.text, corpus.valid.raw_words)
     test = evaluate_text(best.model, best.tokenizer, corpus.test.text, corpus.test.raw_words)
-    accuracy = None
-    if train_config.accuracy_positions:
-        predictor = Predictor(best.model, best.tokenizer, cache_size=0)
-        accuracy = next_word_accuracy(predictor, corpus.test.text, positions=train_config.accuracy_positions, seed=0)
-        accuracy["split"] = "test"
+    figures = None
+    if train_config.accuracy_positions and accuracy is not None:
+        figures = {**accuracy(best, corpus.test.text, train_config.accuracy_positions), "split": "test"}
     update_metrics(best.directory, {"valid": valid.as_dict(), "test": test.as_dict(), "evaluation": HOW_STATE_FLOWS,
-                                    "accuracy": accuracy})
+                                    "accuracy": figures})
     with MetricsLog(metrics_path) as final:
         final.write({"kind": "eval", "split": "test", "step": state.step, "checkpoint": best.directory.name, **test.as_dict()})
     return RunResult(out, state, valid, test, count_parameters(model), time.perf_counter() - begun, state.stopped,
-                     model_config, accuracy)
+                     model_config, figures)
 
 
 def _tokenizer(out: Path, resume: bool, config: TokenizerConfig, corpus: Corpus, ranks: Distributed) -> Tokenizer:

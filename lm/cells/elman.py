@@ -1,0 +1,48 @@
+"""The Elman RNN: h_t = tanh(W_ih x_t + b_ih + W_hh h_(t-1) + b_hh), or relu in place of tanh (Elman 1990)."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+
+from lm.cells.base import Cell, InputGradients, LayerWeights
+
+__all__ = ["ElmanCell"]
+
+
+class ElmanCell(Cell):
+    """A vanilla RNN with a tanh or relu nonlinearity; its state is h (S = H)."""
+
+    gates = 1
+
+    def __init__(self, nonlinearity: str):
+        self.nonlinearity = nonlinearity
+        self.name = f"rnn_{nonlinearity}"
+        self.title = f"{'ReLU' if nonlinearity == 'relu' else nonlinearity} RNN"
+        self.activation = torch.tanh if nonlinearity == "tanh" else torch.relu
+
+    def make_layer(self, input_size: int, hidden: int) -> nn.Module:
+        return nn.RNN(input_size, hidden, nonlinearity=self.nonlinearity, batch_first=True)
+
+    def step(self, from_x: Tensor, from_h: Tensor | None, state: Tensor, parents: Tensor | None, hidden: int) -> Tensor:
+        pre = from_x if from_h is None else from_x + from_h  # (N, H)
+        return self.activation(pre)
+
+    def backward(self, weights: LayerWeights, back: Callable[[Tensor], Tensor], input_part: Callable[[], Tensor],
+                 outputs: Tensor, seed: Tensor, injected: Tensor | None) -> Tensor:
+        """dh_(t-1) = (dh_t * act'(pre_t)) W_hh; act' comes from the outputs alone (1 - h^2, or h > 0)."""
+        h = outputs
+        slope = (h > 0).to(h.dtype) if self.nonlinearity == "relu" else 1 - h * h  # (T, H)
+        steps = h.size(0)
+        sink = InputGradients(steps, seed.size(0), h.size(1), weights.input)
+        slope_rows = slope.unbind(0)
+        injected_rows = injected.unbind(0) if injected is not None else None
+        dh = seed
+        for t in range(steps - 1, -1, -1):
+            if injected_rows is not None:
+                dh = dh + injected_rows[t]
+            dh = back(torch.mul(dh, slope_rows[t], out=sink.row(t)))
+            sink.written(t)
+        return sink.result

@@ -1,0 +1,73 @@
+"""The GRU (Cho et al. 2014), as torch.nn.GRU computes it:
+
+    r, z = sigmoid(x_r + h_r), sigmoid(x_z + h_z)     where x_* = x W_i*^T + b_i*, h_* = h W_h*^T + b_h*
+    n = tanh(x_n + r * h_n),   h' = (1 - z) * n + z * h
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+
+from lm.cells.base import Cell, InputGradients, LayerWeights, zeros_before
+
+__all__ = ["GRUCell"]
+
+
+class GRUCell(Cell):
+    """Its state is h (S = H). b_hh stays with the recurrent product: r gates h_n, bias included."""
+
+    name = "gru"
+    title = "GRU"
+    gates = 3
+    fuses_products = False
+
+    def make_layer(self, input_size: int, hidden: int) -> nn.Module:
+        return nn.GRU(input_size, hidden, batch_first=True)
+
+    def input_bias(self, weights: LayerWeights) -> Tensor:
+        return weights.input_bias
+
+    def recurrent_bias(self, weights: LayerWeights) -> Tensor | None:
+        return weights.recurrent_bias
+
+    def step(self, from_x: Tensor, from_h: Tensor | None, state: Tensor, parents: Tensor | None, hidden: int) -> Tensor:
+        h = state[:, :hidden]
+        if parents is not None:
+            h = h.index_select(0, parents)  # z keeps part of it
+        xr, xz, xn = from_x.chunk(3, dim=-1)
+        hr, hz, hn = from_h.chunk(3, dim=-1)
+        r, z = torch.sigmoid(xr + hr), torch.sigmoid(xz + hz)
+        n = torch.tanh(xn + r * hn)
+        return (1 - z) * n + z * h
+
+    def backward(self, weights: LayerWeights, back: Callable[[Tensor], Tensor], input_part: Callable[[], Tensor],
+                 outputs: Tensor, seed: Tensor, injected: Tensor | None) -> Tensor:
+        """Gates recomputed from the outputs; per step d [pre_r, pre_z, pre_n] from dh, and dh_prev through z and
+        through r * (W_hn h_prev)."""
+        h = outputs
+        hidden = h.size(1)
+        h_prev = zeros_before(h)
+        from_h = torch.addmm(weights.recurrent_bias, h_prev, weights.recurrent.t())
+        xr, xz, xn = input_part().chunk(3, dim=-1)
+        hr, hz, hn = from_h.chunk(3, dim=-1)
+        r, z = torch.sigmoid(xr + hr), torch.sigmoid(xz + hz)
+        n = torch.tanh(xn + r * hn)
+        to_n = (1 - z) * (1 - n * n)  # dh -> d pre_n
+        scale_x = torch.cat([to_n * hn * r * (1 - r), (h_prev - n) * z * (1 - z), to_n], dim=-1)  # dh -> d [pre_r, pre_z, pre_n]
+        scale_h = torch.cat([scale_x[:, : 2 * hidden], to_n * r], dim=-1)  # the hidden side sees r * (W_hn h_prev)
+        steps = h.size(0)
+        sink = InputGradients(steps, seed.size(0), 3 * hidden, weights.input)
+        x_rows, h_rows, z_rows = scale_x.unbind(0), scale_h.unbind(0), z.unbind(0)
+        injected_rows = injected.unbind(0) if injected is not None else None
+        dh = seed
+        for t in range(steps - 1, -1, -1):
+            if injected_rows is not None:
+                dh = dh + injected_rows[t]
+            wide = torch.cat([dh, dh, dh], dim=-1)  # (k, 3H)
+            torch.mul(wide, x_rows[t], out=sink.row(t))
+            dh = torch.addcmul(back(wide * h_rows[t]), dh, z_rows[t])
+            sink.written(t)
+        return sink.result

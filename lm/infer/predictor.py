@@ -1,0 +1,298 @@
+"""Next-word prediction from a character- or subword-level model.
+
+The model predicts units (characters or SentencePiece pieces); users want
+words. A *word* is a run of word characters (letters, digits, marks) or one
+punctuation character. The probability of a word w after a text is the
+probability that the units generated next spell w and are then followed by
+a word boundary: a unit that starts with whitespace or punctuation, a line
+break, or the unit that spells w itself running on into punctuation. Every
+unit sequence that spells the same word adds to that word's probability.
+
+Where the continuation starts:
+- the text ends inside a word ("The capi"): the next units complete that
+  word, and the result is the completed word and the part still to type;
+- otherwise (whitespace, punctuation or nothing at the end): the next whole
+  word. After punctuation one whitespace character may come first
+  ("Hello," -> " world"); after whitespace none more.
+
+Subword models read the context up to the start of the unfinished part and
+must then spell it (" capi" after "The"), as SentencePiece would have
+tokenised the finished word ("token healing"); probabilities are
+conditioned on that part: P(w | text) = P(" capi...w" + boundary) / P(" capi"...).
+
+Candidates come from a beam search over units until each beam reaches a
+boundary (`lm/infer/search.py`); the top candidates are then scored exactly
+(`lm/infer/scoring.py` enumerates every unit sequence that spells the word),
+so the returned probabilities are exact and those of the k words sum to at
+most 1. Units without text (the unknown unit, SentencePiece's byte pieces)
+never form words.
+
+The `Predictor` here owns what lasts between requests (the model's step
+engine, the unit tables, the prefix cache and the latest prediction's reads)
+and hands each prediction's work to the query, search and scoring modules.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from corpora import normalize_line
+from lm.infer.engine import StepEngine
+from lm.infer.query import Query, make_query
+from lm.infer.reads import ContextState, Reads, StepRows
+from lm.infer.scoring import NEG, Path, score_words
+from lm.infer.search import beam_search
+from lm.infer.units import UnitTable
+from lm.model import RNNLanguageModel
+from lm.tokenizers import Tokenizer
+
+__all__ = ["PredictionResult", "Predictor", "WordPrediction"]
+
+# A cached context followed by at most this many new units is read with single cell steps (StepEngine.read_steps):
+# with the input table, steps beat the fused layer's set-up up to about seven units on the default model.
+STEPWISE_READ = 6
+
+
+@dataclass
+class WordPrediction:
+    """One predicted word with its probability and the unit sequences that spell it."""
+
+    word: str
+    logprob: float
+    remainder: str  # what is still to type: the word minus the unfinished part of the text
+    paths: list[Path] = field(default_factory=list)  # (units, needs boundary mass after them)
+
+    @property
+    def probability(self) -> float:
+        return math.exp(self.logprob)
+
+    def as_dict(self) -> dict:
+        return {"word": self.word, "probability": self.probability, "logprob": self.logprob, "remainder": self.remainder}
+
+
+@dataclass
+class PredictionResult:
+    """The top words after a text."""
+
+    query: Query
+    predictions: list[WordPrediction]
+    context_units: int
+    required_logprob: float  # log P(continuation spells query.required); 0 without healing
+    required_paths: list[Path]  # the required part's spellings, as in WordPrediction.paths
+
+    @property
+    def completing(self) -> bool:
+        return self.query.completing
+
+    def as_dict(self) -> dict:
+        return {
+            "text": self.query.text,
+            "completing": self.query.completing,
+            "partial": self.query.partial,
+            "predictions": [{**p.as_dict(), "completing": self.query.completing} for p in self.predictions],
+        }
+
+
+class Predictor:
+    """Next-word predictions from one model; safe to share between threads."""
+
+    def __init__(self, model: RNNLanguageModel, tokenizer: Tokenizer, cache_size: int = 64):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.engine = StepEngine(self.model)  # single steps on the CPU, for the searches and attribution
+        self.units = UnitTable(tokenizer)  # the tokenizer's per-unit facts, shared by search, scoring and attribution
+        self.cache_size = cache_size
+        self._cache: OrderedDict[tuple[int, ...], ContextState] = OrderedDict()
+        # What the latest prediction read past its context (the beam's and exact scoring's unit sequences):
+        # when the next text is that context plus one of them (the user typed a word the model had
+        # weighed), its state is already known and the text needs no model step at all.
+        self._lookahead: Reads | None = None
+        self._lock = threading.Lock()
+
+    # Context -----------------------------------------------------------
+
+    @property
+    def cached_contexts(self) -> int:
+        """How many contexts the prefix cache holds now."""
+        with self._lock:
+            return len(self._cache)
+
+    def context_state(self, units: tuple[int, ...], use_cache: bool = True) -> ContextState:
+        """Read `units` from a zero state (after a line break); reuses the longest cached prefix."""
+        start_units: tuple[int, ...] = ()
+        state = None
+        logits = None
+        if use_cache:
+            with self._lock:
+                hit = self._cache.get(units)
+                if hit is not None:
+                    self._cache.move_to_end(units)
+                    return hit
+                ahead = self._ahead(units)
+            if ahead is not None:
+                return self._remember(units, self.context_from(units, *ahead))
+            with self._lock:
+                for cached_units in reversed(self._cache):
+                    if len(cached_units) < len(units) and units[: len(cached_units)] == cached_units:
+                        cached = self._cache[cached_units]
+                        start_units, state, logits = cached_units, cached.state, cached.logits
+                        break
+        with torch.inference_mode():
+            if state is None:
+                inputs = [self.tokenizer.newline_id, *units]
+                state = self.model.init_state(1)
+            else:
+                inputs = list(units[len(start_units):])
+            if 0 < len(inputs) <= STEPWISE_READ:
+                state = self.engine.read_steps(torch.tensor([inputs], dtype=torch.long), state)
+                logits = self.engine.output_from_state(state)[0].float()
+            elif inputs:
+                out, state = self.model(torch.tensor([inputs], dtype=torch.long), state, score_from=len(inputs) - 1)  # (1, 1, V)
+                logits = out[0, -1].float()
+        assert logits is not None
+        result = self.context_from(units, state, logits)
+        return self._remember(units, result) if use_cache else result
+
+    def _ahead(self, units: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The state and logits after `units` if the latest prediction read them past its context (lock held)."""
+        reads = self._lookahead
+        if reads is None or reads.context_units is None:
+            return None
+        base = reads.context_units
+        if len(units) <= len(base) or units[: len(base)] != base or units[len(base):] not in reads:
+            return None
+        return reads.after(units[len(base):])
+
+    def _remember(self, units: tuple[int, ...], result: ContextState) -> ContextState:
+        if self.cache_size:
+            with self._lock:
+                self._cache[units] = result
+                self._cache.move_to_end(units)
+                while len(self._cache) > self.cache_size:
+                    self._cache.popitem(last=False)
+        return result
+
+    def context_from(self, units: tuple[int, ...], state: torch.Tensor, logits: torch.Tensor) -> ContextState:
+        """The context state after `units` from a read done elsewhere: its final state (L, 1, S) and logits (V,)."""
+        return ContextState(units, len(units), state, logits.float(), line_start=self.ends_line(units[-1] if units else None))
+
+    def ends_line(self, last_unit: int | None) -> bool:
+        """Whether a context whose last unit is `last_unit` (None: an empty context) ends at a line start."""
+        return last_unit is None or self.tokenizer.unit_text(last_unit) == "\n"
+
+    def predict_many(self, texts: list[str], k: int = 5, beam_width: int = 16, max_word_length: int = 24,
+                     temperature: float = 1.0) -> list[PredictionResult]:
+        """Predict after many texts: their contexts are read together in one padded batch."""
+        queries = [make_query(text, self.tokenizer) for text in texts]
+        rows = [[self.tokenizer.newline_id, *self.tokenizer.encode(q.context)] for q in queries]
+        lengths = torch.tensor([len(row) for row in rows])
+        padded = torch.zeros(len(rows), int(lengths.max()), dtype=torch.long)
+        for index, row in enumerate(rows):
+            padded[index, : len(row)] = torch.tensor(row)
+        with torch.inference_mode():
+            # Score only each row's last position, from its final state.
+            _, states = self.model(padded, lengths=lengths, score_from=padded.size(1))  # (L, N, S)
+            last = self.engine.output_from_state(states).float()  # (N, V)
+        results = []
+        for index, query in enumerate(queries):
+            units = tuple(rows[index][1:])
+            context = self.context_from(units, states[:, index : index + 1].clone(), last[index])
+            results.append(self.predict_from(context, query, k=k, beam_width=beam_width, max_word_length=max_word_length,
+                                             temperature=temperature))
+        return results
+
+    def warm_up(self, rows: int = 64) -> None:
+        """Pay now what the first requests would: the unit tables, and oneDNN's kernels for single steps of
+        1..rows rows (a batch size's first product costs about a millisecond more; searches use many sizes)."""
+        self.predict("The ", k=1, use_cache=False)
+        for count in range(1, rows + 1):
+            self.engine.step(torch.zeros(count, dtype=torch.long), self.model.init_state(count))
+
+    def clear_cache(self) -> None:
+        """Forget cached contexts, the latest prediction's reads and remembered lines (normalised text,
+        subword ids): the next prediction starts cold."""
+        with self._lock:
+            self._cache.clear()
+            self._lookahead = None
+        normalize_line.cache_clear()
+        self.tokenizer.clear_cache()
+
+    # Reading units past a context ------------------------------------------
+
+    def _step(self, temperature: float, states: torch.Tensor, units: list[int], parents: list[int]) -> StepRows:
+        """Feed unit i to states[:, parents[i]] of states (L, M, S), in one batched step."""
+        with torch.inference_mode():
+            shared = torch.tensor(parents, dtype=torch.long)
+            logits, new_states = self.engine.step(torch.tensor(units, dtype=torch.long), states, parents=shared)  # (N, V)
+            return self._normalized(new_states, logits, temperature)
+
+    def _normalized(self, states: torch.Tensor, logits: torch.Tensor, temperature: float) -> StepRows:
+        """(N, V) float32 logits -> the rows `Reads` keeps: tempered logits (N, V) float32, log-normalisers (N,)
+        float64 and log P(the next unit begins with a boundary) (N,) float64; log P(u) = scaled[u] - normaliser.
+
+        The exponentials run in float32 (each within an ulp, below the logits'
+        own float32 rounding), the sums and the rest in float64. No (N, V)
+        float64 array is made here (see `Reads.logprobs`).
+        """
+        raw = logits
+        if temperature != 1.0:
+            logits = logits / temperature
+        top = logits.amax(dim=-1, keepdim=True)
+        weights = (logits - top).exp_().double()
+        total = weights.sum(dim=-1)
+        normaliser = top[:, 0].double() + torch.log(total)
+        boundaries = torch.log((weights @ self.units.ends_mask) / total)
+        return StepRows(states, raw, logits.numpy(), normaliser.numpy(), boundaries.numpy())
+
+    def reads_after(self, context: ContextState, temperature: float = 1.0) -> Reads:
+        """What the model has read after a context, holding only the context itself so far; it reads more
+        (batched model steps at `temperature`) as a search asks."""
+        with torch.inference_mode():
+            first = self._normalized(context.state, context.logits[None], temperature)
+        return Reads(context, first, lambda states, units, parents: self._step(temperature, states, units, parents))
+
+    # Scoring and prediction ------------------------------------------------
+
+    def score_word(self, text: str, word: str, temperature: float = 1.0) -> float:
+        """Exact log P(word | text): every unit sequence that spells it, followed by a boundary."""
+        query = make_query(text, self.tokenizer)
+        context = self.context_state(tuple(self.tokenizer.encode(query.context)))
+        (exact,), _ = score_words(self.units, self.reads_after(context, temperature), context.line_start, query, [word])
+        return exact.logprob
+
+    def predict(self, text: str, k: int = 5, beam_width: int = 16, max_word_length: int = 24,
+                temperature: float = 1.0, use_cache: bool = True) -> PredictionResult:
+        """The k most probable next words (or completions of the unfinished word) after `text`."""
+        query = make_query(text, self.tokenizer)
+        context = self.context_state(tuple(self.tokenizer.encode(query.context)), use_cache=use_cache)
+        return self.predict_from(context, query, k=k, beam_width=beam_width, max_word_length=max_word_length,
+                                 temperature=temperature)
+
+    def predict_from(self, context: ContextState, query: Query, k: int = 5, beam_width: int = 16,
+                     max_word_length: int = 24, temperature: float = 1.0) -> PredictionResult:
+        """Predict after an already-read context (see `context_state`)."""
+        if k < 1 or beam_width < 1 or max_word_length < 1 or not temperature > 0:
+            raise ValueError("k, beam_width and max_word_length must be at least 1 and temperature positive")
+        known = self.reads_after(context, temperature)  # what the beam reads, exact scoring reuses
+        words = beam_search(self.units, known, context.line_start, query, k, beam_width, max_word_length)
+        # Other spellings (segmentations, a leading space) may have been
+        # pruned from the beam: score the leaders exactly, all in one pass.
+        leaders = [word for word, _ in sorted(words.items(), key=lambda item: -item[1])[: k + 3]]
+        exact, required = score_words(self.units, known, context.line_start, query, leaders)
+        if self.cache_size:
+            with self._lock:
+                self._lookahead = known
+        ranked = sorted(zip(leaders, exact), key=lambda item: -item[1].logprob)
+        predictions = []
+        for word, spelling in ranked[:k]:
+            if spelling.logprob == NEG:
+                continue
+            remainder = word[len(query.partial):] if query.completing else word
+            predictions.append(WordPrediction(word, spelling.logprob, remainder, spelling.paths))
+        return PredictionResult(query, predictions, context.length, required.logprob, required.paths)

@@ -1,0 +1,103 @@
+"""What a text asks for: the normalised text, the context the model reads, and where the next word starts.
+
+A *word* is a run of word characters (letters, digits, marks) or one
+punctuation character. The continuation after a text is followed through
+*phases*, plain tuples for speed (a search makes thousands):
+
+    ("req", consumed)        still spelling the required part of the text (subword healing)
+    ("before", has_space)    no word character yet; has_space: whitespace already seen
+    ("word", word)           inside the word being predicted
+    ("done", word)           the word is complete (emitted, not expanded)
+    ("dead",)                not a continuation of this kind
+
+See docs/PREDICTION.md for the rules (where a continuation starts, healing).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from corpora import normalize
+from lm.tokenizers import Tokenizer, is_word_char
+
+__all__ = ["Query", "advance", "line_start_after", "make_query", "word_at"]
+
+
+def advance(phase: tuple, text: str) -> tuple:
+    """The phase after `text` is appended to a continuation in `phase` (not "req")."""
+    for char in text:
+        kind = phase[0]
+        if kind == "before":
+            if char.isspace():
+                if phase[1]:
+                    return ("dead",)
+                phase = ("before", True)
+            elif is_word_char(char):
+                phase = ("word", char)
+            else:
+                return ("done", char)  # punctuation is a word of its own
+        elif kind == "word":
+            if is_word_char(char):
+                phase = ("word", phase[1] + char)
+            else:
+                return ("done", phase[1])
+    return phase
+
+
+def word_at(text: str, position: int) -> str:
+    """The word that starts at `position` of `text`: a run of word characters or one other character."""
+    if position >= len(text):
+        return ""
+    if not is_word_char(text[position]):
+        return text[position]
+    end = position
+    while end < len(text) and is_word_char(text[end]):
+        end += 1
+    return text[position:end]
+
+
+@dataclass(frozen=True)
+class Query:
+    """A text turned into what the model reads and what the continuation must do."""
+
+    text: str  # the normalised text
+    context: str  # the part the model reads before predicting
+    required: str  # text the continuation must spell first (subword healing), possibly ""
+    start: tuple  # the phase after `required`
+    completing: bool
+    partial: str  # the unfinished word at the end of the text ("" when not completing)
+
+
+def make_query(text: str, tokenizer: Tokenizer, normalized: bool = False) -> Query:
+    """Normalise `text` exactly as in training and work out where the next word starts."""
+    ends_in_space = bool(text) and text[-1].isspace()
+    norm = text if normalized else normalize(text)
+    if ends_in_space and norm and not norm[-1].isspace():
+        norm += " "  # normalisation strips trailing spaces; the user typed one
+    partial_start = len(norm)
+    while partial_start > 0 and is_word_char(norm[partial_start - 1]):
+        partial_start -= 1
+    partial = norm[partial_start:]
+    completing = bool(partial)
+    cut = partial_start
+    while cut > 0 and norm[cut - 1].isspace():
+        cut -= 1
+    if not tokenizer.heals_words:
+        cut = len(norm)  # one unit per character: nothing to heal
+    required = norm[cut:]
+    if completing:
+        start: tuple = ("word", partial)
+    else:
+        start = ("before", bool(required) and required[-1].isspace() or cut == 0 or norm[cut - 1].isspace())
+    return Query(text=norm, context=norm[:cut], required=required, start=start, completing=completing, partial=partial)
+
+
+
+
+def line_start_after(text: str | None, line_start: bool) -> bool:
+    if text is None:
+        return line_start
+    if text == "":
+        return False  # SentencePiece's dummy space at a line start
+    return text.endswith("\n")
+

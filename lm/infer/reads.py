@@ -1,0 +1,124 @@
+"""What the model has read after one context: the context's state, and every unit sequence read past it.
+
+The beam search and exact scoring both walk unit sequences after the same
+context; `Reads` keeps, for each sequence read so far, its state, its logits,
+the log-normaliser of the next-unit distribution and the boundary mass, so
+that no sequence is ever read twice. It reads what is missing through the
+`step` it was given (the predictor's batched model step).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, NamedTuple
+
+import numpy as np
+import torch
+
+__all__ = ["ContextState", "Read", "Reads", "StepRows"]
+
+
+@dataclass(frozen=True)
+class ContextState:
+    """The model after reading a context: its state and the logits of the next unit."""
+
+    units: tuple[int, ...] | None  # the context's units (the leading line-break input excluded); None when not kept
+    length: int  # the number of context units
+    state: torch.Tensor  # (L, 1, S)
+    logits: torch.Tensor  # (V,) float32, raw (temperature 1)
+    line_start: bool  # whether the context ends at a line start (nothing, or a line break)
+
+
+class StepRows(NamedTuple):
+    """One batched step's outputs for N read sequences (what `Reads.add` stores)."""
+
+    states: torch.Tensor  # (L, N, S)
+    logits: torch.Tensor  # (N, V) raw
+    scaled: np.ndarray  # (N, V) float32, divided by the temperature
+    normalisers: np.ndarray  # (N,) float64: log P(u) = scaled[u] - normaliser
+    boundaries: np.ndarray  # (N,) float64: log P(the next unit begins with a boundary)
+
+
+# Reads a batch of units: (states (L, M, S), units (N,), parents (N,) into the M states) -> their rows.
+Stepper = Callable[[torch.Tensor, list[int], list[int]], StepRows]
+
+
+class Read(NamedTuple):
+    """What one read unit sequence left: row `row` of a batched step's outputs."""
+
+    states: torch.Tensor  # (L, N, S)
+    row: int
+    boundary: float  # log P(the next unit begins with a boundary)
+    logits: torch.Tensor  # (N, V) raw
+    scaled: np.ndarray  # (N, V) float32, divided by the temperature
+    normaliser: float  # log-normaliser of the row's scaled logits
+
+
+class Reads:
+    """Unit sequences the model has read after one context: after each, the state, the raw logits, the
+    log-normaliser of the (tempered) next-unit distribution and the boundary mass.
+
+    The float64 log-probabilities of a row are made on first use: exact
+    scoring reads many sequences only for their boundary mass and never
+    looks at their distribution.
+    """
+
+    def __init__(self, context: ContextState, first: StepRows, step: Stepper):
+        """`first`: the context's own row (its state (L, 1, S) and logits); `step` reads the sequences missing later."""
+        self.context_units = context.units  # None when the context state does not keep its units
+        self._step = step
+        self._after: dict[tuple[int, ...], Read] = {}
+        self._logprobs: dict[tuple[int, ...], np.ndarray] = {}
+        self.add([()], first)
+
+    def __contains__(self, units: tuple[int, ...]) -> bool:
+        return units in self._after
+
+    def add(self, sequences: list[tuple[int, ...]], rows: StepRows) -> None:
+        """Row i of `rows` follows sequences[i]."""
+        masses, norms = rows.boundaries.tolist(), rows.normalisers.tolist()
+        states, logits, scaled = rows.states, rows.logits, rows.scaled
+        for row, units in enumerate(sequences):
+            self._after[units] = Read(states, row, masses[row], logits, scaled, norms[row])
+
+    def read_all(self, sequences: list[tuple[int, ...]]) -> None:
+        """Read every unit sequence not yet read (each one unit past a read one), in one batched step."""
+        missing = list(dict.fromkeys(units for units in sequences if units not in self._after))
+        if not missing:
+            return
+        # Many sequences continue the same one (the beam's first step: all of them): each distinct state is
+        # stacked once and the step's recurrent products run once per state (StepEngine.step's parents).
+        slots: dict[tuple[int, ...], int] = {}
+        parents = [slots.setdefault(units[:-1], len(slots)) for units in missing]
+        states = torch.stack([self.state(units) for units in slots], dim=1)  # (L, distinct, S)
+        self.add(missing, self._step(states, [units[-1] for units in missing], parents))
+
+    def state(self, units: tuple[int, ...]) -> torch.Tensor:
+        """The state (L, S) after `units`."""
+        read = self._after[units]
+        return read.states[:, read.row]  # (L, S)
+
+    def after(self, units: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The state (L, 1, S) and raw logits (V,) after `units`."""
+        read = self._after[units]
+        return read.states[:, read.row : read.row + 1], read.logits[read.row]
+
+    def logprobs(self, units: tuple[int, ...]) -> np.ndarray:
+        """(V,) float64 log-probabilities of the next unit after `units`, kept once made."""
+        row = self._logprobs.get(units)
+        if row is None:
+            row = self._logprobs[units] = self.some_logprobs(units, slice(None))
+        return row
+
+    def boundary(self, units: tuple[int, ...]) -> float:
+        """log P(the next unit begins with a boundary) after `units`."""
+        return self._after[units].boundary
+
+    def some_logprobs(self, units: tuple[int, ...], chosen: np.ndarray | slice) -> np.ndarray:
+        """logprobs(units)[chosen], without keeping (or, for a few units, making) the (V,) row."""
+        row = self._logprobs.get(units)
+        if row is not None:
+            return row[chosen]
+        read = self._after[units]
+        return read.scaled[read.row][chosen].astype(np.float64) - read.normaliser
+

@@ -1,0 +1,223 @@
+"""Exact scoring: log P(word | text) summed over every unit sequence that spells the word, then a boundary.
+
+A subword model can spell " capital" as one piece, as " capit" + "al", as
+" c" + "a" + ... : the word's probability is the sum over all of them.
+`spell_many` enumerates the spellings of several targets together, one
+batched model step per unit, reusing what the beam search already read
+(`Reads`). `score_words` turns the targets' sums into each word's
+probability after the text, the healed part divided out (docs/PREDICTION.md).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import numpy as np
+
+from lm.infer.query import Query, line_start_after
+from lm.infer.reads import Reads
+from lm.infer.units import UnitTable
+from lm.tokenizers import is_word_char
+
+__all__ = ["NEG", "SPELLING_TOLERANCE", "Spelling", "logaddexp", "logsumexp", "score_words", "spell_many", "word_targets"]
+
+NEG = -math.inf
+_LN2 = math.log(2.0)
+# Exact scoring may drop partial spellings worth this fraction of a word's probability (see spell_many).
+SPELLING_TOLERANCE = 1e-6
+
+# A spelling: the units read after the context, and whether the boundary mass after them is part of its probability.
+Path = tuple[tuple[int, ...], bool]
+
+
+class Spelling(NamedTuple):
+    """A target's exact log-probability and the unit sequences that make it up."""
+
+    logprob: float
+    paths: list[Path]
+
+
+class Node(NamedTuple):
+    """A partial spelling of one target, waiting to be extended (or, if `terminal`, to have its boundary read)."""
+
+    logprob: float
+    units: tuple[int, ...]  # read after the context
+    target: int  # index into the targets
+    consumed: int  # characters of the target spelled so far
+    line_start: bool  # whether the next unit follows a line break
+    terminal: bool  # the whole target is spelled; only the boundary after it is still to come
+
+
+# Nodes are many (a subword model's spellings): built with tuple.__new__, which skips the generated __new__'s
+# argument handling (about 3x cheaper) and gives the same Node.
+_new = tuple.__new__
+
+
+def logaddexp(a: float, b: float) -> float:
+    """log(exp(a) + exp(b)) for Python floats, as numpy's logaddexp computes it (about 4x faster than
+    calling numpy on two scalars; exact scoring calls this thousands of times per prediction)."""
+    if a == b:
+        return a + _LN2  # also -inf + ln 2 = -inf
+    if a < b:
+        a, b = b, a
+    if b == NEG:
+        return a
+    return a + math.log1p(math.exp(b - a))
+
+
+def logsumexp(values: np.ndarray) -> float:
+    """log(sum(exp(values))), stable; several times faster than np.logaddexp.reduce."""
+    if values.size == 0:
+        return NEG
+    top = float(values.max())
+    if top == NEG:
+        return NEG
+    return top + math.log(float(np.exp(values - top).sum()))
+
+
+def spell_many(table: UnitTable, known: Reads, line_start: bool, targets: list[tuple[str, bool]],
+               max_nodes: int = 1024, tolerance: float = SPELLING_TOLERANCE) -> list[Spelling]:
+    """For each (target, boundary): log P(the next units spell target, then a boundary if asked), after the
+    context that `known` starts from (`line_start`: whether it ends at a line start).
+
+    Sums over every unit sequence that spells the target. All targets
+    advance together, one batched model step per unit. Also returns the
+    unit sequences (each flagged when the boundary mass after it is part
+    of its probability).
+
+    Once a target has probability mass from finished spellings, its least
+    probable partial spellings are dropped for as long as their summed
+    probability stays within `tolerance` times that mass: what follows a
+    partial spelling can add at most its own probability, so the result
+    is within a factor (1 - tolerance) of the full sum, and the dropped
+    spellings (on a subword model, one character at a time and other odd
+    segmentations) no longer cost a model step per character. Beyond
+    that, only the cap of `max_nodes` partial spellings alive at once
+    (the least probable go) approximates.
+
+    `known` holds unit sequences the model has already read after this
+    context (the beam's): they, and a sequence shared by several targets,
+    are read only once.
+    """
+    totals = [NEG] * len(targets)
+    dropped = [NEG] * len(targets)  # log of the probability of the partial spellings dropped so far
+    log_tolerance = math.log(tolerance) if tolerance > 0 else NEG
+    paths: list[list[Path]] = [[] for _ in targets]
+    frontier: list[Node] = []  # partial spellings whose next unit's distribution is known
+    for index, (target, boundary) in enumerate(targets):
+        if target:
+            frontier.append(_new(Node, (0.0, (), index, 0, line_start, False)))
+        elif boundary:  # already spelled: only the boundary is still to come
+            totals[index] = known.boundary(())
+            paths[index].append(((), True))
+        else:
+            totals[index] = 0.0
+            paths[index].append(((), False))
+    pending: list[Node] = []  # nodes waiting for a model step
+    while frontier or pending:
+        children: list[Node] = []
+        for node in frontier:
+            logprob, units, index, consumed, line_start = node.logprob, node.units, node.target, node.consumed, node.line_start
+            target, boundary = targets[index]
+            rest = target[consumed:]
+            lp = known.logprobs(units)
+            ls = int(line_start)
+            for length in range(0 if line_start else 1, min(len(rest), table.max_length) + 1):
+                for unit in table.by_text[ls].get(rest[:length], ()):
+                    value = logprob + lp[unit]
+                    if value == NEG:
+                        continue
+                    if length < len(rest):
+                        after = line_start_after(table.texts[ls][unit], line_start)
+                        children.append(_new(Node, (value, units + (unit,), index, consumed + length, after, False)))
+                    elif boundary:
+                        children.append(_new(Node, (value, units + (unit,), index, consumed + length, False, True)))
+                    else:
+                        totals[index] = logaddexp(totals[index], value)
+                        paths[index].append((units + (unit,), False))
+            over = table.overshoot(rest, boundary, line_start)
+            if over.size:
+                values = logprob + lp[over]
+                alive = values > NEG
+                if alive.all() and not units:  # straight after the context: the same list every time
+                    totals[index] = logaddexp(totals[index], logsumexp(values))
+                    paths[index].extend(table.overshoot_paths(rest, boundary, line_start))
+                elif alive.any():
+                    totals[index] = logaddexp(totals[index], logsumexp(values[alive]))
+                    paths[index].extend((units + (int(unit),), False) for unit in over[alive])
+        # Spellings already read to their end (by the beam) are finished now: their mass makes dropping safe sooner.
+        for node in children:
+            if node.terminal and node.units in known:
+                totals[node.target] = logaddexp(totals[node.target], node.logprob + known.boundary(node.units))
+                paths[node.target].append((node.units, True))
+            else:
+                pending.append(node)
+        if log_tolerance > NEG and pending:
+            kept = []
+            for node in sorted(pending, key=_by_logprob):  # the least probable first
+                index = node.target
+                if totals[index] > NEG:
+                    mass = logaddexp(dropped[index], node.logprob)
+                    if mass <= totals[index] + log_tolerance:
+                        dropped[index] = mass
+                        continue
+                kept.append(node)
+            pending = kept
+        # Partial spellings the beam has read already are expanded at once, so that their children join
+        # the same model step as the others at this depth rather than needing one more.
+        frontier = [node for node in pending if node.units in known]
+        if frontier:
+            pending = [node for node in pending if node.units not in known]
+            continue
+        if not pending:
+            break
+        if len(pending) > max_nodes:
+            pending.sort(key=_by_logprob, reverse=True)
+            pending = pending[:max_nodes]
+        known.read_all([node.units for node in pending])
+        for node in pending:
+            if node.terminal:
+                mass = known.boundary(node.units)
+                totals[node.target] = logaddexp(totals[node.target], node.logprob + mass)
+                paths[node.target].append((node.units, True))
+            else:
+                frontier.append(node)
+        pending = []
+    return [Spelling(total, found) for total, found in zip(totals, paths)]
+
+
+def _by_logprob(node: Node) -> float:
+    return node.logprob
+
+
+def word_targets(query: Query, word: str) -> list[str]:
+    """The continuations (after the context) that spell `word` under the query's rules."""
+    if query.completing:
+        if not word.startswith(query.partial):
+            return []
+        return [query.required + word[len(query.partial):]]
+    _, has_space = query.start
+    spaces = [""] if has_space else ["", " ", "\n"]
+    return [query.required + space + word for space in spaces]
+
+
+def score_words(table: UnitTable, known: Reads, line_start: bool, query: Query, words: list[str]
+                ) -> tuple[list[Spelling], Spelling]:
+    """Exact log P(word | text) for each word, with their unit sequences; and log P(required part), with its."""
+    targets: list[tuple[str, bool]] = [(query.required, False)]
+    owners: list[int] = [-1]
+    for number, word in enumerate(words):
+        if not word or (len(word) > 1 and not all(is_word_char(c) for c in word)):
+            continue
+        for target in word_targets(query, word):
+            targets.append((target, is_word_char(word[0])))
+            owners.append(number)
+    results = spell_many(table, known, line_start, targets)
+    required = results[0]
+    scores: list[tuple[float, list[Path]]] = [(NEG, []) for _ in words]
+    for owner, result in zip(owners[1:], results[1:]):
+        total, found = scores[owner]
+        scores[owner] = (logaddexp(total, result.logprob), found + result.paths)
+    exact = [Spelling(total - required.logprob if total > NEG else NEG, found) for total, found in scores]
+    return exact, required
