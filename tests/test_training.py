@@ -1,8 +1,10 @@
 """Truncated BPTT, the carried state, clipping and skipped steps, checked against explicit computations."""
 
+import copy
 import json
 import math
 import random
+from dataclasses import replace
 
 import pytest
 import torch
@@ -19,6 +21,7 @@ from lm.train.loop import (
     clip_gradients,
     fit,
     iterate_windows,
+    learning_rate,
     train_step,
 )
 
@@ -244,3 +247,45 @@ def test_epochs_reset_the_stream_and_the_state(tmp_path):
     state, records = _fit(tmp_path, make_model("gru"), config, data=data)
     assert state.step == 10
     assert [r["epoch"] for r in records if r["kind"] == "step"] == [0] * 5 + [1] * 5
+
+
+def test_a_time_budgets_schedule_is_planned_in_updates_so_a_resumed_run_repeats_itself(tmp_path):
+    """Under --max-minutes the cosine schedule follows updates planned from the measured pace, not the clock: two
+    resumes of one checkpoint take the same learning rates, and a changed time budget plans again."""
+    config = TrainConfig(max_minutes=10.0, max_steps=None, bptt=8, warmup_steps=5, schedule="cosine", eval_interval=10**6)
+    data = batchify(torch.randint(0, 50, (4 * 600,), generator=torch.Generator().manual_seed(0)), 4)
+    model = make_model("gru")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr)
+    calls = iter(range(10**6))
+    with MetricsLog(tmp_path / "first.jsonl") as metrics:
+        state = fit(model, optimizer, data, config, TrainingState(), metrics, Hooks(should_stop=lambda: next(calls) >= 30))
+    assert state.stopped and state.step == 30
+    assert state.planned_minutes == 10.0 and state.planned_steps > 30  # planned after 20 updates, stored in the state
+    first = [json.loads(line) for line in (tmp_path / "first.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in first if r["kind"] == "plan"] == [20]
+    snapshot = copy.deepcopy((model.state_dict(), optimizer.state_dict(), state))
+
+    def resume(name: str, minutes: float) -> tuple[list[dict], TrainingState]:
+        resumed = make_model("gru")
+        resumed.load_state_dict(snapshot[0])
+        resumed_optimizer = torch.optim.AdamW(resumed.parameters(), lr=config.lr)
+        resumed_optimizer.load_state_dict(copy.deepcopy(snapshot[1]))  # load_state_dict keeps the tensors it is given
+        resumed_state = replace(copy.deepcopy(snapshot[2]), stopped=False)
+        more = iter(range(10**6))
+        with MetricsLog(tmp_path / f"{name}.jsonl") as log:
+            done = fit(resumed, resumed_optimizer, data, replace(config, max_minutes=minutes), resumed_state, log,
+                       Hooks(should_stop=lambda: next(more) >= 25))
+        return [json.loads(line) for line in (tmp_path / f"{name}.jsonl").read_text().splitlines()], done
+
+    (a, _), (b, _) = resume("a", 10.0), resume("b", 10.0)
+    steps_a, steps_b = ([r for r in records if r["kind"] == "step"] for records in (a, b))
+    assert len(steps_a) == 25 and [r["lr"] for r in steps_a] == [r["lr"] for r in steps_b]  # identical, not close
+    assert [r["loss"] for r in steps_a] == [r["loss"] for r in steps_b]
+    planned = snapshot[2].planned_steps
+    for record in steps_a:  # the lr of update s is the cosine at (s - 1) / planned updates
+        expected = learning_rate(config, TrainingState(step=record["step"] - 1), (record["step"] - 1) / planned)
+        assert record["lr"] == pytest.approx(expected, rel=1e-12)
+    longer, state_c = resume("c", 20.0)  # a changed time budget: planned again from where the run stands
+    replans = [r for r in longer if r["kind"] == "plan"]
+    assert len(replans) == 1 and replans[0]["replanned"] and replans[0]["step"] == 30
+    assert state_c.planned_minutes == 20.0 and state_c.planned_steps > planned

@@ -198,6 +198,8 @@ class TrainingState:
     world_size: int = 1  # processes that trained (each carries B / world_size streams)
     stopped: bool = False  # ended by a stop request rather than a budget
     python_rng: list | None = None  # random.Random.getstate() of the window-length sampler
+    planned_steps: int | None = None  # a time budget's schedule, planned in updates (see plan_schedule)
+    planned_minutes: float | None = None  # the max_minutes that plan was made for
     carried: Tensor | None = None  # (L, B, S) state at the next window's start
 
     def to_json(self) -> dict:
@@ -301,8 +303,12 @@ class Hooks:
     agree: Callable[[bool, float, float], tuple[bool, float, float]] = lambda stop, elapsed, loss: (stop, elapsed, loss)  # across ranks
 
 
+# A time budget's schedule is planned in updates after this many, from their measured pace (see plan_schedule).
+PLAN_AFTER_STEPS = 20
+
+
 def _progress(config: TrainConfig, state: TrainingState, columns: int) -> float:
-    """Fraction of the budget used: the largest of steps, epochs and time."""
+    """Fraction of the budget used: the largest of steps, epochs and time. Decides when training stops."""
     parts = [0.0]
     if config.max_steps:
         parts.append(state.step / config.max_steps)
@@ -311,6 +317,35 @@ def _progress(config: TrainConfig, state: TrainingState, columns: int) -> float:
     if config.max_minutes:
         parts.append(state.elapsed / (config.max_minutes * 60))
     return max(parts)
+
+
+def schedule_progress(config: TrainConfig, state: TrainingState, columns: int) -> float:
+    """Where the learning-rate schedule stands: `_progress` with the time budget replaced by its plan in updates.
+
+    Wall-clock progress would make the schedule depend on the machine's pace
+    at every step, so a resumed run could not repeat an uninterrupted one.
+    A time budget therefore counts as `state.step / state.planned_steps` once
+    planned (`plan_schedule`), and as nothing before (the schedule's start).
+    """
+    parts = [0.0]
+    if config.max_steps:
+        parts.append(state.step / config.max_steps)
+    if config.epochs:
+        parts.append((state.epoch + state.position / max(columns - 1, 1)) / config.epochs)
+    if config.max_minutes and state.planned_steps:
+        parts.append(state.step / state.planned_steps)
+    return max(parts)
+
+
+def plan_schedule(config: TrainConfig, state: TrainingState) -> int:
+    """Plan a time budget's schedule in updates: the steps done plus what the rest of the budget allows at the
+    pace measured so far. Stored in the state (and so in checkpoints), it stays fixed on resume unless the
+    time budget is changed, which plans again from that point."""
+    pace = state.elapsed / max(state.step, 1)  # seconds per update
+    remaining = max(config.max_minutes * 60 - state.elapsed, 0.0)
+    state.planned_steps = max(state.step + round(remaining / max(pace, 1e-9)), state.step, 1)
+    state.planned_minutes = config.max_minutes
+    return state.planned_steps
 
 
 def fit(
@@ -341,11 +376,18 @@ def fit(
         state.clip_threshold = float(config.clip_norm)
     smoothed_rate = None
     recent_clips: list[bool] = []
+    if config.max_minutes and state.planned_minutes is not None and state.planned_minutes != config.max_minutes:
+        # Resumed with another time budget: the schedule is planned again for the new one, from here.
+        before = state.planned_steps
+        plan_schedule(config, state)
+        log.info("the time budget changed to %g minutes: the learning-rate schedule is re-planned to end at update %d "
+                 "(it was planned for %d)", config.max_minutes, state.planned_steps, before)
+        metrics.write({"kind": "plan", "step": state.step, "planned_steps": state.planned_steps, "replanned": True})
     stop, _, _ = hooks.agree(hooks.should_stop(), state.elapsed, 0.0)
     while _progress(config, state, data.size(1)) < 1.0 and not stop:
         windows = iterate_windows(data, state.position, k1, k2, sampler if config.variable_bptt else None)
         for window in windows:
-            lr = learning_rate(config, state, _progress(config, state, data.size(1)))
+            lr = learning_rate(config, state, schedule_progress(config, state, data.size(1)))
             if config.variable_bptt:
                 lr *= window.scored / k1  # longer windows average over more positions
             for group in optimizer.param_groups:
@@ -362,6 +404,11 @@ def fit(
             state.clipped_steps += result.clipped
             state.skipped_steps += result.skipped
             state.python_rng = list(sampler.getstate())
+            if config.max_minutes and state.planned_steps is None and state.step >= PLAN_AFTER_STEPS:
+                # Every rank has the same elapsed time (agreed above), so every rank makes the same plan.
+                plan_schedule(config, state)
+                metrics.write({"kind": "plan", "step": state.step, "planned_steps": state.planned_steps,
+                               "seconds_per_step": state.elapsed / state.step})
             rate = result.scored * data.size(0) * world_size / max(seconds, 1e-9)
             smoothed_rate = rate if smoothed_rate is None else 0.9 * smoothed_rate + 0.1 * rate
             recent_clips = (recent_clips + [result.clipped])[-100:]
