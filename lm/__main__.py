@@ -21,7 +21,8 @@ from lm.cli_support import configure_logging, positive_int
 def _plot(args: argparse.Namespace) -> int:
     from lm.plots import plot_metrics
 
-    out = args.out or Path(args.run) / "metrics.png"
+    run = Path(args.run)
+    out = args.out or (run if run.is_dir() else run.parent) / "metrics.png"  # beside the metrics, given a run or its file
     try:
         path = plot_metrics(Path(args.run), out)
     except (FileNotFoundError, ValueError, json.JSONDecodeError) as error:
@@ -321,7 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     plot = commands.add_parser("plot", help="draw a run's training curves (loss, gradient norm, lr, speed) to a PNG")
     plot.add_argument("run", help="run directory (or its metrics.jsonl)")
-    plot.add_argument("--out", type=Path, default=None, help="PNG path (default: RUN/metrics.png)")
+    plot.add_argument("--out", type=Path, default=None, help="PNG path (default: metrics.png beside the metrics file)")
     plot.set_defaults(handler=_plot)
     return parser
 
