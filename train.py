@@ -89,14 +89,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"train.py: error: {error}", file=sys.stderr)
         return 2
     out = args.resume or args.out or Path("runs") / f"{args.preset}-{tokenizer_config.tokenizer}-{model_config.cell}"
-    if args.resume is not None and (ignored := _ignored_on_resume(args, overrides)):
-        print(f"train.py: warning: --resume keeps the run's own settings; ignoring {', '.join(ignored)}", file=sys.stderr)
 
     # Entry point duties: processes, threads and seeds (imported late: torch is slow to import).
     from lm.distributed import init_distributed, shutdown
     from lm.runner import BUDGET_FIELDS, seed_everything, set_threads, train_run
 
     ranks = init_distributed()
+    if ranks.is_main and args.resume is not None and (ignored := _ignored_on_resume(args, overrides)):
+        print(f"train.py: warning: --resume keeps the run's own settings; ignoring {', '.join(ignored)}", file=sys.stderr)
     if not ranks.is_main:
         configure_logging(quiet=True)
     local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
