@@ -29,24 +29,53 @@ from lm.tokenizers import TokenizerError
 log = logging.getLogger("train")
 
 
+def _preset_in(argv: list[str] | None) -> str:
+    """The --preset on the command line, read before the full parser is built so that --help shows its defaults."""
+    early = argparse.ArgumentParser(add_help=False)
+    early.add_argument("--preset", choices=sorted(PRESETS), default=None)
+    known, _ = early.parse_known_args(argv)
+    return known.preset or "base"
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse the command line; defaults come from the dataclasses and the preset."""
+    try:
+        preset = _preset_in(argv)
+    except SystemExit:  # a bad --preset: the full parser below says so with the usage line
+        preset = "base"
     parser = argparse.ArgumentParser(
         prog="train.py",
-        description="Train a character- or subword-level RNN/LSTM/GRU language model with truncated BPTT and gradient clipping.",
-        epilog="The corpus defaults to wiki-subset: $REACH_CORPUS if set, else rebuilt from the Hugging Face hub.",
+        description="Train a character- or subword-level RNN/LSTM/GRU language model with truncated BPTT and gradient clipping. "
+                    f"The defaults shown are those of --preset {preset}.",
+        epilog="The corpus defaults to wiki-subset: $REACH_CORPUS if set, else ../shared/corpora/wiki-subset beside "
+               "the project when present, else rebuilt from the Hugging Face hub.",
     )
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="base", help="a set of defaults (default: base, the 10-minute preset)")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default=None, help="a set of defaults (default: base, the 10-minute preset)")
     parser.add_argument("--out", type=Path, default=None, help="run directory for checkpoints and metrics (default: runs/<preset>-<tokenizer>-<cell>)")
     parser.add_argument("--resume", type=Path, default=None, metavar="DIR",
                         help="continue the run in DIR from its last checkpoint with its settings; only budget flags "
                              "(--max-minutes, --max-steps, --epochs, --eval-interval, --threads, --accuracy-positions) "
-                             "may change, and budgets count the whole run")
+                             "may change, and budgets count the whole run; other flags are ignored (with a warning)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar or log lines; only the final figures")
-    add_dataclass_flags(parser, TokenizerConfig, "tokenizer")
-    add_dataclass_flags(parser, ModelConfig, "model", skip=("vocab_size",))
-    add_dataclass_flags(parser, TrainConfig, "training")
-    return parser.parse_args(argv)
+    add_dataclass_flags(parser, TokenizerConfig, "tokenizer", defaults=PRESETS[preset])
+    add_dataclass_flags(parser, ModelConfig, "model", skip=("vocab_size",), defaults=PRESETS[preset])
+    add_dataclass_flags(parser, TrainConfig, "training", defaults=PRESETS[preset])
+    args = parser.parse_args(argv)
+    args.preset_given = args.preset is not None
+    args.preset = args.preset or "base"
+    return args
+
+
+def _ignored_on_resume(args: argparse.Namespace, overrides: dict) -> list[str]:
+    """The flags given with --resume that it does not use (the run's own settings win)."""
+    from lm.train.run import BUDGET_FIELDS
+
+    ignored = ["--" + name.replace("_", "-") for name in overrides if name not in BUDGET_FIELDS]
+    if args.preset_given:
+        ignored.insert(0, "--preset")
+    if args.out is not None:
+        ignored.insert(0, "--out")
+    return ignored
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     from lm.train.run import BUDGET_FIELDS, seed_everything, set_threads, train_run
 
     ranks = init_distributed()
+    if ranks.is_main and args.resume is not None and (ignored := _ignored_on_resume(args, overrides)):
+        print(f"train.py: warning: --resume keeps the run's own settings; ignoring {', '.join(ignored)}", file=sys.stderr)
     if not ranks.is_main:
         configure_logging(quiet=True)
     local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))

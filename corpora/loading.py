@@ -5,8 +5,10 @@ A corpus is named by one string (the `--corpus` flag):
 - a local directory holding `train.txt`, `valid.txt` and `test.txt`
   (read with the `text` builder, one row per line);
 - `wiki-subset`: the default. The directory in `$REACH_CORPUS` when that is
-  set; otherwise rebuilt from the hub exactly as `../shared/corpora/` built it
-  (the WikiText-2 raw *test* split, articles split 8/1/1 by index);
+  set; else `../shared/corpora/wiki-subset` beside the project directory when
+  it is there; otherwise rebuilt from the hub exactly as `../shared/corpora/`
+  built it (the WikiText-2 raw *test* split, articles split 8/1/1 by index).
+  Every command resolves it the same way (`default_corpus_source`);
 - `wikitext-2-raw`, `wikitext-103-raw`: `Salesforce/wikitext` from the hub;
 - `wikipedia:<lang>:<size>` (`wikipedia:en:20MB`): the first articles of
   `wikimedia/wikipedia`, streamed until `size` bytes of text are read and
@@ -28,11 +30,14 @@ from typing import Iterable
 
 from corpora.normalize import normalize_line
 
-__all__ = ["Corpus", "CorpusError", "Split", "load_corpus", "split_articles", "split_name_for_article", "DEFAULT_CORPUS"]
+__all__ = ["Corpus", "CorpusError", "Split", "default_corpus_source", "load_corpus", "split_articles", "split_name_for_article",
+           "DEFAULT_CORPUS"]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_CORPUS = "wiki-subset"
+# Where this project's machines keep the default corpus: beside the project directory (corpora/ is one level down).
+SHARED_DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "corpora" / DEFAULT_CORPUS
 SPLITS = ("train", "valid", "test")
 _WIKITEXT_CONFIGS = {"wikitext-2-raw": "wikitext-2-raw-v1", "wikitext-103-raw": "wikitext-103-raw-v1"}
 _WIKIPEDIA = re.compile(r"^wikipedia:([a-z\-]{2,12}):(\d+(?:\.\d+)?)\s*([KMG]?B)$", re.IGNORECASE)
@@ -169,14 +174,24 @@ def _parse_wikipedia(spec: str) -> tuple[str, int]:
     return language, size
 
 
+def default_corpus_source() -> tuple[str, Path | None]:
+    """Where `wiki-subset` comes from: ($REACH_CORPUS's directory | the shared copy beside the project | None for the hub)."""
+    env = os.environ.get("REACH_CORPUS")
+    if env:
+        return f"local:{env} ($REACH_CORPUS)", Path(env)
+    if (SHARED_DEFAULT / "train.txt").is_file():
+        return f"local:{SHARED_DEFAULT} (beside the project)", SHARED_DEFAULT
+    return "hub:Salesforce/wikitext/wikitext-2-raw-v1/test (re-split by article)", None
+
+
 def _resolve(spec: str) -> tuple[str, dict[str, list[str]] | Path]:
     """Return (source description, lines by split or a local directory to read)."""
     if spec == DEFAULT_CORPUS:
-        env = os.environ.get("REACH_CORPUS")
-        if env:
-            return f"local:{env} ($REACH_CORPUS)", Path(env)
+        source, directory = default_corpus_source()
+        if directory is not None:
+            return source, directory
         try:
-            return "hub:Salesforce/wikitext/wikitext-2-raw-v1/test (re-split by article)", _load_wiki_subset_from_hub()
+            return source, _load_wiki_subset_from_hub()
         except Exception as error:  # datasets raises many kinds of network errors
             raise _hub_failure(spec, error) from error
     if spec in _WIKITEXT_CONFIGS:

@@ -22,7 +22,8 @@ from lm.cli_support import configure_logging, positive_int
 def _plot(args: argparse.Namespace) -> int:
     from lm.reports.plots import plot_metrics
 
-    out = args.out or Path(args.run) / "metrics.png"
+    run = Path(args.run)
+    out = args.out or (run if run.is_dir() else run.parent) / "metrics.png"  # beside the metrics, given a run or its file
     try:
         path = plot_metrics(Path(args.run), out)
     except (FileNotFoundError, ValueError, json.JSONDecodeError) as error:
@@ -281,7 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     profile.add_argument("--model", required=True, action="append", help="run or checkpoint directory (repeat to compare models)")
     profile.add_argument("--samples", type=positive_int, default=50, help="number of seeded contexts (default: 50)")
     profile.add_argument("--split", choices=("valid", "test"), default="test")
-    profile.add_argument("--corpus", default=None, help="corpus (default: the one each model was trained on)")
+    profile.add_argument("--corpus", default=None, help="corpus (default: the name each model's checkpoint stores, loaded again)")
     profile.add_argument("--context-chars", type=positive_int, default=2000, help="characters of text before each prediction (default: 2000)")
     profile.add_argument("--threshold", type=_positive_float, default=0.01)
     profile.add_argument("--method", choices=("saliency", "grad_x_input"), default="saliency")
@@ -294,7 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("evaluate", help="held-out bpc, per-word perplexity and next-word top-1/3/5 accuracy")
     evaluate.add_argument("--model", required=True, help="run or checkpoint directory")
     evaluate.add_argument("--split", choices=("train", "valid", "test"), default="test")
-    evaluate.add_argument("--corpus", default=None, help="corpus (default: the one the model was trained on)")
+    evaluate.add_argument("--corpus", default=None, help="corpus (default: the name the checkpoint stores, loaded again)")
     evaluate.add_argument("--positions", type=positive_int, default=None, help="score a seeded sample of N word positions (default: all)")
     evaluate.add_argument("--seed", type=int, default=0, help="seed of the sample (default: 0)")
     evaluate.add_argument("--beam-width", type=positive_int, default=16)
@@ -309,7 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(handler=_evaluate)
 
     lab = commands.add_parser("lab", help="the BPTT lab: cells, truncation and clipping under one budget, with a report")
-    lab.add_argument("--corpus", default="wiki-subset", help="corpus (default: wiki-subset, $REACH_CORPUS or the hub)")
+    lab.add_argument("--corpus", default="wiki-subset", help="corpus (default: wiki-subset: $REACH_CORPUS, else ../shared/corpora/wiki-subset beside the project, else the hub)")
     lab.add_argument("--minutes", type=_positive_float, default=None, help="training minutes per run (default: 3; quick: 0.05)")
     lab.add_argument("--out", type=Path, required=True, help="report directory, e.g. reports/NAME")
     lab.add_argument("--quick", action="store_true", help="tiny models, a few seconds each: the whole lab in about a minute")
@@ -326,7 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     plot = commands.add_parser("plot", help="draw a run's training curves (loss, gradient norm, lr, speed) to a PNG")
     plot.add_argument("run", help="run directory (or its metrics.jsonl)")
-    plot.add_argument("--out", type=Path, default=None, help="PNG path (default: RUN/metrics.png)")
+    plot.add_argument("--out", type=Path, default=None, help="PNG path (default: metrics.png beside the metrics file)")
     plot.set_defaults(handler=_plot)
     return parser
 

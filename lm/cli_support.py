@@ -40,15 +40,35 @@ def _clip_norm(text: str) -> float | str | None:
     return float(text)
 
 
-def add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, title: str, skip: tuple[str, ...] = ()) -> None:
-    """One `--field-name` flag per dataclass field; defaults stay in the dataclass (SUPPRESS here)."""
+def _shown(value: Any) -> str:
+    """A default as a user would type it."""
+    if value is None or value == ():
+        return "none"
+    if isinstance(value, tuple):
+        return " ".join(str(part) for part in value)
+    return str(value)
+
+
+def add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, title: str, skip: tuple[str, ...] = (),
+                        defaults: dict[str, Any] | None = None) -> None:
+    """One `--field-name` flag per dataclass field; defaults stay in the dataclass (SUPPRESS here).
+
+    The help shows `defaults` (a preset's values) where given, else the field's own default; a help text that
+    already says its default in words ("(default: all cores)") keeps only that, unless `defaults` changes it.
+    """
     group = parser.add_argument_group(title)
+    defaults = defaults or {}
     for item in fields(cls):
         if item.name in skip:
             continue
         flag = "--" + item.name.replace("_", "-")
-        default = item.default if item.default is not MISSING else None
-        help_text = f"{item.metadata.get('help', '')} (default: {default if default != () else 'none'})"
+        text = item.metadata.get("help", "")
+        if item.name in defaults:
+            help_text = f"{text} (default: {_shown(defaults[item.name])})"
+        elif "default" in text:
+            help_text = text
+        else:
+            help_text = f"{text} (default: {_shown(item.default if item.default is not MISSING else None)})"
         annotation = str(item.type)
         kwargs: dict[str, Any] = {"dest": item.name, "default": argparse.SUPPRESS, "help": help_text}
         if item.name == "clip_norm":

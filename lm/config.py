@@ -58,7 +58,7 @@ class ModelConfig:
     embed_dropout: float = _help("drop whole embedding rows (a unit vanishes everywhere in a batch)", default=0.0)
     weight_dropout: float = _help("DropConnect on hidden-to-hidden weights (AWD-LSTM)", default=0.3)
     tie_weights: bool = _help("share the embedding with the output layer (projecting when sizes differ)", default=True)
-    adaptive_cutoffs: tuple[int, ...] = _help("adaptive softmax cluster boundaries, e.g. 2000 8000 (Grave et al. 2017); none: full softmax", default=())
+    adaptive_cutoffs: tuple[int, ...] = _help("adaptive softmax cluster boundaries, e.g. 2000 8000 (Grave et al. 2017; needs --no-tie-weights); none: full softmax", default=())
     adaptive_div: float = _help("adaptive softmax: each tail cluster's projection is this many times narrower", default=4.0)
 
     def __post_init__(self) -> None:

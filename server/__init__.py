@@ -8,21 +8,28 @@ from typing import Any
 
 from flask import Flask
 
-from server.settings import DEFAULTS
+from server.settings import DEFAULTS, check_settings, settings_from_environment
+
 
 def create_app(config: dict[str, Any] | None = None) -> Flask:
-    """Build the app; models are loaded here, once. Environment: REACH_MODELS="name=dir,...", REACH_THREADS."""
+    """Build the app; models are loaded here, once.
+
+    Settings (server/settings.py): the defaults, then the environment
+    (REACH_MODELS="name=dir,...", REACH_THREADS, REACH_MAX_TEXT_CHARS,
+    REACH_MAX_K, REACH_MAX_CONTEXT_UNITS, REACH_CACHE_SIZE,
+    REACH_MAX_CONTENT_LENGTH), then `config`, which wins. A bad value raises
+    SettingsError (a ValueError) with one line naming it, before any model
+    is loaded.
+    """
     from server.errors import register_error_handlers
-    from server.registry import ModelRegistry, parse_model_specs
+    from server.registry import ModelRegistry
     from server.routes import api, page
 
     app = Flask(__name__)
     app.config.from_mapping(DEFAULTS)
-    if os.environ.get("REACH_MODELS"):
-        app.config["REACH_MODELS"] = parse_model_specs(os.environ["REACH_MODELS"])
-    if os.environ.get("REACH_THREADS"):
-        app.config["REACH_THREADS"] = int(os.environ["REACH_THREADS"])
+    app.config.from_mapping(settings_from_environment(os.environ))
     app.config.from_mapping(config or {})
+    check_settings(app.config)
     if app.config["REACH_THREADS"]:
         import torch
 

@@ -69,7 +69,11 @@ def _schemas(limits: dict) -> dict:
                 "text": {"type": "string", "description": "the text as normalised and read by the model"},
                 "context": {"type": "object", "required": ["tokens", "words", "chars", "truncated"],
                             "properties": {"tokens": _INTEGER, "words": _INTEGER, "chars": _INTEGER, "truncated": _BOOLEAN,
-                                           "dropped_chars": _INTEGER, "unknown_units": _INTEGER}},
+                                           "dropped_chars": _INTEGER,
+                                           "unknown_units": {"type": "integer", "description": "units of the context read as "
+                                                             "the unknown unit or spelled as UTF-8 byte pieces"},
+                                           "unknown_chars": {"type": "integer", "description": "characters of text the model "
+                                                             "never saw in training"}}},
                 "completing": _BOOLEAN,
                 "partial": _STRING,
                 "attribution": {"type": "object", "properties": {"method": _STRING, "threshold": _NUMBER, "model_mode": _STRING,

@@ -14,6 +14,13 @@ def _unknown(tokenizer: Tokenizer, text: str) -> int:
     return sum(tokenizer.unit_text(unit) is None for unit in tokenizer.encode(text))
 
 
+def _unknown_chars(tokenizer: Tokenizer, text: str) -> int:
+    """Characters of the text the model never saw: those covered by an unknown or byte unit (2-4 bytes are one character)."""
+    units, spans = tokenizer.encode_with_offsets(text)
+    return len({position for unit, (start, end) in zip(units, spans) if tokenizer.unit_text(unit) is None
+                for position in range(start, end)})
+
+
 def prediction_body(model: str, tokenizer: Tokenizer, result: PredictionResult) -> dict:
     """The body for `"attribution": "none"`."""
     context = result.query.context
@@ -21,7 +28,8 @@ def prediction_body(model: str, tokenizer: Tokenizer, result: PredictionResult) 
         "model": model,
         "text": result.query.text,
         "context": {"tokens": result.context_units, "words": len(context.split()), "chars": len(context),
-                    "truncated": False, "unknown_units": _unknown(tokenizer, context)},
+                    "truncated": False, "unknown_units": _unknown(tokenizer, context),
+                    "unknown_chars": _unknown_chars(tokenizer, result.query.text)},
         "completing": result.completing,
         "partial": result.query.partial,
         "predictions": [p.as_dict() for p in result.predictions],
@@ -32,4 +40,5 @@ def attribution_body(model: str, tokenizer: Tokenizer, attribution: Attribution,
     """The body for `"attribution": "summary"` or `"full"`."""
     body = {"model": model, **attribution.as_dict(full=full)}
     body["context"]["unknown_units"] = _unknown(tokenizer, attribution.result.query.context)
+    body["context"]["unknown_chars"] = _unknown_chars(tokenizer, attribution.result.query.text)
     return body

@@ -1,12 +1,17 @@
 """Corpus loading through Hugging Face datasets: local directories, extra text, hub paths offline."""
 
+import json
+import os
+import subprocess
+import sys
 import time
 
 import pytest
 
+import corpora.loading
 from corpora import CorpusError, load_corpus
 from corpora.loading import split_articles, split_name_for_article
-from conftest import EXTRA_DIR
+from conftest import EXTRA_DIR, ROOT
 
 
 def test_local_directory_gives_three_normalised_splits(corpus):
@@ -45,10 +50,35 @@ def test_hub_corpora_fail_fast_offline_with_one_clear_sentence(monkeypatch, spec
     assert "hub" in message and "pass a local directory" in message and "\n" not in message
 
 
-def test_default_corpus_without_local_copy_goes_to_the_hub(monkeypatch):
+def test_default_corpus_without_local_copy_goes_to_the_hub(monkeypatch, tmp_path):
     monkeypatch.delenv("REACH_CORPUS", raising=False)
+    monkeypatch.setattr(corpora.loading, "SHARED_DEFAULT", tmp_path / "absent")
     with pytest.raises(CorpusError, match="Salesforce|hub"):
         load_corpus("wiki-subset")
+
+
+def test_default_corpus_is_read_from_the_shared_copy_beside_the_project(monkeypatch, corpus):
+    assert corpora.loading.SHARED_DEFAULT == ROOT.parent / "shared" / "corpora" / "wiki-subset"
+    monkeypatch.delenv("REACH_CORPUS", raising=False)
+    if not (corpora.loading.SHARED_DEFAULT / "train.txt").is_file():
+        pytest.skip("no shared copy beside the project on this machine")
+    found = load_corpus("wiki-subset")
+    assert found.source.startswith("local:") and "beside the project" in found.source
+    assert found.test.raw_words == 21_812
+
+
+@pytest.mark.slow
+def test_train_py_finds_the_shared_copy_without_reach_corpus(tmp_path):
+    if not (corpora.loading.SHARED_DEFAULT / "train.txt").is_file():
+        pytest.skip("no shared copy beside the project on this machine")
+    env = {key: value for key, value in os.environ.items() if key != "REACH_CORPUS"}
+    env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    done = subprocess.run([sys.executable, str(ROOT / "train.py"), "--preset", "tiny", "--max-steps", "2", "--max-minutes", "none",
+                           "--eval-interval", "1000", "--accuracy-positions", "0", "--threads", "1", "--quiet", "--out", str(tmp_path / "run")],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    meta = json.loads((tmp_path / "run" / "best" / "config.json").read_text())
+    assert meta["corpus"]["name"] == "wiki-subset" and "beside the project" in meta["corpus"]["source"]
 
 
 @pytest.mark.parametrize("spec, fragment", [

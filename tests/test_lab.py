@@ -49,5 +49,7 @@ def test_the_quick_lab_writes_a_report_with_every_section(tmp_path, corpus_dir):
     text = html.unescape(page)
     assert re.search(r"At equal parameters and k2 = 32, the LSTM's median threshold reach \(\d+ units\)", text)
     assert "tanh RNN clipping: off:" in text and lab["settings"]["minutes"] == 0.05
+    # The faithfulness column says what was measured: filler beyond the 99% mass reach, not a cut at the threshold reach.
+    assert "|Δ log P|, filler beyond 99% mass</th>" in text and "farther back than its 99% mass reach" in text
     for name in ("validation.png", "gradients.png", "reach.png"):
         assert (out / name).stat().st_size > 10_000

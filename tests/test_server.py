@@ -1,13 +1,17 @@
 """The HTTP API through Flask's test client: every route, every error class, limits, concurrency, random input."""
 
 import json
+import os
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import external_references
+from conftest import ROOT, external_references
 from server import create_app
 
 TEXT = "The album was released in the United States in 1998, and it was "
@@ -30,7 +34,7 @@ def test_predict_summary_has_reach_for_every_prediction(client):
     assert response.status_code == 200
     body = response.get_json()
     assert body["model"] == "char" and body["completing"] is False
-    assert body["context"] == {"tokens": len(TEXT), "words": len(TEXT.split()), "chars": len(TEXT), "truncated": False, "dropped_chars": 0, "unknown_units": 0}
+    assert body["context"] == {"tokens": len(TEXT), "words": len(TEXT.split()), "chars": len(TEXT), "truncated": False, "dropped_chars": 0, "unknown_units": 0, "unknown_chars": 0}
     assert len(body["predictions"]) == 5
     for prediction in body["predictions"]:
         assert set(prediction["reach"]) >= {"tokens", "words", "chars", "mass90_tokens", "mass99_tokens", "threshold"}
@@ -75,11 +79,16 @@ def test_line_endings_and_tabs_are_normalised(client):
     assert body["text"] == "One line.\nAnother line "
 
 
-def test_characters_the_model_never_saw_are_counted(client):
-    body = _post(client, {"text": "The 杜甫 poem is ", "attribution": "none"}).get_json()
-    assert body["context"]["unknown_units"] == 2
-    body = _post(client, {"text": "The 杜甫 poem is ", "attribution": "none", "model": "subword"}).get_json()
-    assert body["context"]["unknown_units"] >= 2  # spelled as UTF-8 bytes
+@pytest.mark.parametrize("attribution", ["none", "summary"])
+def test_characters_the_model_never_saw_are_counted(client, attribution):
+    body = _post(client, {"text": "The 杜甫 poem is ", "attribution": attribution}).get_json()
+    assert body["context"]["unknown_units"] == body["context"]["unknown_chars"] == 2
+    body = _post(client, {"text": "The 杜甫 poem is ", "attribution": attribution, "model": "subword"}).get_json()
+    assert body["context"]["unknown_units"] == 6  # each character spelled as its 3 UTF-8 bytes
+    assert body["context"]["unknown_chars"] == 2
+    # The unfinished word is not part of the context a subword model reads, but it is part of the text.
+    body = _post(client, {"text": "The poet 杜甫", "attribution": attribution, "model": "subword"}).get_json()
+    assert body["completing"] is True and body["context"]["unknown_units"] == 0 and body["context"]["unknown_chars"] == 2
 
 
 def test_models_card(client):
@@ -156,6 +165,93 @@ def test_limits_are_configurable(tiny_run):
     _error(small.post("/v1/predict", data=json.dumps({"text": "y" * 300}), content_type="application/json"), 413, "body_too_large")
     body = _post(small, {"text": "abc def g "}).get_json()
     assert body["context"]["truncated"] is True and body["context"]["tokens"] <= 8
+
+
+_ENVIRONMENT = {"REACH_MAX_TEXT_CHARS": "10", "REACH_MAX_K": "2", "REACH_MAX_CONTENT_LENGTH": "200",
+                "REACH_MAX_CONTEXT_UNITS": "8", "REACH_CACHE_SIZE": "0"}
+
+
+def test_limits_can_be_set_in_the_environment(monkeypatch, tiny_run):
+    for name, value in _ENVIRONMENT.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("REACH_MODELS", f"m={tiny_run.out}")
+    app = create_app({"TESTING": True})  # as gunicorn's 'server:create_app()' builds it: no dict of limits
+    small = app.test_client()
+    _error(_post(small, {"text": "x" * 11}), 413, "text_too_long")
+    _error(_post(small, {"text": "x", "k": 3}), 422, "invalid_value")
+    _error(small.post("/v1/predict", data=json.dumps({"text": "y" * 300}), content_type="application/json"), 413, "body_too_large")
+    body = _post(small, {"text": "abc def g "}).get_json()
+    assert body["context"]["truncated"] is True and body["context"]["tokens"] <= 8
+    assert app.extensions["reach"].get("m").predictor.cache_size == 0
+    request = small.get("/openapi.json").get_json()["components"]["schemas"]["PredictRequest"]["properties"]
+    assert request["k"]["maximum"] == 2 and request["text"]["maxLength"] == 10
+
+
+def test_the_dict_given_to_create_app_wins_over_the_environment(monkeypatch):
+    monkeypatch.setenv("REACH_MAX_K", "2")
+    monkeypatch.setenv("REACH_MAX_TEXT_CHARS", "10")
+    app = create_app({"TESTING": True, "REACH_MODELS": {}, "REACH_MAX_K": 7})
+    assert app.config["REACH_MAX_K"] == 7 and app.config["REACH_MAX_TEXT_CHARS"] == 10
+
+
+@pytest.mark.parametrize("name, value", [("REACH_MAX_K", "lots"), ("REACH_MAX_TEXT_CHARS", "0"), ("REACH_MAX_CONTEXT_UNITS", "-5"),
+                                         ("REACH_CACHE_SIZE", "1.5"), ("REACH_MAX_CONTENT_LENGTH", "64k"), ("REACH_THREADS", "0"),
+                                         ("REACH_MODELS", "=runs/x")])
+def test_a_bad_environment_value_stops_start_up_with_one_line(monkeypatch, name, value):
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ValueError) as caught:
+        create_app({"TESTING": True})
+    message = str(caught.value)
+    assert name in message and "\n" not in message
+
+
+@pytest.mark.parametrize("key, value", [("REACH_MAX_K", 0), ("REACH_CACHE_SIZE", -1), ("MAX_CONTENT_LENGTH", "big"), ("REACH_THREADS", True)])
+def test_a_bad_value_in_the_dict_stops_start_up(key, value):
+    with pytest.raises(ValueError, match=key):
+        create_app({"TESTING": True, "REACH_MODELS": {}, key: value})
+
+
+def _server_cli(args, **environment):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **environment}
+    return subprocess.run([sys.executable, "-m", "server", *args], capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
+
+
+def test_the_development_server_reports_a_bad_environment_value_in_one_line():
+    done = _server_cli(["--model", "no-such-run"], REACH_MAX_K="lots")
+    assert done.returncode == 1
+    assert done.stderr.strip() == "server: error: environment variable REACH_MAX_K='lots' is not a whole number of at least 1"
+
+
+def test_gunicorn_shows_a_bad_environment_value_and_stops(tmp_path):
+    gunicorn = Path(sys.executable).with_name("gunicorn")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "REACH_MAX_CONTEXT_UNITS": "none"}
+    done = subprocess.run([str(gunicorn), "--workers", "1", "--bind", "127.0.0.1:0", "server:create_app()"],
+                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    assert done.returncode != 0
+    assert "environment variable REACH_MAX_CONTEXT_UNITS='none' is not a whole number of at least 1" in done.stderr.splitlines()
+
+
+def test_the_development_server_has_flags_for_the_limits_and_honours_the_environment(monkeypatch, capsys, tiny_run):
+    import torch
+    from flask import Flask
+
+    import server.__main__ as cli
+
+    served = {}
+    monkeypatch.setattr(Flask, "run", lambda app, **kwargs: served.update(app=app, **kwargs))
+    monkeypatch.setenv("REACH_THREADS", "1")
+    monkeypatch.setenv("REACH_MAX_K", "3")
+    try:
+        assert cli.main(["--model", str(tiny_run.out), "--max-text-chars", "50", "--cache-size", "5", "--max-context-units", "9",
+                         "--max-content-length", "1000", "--port", "8123"]) == 0
+        assert torch.get_num_threads() == 1  # REACH_THREADS, as no --threads was given
+    finally:
+        torch.set_num_threads(2)
+    config = served["app"].config
+    assert (config["REACH_MAX_TEXT_CHARS"], config["REACH_CACHE_SIZE"], config["REACH_MAX_CONTEXT_UNITS"],
+            config["MAX_CONTENT_LENGTH"], config["REACH_MAX_K"]) == (50, 5, 9, 1000, 3)
+    assert "with 1 torch thread" in capsys.readouterr().out
+    assert served["port"] == 8123
 
 
 def test_unexpected_errors_are_500_without_internals(app, client, monkeypatch):

@@ -92,3 +92,30 @@ def test_ctrl_c_saves_and_the_run_resumes(tmp_path, corpus_dir):
                              cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ})
     assert resumed.returncode == 0, resumed.stderr
     assert json.loads((out / "last" / "config.json").read_text())["metrics"]["steps"] == steps + 20
+
+
+def _help(capsys, *argv):
+    with pytest.raises(SystemExit) as caught:
+        train.main([*argv, "--help"])
+    assert caught.value.code == 0
+    return " ".join(capsys.readouterr().out.split())  # argparse wraps lines; compare with single spaces
+
+
+def test_help_shows_the_chosen_presets_defaults_once(capsys):
+    tiny = _help(capsys, "--preset", "tiny")
+    assert "--hidden-dim N hidden size of every recurrent layer (default: 64)" in tiny
+    assert "--batch-size N number of parallel streams B (default: 16)" in tiny
+    assert "--eval-max-chars N" in tiny and "(default: 20000)" in tiny
+    base = _help(capsys)
+    assert "--hidden-dim N hidden size of every recurrent layer (default: 512)" in base
+    for text in (tiny, base):
+        assert "(default: all cores)" in text and text.count("(default: all cores) (default") == 0
+        assert "non-overlapping windows)" in text and "windows) (default: None)" not in text
+
+
+def test_resume_says_in_one_line_which_flags_it_ignores(capsys, tmp_path):
+    assert train.main(["--resume", str(tmp_path / "none"), "--lr", "0.5", "--cell", "gru", "--max-steps", "5"]) == 1
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and "ignoring --lr, --cell" in warnings[0] and "--max-steps" not in warnings[0]
+    assert train.main(["--resume", str(tmp_path / "none"), "--max-steps", "5", "--threads", "1"]) == 1
+    assert "warning" not in capsys.readouterr().err

@@ -170,7 +170,7 @@ def write_report(lab: dict, out: Path) -> Path:
             )) + "</tr>")
     header = ("run", "experiments", "cell", "hidden", "parameters", "k2", "clipping", "steps", "tokens", "clip rate", "skipped",
               "median grad norm", "test bpc", "per-word ppl", "top-1", "top-5", "reach (units)", "90% mass (units)", "reach (words)",
-              "|Δ log P| filler")
+              "|Δ log P|, filler beyond 99% mass")
     settings, corpus = lab["settings"], lab["corpus"]
     held = f" (valid and test cut to their first {corpus['heldout_chars']:,} characters)" if corpus.get("heldout_chars") else ""
     page = f"""<!doctype html>
@@ -192,7 +192,8 @@ torch {escape(lab['versions']['torch'])}, Python {escape(lab['versions']['python
 <table><tr>{''.join(f'<th>{escape(h)}</th>' for h in header)}</tr>{''.join(rows)}</table>
 <p>Reach: the farthest position whose gradient influence on the top prediction is at least {lab['runs'][0]['reach']['threshold'] if lab['runs'] else 0.01:g}
 of the strongest, median over {settings['samples']} test contexts of up to {settings['context_chars']:,} characters.
-|Δ log P| filler: how much the prediction's log-probability moves when the text beyond the 99% mass reach is replaced by filler.</p>
+|Δ log P|, filler beyond 99% mass: the median over contexts of how much the prediction's log-probability moves when the text
+farther back than its 99% mass reach (not the threshold reach) is replaced by neutral filler of the same length.</p>
 <h2>Validation curves</h2><img alt="validation curves" src="{images['validation']}">
 <h2>Exploding gradients: the norm before clipping</h2><img alt="gradient norms" src="{images['gradients']}">
 <h2>Vanishing gradients: how far back influence reaches</h2><img alt="reach profiles" src="{images['reach']}">
