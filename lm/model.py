@@ -150,7 +150,7 @@ class RNNLanguageModel(nn.Module):
             h = state[index, :, :hidden]  # (N, H)
             from_x = torch.addmm(weights.input_bias, x, weights.input.t())  # (N, G)
             from_h = torch.addmm(weights.recurrent_bias, h, weights.recurrent.t())
-            final = cell.step(from_x, from_h, state[index], None, hidden)  # (N, S)
+            final = cell.step(from_x, from_h, h, state[index, :, hidden:] if cell.state_factor > 1 else None, None)  # (N, S)
             x = final[:, :hidden]
             finals.append(final)
         return self.output(x), torch.stack(finals)

@@ -79,14 +79,16 @@ class Cell:
         """The bias added to the recurrent product h W_hh^T, or None when it went with the input product."""
         return None
 
-    def step(self, from_x: Tensor, from_h: Tensor | None, state: Tensor, parents: Tensor | None, hidden: int) -> Tensor:
+    def step(self, from_x: Tensor, from_h: Tensor | None, h: Tensor, rest: Tensor | None,
+             parents: Tensor | None) -> Tensor:
         """One step of the equations: the new state (N, S).
 
         from_x (N, G) is the input product with `input_bias`; from_h (N, G) the
         recurrent product with `recurrent_bias`, or None when both products were
-        computed as one and from_x holds their sum. state (M, S) is the layer's
-        previous state; with `parents` (N,), row i continues state[parents[i]]
-        (from_h is already per row), else M = N.
+        computed as one and from_x holds their sum. The layer's previous state
+        is h (M, H) and, for a state wider than h, the rest of it (M, S - H),
+        else None. With `parents` (N,), row i continues previous state
+        parents[i] (from_h is already per row), else M = N.
         """
         raise NotImplementedError
 

@@ -26,7 +26,8 @@ class ElmanCell(Cell):
     def make_layer(self, input_size: int, hidden: int) -> nn.Module:
         return nn.RNN(input_size, hidden, nonlinearity=self.nonlinearity, batch_first=True)
 
-    def step(self, from_x: Tensor, from_h: Tensor | None, state: Tensor, parents: Tensor | None, hidden: int) -> Tensor:
+    def step(self, from_x: Tensor, from_h: Tensor | None, h: Tensor, rest: Tensor | None,
+             parents: Tensor | None) -> Tensor:
         pre = from_x if from_h is None else from_x + from_h  # (N, H)
         return self.activation(pre)
 

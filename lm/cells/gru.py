@@ -33,8 +33,8 @@ class GRUCell(Cell):
     def recurrent_bias(self, weights: LayerWeights) -> Tensor | None:
         return weights.recurrent_bias
 
-    def step(self, from_x: Tensor, from_h: Tensor | None, state: Tensor, parents: Tensor | None, hidden: int) -> Tensor:
-        h = state[:, :hidden]
+    def step(self, from_x: Tensor, from_h: Tensor | None, h: Tensor, rest: Tensor | None,
+             parents: Tensor | None) -> Tensor:
         if parents is not None:
             h = h.index_select(0, parents)  # z keeps part of it
         xr, xz, xn = from_x.chunk(3, dim=-1)

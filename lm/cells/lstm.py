@@ -41,9 +41,10 @@ class LSTMCell(Cell):
         """nn.LSTM's (h_n, c_n) -> (B, 2H)."""
         return torch.cat([final[0][0], final[1][0]], dim=-1)
 
-    def step(self, from_x: Tensor, from_h: Tensor | None, state: Tensor, parents: Tensor | None, hidden: int) -> Tensor:
+    def step(self, from_x: Tensor, from_h: Tensor | None, h: Tensor, rest: Tensor | None,
+             parents: Tensor | None) -> Tensor:
         pre = from_x if from_h is None else from_x + from_h  # (N, 4H)
-        c = state[:, hidden:]
+        c = rest  # (M, H)
         if parents is not None:
             c = c.index_select(0, parents)
         i, f, g, o = pre.chunk(4, dim=-1)

@@ -61,9 +61,11 @@ class StepEngine:
         recurrent product runs once per distinct state, not once per input (a
         search steps many units from the same state).
         """
-        with torch.inference_mode():
-            new_state = self._cell_step(state, False, ids=ids, parents=parents)
-            return self.output(new_state[-1, :, : self.model.config.hidden_dim]), new_state
+        if not torch.is_inference_mode_enabled():  # searches call this thousands of times, already in inference mode
+            with torch.inference_mode():
+                return self.step(ids, state, parents)
+        new_state = self._cell_step(state, False, ids=ids, parents=parents)
+        return self.output(new_state[-1, :, : self.model.config.hidden_dim]), new_state
 
     def differentiable_step(self, ids: Tensor, state: Tensor, parents: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """`step` with autograd for the state: gradients reach `state` (and nothing else; the weights and the
@@ -164,11 +166,11 @@ class StepEngine:
         table = self.input_table()
         x = model.embedding(ids) if table is None else None
         finals = []
+        last = len(model.layers) - 1
+        wide = cell.state_factor > 1
         for index, layer in enumerate(model.layers):
             h = state[index, :, :hidden]  # (N, H), or (M, H) with parents
             w = layer_weights(layer)
-            recurrent_bias = cell.recurrent_bias(w)
-            recurrent_sources = (w.recurrent,) if recurrent_bias is None else (w.recurrent, recurrent_bias)
             if cell.fuses_products and parents is None and (index > 0 or table is None):
                 gates = self._linear(f"gates{index}", tuple(w), lambda: torch.cat([w.input, w.recurrent], dim=1),
                                      lambda: cell.input_bias(w), differentiable)
@@ -179,11 +181,14 @@ class StepEngine:
                 else:
                     from_x = self._linear(f"input{index}", (w.input, w.input_bias, w.recurrent_bias), lambda: w.input,
                                           lambda: cell.input_bias(w), differentiable)(x)
+                recurrent_bias = cell.recurrent_bias(w)
+                recurrent_sources = (w.recurrent,) if recurrent_bias is None else (w.recurrent, recurrent_bias)
                 from_h = self._linear(f"recurrent{index}", recurrent_sources, lambda: w.recurrent,
                                       lambda: recurrent_bias, differentiable)(h)
                 if parents is not None:  # from each parent to its inputs
                     from_h = from_h.index_select(0, parents)
-            final = cell.step(from_x, from_h, state[index], parents, hidden)  # (N, S)
-            x = final[:, :hidden]
+            final = cell.step(from_x, from_h, h, state[index, :, hidden:] if wide else None, parents)  # (N, S)
+            if index < last:
+                x = final[:, :hidden]  # the next layer's input
             finals.append(final)
         return finals[0].unsqueeze(0) if len(finals) == 1 else torch.stack(finals)

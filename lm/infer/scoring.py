@@ -11,6 +11,7 @@ probability after the text, the healed part divided out (docs/PREDICTION.md).
 from __future__ import annotations
 
 import math
+from operator import attrgetter
 from typing import NamedTuple
 
 import numpy as np
@@ -49,6 +50,7 @@ class Node(NamedTuple):
     terminal: bool  # the whole target is spelled; only the boundary after it is still to come
 
 
+_by_logprob = attrgetter("logprob")  # a sort key for nodes
 # Nodes are many (a subword model's spellings): built with tuple.__new__, which skips the generated __new__'s
 # argument handling (about 3x cheaper) and gives the same Node.
 _new = tuple.__new__
@@ -117,8 +119,7 @@ def spell_many(table: UnitTable, known: Reads, line_start: bool, targets: list[t
     pending: list[Node] = []  # nodes waiting for a model step
     while frontier or pending:
         children: list[Node] = []
-        for node in frontier:
-            logprob, units, index, consumed, line_start = node.logprob, node.units, node.target, node.consumed, node.line_start
+        for logprob, units, index, consumed, line_start, _ in frontier:  # Node's fields, unpacked at C speed
             target, boundary = targets[index]
             rest = target[consumed:]
             lp = known.logprobs(units)
@@ -185,10 +186,6 @@ def spell_many(table: UnitTable, known: Reads, line_start: bool, targets: list[t
                 frontier.append(node)
         pending = []
     return [Spelling(total, found) for total, found in zip(totals, paths)]
-
-
-def _by_logprob(node: Node) -> float:
-    return node.logprob
 
 
 def word_targets(query: Query, word: str) -> list[str]:

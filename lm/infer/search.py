@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import heapq
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Callable, NamedTuple
 
 import numpy as np
@@ -46,6 +47,7 @@ class Candidate(NamedTuple):
 # Candidates are many (up to beam_width per hypothesis per depth): built with tuple.__new__, which skips the
 # generated __new__'s argument handling (about 3x cheaper) and gives the same Candidate.
 _new = tuple.__new__
+_by_logprob = attrgetter("logprob")  # a sort key for candidates
 
 
 def beam_search(table: UnitTable, known: Reads, line_start: bool, query: Query, k: int, beam_width: int,
@@ -88,10 +90,6 @@ def beam_search(table: UnitTable, known: Reads, line_start: bool, query: Query, 
                            c.line_start, live[c.parent].units + (c.unit,)) for c in candidates]
         known.read_all([hypothesis.units for hypothesis in live])
     return words
-
-
-def _by_logprob(candidate: Candidate) -> float:
-    return candidate.logprob
 
 
 def _complete_word(table: UnitTable, hypothesis: Hypothesis, known: Reads, emit: Callable[[str, float], None]) -> None:

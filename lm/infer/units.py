@@ -25,7 +25,14 @@ TABLES_KEPT = 256
 
 
 class UnitTable:
-    """Per-unit text facts, computed once per tokenizer, for both line-start cases."""
+    """Per-unit text facts, computed once per tokenizer, for both line-start cases.
+
+    texts[ls][u]: unit u's text (`Tokenizer.unit_text`) inside a line (ls 0) or at a line start (ls 1);
+    continues / continuing: the units whose whole text continues a word (a mask, and their ids);
+    ends / ends_mask: the units whose first character ends a word (a boolean mask, and as float64 weights);
+    runs_on: units that continue a word and then end it inside themselves, with the part that continues it;
+    by_text[ls] / by_prefix[ls]: the units whose text is, or starts with, a given string.
+    """
 
     def __init__(self, tokenizer: Tokenizer):
         size = tokenizer.vocab_size
