@@ -68,7 +68,7 @@ class StreamScores:
 @torch.inference_mode()
 def score_stream(model: RNNLanguageModel, ids: list[int], first_input: int, chunk: int = 2048,
                  keep_features: bool = True) -> StreamScores:
-    """Read `ids` as one stream after `first_input` (see lm/evaluation.py), keeping each position's log P(target)
+    """Read `ids` as one stream after `first_input` (see lm/eval/figures.py), keeping each position's log P(target)
     and, with `keep_features`, the top-layer outputs the cache needs."""
     was_training = model.training
     model.eval()
