@@ -228,17 +228,30 @@ def _lab(args: argparse.Namespace) -> int:
     if unknown:
         print(f"lm lab: error: unknown choice(s): {', '.join(sorted(unknown))}", file=sys.stderr)
         return 2
+    if args.task == "recall" and "k2s" not in overrides:
+        overrides["k2s"] = RECALL_K2S  # shorter and longer than the planted distances
     if args.quick:
         settings = LabSettings.quick_mode(**overrides, **({"minutes": args.minutes} if args.minutes else {}))
     else:
         settings = LabSettings(minutes=args.minutes or 3.0, **overrides)
     try:
+        if args.task == "recall":
+            from lm.reports.recall_lab import RecallSettings, run_recall_lab
+
+            recall = RecallSettings.quick_mode() if args.quick else RecallSettings()
+            report = run_recall_lab(args.corpus, args.out, settings, recall)
+            print(f"wrote {report} (and recall.json, recall_accuracy.png, recall_reach.png in {args.out})")
+            return 0
         report = run_lab(args.corpus, args.out, settings)
-    except CorpusError as error:
+    except (CorpusError, ValueError) as error:
         print(f"lm lab: error: {error}", file=sys.stderr)
         return 1
     print(f"wrote {report} (and lab.json, validation.png, gradients.png, reach.png in {args.out})")
     return 0
+
+
+# The recall task's default truncation lengths: shorter and longer than its 40-400 character distances.
+RECALL_K2S = (16, 512)
 
 
 def _positive_float(text: str) -> float:
@@ -313,6 +326,9 @@ def build_parser() -> argparse.ArgumentParser:
     lab.add_argument("--corpus", default="wiki-subset", help="corpus (default: wiki-subset: $REACH_CORPUS, else ../shared/corpora/wiki-subset beside the project, else the hub)")
     lab.add_argument("--minutes", type=_positive_float, default=None, help="training minutes per run (default: 3; quick: 0.05)")
     lab.add_argument("--out", type=Path, required=True, help="report directory, e.g. reports/NAME")
+    lab.add_argument("--task", choices=("wikipedia", "recall"), default="wikipedia",
+                     help="wikipedia: reach on natural text (report.html); recall: a key planted 40-400 characters back in "
+                          "filler from the corpus, recall and the truth of reach measured (recall.html; k2s default 16 512)")
     lab.add_argument("--quick", action="store_true", help="tiny models, a few seconds each: the whole lab in about a minute")
     lab.add_argument("--cells", nargs="+", default=None, metavar="CELL", help="cells to compare (default: all four)")
     lab.add_argument("--k2s", nargs="+", type=positive_int, default=None, metavar="K2", help="truncation lengths (default: 8 32 128)")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import html
+import json
 import math
 
 import pytest
@@ -44,3 +46,32 @@ def test_buckets_and_truthfulness_count_what_was_measured(tiny_run, corpus):
     figures = truthfulness(measures)
     assert figures["confident_recalls"] == sum(1 for m in measures if not m.control and m.recalled and m.key_logprob >= math.log(0.5))
     assert math.isnan(figures["ablation_agreement"])  # not run
+
+
+@pytest.mark.slow
+def test_a_small_recall_lab_writes_every_figure_and_a_self_contained_page(tmp_path, corpus):
+    from conftest import external_references
+    from lm.reports.lab import LabSettings
+    from lm.reports.recall_lab import RecallSettings, run_recall_lab
+
+    settings = LabSettings.quick_mode(cells=("lstm", "rnn_tanh"), k2s=(16,), clipping=("off",))
+    recall = RecallSettings(train_examples=200, heldout_examples=24, measured=12)
+    page_path = run_recall_lab("unused", tmp_path / "recall", settings, recall, corpus=corpus)
+    lab = json.loads((tmp_path / "recall" / "recall.json").read_text())
+    names = [run["run"]["name"] for run in lab["runs"]]
+    assert names == ["lstm-k32-clip-norm", "rnn_tanh-k32-clip-norm", "lstm-k16-clip-norm", "rnn_tanh-k16-clip-norm",
+                     "rnn_tanh-k32-clip-off"]
+    assert lab["task"] == "recall" and lab["chance"] == pytest.approx(1 / len(KEYS))
+    for run in lab["runs"]:
+        figures = run["recall"]
+        assert len(figures["measures"]) == 12 and run["steps"] > 0 and run["grad_norm"]["series"]
+        assert sum(row["examples"] + row["controls"] for row in figures["by_distance"]) == 12
+        assert {"key_inside_reach_when_recalled", "ablation_agreement", "key_share_recalled"} <= set(figures["truthfulness"])
+        assert all(m["ablation_change"] is not None for m in figures["measures"])
+    page = page_path.read_text()
+    assert page.count("data:image/png;base64,") == 2 and external_references(page) == []
+    for section in ("Findings", "Runs", "Recall by distance", "Reach at the question", "Every bucket"):
+        assert f">{section}" in page
+    assert "The LSTM recalls the key" in html.unescape(page)
+    for name in ("recall_accuracy.png", "recall_reach.png"):
+        assert (tmp_path / "recall" / name).stat().st_size > 10_000

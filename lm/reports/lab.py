@@ -43,7 +43,8 @@ from lm.reports.reach_profile import reach_profile
 from lm.tokenizers import build_tokenizer
 from lm.train.run import seed_everything, train_run
 
-__all__ = ["LabRun", "LabSettings", "hidden_for_parameters", "lab_parameters", "plan_runs", "run_lab"]
+__all__ = ["LabRun", "LabSettings", "hidden_for_parameters", "lab_parameters", "lab_record", "plan_runs", "run_lab", "shorten",
+           "train_lab_run"]
 
 log = logging.getLogger(__name__)
 CELLS = cell_names()  # every registered cell
@@ -151,7 +152,7 @@ def plan_runs(settings: LabSettings, vocab: int) -> list[LabRun]:
     return list(runs.values())
 
 
-def _shorten(split: Split, chars: int | None) -> Split:
+def shorten(split: Split, chars: int | None) -> Split:
     if chars is None or len(split.text) <= chars:
         return split
     cut = split.text.rfind("\n", 0, chars) + 1 or chars
@@ -159,7 +160,9 @@ def _shorten(split: Split, chars: int | None) -> Split:
     return Split(split.text[:cut], max(1, round(split.raw_words * share)), split.text[:cut].count("\n"))
 
 
-def _train(run: LabRun, settings: LabSettings, corpus: Corpus, out: Path) -> dict:
+def train_lab_run(run: LabRun, settings: LabSettings, corpus: Corpus, out: Path) -> tuple[dict, Predictor]:
+    """Train one run under the lab's budget; its training figures (gradient telemetry, curves, held-out figures)
+    and a predictor on its best checkpoint."""
     tokenizer_config = TokenizerConfig(tokenizer=settings.tokenizer, vocab_size=settings.vocab_size)
     model_config = ModelConfig(cell=run.cell, embed_dim=settings.embed_dim, hidden_dim=run.hidden_dim, num_layers=settings.num_layers,
                                dropout=0.1 if not settings.quick else 0.0, input_dropout=0.0, weight_dropout=0.0, tie_weights=True)
@@ -177,12 +180,10 @@ def _train(run: LabRun, settings: LabSettings, corpus: Corpus, out: Path) -> dic
     steps = [r for r in records if r["kind"] == "step"]
     checkpoint = load_checkpoint(out / "runs" / run.name)
     predictor = Predictor(checkpoint.model, checkpoint.tokenizer, cache_size=0)
-    profile = reach_profile(predictor, corpus.test.text, samples=settings.samples, seed=settings.seed,
-                            context_chars=settings.context_chars, verify=True)
-    sample = corpus.test.text[: settings.context_chars]
-    jacobian = hidden_jacobian_norms(predictor, sample, probes=4, seed=settings.seed, max_units=min(400, settings.context_chars))
     norms = [r["grad_norm"] for r in steps]
     finite = [n for n in norms if math.isfinite(n)]
+    sample = corpus.test.text[: settings.context_chars]
+    jacobian = hidden_jacobian_norms(predictor, sample, probes=4, seed=settings.seed, max_units=min(400, settings.context_chars))
     return {
         "run": asdict(run),
         "parameters": result.parameters,
@@ -200,10 +201,18 @@ def _train(run: LabRun, settings: LabSettings, corpus: Corpus, out: Path) -> dic
         "valid": result.valid.as_dict(),
         "test": result.test.as_dict(),
         "accuracy": result.accuracy,
-        "reach": {key: profile[key] for key in ("reach", "by_unit_distance", "by_word_distance", "faithfulness", "samples",
-                                                "context_units", "threshold")},
         "jacobian": jacobian,
-    }
+    }, predictor
+
+
+def _train(run: LabRun, settings: LabSettings, corpus: Corpus, out: Path) -> dict:
+    """A run of the Wikipedia lab: trained, then its reach profile over the test split."""
+    figures, predictor = train_lab_run(run, settings, corpus, out)
+    profile = reach_profile(predictor, corpus.test.text, samples=settings.samples, seed=settings.seed,
+                            context_chars=settings.context_chars, verify=True)
+    figures["reach"] = {key: profile[key] for key in ("reach", "by_unit_distance", "by_word_distance", "faithfulness", "samples",
+                                                     "context_units", "threshold")}
+    return figures
 
 
 def run_lab(corpus_spec: str, out: Path, settings: LabSettings, corpus: Corpus | None = None) -> Path:
@@ -211,24 +220,28 @@ def run_lab(corpus_spec: str, out: Path, settings: LabSettings, corpus: Corpus |
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     corpus = corpus or load_corpus(corpus_spec)
-    corpus = replace(corpus, valid=_shorten(corpus.valid, settings.heldout_chars), test=_shorten(corpus.test, settings.heldout_chars))
+    corpus = replace(corpus, valid=shorten(corpus.valid, settings.heldout_chars), test=shorten(corpus.test, settings.heldout_chars))
     vocab = build_tokenizer(settings.tokenizer, corpus.train.text, settings.vocab_size).vocab_size
     runs = plan_runs(settings, vocab)
     results = []
     for index, run in enumerate(runs, 1):
         log.info("lab run %d/%d: %s (hidden %d, k2 %d, clipping %s)", index, len(runs), run.name, run.hidden_dim, run.bptt, run.clipping)
         results.append(_train(run, settings, corpus, out))
-    versions = {"reach": _version(), "torch": torch.__version__, "python": platform.python_version()}
-    lab = {
-        "corpus": {"name": corpus.name, "source": corpus.source, "heldout_chars": settings.heldout_chars},
-        "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(settings).items()},
-        "versions": versions,
-        "machine": {"cpus": os.cpu_count(), "threads": torch.get_num_threads(), "platform": platform.platform()},
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "runs": results,
-    }
+    lab = lab_record(corpus, settings, results)
     (out / "lab.json").write_text(json.dumps(lab, indent=1, allow_nan=True), encoding="utf-8")
     return write_report(lab, out)
+
+
+def lab_record(corpus: Corpus, settings: LabSettings, runs: list[dict]) -> dict:
+    """What a lab's JSON holds besides its runs' own figures: corpus, settings, versions, machine, time."""
+    return {
+        "corpus": {"name": corpus.name, "source": corpus.source, "heldout_chars": settings.heldout_chars},
+        "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(settings).items()},
+        "versions": {"reach": _version(), "torch": torch.__version__, "python": platform.python_version()},
+        "machine": {"cpus": os.cpu_count(), "threads": torch.get_num_threads(), "platform": platform.platform()},
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "runs": runs,
+    }
 
 
 def _version() -> str:
