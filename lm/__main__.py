@@ -1,6 +1,7 @@
 """`python -m lm COMMAND`: Reach's tools for trained models.
 
     predict        the next words after a text
+    generate       continue a text word by word, sampled from the model
     attribute      the next words with their gradient reach, and the text as a heatmap
     reach-profile  reach over many held-out contexts, for one or several models, as JSON and PNG
     evaluate       held-out bits per character, per-word perplexity, next-word accuracy
@@ -75,6 +76,33 @@ def _predict(args: argparse.Namespace) -> int:
         rest = f"  {prediction.remainder}" if result.completing else ""
         print(f"  {rank:>2}  {prediction.word:<20} {prediction.probability:>11.4f}  {prediction.logprob:>8.3f}{rest}")
     return 0
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from lm.infer.generate import GenerationSettings, generate
+
+    def work(predictor):
+        settings = GenerationSettings(words=args.words, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                                      stop_at_newline=args.stop_at_newline)
+        return generate(predictor, args.text, settings, seed=args.seed)
+
+    done = _predicted(args, "generate", work)
+    if isinstance(done, int):
+        return done
+    checkpoint, generation = done
+    if args.json:
+        print(json.dumps({"model": str(checkpoint.directory), **generation.as_dict()}, ensure_ascii=False, indent=2))
+        return 0
+    print(generation.text + generation.continuation)
+    print(f"({len(generation.words)} words, seed {generation.seed}, stopped: {generation.stopped})", file=sys.stderr)
+    return 0
+
+
+def _top_p(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], not {value}")
+    return value
 
 
 def _attribute(args: argparse.Namespace) -> int:
@@ -275,6 +303,22 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--temperature", type=_positive_float, default=1.0, help="divide logits by this (default: 1)")
     predict.add_argument("--json", action="store_true", help="print JSON instead of a table")
     predict.set_defaults(handler=_predict)
+
+    generate = commands.add_parser("generate", help="continue a text word by word, sampled from the model (seeded)",
+                                   description="Continue a text word by word. Each word is sampled among the top-k most "
+                                               "probable next words (exact probabilities, docs/PREDICTION.md), weighted by "
+                                               "p ** (1 / temperature), then cut to the top-p share.")
+    generate.add_argument("--model", required=True, help="run or checkpoint directory")
+    generate.add_argument("text", help="the text to continue (ending inside a word: that word is completed first)")
+    generate.add_argument("--words", type=positive_int, default=20, help="number of words to generate (default: 20)")
+    generate.add_argument("--temperature", type=_positive_float, default=1.0,
+                          help="sample with weights p ** (1 / T): below 1 sharper, above 1 flatter (default: 1)")
+    generate.add_argument("--top-k", type=positive_int, default=20, help="sample among the K most probable words (default: 20; 1: greedy)")
+    generate.add_argument("--top-p", type=_top_p, default=1.0, help="then among the most probable reaching this share (default: 1: all K)")
+    generate.add_argument("--seed", type=int, default=None, help="seed of the sampling (default: a random one, printed)")
+    generate.add_argument("--stop-at-newline", action="store_true", help="stop before a line break")
+    generate.add_argument("--json", action="store_true", help="print JSON: the continuation and each word with its probability")
+    generate.set_defaults(handler=_generate)
 
     attribute = commands.add_parser("attribute", help="the next words with how far back their gradient influence reaches")
     attribute.add_argument("--model", required=True, help="run or checkpoint directory")

@@ -16,7 +16,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
 
     Settings (server/settings.py): the defaults, then the environment
     (REACH_MODELS="name=dir,...", REACH_THREADS, REACH_MAX_TEXT_CHARS,
-    REACH_MAX_K, REACH_MAX_CONTEXT_UNITS, REACH_CACHE_SIZE,
+    REACH_MAX_K, REACH_MAX_GENERATE_WORDS, REACH_MAX_CONTEXT_UNITS, REACH_CACHE_SIZE,
     REACH_MAX_CONTENT_LENGTH), then `config`, which wins. A bad value raises
     SettingsError (a ValueError) with one line naming it, before any model
     is loaded.

@@ -14,6 +14,7 @@ from server.settings import DEFAULTS
 _LIMIT_FLAGS = {
     "max_text_chars": "REACH_MAX_TEXT_CHARS",
     "max_k": "REACH_MAX_K",
+    "max_generate_words": "REACH_MAX_GENERATE_WORDS",
     "max_context_units": "REACH_MAX_CONTEXT_UNITS",
     "cache_size": "REACH_CACHE_SIZE",
     "max_content_length": "MAX_CONTENT_LENGTH",
@@ -40,6 +41,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help=f"longest 'text' in characters (default: $REACH_MAX_TEXT_CHARS or {DEFAULTS['REACH_MAX_TEXT_CHARS']})")
     limits.add_argument("--max-k", type=positive_int, default=None, metavar="N",
                         help=f"largest 'k' (default: $REACH_MAX_K or {DEFAULTS['REACH_MAX_K']})")
+    limits.add_argument("--max-generate-words", type=positive_int, default=None, metavar="N",
+                        help=f"largest 'max_words' of /v1/generate (default: $REACH_MAX_GENERATE_WORDS or {DEFAULTS['REACH_MAX_GENERATE_WORDS']})")
     limits.add_argument("--max-context-units", type=positive_int, default=None, metavar="N",
                         help=f"units read for attribution (default: $REACH_MAX_CONTEXT_UNITS or {DEFAULTS['REACH_MAX_CONTEXT_UNITS']})")
     limits.add_argument("--cache-size", type=_non_negative_int, default=None, metavar="N",

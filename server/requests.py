@@ -18,11 +18,13 @@ from flask import Request
 
 from server.errors import ApiError
 
-__all__ = ["PredictRequest", "parse_predict"]
+__all__ = ["GenerateRequest", "PredictRequest", "parse_generate", "parse_predict"]
 
 ATTRIBUTION_MODES = ("summary", "full", "none")
 METHODS = ("saliency", "grad_x_input")
+MAX_TEMPERATURE = 100.0  # beyond this every kept word is all but equally likely
 _FIELDS = {"text", "k", "model", "attribution", "threshold", "method", "verify"}
+_GENERATE_FIELDS = {"text", "max_words", "temperature", "top_k", "top_p", "seed", "stop_at_newline", "model"}
 
 
 @dataclass(frozen=True)
@@ -38,7 +40,7 @@ class PredictRequest:
     verify: bool
 
 
-def _json_object(request: Request) -> dict:
+def _json_object(request: Request, known: set[str] = _FIELDS) -> dict:
     if not request.is_json:
         raise ApiError(415, "unsupported_media_type", "send the request body as JSON with Content-Type: application/json")
     data = request.get_json(silent=True)
@@ -46,9 +48,9 @@ def _json_object(request: Request) -> dict:
         raise ApiError(400, "malformed_json", "the request body is not valid JSON")
     if not isinstance(data, dict):
         raise ApiError(400, "invalid_type", "the request body must be a JSON object")
-    unknown = sorted(set(data) - _FIELDS)
+    unknown = sorted(set(data) - known)
     if unknown:
-        raise ApiError(400, "unknown_field", f"unknown field(s): {', '.join(unknown)}; known: {', '.join(sorted(_FIELDS))}")
+        raise ApiError(400, "unknown_field", f"unknown field(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
     return data
 
 
@@ -61,6 +63,20 @@ def _typed(data: dict, name: str, kinds: tuple[type, ...], label: str, default=N
     if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
         raise ApiError(400, "invalid_type", f"'{name}' must be {label}")
     return value
+
+
+@dataclass(frozen=True)
+class GenerateRequest:
+    """A validated /v1/generate request."""
+
+    text: str
+    max_words: int
+    temperature: float
+    top_k: int
+    top_p: float
+    seed: int | None
+    stop_at_newline: bool
+    model: str | None
 
 
 def _clean_text(text: str, max_chars: int) -> str:
@@ -94,3 +110,30 @@ def parse_predict(request: Request, limits: dict) -> PredictRequest:
     if not 0 < threshold < 1:
         raise ApiError(422, "invalid_value", f"'threshold' must be between 0 and 1 (exclusive), not {threshold}")
     return PredictRequest(_clean_text(text, limits["max_text_chars"]), k, model, attribution, float(threshold), method, verify)
+
+
+def parse_generate(request: Request, limits: dict) -> GenerateRequest:
+    """Validate a /v1/generate body against the configured limits (the same rules and codes as /v1/predict)."""
+    data = _json_object(request, _GENERATE_FIELDS)
+    if "text" not in data:
+        raise ApiError(400, "missing_field", "'text' is required")
+    text = _typed(data, "text", (str,), "a string")
+    max_words = _typed(data, "max_words", (int,), "an integer", min(20, limits["max_generate_words"]))
+    temperature = _typed(data, "temperature", (int, float), "a number", 1.0)
+    top_k = _typed(data, "top_k", (int,), "an integer", min(20, limits["max_k"]))
+    top_p = _typed(data, "top_p", (int, float), "a number", 1.0)
+    seed = None if data.get("seed") is None else _typed(data, "seed", (int,), "an integer or null")
+    stop_at_newline = _typed(data, "stop_at_newline", (bool,), "true or false", False)
+    model = _typed(data, "model", (str,), "a string (a served model's name)")
+    if not 1 <= max_words <= limits["max_generate_words"]:
+        raise ApiError(422, "invalid_value", f"'max_words' must be between 1 and {limits['max_generate_words']}, not {max_words}")
+    if not 0 < temperature <= MAX_TEMPERATURE:
+        raise ApiError(422, "invalid_value", f"'temperature' must be above 0 and at most {MAX_TEMPERATURE}, not {temperature}")
+    if not 1 <= top_k <= limits["max_k"]:
+        raise ApiError(422, "invalid_value", f"'top_k' must be between 1 and {limits['max_k']}, not {top_k}")
+    if not 0 < top_p <= 1:
+        raise ApiError(422, "invalid_value", f"'top_p' must be above 0 and at most 1, not {top_p}")
+    if seed is not None and not 0 <= seed < 2**63:
+        raise ApiError(422, "invalid_value", f"'seed' must be between 0 and 2**63 - 1, not {seed}")
+    return GenerateRequest(_clean_text(text, limits["max_text_chars"]), max_words, float(temperature), top_k,
+                           float(top_p), seed, stop_at_newline, model)

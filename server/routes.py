@@ -7,10 +7,11 @@ from pathlib import Path
 from flask import Blueprint, current_app, jsonify, request, send_from_directory
 
 from lm.infer.attribution import attribute
+from lm.infer.generate import GenerationSettings, generate as generate_text
 from server.errors import ApiError
 from server.openapi import openapi_document
 from server.registry import registry
-from server.requests import parse_predict
+from server.requests import parse_generate, parse_predict
 from server.responses import attribution_body, prediction_body
 
 __all__ = ["api", "page"]
@@ -23,7 +24,16 @@ STATIC = Path(__file__).parent / "static"
 def _limits() -> dict:
     config = current_app.config
     return {"max_k": config["REACH_MAX_K"], "max_text_chars": config["REACH_MAX_TEXT_CHARS"],
-            "max_context_units": config["REACH_MAX_CONTEXT_UNITS"]}
+            "max_context_units": config["REACH_MAX_CONTEXT_UNITS"], "max_generate_words": config["REACH_MAX_GENERATE_WORDS"]}
+
+
+def _served(name: str | None):
+    """The served model named `name` (None: the default one), or a 404 ApiError."""
+    model = registry().get(name)
+    if model is None:
+        known = ", ".join(registry().models) or "none"
+        raise ApiError(404, "unknown_model", f"no model named {name!r} is served (served: {known})")
+    return model
 
 
 @api.post("/v1/predict")
@@ -31,16 +41,24 @@ def predict():
     """Next words for a text, each with its gradient reach."""
     limits = _limits()
     query = parse_predict(request, limits)
-    model = registry().get(query.model)
-    if model is None:
-        known = ", ".join(registry().models) or "none"
-        raise ApiError(404, "unknown_model", f"no model named {query.model!r} is served (served: {known})")
+    model = _served(query.model)
     if query.attribution == "none":
         result = model.predictor.predict(query.text, k=query.k)
         return jsonify(prediction_body(model.name, model.checkpoint.tokenizer, result))
     result = attribute(model.predictor, query.text, k=query.k, method=query.method, threshold=query.threshold,
                        verify=query.verify, max_units=limits["max_context_units"])
     return jsonify(attribution_body(model.name, model.checkpoint.tokenizer, result, full=query.attribution == "full"))
+
+
+@api.post("/v1/generate")
+def generate():
+    """Continue a text word by word, sampled from the model; each word with its exact probability."""
+    query = parse_generate(request, _limits())
+    model = _served(query.model)
+    settings = GenerationSettings(words=query.max_words, temperature=query.temperature, top_k=query.top_k,
+                                  top_p=query.top_p, stop_at_newline=query.stop_at_newline)
+    generation = generate_text(model.predictor, query.text, settings, seed=query.seed)
+    return jsonify({"model": model.name, **generation.as_dict()})
 
 
 @api.get("/v1/models")

@@ -18,6 +18,7 @@ DEFAULTS: dict[str, Any] = {
     "MAX_CONTENT_LENGTH": 64 * 1024,  # bytes of request body
     "REACH_MAX_TEXT_CHARS": 20_000,  # characters of "text"
     "REACH_MAX_K": 20,
+    "REACH_MAX_GENERATE_WORDS": 50,  # largest "max_words" of /v1/generate
     "REACH_MAX_CONTEXT_UNITS": 8_000,  # units read for attribution; beyond this the text is truncated (reported)
     "REACH_CACHE_SIZE": 64,  # prefix-cache entries per model
     "REACH_THREADS": None,  # torch threads per process (default: cores / workers is the operator's choice)
@@ -29,6 +30,7 @@ ENVIRONMENT: dict[str, tuple[str, int]] = {
     "MAX_CONTENT_LENGTH": ("REACH_MAX_CONTENT_LENGTH", 1),
     "REACH_MAX_TEXT_CHARS": ("REACH_MAX_TEXT_CHARS", 1),
     "REACH_MAX_K": ("REACH_MAX_K", 1),
+    "REACH_MAX_GENERATE_WORDS": ("REACH_MAX_GENERATE_WORDS", 1),
     "REACH_MAX_CONTEXT_UNITS": ("REACH_MAX_CONTEXT_UNITS", 1),
     "REACH_CACHE_SIZE": ("REACH_CACHE_SIZE", 0),
     "REACH_THREADS": ("REACH_THREADS", 1),

@@ -1,4 +1,4 @@
-"""The web page in a real headless Chromium: type, see predictions, pick one, see the heatmap.
+"""The web page in a real headless Chromium: type, see predictions, pick one, see the heatmap, continue the text.
 
 Needs Debian's chromium at /usr/bin/chromium (`.ci/run` installs it). Without
 it the test is skipped, except in CI (CI=true), where it fails.
@@ -31,7 +31,7 @@ def page_server(app):
     server.shutdown()
 
 
-def test_type_see_predictions_select_one_see_the_heatmap(page_server):
+def test_type_see_predictions_select_one_see_the_heatmap_continue(page_server):
     if not CHROMIUM.exists():
         if os.environ.get("CI") == "true":
             pytest.fail("CI must install Debian's chromium for the browser test")
@@ -68,6 +68,15 @@ def test_type_see_predictions_select_one_see_the_heatmap(page_server):
             assert page.locator("#heatmap .reach").count() == 1
             painted = page.evaluate("() => { const c = document.getElementById('profile'); const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data; let n = 0; for (let i = 3; i < d.length; i += 4) n += d[i] > 0; return n; }")
             assert painted > 200  # the decay profile is drawn
+            # "Continue" generates words after the text, shows them and appends them to the text.
+            page.select_option("#words", "5")
+            page.click("#continue")
+            page.wait_for_function("document.querySelectorAll('#continuation .generated').length === 5", timeout=20_000)
+            generated = page.eval_on_selector_all("#continuation .generated", "spans => spans.map(s => s.textContent).join('')")
+            assert page.input_value("#text") == typed + generated
+            assert "%" in page.get_attribute("#continuation .generated", "title")
+            page.wait_for_function(f"document.querySelectorAll('#heatmap span.unit').length === {len(typed + generated)}",
+                                   timeout=20_000)  # and the page predicts after the longer text
             # Switching the model re-predicts with the other one.
             page.select_option("#model", "subword")
             page.wait_for_function("document.querySelectorAll('#heatmap span.unit').length < 40", timeout=20_000)

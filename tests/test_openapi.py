@@ -44,6 +44,9 @@ def test_limits_in_the_document_are_the_configured_ones(app, document):
     properties = document["components"]["schemas"]["PredictRequest"]["properties"]
     assert properties["text"]["maxLength"] == app.config["REACH_MAX_TEXT_CHARS"]
     assert properties["k"]["maximum"] == app.config["REACH_MAX_K"]
+    generate = document["components"]["schemas"]["GenerateRequest"]["properties"]
+    assert generate["max_words"]["maximum"] == app.config["REACH_MAX_GENERATE_WORDS"]
+    assert generate["top_k"]["maximum"] == app.config["REACH_MAX_K"]
 
 
 @pytest.mark.parametrize("body", [
@@ -55,6 +58,23 @@ def test_real_predict_responses_fit_the_schema(client, document, body):
     response = client.post("/v1/predict", json=body)
     assert response.status_code == 200
     OAS30Validator(_schema(document, "/v1/predict", "post", "200")).validate(response.get_json())
+
+
+@pytest.mark.parametrize("body", [
+    {"text": "The album was ", "max_words": 5, "seed": 1},
+    {"text": "The capi", "model": "subword", "top_k": 3, "top_p": 0.9, "temperature": 0.8, "seed": None},
+    {"text": "= Valkyria Chronicles =", "stop_at_newline": True, "max_words": 30, "seed": 2},
+])
+def test_real_generate_responses_fit_the_schema(client, document, body):
+    request_schema = _inline(document["components"]["schemas"]["GenerateRequest"], document["components"]["schemas"])
+    OAS30Validator(request_schema).validate(body)
+    response = client.post("/v1/generate", json=body)
+    assert response.status_code == 200
+    OAS30Validator(_schema(document, "/v1/generate", "post", "200")).validate(response.get_json())
+    OAS30Validator(_schema(document, "/v1/generate", "post", "422")).validate(
+        client.post("/v1/generate", json={**body, "max_words": 0}).get_json())
+    with pytest.raises(Exception):
+        OAS30Validator(request_schema).validate({**body, "top_p": 0})
 
 
 def test_real_error_and_other_responses_fit_the_schemas(client, document):

@@ -157,6 +157,89 @@ def test_transport_errors_are_json_too(client):
            422, "invalid_value")
 
 
+def _generate(client, body):
+    return client.post("/v1/generate", json=body)
+
+
+def test_generate_continues_a_text_reproducibly_with_each_words_probability(client):
+    body = {"text": "The album was ", "max_words": 8, "seed": 11}
+    first = _generate(client, body)
+    assert first.status_code == 200, first.get_data(as_text=True)
+    answer = first.get_json()
+    assert answer["model"] == "char" and answer["text"] == "The album was " and answer["seed"] == 11
+    assert len(answer["words"]) == 8 and answer["stopped"] == "words"
+    assert answer["continuation"] == "".join(word["text"] for word in answer["words"])
+    assert all(0 < word["probability"] <= 1 and word["word"] for word in answer["words"])
+    assert _generate(client, body).get_json() == answer
+    others = {_generate(client, {**body, "seed": seed}).get_json()["continuation"] for seed in (12, 13, 14)}
+    assert others - {answer["continuation"]}
+    greedy = [_generate(client, {"text": "The album was ", "max_words": 5, "top_k": 1, "seed": seed}).get_json()["continuation"]
+              for seed in (1, 2)]
+    assert greedy[0] == greedy[1]
+    drawn = _generate(client, {"text": "It ", "max_words": 3, "model": "subword", "top_p": 0.9, "temperature": 0.7}).get_json()
+    assert drawn["model"] == "subword" and isinstance(drawn["seed"], int) and len(drawn["words"]) == 3
+
+
+def test_generate_can_stop_at_a_line_break(client):
+    answers = [_generate(client, {"text": "= Valkyria Chronicles =", "max_words": 30, "stop_at_newline": True, "seed": seed}).get_json()
+               for seed in range(5)]
+    assert any(answer["stopped"] == "newline" for answer in answers)
+    assert all("\n" not in answer["continuation"] for answer in answers)
+
+
+@pytest.mark.parametrize("body, status, code", [
+    ({"max_words": 3}, 400, "missing_field"),
+    ({"text": 5}, 400, "invalid_type"),
+    ({"text": "a", "max_words": "5"}, 400, "invalid_type"),
+    ({"text": "a", "max_words": 2.5}, 400, "invalid_type"),
+    ({"text": "a", "top_k": True}, 400, "invalid_type"),
+    ({"text": "a", "temperature": "hot"}, 400, "invalid_type"),
+    ({"text": "a", "top_p": [0.5]}, 400, "invalid_type"),
+    ({"text": "a", "seed": "7"}, 400, "invalid_type"),
+    ({"text": "a", "seed": 1.5}, 400, "invalid_type"),
+    ({"text": "a", "stop_at_newline": 1}, 400, "invalid_type"),
+    ({"text": "a", "k": 5}, 400, "unknown_field"),
+    ({"text": "a", "model": "gpt"}, 404, "unknown_model"),
+    ({"text": "a", "max_words": 0}, 422, "invalid_value"),
+    ({"text": "a", "max_words": 51}, 422, "invalid_value"),
+    ({"text": "a", "top_k": 0}, 422, "invalid_value"),
+    ({"text": "a", "top_k": 21}, 422, "invalid_value"),
+    ({"text": "a", "temperature": 0}, 422, "invalid_value"),
+    ({"text": "a", "temperature": -1}, 422, "invalid_value"),
+    ({"text": "a", "temperature": 1000}, 422, "invalid_value"),
+    ({"text": "a", "top_p": 0}, 422, "invalid_value"),
+    ({"text": "a", "top_p": 1.01}, 422, "invalid_value"),
+    ({"text": "a", "seed": -1}, 422, "invalid_value"),
+    ({"text": "bell \u0007 here"}, 422, "invalid_text"),
+    ({"text": "x" * 20_001}, 413, "text_too_long"),
+])
+def test_bad_generate_requests_get_the_predict_routes_codes(client, body, status, code):
+    _error(_generate(client, body), status, code)
+
+
+def test_generate_transport_errors_are_json(client):
+    _error(client.post("/v1/generate", data="{oops", content_type="application/json"), 400, "malformed_json")
+    _error(client.post("/v1/generate", data="text=hi", content_type="application/x-www-form-urlencoded"), 415, "unsupported_media_type")
+    _error(client.get("/v1/generate"), 405, "method_not_allowed")
+    _error(client.post("/v1/generate", data=json.dumps({"text": "a", "temperature": float("nan")}), content_type="application/json"),
+           422, "invalid_value")
+
+
+def test_the_generate_word_limit_is_configurable(monkeypatch, tiny_run):
+    small = create_app({"TESTING": True, "REACH_MODELS": {"m": str(tiny_run.out)}, "REACH_MAX_GENERATE_WORDS": 4}).test_client()
+    _error(_generate(small, {"text": "a ", "max_words": 5}), 422, "invalid_value")
+    assert len(_generate(small, {"text": "a ", "max_words": 4, "seed": 0}).get_json()["words"]) == 4
+    assert len(_generate(small, {"text": "a ", "seed": 0}).get_json()["words"]) == 4  # the default is cut to the limit
+    monkeypatch.setenv("REACH_MAX_GENERATE_WORDS", "3")
+    app = create_app({"TESTING": True, "REACH_MODELS": {}})
+    assert app.config["REACH_MAX_GENERATE_WORDS"] == 3
+    schema = app.test_client().get("/openapi.json").get_json()["components"]["schemas"]["GenerateRequest"]["properties"]
+    assert schema["max_words"]["maximum"] == 3
+    monkeypatch.setenv("REACH_MAX_GENERATE_WORDS", "0")
+    with pytest.raises(ValueError, match="REACH_MAX_GENERATE_WORDS"):
+        create_app({"TESTING": True, "REACH_MODELS": {}})
+
+
 def test_limits_are_configurable(tiny_run):
     small = create_app({"TESTING": True, "REACH_MODELS": {"m": str(tiny_run.out)}, "REACH_MAX_TEXT_CHARS": 10,
                         "REACH_MAX_K": 2, "MAX_CONTENT_LENGTH": 200, "REACH_MAX_CONTEXT_UNITS": 8}).test_client()

@@ -68,6 +68,44 @@ async function predict() {
   }
 }
 
+async function continueText() {
+  const text = $("text").value;
+  const mine = ++sequence;
+  $("continue").disabled = true;
+  setStatus("continuing…");
+  try {
+    const response = await fetch("/v1/generate", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ text, max_words: Number($("words").value), temperature: Number($("temperature").value),
+                             model: $("model").value || null }),
+    });
+    const body = await response.json();
+    if (mine !== sequence) return;
+    if (!response.ok) {
+      setStatus(`${body.error.code}: ${body.error.message}`, true);
+      return;
+    }
+    // The generated words after the (normalised) text, each with its exact probability where it was sampled.
+    const shown = $("continuation");
+    shown.innerHTML = "";
+    for (const w of body.words) {
+      const span = document.createElement("span");
+      span.className = "generated";
+      span.textContent = w.text;
+      span.title = `${w.word}: ${(100 * w.probability).toFixed(2)}%`;
+      shown.appendChild(span);
+    }
+    shown.title = `seed ${body.seed}; stopped: ${body.stopped}`;
+    $("text").value = body.text + body.continuation;
+    predict();
+  } catch (error) {
+    if (mine === sequence) setStatus(`request failed: ${error}`, true);
+  } finally {
+    $("continue").disabled = false;
+  }
+}
+
 function render() {
   const body = latest;
   $("mode").textContent = body.completing ? `completing “${body.partial}”` : "";
@@ -155,5 +193,6 @@ function drawProfile(profile) {
 }
 
 $("text").addEventListener("input", schedule);
+$("continue").addEventListener("click", continueText);
 for (const id of ["model", "k", "method"]) $(id).addEventListener("change", predict);
 loadModels().then(predict).catch((error) => setStatus(`could not load models: ${error}`, true));

@@ -1,0 +1,172 @@
+"""Text generation (lm/infer/generate.py and `python -m lm generate`) on real tiny trained models."""
+
+import json
+import random
+
+import pytest
+
+from lm.__main__ import main as lm_main
+from lm.checkpoint import load_checkpoint
+from lm.infer.generate import GenerationSettings, generate, sample_index
+from lm.infer.predictor import Predictor
+
+
+@pytest.fixture(scope="module")
+def predictor(tiny_run):
+    checkpoint = load_checkpoint(str(tiny_run.out))
+    return Predictor(checkpoint.model, checkpoint.tokenizer)
+
+
+@pytest.fixture(scope="module")
+def subword_predictor(tiny_subword_run):
+    checkpoint = load_checkpoint(str(tiny_subword_run.out))
+    return Predictor(checkpoint.model, checkpoint.tokenizer)
+
+
+def _prefixes(generation):
+    """(text before each word, its whitespace included; the word) for every generated word."""
+    text = generation.text
+    for word in generation.words:
+        separator = word.text[: len(word.text) - len(word.word)] if word.text.endswith(word.word) else ""
+        yield text + separator, word
+        text += word.text
+
+
+def test_the_same_seed_gives_the_same_continuation_and_another_seed_another(predictor):
+    settings = GenerationSettings(words=15)
+    first = generate(predictor, "The film was ", settings, seed=7)
+    predictor.clear_cache()  # a cold predictor must not change the sample
+    again = generate(predictor, "The film was ", settings, seed=7)
+    assert len(first.words) == 15 and first.stopped == "words"
+    assert again.as_dict() == first.as_dict()
+    others = {generate(predictor, "The film was ", settings, seed=seed).continuation for seed in (8, 9, 10)}
+    assert others - {first.continuation}
+
+
+def test_a_missing_seed_is_drawn_and_reported_so_that_it_can_be_replayed(predictor):
+    drawn = generate(predictor, "It was ", GenerationSettings(words=6))
+    assert generate(predictor, "It was ", GenerationSettings(words=6), seed=drawn.seed).continuation == drawn.continuation
+
+
+def test_top_k_1_is_greedy_whatever_the_seed(predictor):
+    settings = GenerationSettings(words=10, top_k=1)
+    runs = [generate(predictor, "The album was released in ", settings, seed=seed) for seed in (1, 2, 3)]
+    assert runs[0].continuation == runs[1].continuation == runs[2].continuation
+    checked = 0
+    for before, word in _prefixes(runs[0]):
+        if before[-1].isspace():
+            assert word.word == predictor.predict(before, k=1).predictions[0].word
+            checked += 1
+    assert checked >= 3
+
+
+def test_with_top_k_2_every_word_after_whitespace_is_among_the_top_two(predictor):
+    checked = 0
+    for seed in range(6):
+        generation = generate(predictor, "In the United States, the ", GenerationSettings(words=12, top_k=2, temperature=2.0), seed=seed)
+        for before, word in _prefixes(generation):
+            if before[-1].isspace():
+                assert word.word in [p.word for p in predictor.predict(before, k=2).predictions]
+                checked += 1
+    assert checked >= 30
+
+
+def test_reported_probabilities_are_the_predictors_exact_ones_untempered(predictor):
+    generation = generate(predictor, "The first ", GenerationSettings(words=8, temperature=3.0), seed=4)
+    for before, word in _prefixes(generation):
+        if before[-1].isspace():
+            assert word.logprob == pytest.approx(predictor.score_word(before, word.word), abs=1e-6)
+
+
+def test_sampling_follows_the_tempered_top_k_top_p_weights():
+    rng = random.Random(0)
+    probabilities = [0.5, 0.3, 0.15, 0.05]
+    draws = [sample_index(probabilities, GenerationSettings(top_k=4), rng) for _ in range(4000)]
+    assert [draws.count(i) / 4000 for i in range(4)] == pytest.approx(probabilities, abs=0.03)
+    # top_p=0.7: the nucleus is the first two (0.5 + 0.3 >= 0.7), renormalised.
+    draws = [sample_index(probabilities, GenerationSettings(top_p=0.7), rng) for _ in range(4000)]
+    assert set(draws) == {0, 1} and draws.count(0) / 4000 == pytest.approx(0.5 / 0.8, abs=0.03)
+    # temperature 0.5 squares the weights: 0.25 : 0.09 among the top two.
+    draws = [sample_index(probabilities, GenerationSettings(top_k=2, temperature=0.5), rng) for _ in range(4000)]
+    assert draws.count(0) / 4000 == pytest.approx(0.25 / 0.34, abs=0.03)
+    assert sample_index([0.0, 0.0], GenerationSettings(), rng) is None
+
+
+def test_top_p_respected_statistically_on_the_model(predictor):
+    text = "The album was released in the "
+    predictions = predictor.predict(text, k=20).predictions
+    total = sum(p.probability for p in predictions)
+    nucleus, mass = [], 0.0
+    for p in predictions:
+        nucleus.append(p.word)
+        mass += p.probability / total
+        if mass >= 0.5:
+            break
+    seen = {generate(predictor, text, GenerationSettings(words=1, top_p=0.5), seed=seed).words[0].word for seed in range(40)}
+    assert seen <= set(nucleus)
+    assert len(nucleus) == 1 or len(seen) > 1
+
+
+def test_stops_after_n_words_and_at_a_line_break(predictor):
+    assert len(generate(predictor, "The ", GenerationSettings(words=3), seed=0).words) == 3
+    # Right after a title line's closing "=" the tiny model puts most of its mass on a line break.
+    stopped = [generate(predictor, "= Valkyria Chronicles =", GenerationSettings(words=30, stop_at_newline=True), seed=seed)
+               for seed in range(5)]
+    assert any(g.stopped == "newline" for g in stopped)
+    for generation in stopped:
+        assert "\n" not in generation.continuation
+        assert generation.stopped == "newline" or len(generation.words) == 30
+    running = generate(predictor, "= Valkyria Chronicles =", GenerationSettings(words=30), seed=stopped[0].seed)
+    assert running.stopped == "words" and len(running.words) == 30
+
+
+def test_a_prompt_ending_inside_a_word_is_completed_first(predictor, subword_predictor):
+    for model in (predictor, subword_predictor):
+        generation = generate(model, "The capi", GenerationSettings(words=4), seed=1)
+        first = generation.words[0]
+        assert first.word.startswith("capi") and first.text == first.word[len("capi"):]
+        assert (generation.text + generation.continuation).startswith("The " + first.word)
+
+
+def test_subword_generation_is_reproducible_and_words_are_words(subword_predictor):
+    settings = GenerationSettings(words=12)
+    first = generate(subword_predictor, "The film was ", settings, seed=3)
+    assert generate(subword_predictor, "The film was ", settings, seed=3).continuation == first.continuation
+    assert len(first.words) == 12
+    assert all(word.text.endswith(word.word) and word.text[: len(word.text) - len(word.word)] in ("", " ", "\n")
+               for word in first.words)
+    assert all(0 < word.probability <= 1 for word in first.words)
+
+
+@pytest.mark.parametrize("settings", [dict(words=0), dict(top_k=0), dict(temperature=0.0), dict(temperature=float("inf")),
+                                      dict(top_p=0.0), dict(top_p=1.5), dict(words=True)])
+def test_bad_settings_are_refused(settings):
+    with pytest.raises(ValueError):
+        GenerationSettings(**settings)
+
+
+def test_cli_json_gives_each_word_with_its_probability(tiny_run, capsys):
+    argv = ["generate", "--model", str(tiny_run.out), "--words", "6", "--seed", "5", "--json", "The film was "]
+    assert lm_main(argv) == 0
+    body = json.loads(capsys.readouterr().out)
+    assert body["seed"] == 5 and body["text"] == "The film was " and len(body["words"]) == 6
+    assert body["continuation"] == "".join(word["text"] for word in body["words"])
+    assert all(0 < word["probability"] <= 1 and word["word"] for word in body["words"])
+    assert lm_main(argv) == 0
+    assert json.loads(capsys.readouterr().out) == body
+    assert lm_main(argv[:-2] + ["The film was "]) == 0
+    out = capsys.readouterr()
+    assert out.out.strip() == (body["text"] + body["continuation"]).strip() and "seed 5" in out.err
+
+
+@pytest.mark.parametrize("flags", [["--top-p", "1.5"], ["--top-k", "0"], ["--temperature", "0"], ["--words", "x"]])
+def test_cli_bad_values_exit_2_with_an_error_line(tiny_run, capsys, flags):
+    with pytest.raises(SystemExit) as stop:
+        lm_main(["generate", "--model", str(tiny_run.out), *flags, "x"])
+    assert stop.value.code == 2
+    assert "error:" in capsys.readouterr().err
+
+
+def test_cli_infinite_temperature_is_one_error_line(tiny_run, capsys):
+    assert lm_main(["generate", "--model", str(tiny_run.out), "--temperature", "inf", "x"]) == 2
+    assert capsys.readouterr().err.strip() == "lm generate: error: temperature must be positive and finite, not inf"
