@@ -3,6 +3,7 @@
     python train.py --corpus ../shared/corpora/wiki-subset --tokenizer char --cell lstm --out runs/char-lstm
     python train.py --preset small --out runs/small          # about two minutes
     python train.py --resume runs/small --max-minutes 5      # continue a stopped run
+    python train.py --preset small --device cuda --precision bf16   # on a GPU, autocast to bfloat16
     torchrun --nproc_per_node=2 train.py --preset small      # several processes (DDP), see docs/DEPLOY.md
 
 Every flag below is a field of `lm.config` (TokenizerConfig, ModelConfig,
@@ -55,7 +56,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--resume", type=Path, default=None, metavar="DIR",
                         help="continue the run in DIR from its last checkpoint with its settings; only budget flags "
                              "(--max-minutes, --max-steps, --epochs, --eval-interval, --threads, --accuracy-positions) "
-                             "may change, and budgets count the whole run; other flags are ignored (with a warning)")
+                             "and --device may change, and budgets count the whole run; other flags are ignored (with a warning)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar or log lines; only the final figures")
     add_dataclass_flags(parser, TokenizerConfig, "tokenizer", defaults=PRESETS[preset])
     add_dataclass_flags(parser, ModelConfig, "model", skip=("vocab_size",), defaults=PRESETS[preset])
@@ -90,27 +91,41 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     out = args.resume or args.out or Path("runs") / f"{args.preset}-{tokenizer_config.tokenizer}-{model_config.cell}"
 
-    # Entry point duties: processes, threads and seeds (imported late: torch is slow to import).
+    # Entry point duties: devices, processes, threads and seeds (imported late: torch is slow to import).
     from lm.infer.accuracy import checkpoint_accuracy
-    from lm.train.distributed import init_distributed, shutdown
-    from lm.train.run import BUDGET_FIELDS, seed_everything, set_threads, train_run
+    from lm.train.devices import describe_device, resolve_device
+    from lm.train.distributed import init_distributed, local_rank, shutdown
+    from lm.train.run import BUDGET_FIELDS, resume_configs, seed_everything, set_threads, train_run
 
-    ranks = init_distributed()
-    if ranks.is_main and args.resume is not None and (ignored := _ignored_on_resume(args, overrides)):
+    is_main = int(os.environ.get("RANK", "0")) == 0  # torchrun's global rank, known before the group is joined
+    if is_main and args.resume is not None and (ignored := _ignored_on_resume(args, overrides)):
         print(f"train.py: warning: --resume keeps the run's own settings; ignoring {', '.join(ignored)}", file=sys.stderr)
+    try:
+        if args.resume is not None:  # the device is the run's own unless --device is given
+            train_config = resume_configs(args.resume, {k: v for k, v in overrides.items() if k in BUDGET_FIELDS})[2]
+    except CheckpointError as error:
+        print(f"train.py: error: {error}", file=sys.stderr)
+        return 1
+    try:
+        device = resolve_device(train_config.device, local_rank())
+    except ValueError as error:
+        print(f"train.py: error: {error}", file=sys.stderr)
+        return 2
+    ranks = init_distributed(device)
     if not ranks.is_main:
         configure_logging(quiet=True)
     local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     threads = set_threads(train_config.threads or max(1, (os.cpu_count() or 1) // local))
     seed_everything(train_config.seed)
-    log.info("training in %s with %d threads%s", out, threads,
+    log.info("training in %s on %s in %s with %d threads%s", out, describe_device(device), train_config.precision, threads,
              f" in each of {ranks.world_size} processes ({ranks.backend})" if ranks.enabled else "")
     progress = ProgressBar(enabled=not args.quiet and ranks.is_main and sys.stderr.isatty())
     try:
         with GracefulStop() as stop:
             result = train_run(tokenizer_config, model_config, train_config, out, resume=args.resume is not None,
                                should_stop=stop, progress=progress, distributed=ranks,
-                               budget={k: v for k, v in overrides.items() if k in BUDGET_FIELDS}, accuracy=checkpoint_accuracy)
+                               budget={k: v for k, v in overrides.items() if k in BUDGET_FIELDS}, accuracy=checkpoint_accuracy,
+                               device=device)
     except (CorpusError, CheckpointError, TokenizerError, ValueError) as error:
         progress.close()
         print(f"train.py: error: {error}", file=sys.stderr)

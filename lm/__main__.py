@@ -70,7 +70,7 @@ def _predict(args: argparse.Namespace) -> int:
         print(json.dumps({"model": str(checkpoint.directory), **result.as_dict()}, ensure_ascii=False, indent=2))
         return 0
     what = f"completing {result.query.partial!r}" if result.completing else "next word"
-    print(f"{result.query.text!r} ({what}; {result.context_units} units of context)")
+    print(f"{result.query.text!r} ({what}; {result.context_units} units of context; on the CPU engine)")
     print(f"  {'#':>2}  {'word':<20} {'probability':>11}  {'logprob':>8}" + ("  to type" if result.completing else ""))
     for rank, prediction in enumerate(result.predictions, 1):
         rest = f"  {prediction.remainder}" if result.completing else ""

@@ -6,12 +6,16 @@ A checkpoint is a directory:
     model.safetensors      the weights
     tokenizer.json         the tokenizer (and tokenizer.model for SentencePiece)
     training.json          step, stream position, schedule, optimiser groups, RNG (resume only)
-    training.safetensors   optimiser tensors, carried hidden state, torch RNG (resume only)
+    training.safetensors   optimiser tensors, carried hidden state, torch RNG and the GPU's (resume only)
 
 Nothing here executes code on load: tensors come from safetensors and
 everything else from JSON. A run directory holds two checkpoints, `best`
 (lowest validation loss; the one served) and `last` (for `--resume`), and
 `metrics.jsonl`.
+
+Checkpoints are device-independent: every tensor is saved from a CPU copy
+and loaded onto the CPU (the server and the predictor are CPU-first); a run
+that trains on a GPU moves what it resumes to its device itself.
 
 Writes are atomic: the new checkpoint is written in full to a temporary
 directory beside the target and then renamed into place, so a crash at any
@@ -74,10 +78,12 @@ class Resumable(Protocol):
 
 
 class Resumed(NamedTuple):
-    """A resumable checkpoint's training progress, as saved: the JSON of `Resumable.to_json` and the carried state."""
+    """A resumable checkpoint's training progress, as saved: the JSON of `Resumable.to_json`, the carried state
+    (on the CPU) and this rank's accelerator RNG state (None when the run did not save one for it)."""
 
     state: dict[str, Any]
     carried: torch.Tensor | None
+    accelerator_rng: torch.Tensor | None = None
 
 
 @dataclass
@@ -141,10 +147,22 @@ def _optimizer_payload(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torc
     for index, slots in state_dict["state"].items():
         for key, value in slots.items():
             if isinstance(value, torch.Tensor):
-                tensors[f"optimizer.{index}.{key}"] = value.detach().contiguous()
+                tensors[f"optimizer.{index}.{key}"] = value.detach().cpu().contiguous()
             else:
                 plain.setdefault(str(index), {})[key] = value
     return tensors, {"param_groups": state_dict["param_groups"], "plain_state": plain}
+
+
+def _cpu_replica(model: RNNLanguageModel) -> RNNLanguageModel:
+    """A copy of `model` on the CPU, in float32, with the same ties (safetensors saves a tied matrix once).
+
+    Built without touching the global RNG, so that saving never changes what
+    an exact resume replays.
+    """
+    with torch.random.fork_rng(devices=[]):
+        replica = RNNLanguageModel(model.config)
+    replica.load_state_dict({name: tensor.detach().float() for name, tensor in model.state_dict().items()})
+    return replica
 
 
 def save_checkpoint(
@@ -159,10 +177,12 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer | None = None,
     state: Resumable | None = None,
     rng_states: torch.Tensor | None = None,
+    accelerator_rng: torch.Tensor | None = None,
 ) -> Path:
-    """Write a checkpoint to `directory` atomically (replacing any earlier one there).
+    """Write a checkpoint to `directory` atomically (replacing any earlier one there), from CPU copies of every tensor.
 
     `rng_states` (ranks, n): every rank's torch RNG state, from a multi-process run.
+    `accelerator_rng` (ranks, m): every rank's GPU RNG state (its dropout masks), when training on a GPU.
     """
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
@@ -181,15 +201,17 @@ def save_checkpoint(
             "versions": _versions(),
             "resumable": optimizer is not None and state is not None,
         }
-        save_model(model, str(temporary / "model.safetensors"))
+        save_model(_cpu_replica(model), str(temporary / "model.safetensors"))
         tokenizer.save(temporary)
         if optimizer is not None and state is not None:
             tensors, plain = _optimizer_payload(optimizer)
             tensors["rng.torch"] = torch.get_rng_state()
             if rng_states is not None:
-                tensors["rng.torch_ranks"] = rng_states.contiguous()
+                tensors["rng.torch_ranks"] = rng_states.cpu().contiguous()
+            if accelerator_rng is not None:
+                tensors["rng.accelerator_ranks"] = accelerator_rng.cpu().contiguous()
             if state.carried is not None:
-                tensors["state.carried"] = state.carried.detach().contiguous()
+                tensors["state.carried"] = state.carried.detach().float().cpu().contiguous()
             save_file(tensors, str(temporary / "training.safetensors"))
             _write_json(temporary / "training.json", {"state": state.to_json(), "optimizer": plain})
         _write_json(temporary / "config.json", meta)
@@ -256,7 +278,7 @@ def read_meta(directory: Path) -> dict[str, Any]:
 
 
 def load_checkpoint(path: Path | str) -> Checkpoint:
-    """Load a checkpoint (or a run directory's best one) for inference; the model is in eval mode."""
+    """Load a checkpoint (or a run directory's best one) for inference, onto the CPU; the model is in eval mode."""
     directory = resolve_checkpoint(path)
     meta = read_meta(directory)
     try:
@@ -285,7 +307,11 @@ def restore_training(directory: Path | str, model: RNNLanguageModel, optimizer: 
                      rank: int = 0, world_size: int = 1, seed: int = 0) -> Resumed:
     """Load weights, optimiser, RNG and training state from a resumable checkpoint into live objects.
 
-    The carried state comes back whole, (L, B, S); a rank takes its own rows.
+    The model and optimiser may live on any device (the tensors are copied
+    onto theirs); the carried state comes back whole, (L, B, S), on the CPU,
+    and a rank takes its own rows. The torch (CPU) RNG is restored here; the
+    accelerator's RNG state comes back in `Resumed` for the caller, which
+    knows the device (a checkpoint without one, such as a CPU run's, gives None).
     Each rank gets back its own RNG state when the number of processes is
     unchanged; otherwise dropout is reseeded per rank (so the continuation
     cannot equal the uninterrupted run's, but the run goes on).
@@ -307,8 +333,10 @@ def restore_training(directory: Path | str, model: RNNLanguageModel, optimizer: 
         for index, values in plain["plain_state"].items():
             slots.setdefault(int(index), {}).update(values)
         optimizer.load_state_dict({"state": slots, "param_groups": plain["param_groups"]})
-        state = Resumed(payload["state"], tensors.get("state.carried"))
-        step = int(state.state["step"])
+        step = int(payload["state"]["step"])
+        accelerators = tensors.get("rng.accelerator_ranks")
+        mine = accelerators[rank].clone() if accelerators is not None and accelerators.size(0) == world_size else None
+        state = Resumed(payload["state"], tensors.get("state.carried"), mine)
         generators = tensors.get("rng.torch_ranks")
         if generators is not None and generators.size(0) == world_size:
             torch.set_rng_state(generators[rank].clone())

@@ -17,6 +17,8 @@ __all__ = ["ModelConfig", "TokenizerConfig", "TrainConfig", "PRESETS", "apply_pr
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("plateau", "cosine", "constant")
+DEVICES = ("auto", "cpu", "cuda", "cuda:N", "mps")
+PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 def _help(text: str, **kwargs: Any) -> Any:
@@ -109,6 +111,8 @@ class TrainConfig:
     rollback_ratio: float = _help("a validation loss this many times the best one (or non-finite) rolls back to the best checkpoint", default=1.5)
     seed: int = _help("random seed for weights, dropout and window lengths", default=1234)
     threads: int | None = _help("torch intra-op threads (default: all cores)", default=None)
+    device: str = _help("where to train: auto (the accelerator if there is one, else the CPU), cpu, cuda, cuda:N or mps", default="auto")
+    precision: str = _help("fp32, or autocast to bf16 or fp16 (fp16 with a gradient scaler) for the forward pass", default="fp32")
 
     def __post_init__(self) -> None:
         _check(self.batch_size >= 1, f"batch_size must be at least 1, not {self.batch_size}")
@@ -132,6 +136,12 @@ class TrainConfig:
         _check(self.rollback_ratio > 1, "rollback_ratio must be above 1")
         _check(self.accuracy_positions >= 0, "accuracy_positions must not be negative")
         _check(self.threads is None or self.threads >= 1, "threads must be at least 1")
+        # Only the spelling is checked here: a checkpoint trained on a GPU must still load where there is none.
+        # Whether the device exists is asked when training starts (lm/train/devices.py: resolve_device).
+        name, _, index = self.device.partition(":")
+        _check(self.device in DEVICES[:3] + DEVICES[4:] or (name == "cuda" and index.isdigit()),
+               f"device must be one of {', '.join(DEVICES)}, not {self.device!r}")
+        _check(self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
 
     @property
     def stride(self) -> int:

@@ -22,6 +22,8 @@ weights. All of them are off in `eval()` mode.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -44,6 +46,19 @@ def locked_dropout(x: Tensor, p: float, training: bool) -> Tensor:
 def count_parameters(model: nn.Module) -> int:
     """Number of distinct trainable parameters (tied weights counted once)."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+# cuDNN's fused RNN wants a layer's weights in one flat buffer and warns at every call when they are not. With
+# DropConnect W_hh is a fresh tensor at every forward, so the weights cannot be in that buffer: cuDNN copies them
+# into a new one (the size of the layer's weights, once per call), which is the price of a new mask per call.
+_NOT_FLAT = "RNN module weights are not part of single contiguous chunk of memory"
+
+
+def _call_with_recurrent(layer: nn.Module, recurrent: Tensor, inputs: Tensor, init):
+    """Run `layer` with `recurrent` in place of its W_hh (the cuDNN flat-weights warning, expected here, silenced)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_NOT_FLAT, category=UserWarning)
+        return functional_call(layer, {RECURRENT_WEIGHT: recurrent}, (inputs, init))
 
 
 class RNNLanguageModel(nn.Module):
@@ -123,7 +138,7 @@ class RNNLanguageModel(nn.Module):
         if self.training and p > 0.0:
             # DropConnect (Wan et al. 2013) on W_hh, one mask per forward call.
             dropped = F.dropout(layer_weights(layer).recurrent, p=p, training=True)
-            run = lambda inputs, init: functional_call(layer, {RECURRENT_WEIGHT: dropped}, (inputs, init))  # noqa: E731
+            run = lambda inputs, init: _call_with_recurrent(layer, dropped, inputs, init)  # noqa: E731
         if split_at is None:
             out, final = run(x, cell.to_torch_state(state, hidden))
             return out, cell.from_torch_state(final, hidden), None

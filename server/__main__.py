@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     print(f"serving {', '.join(models)} on http://{args.host}:{args.port}/ with {torch.get_num_threads()} torch thread(s) "
-          "(development server; see README for gunicorn)")
+          "on the CPU (the CPU engine serves, GPU or not; development server; see README for gunicorn)")
     app.run(host=args.host, port=args.port, threaded=True, use_reloader=False)
     return 0
 

@@ -61,7 +61,8 @@ def test_training_state_restores_optimizer_rng_and_carried_state(saved):
     torch.manual_seed(999)
     fresh = RNNLanguageModel(model.config)
     fresh_optimizer = build_optimizer(fresh, TrainConfig())
-    restored = TrainingState.from_json(*restore_training(directory, fresh, fresh_optimizer))
+    resumed = restore_training(directory, fresh, fresh_optimizer)
+    restored = TrainingState.from_json(resumed.state, resumed.carried)
     assert (restored.step, restored.epoch, restored.position) == (7, 1, 123)
     torch.testing.assert_close(restored.carried, state.carried)
     assert restored.python_rng == [3, [1, 2], None]
@@ -139,3 +140,50 @@ def test_loading_never_unpickles(saved, monkeypatch):
     monkeypatch.setattr(torch, "load", refuse)
     load_checkpoint(saved[0])
     restore_training(saved[0], saved[1], saved[2])
+
+
+def test_a_model_moved_away_and_back_saves_float32_cpu_weights_without_touching_the_rng(tmp_path, char_tokenizer):
+    """As a GPU run does: the weights live elsewhere (here float64), the checkpoint is the CPU float32 model."""
+    from safetensors.torch import load_file
+
+    from lm.config import ModelConfig
+
+    torch.manual_seed(0)
+    model = RNNLanguageModel(ModelConfig(cell="lstm", vocab_size=char_tokenizer.vocab_size, embed_dim=16, hidden_dim=16))
+    expected = {name: p.detach().clone() for name, p in model.named_parameters()}
+    model.to(torch.float64)
+    rng = torch.get_rng_state()
+    directory = save_checkpoint(tmp_path / "moved", model, char_tokenizer, TokenizerConfig(tokenizer="char"), TrainConfig(),
+                                corpus={"name": "test"})
+    assert torch.equal(torch.get_rng_state(), rng)  # saving never changes what an exact resume replays
+    assert {t.dtype for t in load_file(str(directory / "model.safetensors")).values()} == {torch.float32}
+    loaded = load_checkpoint(directory)
+    assert loaded.model.decoder.weight is loaded.model.embedding.weight  # still tied
+    for name, p in loaded.model.named_parameters():
+        assert p.device.type == "cpu"
+        torch.testing.assert_close(p.detach(), expected[name], rtol=0, atol=0, msg=name)
+
+
+def test_the_accelerator_rng_state_comes_back_for_its_rank_and_is_optional(saved, tmp_path, char_tokenizer):
+    directory, model, optimizer, state = saved
+    assert restore_training(directory, model, optimizer).accelerator_rng is None  # a CPU run's checkpoint
+    generators = torch.arange(32, dtype=torch.uint8).view(2, 16)  # two ranks' GPU generator states
+    both = save_checkpoint(tmp_path / "gpu", model, char_tokenizer, TokenizerConfig(tokenizer="char"), TrainConfig(),
+                           corpus={"name": "test"}, optimizer=optimizer, state=state,
+                           rng_states=torch.stack([torch.get_rng_state()] * 2), accelerator_rng=generators)
+    assert torch.equal(restore_training(both, model, optimizer, rank=1, world_size=2).accelerator_rng, generators[1])
+    assert restore_training(both, model, optimizer, rank=0, world_size=1).accelerator_rng is None  # another process count
+
+
+def test_a_bf16_autocast_run_loads_and_serves_on_the_cpu(tmp_path, corpus):
+    from conftest import train_tiny
+    from lm.infer.predictor import Predictor
+
+    result = train_tiny(tmp_path / "bf16", corpus, precision="bf16", max_steps=12, eval_interval=6, eval_max_chars=2000,
+                        accuracy_positions=0)
+    assert result.state.step == 12 and result.valid.bpc < 7
+    loaded = load_checkpoint(tmp_path / "bf16")
+    assert loaded.train_config.precision == "bf16"
+    assert {p.dtype for p in loaded.model.parameters()} == {torch.float32}
+    predictions = Predictor(loaded.model, loaded.tokenizer).predict("The capital of ", k=3).predictions
+    assert len(predictions) == 3 and all(0 < p.probability <= 1 for p in predictions)

@@ -89,3 +89,43 @@ def test_resume_with_another_number_of_processes(two_process_run, tmp_path, corp
     assert refused.returncode != 0
     assert "must be divisible by the number of processes (3)" in refused.stderr
     assert "Traceback" not in "\n".join(line for line in refused.stderr.splitlines() if "train.py: error" in line)
+
+
+def test_the_backend_and_its_collectives_follow_the_training_device():
+    """nccl with each rank's own GPU for a CUDA run; gloo with CPU tensors for any other (MPS included)."""
+    from lm.train.distributed import Distributed, backend_for
+
+    assert backend_for(torch.device("cuda", 1)) == ("nccl", torch.device("cuda", 1))
+    assert backend_for(torch.device("cpu")) == ("gloo", torch.device("cpu"))
+    assert backend_for(torch.device("mps")) == ("gloo", torch.device("cpu"))
+    assert Distributed().device == torch.device("cpu")
+
+
+def test_collectives_take_tensors_from_another_device_and_return_cpu_ones(tmp_path):
+    """Two gloo processes: what the collectives take is moved to the backend's device (the CPU for gloo), what the
+    gathers give back is on the CPU (it goes into checkpoints), and the scalar decisions agree."""
+    script = tmp_path / "collectives.py"
+    script.write_text(
+        "import sys, torch\n"
+        f"sys.path.insert(0, {str(ROOT)!r})\n"
+        "from lm.train.distributed import init_distributed, shutdown\n"
+        "ranks = init_distributed(torch.device('cpu'))\n"
+        "rows = ranks.gather_rows(torch.full((1, 2, 3), float(ranks.rank), dtype=torch.float64))\n"
+        "stack = ranks.gather_stack(torch.tensor([ranks.rank], dtype=torch.uint8))\n"
+        "stop, elapsed, loss = ranks.agree(ranks.rank == 1, 1.0 + ranks.rank, 2.0 * ranks.rank)\n"
+        "values = ranks.broadcast_floats([float(ranks.rank), 5.0])\n"
+        "torch.manual_seed(ranks.rank)\n"
+        "spread = ranks.weight_spread(torch.nn.Linear(2, 2))  # different weights on each rank\n"
+        "assert ranks.backend == 'gloo' and ranks.device.type == 'cpu'\n"
+        "assert rows.device.type == 'cpu' and rows[0, :, 0].tolist() == [0, 0, 1, 1], rows\n"
+        "assert stack.device.type == 'cpu' and stack.view(-1).tolist() == [0, 1]\n"
+        "assert (stop, elapsed, loss) == (True, 2.0, 1.0) and values == [0.0, 5.0]\n"
+        "print('ok', ranks.rank, spread > 0)\n"
+        "shutdown(ranks)\n")
+    torchrun = Path(sys.executable).with_name("torchrun")
+    env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([str(torchrun), "--nnodes", "1", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+                           "--master_port", str(_port()), str(script)], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert sorted(line for line in done.stdout.splitlines() if line.startswith("ok")) == ["ok 0 True", "ok 1 True"]

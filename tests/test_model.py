@@ -101,3 +101,26 @@ def test_adaptive_softmax_gives_normalised_log_probabilities_and_target_scores()
     torch.testing.assert_close(step_logprobs, logprobs[:, 0], rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="no-tie-weights"):
         ModelConfig(adaptive_cutoffs=(10,), tie_weights=True)
+
+
+def test_weight_dropout_under_cudnn_raises_no_flat_weights_warning(monkeypatch):
+    """On CUDA, cuDNN warns at every call that a DropConnect layer's weights are not in its flat buffer (W_hh is a
+    fresh tensor each time); the test settings make warnings errors. Here the layer warns as cuDNN does."""
+    import warnings
+
+    model = make_model("lstm", weight_dropout=0.5)
+    layer = model.layers[0]
+    original = type(layer).forward
+
+    def forward_like_cudnn(self, *args, **kwargs):
+        warnings.warn("RNN module weights are not part of single contiguous chunk of memory. This means they need to be "
+                      "compacted at every call, possibly greatly increasing memory usage. To compact weights again call "
+                      "flatten_parameters().", UserWarning)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(layer), "forward", forward_like_cudnn)
+    model.train()
+    logits, _ = model(torch.randint(0, 50, (2, 5)))
+    assert logits.shape == (2, 5, 50)
+    with pytest.raises(UserWarning, match="single contiguous chunk"):
+        model.eval()(torch.randint(0, 50, (2, 5)))  # only DropConnect's call expects it; any other still surfaces

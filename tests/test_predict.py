@@ -267,6 +267,7 @@ def test_predict_cli_prints_a_table_and_json(tiny_run, capsys):
     assert lm_main(["predict", "--model", str(tiny_run.out), "The capi"]) == 0
     table = capsys.readouterr().out
     assert "completing 'capi'" in table and "to type" in table
+    assert "on the CPU engine" in table.splitlines()[0]  # the header says where it predicts
     assert lm_main(["predict", "--model", str(tiny_run.out), "--json", "-k", "3", "In the "]) == 0
     payload = json.loads(capsys.readouterr().out)
     assert len(payload["predictions"]) == 3

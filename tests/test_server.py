@@ -333,7 +333,7 @@ def test_the_development_server_has_flags_for_the_limits_and_honours_the_environ
     config = served["app"].config
     assert (config["REACH_MAX_TEXT_CHARS"], config["REACH_CACHE_SIZE"], config["REACH_MAX_CONTEXT_UNITS"],
             config["MAX_CONTENT_LENGTH"], config["REACH_MAX_K"]) == (50, 5, 9, 1000, 3)
-    assert "with 1 torch thread" in capsys.readouterr().out
+    assert "with 1 torch thread(s) on the CPU" in capsys.readouterr().out  # the device it serves on
     assert served["port"] == 8123
 
 

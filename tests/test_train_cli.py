@@ -119,3 +119,38 @@ def test_resume_says_in_one_line_which_flags_it_ignores(capsys, tmp_path):
     assert len(warnings) == 1 and "ignoring --lr, --cell" in warnings[0] and "--max-steps" not in warnings[0]
     assert train.main(["--resume", str(tmp_path / "none"), "--max-steps", "5", "--threads", "1"]) == 1
     assert "warning" not in capsys.readouterr().err
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has CUDA")
+def test_asking_for_cuda_without_it_ends_in_one_clear_line(tmp_path, corpus_dir):
+    done = subprocess.run([sys.executable, str(ROOT / "train.py"), "--preset", "tiny", "--corpus", str(corpus_dir),
+                           "--out", str(tmp_path / "r"), "--device", "cuda"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "train.py: error: --device cuda: CUDA is not available here (a CPU-only build of torch, 0 GPUs visible); "
+        "use --device cpu or auto"]
+    assert not (tmp_path / "r").exists()
+
+
+def test_bad_device_or_precision_is_one_sentence(capsys):
+    assert train.main(["--device", "gpu"]) == 2
+    assert capsys.readouterr().err.strip() == "train.py: error: device must be one of auto, cpu, cuda, cuda:N, mps, not 'gpu'"
+    assert train.main(["--precision", "fp8"]) == 2
+    assert "precision must be one of fp32, bf16, fp16" in capsys.readouterr().err
+
+
+def test_auto_trains_on_the_cpu_here_and_says_so(tmp_path, corpus_dir):
+    out = tmp_path / "auto"
+    done = subprocess.run([sys.executable, str(ROOT / "train.py"), "--preset", "tiny", "--corpus", str(corpus_dir), "--out", str(out),
+                           "--max-steps", "2", "--max-minutes", "none", "--eval-max-chars", "2000", "--accuracy-positions", "0"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert f"training in {out} on cpu in fp32" in done.stderr
+    run = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    assert (run["device"], run["precision"]) == ("cpu", "fp32")
+
+
+def test_resume_may_change_the_device_but_not_the_precision(capsys, tmp_path):
+    assert train.main(["--resume", str(tmp_path / "none"), "--device", "cpu", "--precision", "bf16"]) == 1
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and "ignoring --precision" in warnings[0] and "--device" not in warnings[0]

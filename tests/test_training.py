@@ -289,3 +289,62 @@ def test_a_time_budgets_schedule_is_planned_in_updates_so_a_resumed_run_repeats_
     replans = [r for r in longer if r["kind"] == "plan"]
     assert len(replans) == 1 and replans[0]["replanned"] and replans[0]["step"] == 30
     assert state_c.planned_minutes == 20.0 and state_c.planned_steps > planned
+
+
+def _scaled_step(scaler):
+    """One train_step of a seeded LSTM with `scaler` (None: plain fp32); returns the result and the new weights."""
+    model = make_model("lstm", seed=3)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    torch.manual_seed(4)
+    window = next(iterate_windows(batchify(torch.randint(0, 50, (2 * 20,)), 2), 0, 6, 6))
+    result, _ = train_step(model, optimizer, window, model.init_state(2), 0.05, None, scaler=scaler)
+    return result, {name: p.detach().clone() for name, p in model.named_parameters()}
+
+
+def test_a_scaled_loss_is_clipped_and_logged_on_unscaled_gradients():
+    """fp16's gradient scaler multiplies the loss by 2**16; the clipping threshold and the logged norm must not see it."""
+    plain, plain_weights = _scaled_step(None)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
+    scaled, scaled_weights = _scaled_step(scaler)
+    assert plain.clipped and scaled.clipped and not scaled.skipped
+    assert scaled.grad_norm == pytest.approx(plain.grad_norm, rel=1e-5)  # not 65536 times it
+    for name, weight in plain_weights.items():
+        torch.testing.assert_close(scaled_weights[name], weight, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_a_step_whose_scaled_gradients_overflow_is_skipped_and_the_scale_backs_off():
+    scaler = torch.amp.GradScaler("cpu", init_scale=1e38)  # a gradient element above ~3.4 overflows float32 once scaled
+    model = make_model("lstm", seed=3)
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    window = next(iterate_windows(batchify(torch.randint(0, 50, (2 * 20,)), 2), 0, 6, 6))
+    handle = model.decoder.weight.register_hook(lambda grad: grad * 1e4)  # the scaled gradient overflows, as in fp16
+    result, _ = train_step(model, optimizer, window, model.init_state(2), 1.0, None, scaler=scaler)
+    handle.remove()
+    assert result.skipped and not math.isfinite(result.grad_norm)
+    assert scaler.get_scale() < 1e38
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.detach(), before[name])
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_autocast_training_runs_on_the_cpu_and_learns(tmp_path, precision):
+    """The autocast paths CPU torch has: bf16, and fp16 with a gradient scaler whose state is kept for resume."""
+    config = TrainConfig(max_steps=30, max_minutes=None, bptt=8, lr=0.01, warmup_steps=0, precision=precision)
+    state, records = _fit(tmp_path, make_model("lstm", weight_dropout=0.3, dropout=0.2), config)
+    losses = [r["loss"] for r in records if r["kind"] == "step"]
+    assert len(losses) == 30 and all(math.isfinite(loss) for loss in losses)
+    assert sum(losses[-5:]) < sum(losses[:5])
+    assert state.carried.dtype == torch.float32  # the carried state stays float32 whatever the forward ran in
+    assert (state.grad_scaler is not None) == (precision == "fp16")
+    if precision == "fp16":
+        assert state.grad_scaler["scale"] > 0 and json.dumps(state.to_json())  # JSON-ready for training.json
+
+
+def test_device_and_precision_settings_are_checked():
+    assert TrainConfig(device="cuda:1", precision="bf16").device == "cuda:1"
+    for settings, message in [({"device": "gpu"}, "device must be one of auto, cpu, cuda, cuda:N, mps, not 'gpu'"),
+                              ({"device": "cuda:x"}, "not 'cuda:x'"),
+                              ({"precision": "fp8"}, "precision must be one of fp32, bf16, fp16, not 'fp8'")]:
+        with pytest.raises(ValueError, match=message):
+            TrainConfig(**settings)

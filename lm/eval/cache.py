@@ -16,6 +16,10 @@ validation split (`tune_cache`) and then applied to another split. Only
 earlier positions are used, so the figures are as held-out as the model's
 own. The cache is part of evaluation only; prediction and attribution use
 the model alone.
+
+Device: a split is read on the model's device, the features the cache
+compares stay there, and the per-position log-probabilities come back to
+the CPU in float64 (sums over a whole split; MPS has no float64).
 """
 
 from __future__ import annotations
@@ -56,9 +60,9 @@ class CacheConfig:
 class StreamScores:
     """One read of a split: each position's top-layer output, target and log P_model(target)."""
 
-    features: Tensor  # (N, H); (0, H) when not kept
-    targets: Tensor  # (N,)
-    model_logprobs: Tensor  # (N,) float64
+    features: Tensor  # (N, H) on the model's device; (0, H) when not kept
+    targets: Tensor  # (N,) on the features' device
+    model_logprobs: Tensor  # (N,) float64, on the CPU
 
     @property
     def model_nll(self) -> float:
@@ -73,7 +77,8 @@ def score_stream(model: RNNLanguageModel, ids: list[int], first_input: int, chun
     was_training = model.training
     model.eval()
     try:
-        stream = torch.tensor([first_input, *ids], dtype=torch.long)
+        device = model.embedding.weight.device
+        stream = torch.tensor([first_input, *ids], dtype=torch.long).to(device)
         state = model.init_state(1)
         features, logprobs = [], []
         for start in range(0, len(stream) - 1, chunk):
@@ -82,8 +87,8 @@ def score_stream(model: RNNLanguageModel, ids: list[int], first_input: int, chun
             x, state = model.features(inputs, state)  # (1, T, H)
             if keep_features:
                 features.append(x[0])
-            logprobs.append(model.target_logprobs(x, targets)[0].double())
-        kept = torch.cat(features) if features else torch.empty(0, model.config.hidden_dim)
+            logprobs.append(model.target_logprobs(x, targets)[0].float().cpu().double())
+        kept = torch.cat(features) if features else torch.empty(0, model.config.hidden_dim, device=device)
         return StreamScores(kept, stream[1:], torch.cat(logprobs))
     finally:
         model.train(was_training)
@@ -91,23 +96,29 @@ def score_stream(model: RNNLanguageModel, ids: list[int], first_input: int, chun
 
 @torch.inference_mode()
 def cache_logprobs(scores: StreamScores, window: int, theta: float, block: int = 1024) -> Tensor:
-    """log p_cache(target) at every position (N,), float64; -inf where no earlier position has the target."""
+    """log p_cache(target) at every position (N,), float64 on the CPU; -inf where no earlier position has the target.
+
+    Computed on the features' device (the CPU for MPS, which has no float64).
+    """
     features, targets = scores.features, scores.targets
+    if features.device.type == "mps":
+        features, targets = features.cpu(), targets.cpu()
+    device = features.device
     count = len(targets)
     result = torch.empty(count, dtype=torch.float64)
     for start in range(0, count, block):
         end = min(count, start + block)
         low = max(0, start - window)
         similarity = theta * (features[start:end] @ features[low:end].T)  # (b, w): query t against key i
-        here = torch.arange(start, end)[:, None]
-        there = torch.arange(low, end)[None, :]
+        here = torch.arange(start, end, device=device)[:, None]
+        there = torch.arange(low, end, device=device)[None, :]
         visible = (there < here) & (there >= here - window)  # only earlier positions, at most `window` back
         similarity = similarity.double().masked_fill(~visible, -math.inf)
         same = targets[low:end][None, :] == targets[start:end][:, None]  # key i voted for this target
         numerator = torch.logsumexp(similarity.masked_fill(~same, -math.inf), dim=-1)
         denominator = torch.logsumexp(similarity, dim=-1)
         # The first position sees nothing: -inf - -inf is nan there, and the cache has no vote.
-        result[start:end] = torch.nan_to_num(numerator - denominator, nan=-math.inf, neginf=-math.inf)
+        result[start:end] = torch.nan_to_num(numerator - denominator, nan=-math.inf, neginf=-math.inf).cpu()
     return result
 
 

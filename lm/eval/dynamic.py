@@ -9,7 +9,7 @@ names, topics and style of the text it is reading, as a reader does.
 Plain SGD on the segment's mean loss per unit, from the trained weights, on
 a copy of the model (the one passed in never changes). The learning rate is
 chosen on the validation split (`tune_dynamic`). Evaluation only: prediction
-and attribution use the trained weights.
+and attribution use the trained weights. It runs on the model's device.
 """
 
 from __future__ import annotations
@@ -32,8 +32,13 @@ def score_stream_dynamic(model: RNNLanguageModel, ids: list[int], first_input: i
     if not lr > 0 or segment < 1:
         raise ValueError(f"dynamic evaluation needs a positive learning rate and segment, not {lr} and {segment}")
     learner = copy.deepcopy(model).eval()  # no dropout: adapt the model that is scored
+    for layer in learner.layers:
+        # A copy's RNN weights are separate tensors; on CUDA cuDNN wants them in one buffer (it warns and
+        # compacts them at every call otherwise). Elsewhere this does nothing.
+        if hasattr(layer, "flatten_parameters"):
+            layer.flatten_parameters()
     parameters = [p for p in learner.parameters() if p.requires_grad]
-    stream = torch.tensor([first_input, *ids], dtype=torch.long)
+    stream = torch.tensor([first_input, *ids], dtype=torch.long).to(learner.embedding.weight.device)
     state = learner.init_state(1)
     features, logprobs = [], []
     with torch.enable_grad():
@@ -43,7 +48,7 @@ def score_stream_dynamic(model: RNNLanguageModel, ids: list[int], first_input: i
             x, final = learner.features(inputs, state)  # (1, T, H)
             scores = learner.target_logprobs(x, targets)[0]  # (T,): scored before the step below
             features.append(x[0].detach())
-            logprobs.append(scores.detach().double())
+            logprobs.append(scores.detach().float().cpu().double())
             grads = torch.autograd.grad(-scores.mean(), parameters)
             with torch.no_grad():
                 for parameter, grad in zip(parameters, grads):

@@ -15,11 +15,18 @@ gradient and the last one k2.
 Clipping lives in `clip_gradients`, between `backward()` and the update: by
 global L2 norm (Pascanu, Mikolov and Bengio 2013) and/or by value. The norm
 before clipping is returned and logged for every step; a step whose gradient
-is NaN or infinite is skipped, not applied.
+is NaN or infinite is skipped, not applied. With fp16 the loss is scaled
+(torch.amp.GradScaler) and the gradients are unscaled before
+`clip_gradients`, so the threshold and the logged norm mean the same at
+every precision; a step the scaler skips (overflow) is a skipped step.
+
+The batchified data lives on the training device for the whole run (see
+`fit`); windows are views of it, so no window is copied between devices.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -27,7 +34,7 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, ContextManager, Iterator
 
 import torch
 from torch import Tensor
@@ -35,6 +42,7 @@ from torch import Tensor
 from lm.config import TrainConfig
 from lm.eval.figures import EvalResult
 from lm.model import RNNLanguageModel
+from lm.train.devices import autocast, make_scaler
 
 __all__ = [
     "TrainingState",
@@ -200,6 +208,7 @@ class TrainingState:
     python_rng: list | None = None  # random.Random.getstate() of the window-length sampler
     planned_steps: int | None = None  # a time budget's schedule, planned in updates (see plan_schedule)
     planned_minutes: float | None = None  # the max_minutes that plan was made for
+    grad_scaler: dict | None = None  # fp16: torch.amp.GradScaler.state_dict() (its scale and growth count)
     carried: Tensor | None = None  # (L, B, S) state at the next window's start
 
     def to_json(self) -> dict:
@@ -230,33 +239,46 @@ def train_step(
     state: Tensor,
     clip_norm: float | None,
     clip_value: float | None,
+    precision: Callable[[], ContextManager] = contextlib.nullcontext,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> tuple[StepResult, Tensor]:
     """One TBPTT(k1, k2) update from `state` (the carried state at the window's start).
 
-    Returns the step's figures and the detached state for the next window.
+    `precision` wraps the forward pass (autocast, lm/train/devices.py); `scaler`
+    scales the loss for fp16. Returns the step's figures and the detached
+    float32 state for the next window.
     """
     model.train()
     optimizer.zero_grad(set_to_none=True)
     inputs = window.inputs
     targets = window.targets[:, window.loss_from :]  # only the last k1 positions are scored
-    if 0 < window.carry_at < inputs.size(1):
-        # The next window starts inside this one: take the state there from
-        # the same pass, and let this window's gradient flow on through it.
-        scores, _, carried = model(inputs, state, split_at=window.carry_at, targets=targets, score_from=window.loss_from)
+    with precision():
+        if 0 < window.carry_at < inputs.size(1):
+            # The next window starts inside this one: take the state there from
+            # the same pass, and let this window's gradient flow on through it.
+            scores, _, carried = model(inputs, state, split_at=window.carry_at, targets=targets, score_from=window.loss_from)
+        else:
+            scores, final = model(inputs, state, targets=targets, score_from=window.loss_from)  # (B, k1)
+            carried = final if window.carry_at == inputs.size(1) else state
+    loss = -scores.float().mean()
+    if scaler is None:
+        loss.backward()
     else:
-        scores, final = model(inputs, state, targets=targets, score_from=window.loss_from)  # (B, k1)
-        carried = final if window.carry_at == inputs.size(1) else state
-    loss = -scores.mean()
-    loss.backward()
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)  # clip and measure the true gradient, not the scaled one
     parameters = [p for p in model.parameters() if p.requires_grad]
     norm, clipped = clip_gradients(parameters, clip_norm, clip_value)
     value = loss.item()
     skipped = not math.isfinite(norm) or not math.isfinite(value)
     if skipped:
         optimizer.zero_grad(set_to_none=True)  # never apply a NaN or infinite update
-    else:
+    elif scaler is None:
         optimizer.step()
-    return StepResult(value, norm, clipped, skipped, window.scored), detach_hidden(carried)
+    else:
+        scaler.step(optimizer)  # the gradients are finite (checked above), so the scaler steps
+    if scaler is not None:
+        scaler.update()  # after an overflow (a skipped step) the scale is lowered
+    return StepResult(value, norm, clipped, skipped, window.scored), detach_hidden(carried).float()
 
 
 class MetricsLog:
@@ -362,6 +384,8 @@ def fit(
 
     `model` may be wrapped in DistributedDataParallel; `data` then holds this
     rank's rows, and `world_size` scales the token counts to the whole job.
+    Training runs on `data`'s device, where the model and `state.carried` must
+    already be, in `config.precision`.
     """
     if not (config.max_steps or config.epochs or config.max_minutes):
         raise ValueError("set at least one budget: max_steps, epochs or max_minutes")
@@ -372,6 +396,11 @@ def fit(
         sampler.setstate(_tuplify(state.python_rng))
     if state.carried is None:
         state.carried = network.init_state(data.size(0))
+    device = data.device
+    precision = lambda: autocast(device, config.precision)  # noqa: E731
+    scaler = make_scaler(device, config.precision)
+    if scaler is not None and state.grad_scaler is not None:
+        scaler.load_state_dict(state.grad_scaler)
     if config.clip_norm not in (None, "auto"):
         state.clip_threshold = float(config.clip_norm)
     smoothed_rate = None
@@ -394,7 +423,10 @@ def fit(
                 group["lr"] = lr
             begun = time.perf_counter()
             threshold = state.clip_threshold
-            result, state.carried = train_step(model, optimizer, window, state.carried, threshold, config.clip_value)
+            result, state.carried = train_step(model, optimizer, window, state.carried, threshold, config.clip_value,
+                                               precision, scaler)
+            if scaler is not None:
+                state.grad_scaler = scaler.state_dict()
             seconds = time.perf_counter() - begun
             # Every rank stops together, counts the slowest rank's time and logs the loss of all rows.
             stop, state.elapsed, loss = hooks.agree(hooks.should_stop(), state.elapsed + seconds, result.loss)
@@ -435,6 +467,8 @@ def fit(
                 if _evaluate(config, state, metrics, hooks):
                     if state.python_rng is not None:
                         sampler.setstate(_tuplify(state.python_rng))
+                    if scaler is not None and state.grad_scaler is not None:
+                        scaler.load_state_dict(state.grad_scaler)
                     break  # rolled back: restart the window iterator at the restored position
             if done or stop:
                 break

@@ -22,18 +22,21 @@ import torch
 from corpora import Corpus, load_corpus
 from lm.checkpoint import Checkpoint, CheckpointError, load_checkpoint, read_meta, resolve_checkpoint, restore_training, save_checkpoint, update_metrics
 from lm.config import ModelConfig, TokenizerConfig, TrainConfig, from_dict
+from lm.train.devices import accelerator_rng_state, set_accelerator_rng_state
 from lm.train.distributed import Distributed
 from lm.eval.figures import HOW_STATE_FLOWS, EvalResult, evaluate_text
 from lm.model import RNNLanguageModel, count_parameters
 from lm.tokenizers import Tokenizer, build_tokenizer, load_tokenizer
 from lm.train.loop import Hooks, MetricsLog, TrainingState, batchify, build_optimizer, fit
 
-__all__ = ["RunResult", "seed_everything", "set_threads", "train_run", "BUDGET_FIELDS"]
+__all__ = ["RunResult", "resume_configs", "seed_everything", "set_threads", "train_run", "BUDGET_FIELDS"]
 
 log = logging.getLogger(__name__)
 
 # Settings that `--resume` may change; everything else comes from the checkpoint.
-BUDGET_FIELDS = ("max_steps", "max_minutes", "epochs", "eval_interval", "threads", "accuracy_positions")
+# The device is one of them: where a run continues changes its speed, not what it learns (a run trained on a GPU
+# may go on on the CPU); its precision is not, since it changes the arithmetic.
+BUDGET_FIELDS = ("max_steps", "max_minutes", "epochs", "eval_interval", "threads", "accuracy_positions", "device")
 
 
 def seed_everything(seed: int) -> None:
@@ -79,7 +82,8 @@ def _corpus_info(corpus: Corpus, tokenizer: Tokenizer, train_units: int) -> dict
     }
 
 
-def _resume_configs(out: Path, budget: dict[str, Any]) -> tuple[TokenizerConfig, ModelConfig, TrainConfig]:
+def resume_configs(out: Path, budget: dict[str, Any]) -> tuple[TokenizerConfig, ModelConfig, TrainConfig]:
+    """The settings a resumed run continues with: its checkpoint's, with the `budget` ones (BUDGET_FIELDS) replaced."""
     if not out.is_dir():
         raise CheckpointError(f"cannot resume: {str(out)!r} does not exist")
     meta = read_meta(resolve_checkpoint(out / "last"))
@@ -101,6 +105,7 @@ def train_run(
     distributed: Distributed | None = None,
     budget: dict[str, Any] | None = None,
     accuracy: Callable[[Checkpoint, str, int], dict] | None = None,
+    device: torch.device | None = None,
 ) -> RunResult | None:
     """Train (or resume) a run in `out`, then score the best checkpoint on valid and test.
 
@@ -111,25 +116,32 @@ def train_run(
 
     `accuracy(best checkpoint, test text, positions)` measures next-word
     accuracy after training when `accuracy_positions` asks for it (None: skipped).
+
+    `device` (default: the CPU; the entry point resolves `train_config.device`
+    with lm/train/devices.py) holds the model, the optimiser, the whole
+    batchified training text, the carried state and the evaluations; the
+    checkpoints are written from CPU copies, and the accuracy is measured with
+    the CPU engine.
     """
     begun = time.perf_counter()
+    device = device or torch.device("cpu")
     out = Path(out)
     ranks = distributed or Distributed()
     if resume:
-        tokenizer_config, model_config, train_config = _resume_configs(out, budget or {})
+        tokenizer_config, model_config, train_config = resume_configs(out, budget or {})
     corpus = corpus or load_corpus(train_config.corpus, train_config.extra_train)
     tokenizer = _tokenizer(out, resume, tokenizer_config, corpus, ranks)
     model_config = replace(model_config, vocab_size=tokenizer.vocab_size)
     train_ids = torch.tensor(tokenizer.encode(corpus.train.text), dtype=torch.long)
-    data = batchify(train_ids, train_config.batch_size)[ranks.rows(train_config.batch_size)]  # (B / ranks, N)
-    model = RNNLanguageModel(model_config)
+    # The rank's rows go to the device once, for the whole run: a window is then a view (no copy, no transfer
+    # to wait for at every update), at 8 bytes per unit of device memory.
+    data = batchify(train_ids, train_config.batch_size)[ranks.rows(train_config.batch_size)].to(device)  # (B / ranks, N)
+    model = RNNLanguageModel(model_config).to(device)  # built on the CPU: the same initial weights on every device
     optimizer = build_optimizer(model, train_config)
     out.mkdir(parents=True, exist_ok=True)
     metrics_path = out / "metrics.jsonl"
     if resume:
-        state = TrainingState.from_json(*restore_training(resolve_checkpoint(out / "last"), model, optimizer, ranks.rank,
-                                                          ranks.world_size, train_config.seed))
-        state.carried = state.carried[:, ranks.rows(train_config.batch_size)] if state.carried is not None else None
+        state = _restore(resolve_checkpoint(out / "last"), model, optimizer, ranks, train_config, device)
         if ranks.is_main:
             MetricsLog.truncate_after(metrics_path, state.step)
         log.info("resuming %s at step %d (epoch %d, position %d)", out, state.step, state.epoch, state.position)
@@ -142,7 +154,8 @@ def train_run(
     state.world_size = ranks.world_size
     trained = model
     if ranks.enabled:
-        trained = torch.nn.parallel.DistributedDataParallel(model)  # averages gradients across ranks in backward
+        # Averages gradients across ranks in backward; on CUDA each rank's model lives on its own GPU.
+        trained = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     corpus_info = _corpus_info(corpus, tokenizer, train_ids.numel())
     latest: dict[str, Any] = {}
 
@@ -159,6 +172,8 @@ def train_run(
     def save(name: str) -> None:
         whole = replace(state, carried=ranks.gather_rows(state.carried) if state.carried is not None else None)
         generators = ranks.gather_stack(torch.get_rng_state())
+        accelerator = accelerator_rng_state(device)  # None on every rank, or a state on every rank
+        accelerators = ranks.gather_stack(accelerator) if accelerator is not None else None
         if ranks.is_main:
             summary = {
                 **latest, "steps": state.step, "epochs": state.epoch, "training_tokens": state.tokens,
@@ -166,7 +181,8 @@ def train_run(
                 "clipped_steps": state.clipped_steps, "skipped_steps": state.skipped_steps, "rollbacks": state.rollbacks,
             }
             save_checkpoint(out / name, model, tokenizer, tokenizer_config, train_config, corpus=corpus_info,
-                            metrics=summary, optimizer=optimizer, state=whole, rng_states=generators)
+                            metrics=summary, optimizer=optimizer, state=whole, rng_states=generators,
+                            accelerator_rng=accelerators)
         ranks.barrier()
 
     def restore_best() -> bool:
@@ -174,9 +190,7 @@ def train_run(
             best = resolve_checkpoint(out / "best")
         except CheckpointError:
             return False
-        restored = TrainingState.from_json(*restore_training(best, model, optimizer, ranks.rank, ranks.world_size,
-                                                             train_config.seed))
-        restored.carried = restored.carried[:, ranks.rows(train_config.batch_size)] if restored.carried is not None else None
+        restored = _restore(best, model, optimizer, ranks, train_config, device)
         for key, value in restored.__dict__.items():
             setattr(state, key, value)
         return True
@@ -185,6 +199,7 @@ def train_run(
     if not resume:
         metrics.write({"kind": "run", "step": 0, "parameters": count_parameters(model), "tokenizer": tokenizer.describe(),
                        "train_units": train_ids.numel(), "batch_size": train_config.batch_size, "processes": ranks.world_size,
+                       "device": str(device), "precision": train_config.precision,
                        "bptt": train_config.bptt, "bptt_stride": train_config.stride})
     try:
         state = fit(trained, optimizer, data, train_config, state, metrics,
@@ -199,9 +214,11 @@ def train_run(
         metrics.close()
     if not ranks.is_main:
         return None
-    best = load_checkpoint(out)
-    valid = evaluate_text(best.model, best.tokenizer, corpus.valid.text, corpus.valid.raw_words)
-    test = evaluate_text(best.model, best.tokenizer, corpus.test.text, corpus.test.raw_words)
+    best = load_checkpoint(out)  # on the CPU
+    scored = best.model.to(device)
+    valid = evaluate_text(scored, best.tokenizer, corpus.valid.text, corpus.valid.raw_words)
+    test = evaluate_text(scored, best.tokenizer, corpus.test.text, corpus.test.raw_words)
+    best.model.cpu()  # the accuracy reads words with the CPU engine
     figures = None
     if train_config.accuracy_positions and accuracy is not None:
         figures = {**accuracy(best, corpus.test.text, train_config.accuracy_positions), "split": "test"}
@@ -211,6 +228,20 @@ def train_run(
         final.write({"kind": "eval", "split": "test", "step": state.step, "checkpoint": best.directory.name, **test.as_dict()})
     return RunResult(out, state, valid, test, count_parameters(model), time.perf_counter() - begun, state.stopped,
                      model_config, figures)
+
+
+def _restore(directory: Path, model: RNNLanguageModel, optimizer: torch.optim.Optimizer, ranks: Distributed,
+             config: TrainConfig, device: torch.device) -> TrainingState:
+    """A checkpoint's training progress in live objects on `device`: weights, optimiser, RNGs, this rank's carried rows."""
+    resumed = restore_training(directory, model, optimizer, ranks.rank, ranks.world_size, config.seed)
+    state = TrainingState.from_json(resumed.state, resumed.carried)
+    if state.carried is not None:
+        state.carried = state.carried[:, ranks.rows(config.batch_size)].to(device)
+    if not set_accelerator_rng_state(device, resumed.accelerator_rng) and device.type == "cuda":
+        torch.cuda.manual_seed(config.seed + 7919 * (state.step + 1) + ranks.rank)
+        log.warning("%s has no GPU random state for this process (trained on another device or process count): "
+                    "dropout masks on the GPU are reseeded", directory)
+    return state
 
 
 def _tokenizer(out: Path, resume: bool, config: TokenizerConfig, corpus: Corpus, ranks: Distributed) -> Tokenizer:
