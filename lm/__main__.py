@@ -45,30 +45,33 @@ def _load(model: str):
         return None
 
 
-def _predicted(args: argparse.Namespace, command: str, work):
+def _predicted(args: argparse.Namespace, command: str, work, print_json: bool = False):
     """(checkpoint, work(predictor)) for args.model, or the exit status after one clear line: 1 when the model
-    cannot be loaded, 2 when `work` rejects its input (a ValueError)."""
+    cannot be loaded, 2 when `work` rejects its input (a ValueError). With `print_json` and --json, the result is
+    printed as JSON (with the model's directory) and the status is 0."""
     from lm.infer.predictor import Predictor
 
     checkpoint = _load(args.model)
     if checkpoint is None:
         return 1
     try:
-        return checkpoint, work(Predictor(checkpoint.model, checkpoint.tokenizer))
+        result = work(Predictor(checkpoint.model, checkpoint.tokenizer))
     except ValueError as error:
         print(f"lm {command}: error: {error}", file=sys.stderr)
         return 2
+    if print_json and args.json:
+        print(json.dumps({"model": str(checkpoint.directory), **result.as_dict()}, ensure_ascii=False, indent=2))
+        return 0
+    return checkpoint, result
 
 
 def _predict(args: argparse.Namespace) -> int:
     done = _predicted(args, "predict", lambda predictor: predictor.predict(
-        args.text, k=args.k, beam_width=args.beam_width, max_word_length=args.max_word_length, temperature=args.temperature))
+        args.text, k=args.k, beam_width=args.beam_width, max_word_length=args.max_word_length, temperature=args.temperature),
+        print_json=True)
     if isinstance(done, int):
         return done
-    checkpoint, result = done
-    if args.json:
-        print(json.dumps({"model": str(checkpoint.directory), **result.as_dict()}, ensure_ascii=False, indent=2))
-        return 0
+    _, result = done
     what = f"completing {result.query.partial!r}" if result.completing else "next word"
     print(f"{result.query.text!r} ({what}; {result.context_units} units of context; on the CPU engine)")
     print(f"  {'#':>2}  {'word':<20} {'probability':>11}  {'logprob':>8}" + ("  to type" if result.completing else ""))
@@ -86,13 +89,10 @@ def _generate(args: argparse.Namespace) -> int:
                                       stop_at_newline=args.stop_at_newline)
         return generate(predictor, args.text, settings, seed=args.seed)
 
-    done = _predicted(args, "generate", work)
+    done = _predicted(args, "generate", work, print_json=True)
     if isinstance(done, int):
         return done
-    checkpoint, generation = done
-    if args.json:
-        print(json.dumps({"model": str(checkpoint.directory), **generation.as_dict()}, ensure_ascii=False, indent=2))
-        return 0
+    _, generation = done
     print(generation.text + generation.continuation)
     print(f"({len(generation.words)} words, seed {generation.seed}, stopped: {generation.stopped})", file=sys.stderr)
     return 0

@@ -10,16 +10,16 @@ from lm.checkpoint import CheckpointError
 from lm.cli_support import positive_int
 from server.settings import DEFAULTS
 
-# Flag -> configuration key; a flag not given leaves the key to the environment, then to the default.
-_LIMIT_FLAGS = {
-    "max_text_chars": "REACH_MAX_TEXT_CHARS",
-    "max_k": "REACH_MAX_K",
-    "max_generate_words": "REACH_MAX_GENERATE_WORDS",
-    "max_context_units": "REACH_MAX_CONTEXT_UNITS",
-    "cache_size": "REACH_CACHE_SIZE",
-    "max_content_length": "MAX_CONTENT_LENGTH",
-    "threads": "REACH_THREADS",
-}
+# The development server's limit flags: flag, configuration key, environment variable, what it bounds. A flag not
+# given leaves the key to the environment, then to the default.
+LIMIT_FLAGS = (
+    ("--max-text-chars", "REACH_MAX_TEXT_CHARS", "REACH_MAX_TEXT_CHARS", "longest 'text' in characters"),
+    ("--max-k", "REACH_MAX_K", "REACH_MAX_K", "largest 'k'"),
+    ("--max-generate-words", "REACH_MAX_GENERATE_WORDS", "REACH_MAX_GENERATE_WORDS", "largest 'max_words' of /v1/generate"),
+    ("--max-context-units", "REACH_MAX_CONTEXT_UNITS", "REACH_MAX_CONTEXT_UNITS", "units read for attribution"),
+    ("--cache-size", "REACH_CACHE_SIZE", "REACH_CACHE_SIZE", "prefix-cache entries per model"),
+    ("--max-content-length", "MAX_CONTENT_LENGTH", "REACH_MAX_CONTENT_LENGTH", "largest request body"),
+)
 
 
 def _non_negative_int(text: str) -> int:
@@ -37,18 +37,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
     parser.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: $REACH_THREADS, else all cores)")
     limits = parser.add_argument_group("limits", "each defaults to its environment variable (docs/API.md), else the value shown")
-    limits.add_argument("--max-text-chars", type=positive_int, default=None, metavar="N",
-                        help=f"longest 'text' in characters (default: $REACH_MAX_TEXT_CHARS or {DEFAULTS['REACH_MAX_TEXT_CHARS']})")
-    limits.add_argument("--max-k", type=positive_int, default=None, metavar="N",
-                        help=f"largest 'k' (default: $REACH_MAX_K or {DEFAULTS['REACH_MAX_K']})")
-    limits.add_argument("--max-generate-words", type=positive_int, default=None, metavar="N",
-                        help=f"largest 'max_words' of /v1/generate (default: $REACH_MAX_GENERATE_WORDS or {DEFAULTS['REACH_MAX_GENERATE_WORDS']})")
-    limits.add_argument("--max-context-units", type=positive_int, default=None, metavar="N",
-                        help=f"units read for attribution (default: $REACH_MAX_CONTEXT_UNITS or {DEFAULTS['REACH_MAX_CONTEXT_UNITS']})")
-    limits.add_argument("--cache-size", type=_non_negative_int, default=None, metavar="N",
-                        help=f"prefix-cache entries per model (default: $REACH_CACHE_SIZE or {DEFAULTS['REACH_CACHE_SIZE']})")
-    limits.add_argument("--max-content-length", type=positive_int, default=None, metavar="BYTES",
-                        help=f"largest request body (default: $REACH_MAX_CONTENT_LENGTH or {DEFAULTS['MAX_CONTENT_LENGTH']})")
+    for flag, key, variable, what in LIMIT_FLAGS:
+        limits.add_argument(flag, type=_non_negative_int if key == "REACH_CACHE_SIZE" else positive_int, default=None,
+                            metavar="BYTES" if key == "MAX_CONTENT_LENGTH" else "N",
+                            help=f"{what} (default: ${variable} or {DEFAULTS[key]})")
     return parser.parse_args(argv)
 
 
@@ -62,7 +54,9 @@ def main(argv: list[str] | None = None) -> int:
         models = parse_model_specs(args.model)
         config = {"REACH_MODELS": models}
         # Only the flags given: the others must not hide the environment (REACH_THREADS=1 python -m server ...).
-        config.update({key: getattr(args, flag) for flag, key in _LIMIT_FLAGS.items() if getattr(args, flag) is not None})
+        given = {key: getattr(args, flag[2:].replace("-", "_")) for flag, key, _, _ in LIMIT_FLAGS}
+        given["REACH_THREADS"] = args.threads
+        config.update({key: value for key, value in given.items() if value is not None})
         app = create_app(config)
     except (ValueError, CheckpointError) as error:
         print(f"server: error: {error}", file=sys.stderr)

@@ -118,6 +118,15 @@ def test_web_page_is_served_without_external_resources(client):
         assert script.status_code == 200 and b"/v1/predict" in script.data and b"https://" not in script.data
 
 
+# Text that no route accepts: a control character, and more than REACH_MAX_TEXT_CHARS.
+TEXT_ERRORS = [({"text": "bell \u0007 here"}, 422, "invalid_text"), ({"text": "x" * 20_001}, 413, "text_too_long")]
+
+
+def _out_of_range(*fields: tuple[str, object]) -> list[tuple[dict, int, str]]:
+    """Bodies with one field of the right type but a value out of its range: 422 invalid_value each."""
+    return [({"text": "a", name: value}, 422, "invalid_value") for name, value in fields]
+
+
 @pytest.mark.parametrize("body, status, code", [
     ({"k": 3}, 400, "missing_field"),
     ({"text": 5}, 400, "invalid_type"),
@@ -130,14 +139,8 @@ def test_web_page_is_served_without_external_resources(client):
     ({"text": "a", "colour": "red"}, 400, "unknown_field"),
     ({"text": "a", "model": "gpt"}, 404, "unknown_model"),
     ({"text": "a", "model": "../runs/other"}, 404, "unknown_model"),
-    ({"text": "a", "k": 0}, 422, "invalid_value"),
-    ({"text": "a", "k": 21}, 422, "invalid_value"),
-    ({"text": "a", "threshold": 0}, 422, "invalid_value"),
-    ({"text": "a", "threshold": 1.5}, 422, "invalid_value"),
-    ({"text": "a", "method": "lime"}, 422, "invalid_value"),
-    ({"text": "a", "attribution": "some"}, 422, "invalid_value"),
-    ({"text": "bell \u0007 here"}, 422, "invalid_text"),
-    ({"text": "x" * 20_001}, 413, "text_too_long"),
+    *_out_of_range(("k", 0), ("k", 21), ("threshold", 0), ("threshold", 1.5), ("method", "lime"), ("attribution", "some")),
+    *TEXT_ERRORS,
 ])
 def test_bad_requests_get_json_errors_with_stable_codes(client, body, status, code):
     _error(_post(client, body), status, code)
@@ -200,18 +203,9 @@ def test_generate_can_stop_at_a_line_break(client):
     ({"text": "a", "stop_at_newline": 1}, 400, "invalid_type"),
     ({"text": "a", "k": 5}, 400, "unknown_field"),
     ({"text": "a", "model": "gpt"}, 404, "unknown_model"),
-    ({"text": "a", "max_words": 0}, 422, "invalid_value"),
-    ({"text": "a", "max_words": 51}, 422, "invalid_value"),
-    ({"text": "a", "top_k": 0}, 422, "invalid_value"),
-    ({"text": "a", "top_k": 21}, 422, "invalid_value"),
-    ({"text": "a", "temperature": 0}, 422, "invalid_value"),
-    ({"text": "a", "temperature": -1}, 422, "invalid_value"),
-    ({"text": "a", "temperature": 1000}, 422, "invalid_value"),
-    ({"text": "a", "top_p": 0}, 422, "invalid_value"),
-    ({"text": "a", "top_p": 1.01}, 422, "invalid_value"),
-    ({"text": "a", "seed": -1}, 422, "invalid_value"),
-    ({"text": "bell \u0007 here"}, 422, "invalid_text"),
-    ({"text": "x" * 20_001}, 413, "text_too_long"),
+    *_out_of_range(("max_words", 0), ("max_words", 51), ("top_k", 0), ("top_k", 21), ("temperature", 0), ("temperature", -1),
+                   ("temperature", 1000), ("top_p", 0), ("top_p", 1.01), ("seed", -1)),
+    *TEXT_ERRORS,
 ])
 def test_bad_generate_requests_get_the_predict_routes_codes(client, body, status, code):
     _error(_generate(client, body), status, code)

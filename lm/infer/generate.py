@@ -88,10 +88,10 @@ class GeneratedWord:
     word: str
     text: str  # appended to the text: the whitespace before the word and the word (only its remainder when completing)
     logprob: float  # exact log P(word, then a boundary | the text before it, its whitespace included), untempered
+    probability: float = field(init=False)  # exp(logprob)
 
-    @property
-    def probability(self) -> float:
-        return math.exp(self.logprob)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "probability", math.exp(self.logprob))
 
     def as_dict(self) -> dict:
         return {"word": self.word, "text": self.text, "probability": self.probability, "logprob": self.logprob}
