@@ -5,7 +5,10 @@ repository): `train.txt` is the shared training split repeated until it
 holds that many bytes; `valid.txt` and `test.txt` are the shared ones. Then
 it runs `train.py --preset small --max-minutes 0.3 --accuracy-positions 0`
 twice on it, first with an empty token cache, then again (the cache built
-by the first run), and reports for each run:
+by the first run). A run is ended (SIGKILL) `--train-seconds` after its first
+step: what follows (the scoring of valid and test with the best checkpoint)
+does not depend on the corpus's size and takes minutes on a loaded machine.
+It reports for each run:
 
 - peak resident memory: the largest ru_maxrss of the run's processes (the
   trainer and its encoding workers), from a small wrapper process's
@@ -25,6 +28,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -83,7 +87,7 @@ def _pss_kib(pids: list[int]) -> int:
     return total
 
 
-def run_once(corpus: Path, cache: Path, out: Path, minutes: float) -> dict:
+def run_once(corpus: Path, cache: Path, out: Path, minutes: float, train_seconds: float) -> dict:
     """One train.py run; its peak memory, time to the first step and what its metrics say of the token cache."""
     shutil.rmtree(out, ignore_errors=True)
     command = [sys.executable, "-c", WRAPPER, sys.executable, str(ROOT / "train.py"), "--corpus", str(corpus), "--preset", "small",
@@ -98,12 +102,19 @@ def run_once(corpus: Path, cache: Path, out: Path, minutes: float) -> dict:
         now = time.perf_counter()
         if first_step is None and metrics.is_file() and '"kind": "step"' in metrics.read_text(encoding="utf-8"):
             first_step = now - begun
+        if first_step is not None and now - begun > first_step + train_seconds:
+            for pid in _tree(process.pid)[1:]:  # train.py (and any worker left); the wrapper then reports and exits
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            break
         if now - polled >= 0.1:
             peak_pss = max(peak_pss, _pss_kib(_tree(process.pid)))
             polled = now
         time.sleep(0.05)
     stdout, stderr = process.communicate()
-    if process.returncode != 0:
+    if first_step is None:
         raise SystemExit(f"train.py failed on {corpus}:\n{stderr[-3000:]}")
     run = next(json.loads(line) for line in metrics.read_text(encoding="utf-8").splitlines() if '"kind": "run"' in line)
     steps = sum('"kind": "step"' in line for line in metrics.read_text(encoding="utf-8").splitlines())
@@ -119,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=Path("/tmp/reach-corpus-scale"), help="where corpora, caches and runs go")
     parser.add_argument("--source", type=Path, default=SHARED, help="the corpus whose train split is repeated")
     parser.add_argument("--minutes", type=float, default=0.3, help="each run's training budget")
+    parser.add_argument("--train-seconds", type=float, default=10.0, help="end each run this long after its first step")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     parser.add_argument("--keep", action="store_true", help="keep the corpora, caches and runs under --work")
     args = parser.parse_args(argv)
@@ -132,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(cache, ignore_errors=True)
         train_bytes = (corpus / "train.txt").stat().st_size
         for label in ("first", "cached"):
-            figures = run_once(corpus, cache, args.work / f"run-{size}MB-{label}", args.minutes)
+            figures = run_once(corpus, cache, args.work / f"run-{size}MB-{label}", args.minutes, args.train_seconds)
             if label == "first":
                 figures["encode_mb_per_s"] = round(train_bytes / 1e6 / figures["cache_seconds"], 2)
             results.append({"size_mb": size, "train_bytes": train_bytes, "run": label, **figures})

@@ -227,7 +227,7 @@ def _encode_to(ids_path: Path, split: SplitLike, tokenizer: Tokenizer, dtype: nu
         _start_worker(tokenizer, dtype)
     try:
         with open(temporary, "wb") as out, tqdm(total=total, unit="B", unit_scale=True, desc="encoding",
-                                               disable=not progress, leave=False) as bar:
+                                               disable=None if progress else True, leave=False) as bar:  # None: only on a terminal
             pending: collections.deque = collections.deque()
 
             def drain_one() -> None:
