@@ -172,7 +172,7 @@ class StreamedSplit:
     def sample(self, max_chars: int, seed: int) -> str:
         """All the normalised text when the files hold at most `max_chars` bytes, else a seeded sample of whole lines."""
         if self.size_bytes <= max_chars:
-            return self.text
+            return "".join(normalize_lines(chunk)[0] for chunk in self.line_chunks())  # `text` would keep it held
         raw = (line for chunk in self.line_chunks() for line in chunk)
         return _sample_lines(raw, self.size_bytes, max_chars, seed, normalize_line)
 
