@@ -21,17 +21,20 @@ divides by that count, whatever the tokenizer.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import logging
 import os
+import random
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 from corpora.normalize import normalize_line
 
-__all__ = ["Corpus", "CorpusError", "Split", "default_corpus_source", "load_corpus", "split_articles", "split_name_for_article",
-           "DEFAULT_CORPUS"]
+__all__ = ["Corpus", "CorpusError", "Split", "StreamedSplit", "default_corpus_source", "load_corpus", "normalize_lines",
+           "split_articles", "split_name_for_article", "DEFAULT_CORPUS"]
 
 log = logging.getLogger(__name__)
 
@@ -50,13 +53,145 @@ class CorpusError(Exception):
     """A corpus that cannot be found or read; the message is one sentence for the user."""
 
 
+# Lines are handed out in chunks of about this many characters: large enough that a worker's start-up per chunk is
+# negligible, small enough that a few chunks in flight hold little memory.
+CHUNK_CHARS = 4_000_000
+_READ_BLOCK = 8 << 20
+
+
+def _normalizer_identity() -> str:
+    """A hash of the normalisation code: a fingerprint of raw files must change when their normalised text would."""
+    return hashlib.blake2b(Path(__file__).with_name("normalize.py").read_bytes(), digest_size=16).hexdigest()
+
+
+def _sample_lines(lines: Iterable[str], total_chars: int, max_chars: int, seed: int, normalise=lambda line: line) -> str:
+    """About `max_chars` characters of whole lines, each kept with the same seeded probability, in their order.
+
+    `normalise` is applied to the kept lines only (empty results are dropped), so a raw sample costs a read of
+    the text and the normalisation of the sample, not of the whole text.
+    """
+    keep = max_chars / max(total_chars, 1)
+    rng = random.Random(seed)
+    kept: list[str] = []
+    size = 0
+    for line in lines:
+        if rng.random() < keep and (line := normalise(line)):
+            kept.append(line + "\n")
+            size += len(line) + 1
+            if size >= max_chars:
+                break
+    return "".join(kept)
+
+
 @dataclass(frozen=True)
 class Split:
-    """One split: normalised text (a newline ends every line) and its published word count."""
+    """One split held in memory: normalised text (a newline ends every line) and its published word count."""
 
     text: str
     raw_words: int
     lines: int
+    normalised = True  # line_chunks gives lines already normalised
+
+    def line_chunks(self, chunk_chars: int = CHUNK_CHARS) -> Iterator[list[str]]:
+        """The split's lines (without their newline) in lists of about `chunk_chars` characters."""
+        start = 0
+        while start < len(self.text):
+            end = self.text.find("\n", min(start + chunk_chars, len(self.text)) - 1)
+            end = len(self.text) if end < 0 else end + 1
+            yield self.text[start:end].split("\n")[:-1]
+            start = end
+
+    def fingerprint(self) -> str:
+        """A hash of the normalised text."""
+        digest = hashlib.blake2b(digest_size=16)
+        for start in range(0, len(self.text), _READ_BLOCK):
+            digest.update(self.text[start : start + _READ_BLOCK].encode("utf-8"))
+        return f"text:{len(self.text)}:{digest.hexdigest()}"
+
+    def sample(self, max_chars: int, seed: int) -> str:
+        """The whole text when it has at most `max_chars` characters, else a seeded sample of whole lines."""
+        if len(self.text) <= max_chars:
+            return self.text
+        return _sample_lines(self.text.split("\n")[:-1], len(self.text), max_chars, seed)
+
+
+class StreamedSplit:
+    """A split read from its files whenever it is needed, line by line: never held as one string.
+
+    `line_chunks` gives the raw lines (`normalised` is False: whoever reads
+    them normalises them with `normalize_lines`, in as many processes as it
+    likes). `text`, `raw_words` and `lines` are there for callers that want
+    the whole split at once (the lab, tests); reading them does hold it.
+    """
+
+    normalised = False
+
+    def __init__(self, files: Iterable[Path | str]):
+        self.files = tuple(Path(name) for name in files)
+
+    def __repr__(self) -> str:
+        return f"StreamedSplit({[str(name) for name in self.files]})"
+
+    def line_chunks(self, chunk_chars: int = CHUNK_CHARS) -> Iterator[list[str]]:
+        """The raw lines (without their newline) of every file in turn, in lists of about `chunk_chars` characters."""
+        chunk: list[str] = []
+        size = 0
+        for name in self.files:
+            # Text mode splits lines exactly as the `datasets` text builder does (universal newlines, then "\n").
+            with open(name, encoding="utf-8") as lines:
+                for line in lines:
+                    chunk.append(line.rstrip("\n"))
+                    size += len(line)
+                    if size >= chunk_chars:
+                        yield chunk
+                        chunk, size = [], 0
+        if chunk:
+            yield chunk
+
+    @property
+    def size_bytes(self) -> int:
+        """The files' total size: an upper bound on the raw text's characters."""
+        return sum(name.stat().st_size for name in self.files)
+
+    def fingerprint(self) -> str:
+        """A hash of the files' bytes (all of them: an edit anywhere changes it) and of the normalisation code.
+
+        Whole-content hashing reads the files once more (blake2b runs at several hundred MB/s, about a
+        second for 500 MB); a size, mtime and sampled-blocks key would be faster but could miss an edit
+        that keeps the size, and a cache built from the wrong text must never be used.
+        """
+        digest = hashlib.blake2b(digest_size=16)
+        digest.update(_normalizer_identity().encode())
+        for name in self.files:
+            with open(name, "rb") as data:
+                while block := data.read(_READ_BLOCK):
+                    digest.update(block)
+            digest.update(b"\x00end-of-file")
+        return f"files:{self.size_bytes}:{digest.hexdigest()}"
+
+    def sample(self, max_chars: int, seed: int) -> str:
+        """All the normalised text when the files hold at most `max_chars` bytes, else a seeded sample of whole lines."""
+        if self.size_bytes <= max_chars:
+            return "".join(normalize_lines(chunk)[0] for chunk in self.line_chunks())  # `text` would keep it held
+        raw = (line for chunk in self.line_chunks() for line in chunk)
+        return _sample_lines(raw, self.size_bytes, max_chars, seed, normalize_line)
+
+    @functools.cached_property
+    def _whole(self) -> Split:
+        """The whole split, read and held (once)."""
+        return _make_split(line for chunk in self.line_chunks() for line in chunk)
+
+    @property
+    def text(self) -> str:
+        return self._whole.text
+
+    @property
+    def raw_words(self) -> int:
+        return self._whole.raw_words
+
+    @property
+    def lines(self) -> int:
+        return self._whole.lines
 
 
 @dataclass(frozen=True)
@@ -65,7 +200,7 @@ class Corpus:
 
     name: str
     source: str
-    train: Split
+    train: Split | StreamedSplit
     valid: Split
     test: Split
     extra_train: tuple[str, ...] = ()
@@ -82,7 +217,8 @@ def split_name_for_article(index: int) -> str:
     return {4: "valid", 9: "test"}.get(index % 10, "train")
 
 
-def _make_split(lines: Iterable[str]) -> Split:
+def normalize_lines(lines: Iterable[str]) -> tuple[str, int, int]:
+    """Normalise raw lines: (the kept lines' text, a newline after each; published words; kept lines)."""
     raw_words = 0
     kept: list[str] = []
     for line in lines:
@@ -90,8 +226,12 @@ def _make_split(lines: Iterable[str]) -> Split:
         normal = normalize_line(line)
         if normal:
             kept.append(normal)
-    text = "".join(line + "\n" for line in kept)
-    return Split(text=text, raw_words=raw_words, lines=len(kept))
+    return "".join(line + "\n" for line in kept), raw_words, len(kept)
+
+
+def _make_split(lines: Iterable[str]) -> Split:
+    text, raw_words, kept = normalize_lines(lines)
+    return Split(text=text, raw_words=raw_words, lines=kept)
 
 
 def _read_local(directory: Path, names: tuple[str, ...]) -> dict[str, list[str]]:
@@ -214,9 +354,33 @@ def _resolve(spec: str) -> tuple[str, dict[str, list[str]] | Path]:
     )
 
 
-def load_corpus(spec: str = DEFAULT_CORPUS, extra_train: Iterable[str] = ()) -> Corpus:
-    """Load the named corpus, with extra training text appended from `extra_train` directories."""
+def load_corpus(spec: str = DEFAULT_CORPUS, extra_train: Iterable[str] = (), stream_train: bool = False) -> Corpus:
+    """Load the named corpus, with extra training text appended from `extra_train` directories.
+
+    With `stream_train`, a local corpus's training split is a `StreamedSplit` over its files (and the extra
+    directories' train.txt): nothing of it is read here. Hub corpora are read whole, as without it.
+    """
     source, found = _resolve(spec)
+    extras = tuple(str(Path(directory)) for directory in extra_train)
+    if stream_train and isinstance(found, Path):
+        directories = (found, *(Path(directory) for directory in extras))
+        for directory in directories:
+            _check_local(directory, ("train",))
+        _check_local(found, SPLITS)
+        train = StreamedSplit(directory / "train.txt" for directory in directories)
+        if not train.size_bytes:
+            raise CorpusError(f"corpus {spec!r} has an empty train split")
+        try:
+            # Read as the `datasets` text builder reads them (the same lines), without its seconds of start-up.
+            splits = {name: StreamedSplit([found / f"{name}.txt"])._whole for name in ("valid", "test")}
+        except (OSError, UnicodeDecodeError) as error:
+            raise CorpusError(f"could not read corpus directory {str(found)!r}: {error}") from error
+        for name, split in splits.items():
+            if not split.text:
+                raise CorpusError(f"corpus {spec!r} has an empty {name} split")
+        log.info("corpus %s: train streamed from %s bytes, %s", spec, f"{train.size_bytes:,}",
+                 ", ".join(f"{n} {len(s.text):,} chars" for n, s in splits.items()))
+        return Corpus(name=spec, source=source, extra_train=extras, train=train, **splits)
     if isinstance(found, Path):
         _check_local(found, SPLITS)
         try:
@@ -225,7 +389,6 @@ def load_corpus(spec: str = DEFAULT_CORPUS, extra_train: Iterable[str] = ()) -> 
             raise CorpusError(f"could not read corpus directory {str(found)!r}: {error}") from error
     else:
         lines = found
-    extras = tuple(str(Path(directory)) for directory in extra_train)
     train_lines = list(lines["train"])
     for directory in extras:
         _check_local(Path(directory), ("train",))

@@ -38,12 +38,14 @@ class TokenizerConfig:
     vocab_size: int = _help("subword vocabulary size, the line-break unit included", default=4000)
     subword_type: str = _help("SentencePiece model: unigram or bpe", default="unigram")
     char_min_count: int = _help("characters seen fewer times in training map to <unk>", default=3)
+    tokenizer_sample_chars: int = _help("train the tokenizer on a seeded sample of about this many characters of whole training lines (all of a smaller split)", default=10_000_000)
 
     def __post_init__(self) -> None:
         _check(self.tokenizer in ("char", "subword"), f"tokenizer must be char or subword, not {self.tokenizer!r}")
         _check(self.subword_type in ("unigram", "bpe"), f"subword_type must be unigram or bpe, not {self.subword_type!r}")
         _check(64 <= self.vocab_size <= 1_000_000, f"vocab_size must be between 64 and 1000000, not {self.vocab_size}")
         _check(self.char_min_count >= 1, f"char_min_count must be at least 1, not {self.char_min_count}")
+        _check(self.tokenizer_sample_chars >= 1000, f"tokenizer_sample_chars must be at least 1000, not {self.tokenizer_sample_chars}")
 
 
 @dataclass(frozen=True)
@@ -112,6 +114,7 @@ class TrainConfig:
     seed: int = _help("random seed for weights, dropout and window lengths", default=1234)
     threads: int | None = _help("torch intra-op threads (default: all cores)", default=None)
     device: str = _help("where to train: auto (the accelerator if there is one, else the CPU), cpu, cuda, cuda:N or mps", default="auto")
+    token_cache: str | None = _help("directory of the token cache (default: $REACH_TOKEN_CACHE, else ~/.cache/reach/tokens)", default=None)
     precision: str = _help("fp32, or autocast to bf16 or fp16 (fp16 with a gradient scaler) for the forward pass", default="fp32")
 
     def __post_init__(self) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
+import tempfile
 from dataclasses import replace
 from pathlib import Path
 
@@ -32,11 +34,22 @@ def external_references(page: str) -> list[str]:
     return [match.group(0) for match in _EXTERNAL.finditer(page)]
 
 
+_SESSION_CACHE: list[str] = []
+
+
 def pytest_configure(config: pytest.Config) -> None:
     torch.set_num_threads(2)
     # Never reach for the network from tests: the hub paths fail fast.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    # Runs keep their token caches in a directory of this session's, not in the user's ~/.cache.
+    _SESSION_CACHE.append(tempfile.mkdtemp(prefix="reach-token-cache-"))
+    os.environ["REACH_TOKEN_CACHE"] = _SESSION_CACHE[-1]
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    for directory in _SESSION_CACHE:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -154,3 +154,16 @@ def test_resume_may_change_the_device_but_not_the_precision(capsys, tmp_path):
     assert train.main(["--resume", str(tmp_path / "none"), "--device", "cpu", "--precision", "bf16"]) == 1
     warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
     assert len(warnings) == 1 and "ignoring --precision" in warnings[0] and "--device" not in warnings[0]
+
+
+def test_token_cache_flag_keeps_the_encoded_corpus_there_for_the_next_run(tmp_path, corpus_dir):
+    def run(name):
+        code = train.main(["--corpus", str(corpus_dir), "--preset", "tiny", "--max-steps", "2", "--max-minutes", "none",
+                           "--eval-interval", "1000", "--eval-max-chars", "1000", "--accuracy-positions", "0", "--threads", "1",
+                           "--quiet", "--token-cache", str(tmp_path / "cache"), "--out", str(tmp_path / name)])
+        assert code == 0
+        return json.loads((tmp_path / name / "metrics.jsonl").read_text().splitlines()[0])["token_cache"]
+
+    first, second = run("first"), run("second")
+    assert not first["reused"] and second["reused"] and first["path"] == second["path"]
+    assert first["path"].startswith(str(tmp_path / "cache")) and (tmp_path / "cache" / "tokenizers").is_dir()

@@ -22,6 +22,9 @@ every precision; a step the scaler skips (overflow) is a skipped step.
 
 The batchified data lives on the training device for the whole run (see
 `fit`); windows are views of it, so no window is copied between devices.
+On the CPU it is a view of the memory-mapped token cache, in uint16 or
+uint32: each window is turned into int64 ids as it is read (`_ids`), the
+same ids a int64 stream would give.
 """
 
 from __future__ import annotations
@@ -127,14 +130,19 @@ def iterate_windows(data: Tensor, position: int, k1: int, k2: int, rng: random.R
         start = window_start(position, overlap)
         next_position = position + step
         yield Window(
-            inputs=data[:, start : position + step],
-            targets=data[:, start + 1 : position + step + 1],
+            inputs=_ids(data[:, start : position + step]),
+            targets=_ids(data[:, start + 1 : position + step + 1]),
             start=start,
             loss_from=position - start,
             carry_at=window_start(next_position, overlap) - start,
             next_position=next_position,
         )
         position = next_position
+
+
+def _ids(units: Tensor) -> Tensor:
+    """Unit ids as int64 (what embeddings and the loss index with): a view when they are already, else a copy."""
+    return units if units.dtype == torch.long else units.to(torch.long)
 
 
 def clip_gradients(parameters: list[Tensor], clip_norm: float | None, clip_value: float | None) -> tuple[float, bool]:

@@ -26,8 +26,9 @@ from lm.train.devices import accelerator_rng_state, set_accelerator_rng_state
 from lm.train.distributed import Distributed
 from lm.eval.figures import HOW_STATE_FLOWS, EvalResult, evaluate_text
 from lm.model import RNNLanguageModel, count_parameters
-from lm.tokenizers import Tokenizer, build_tokenizer, load_tokenizer
+from lm.tokenizers import Tokenizer, load_tokenizer
 from lm.train.loop import Hooks, MetricsLog, TrainingState, batchify, build_optimizer, fit
+from lm.train.tokens import TokenIds, cache_directory, cached_tokenizer, token_ids
 
 __all__ = ["RunResult", "resume_configs", "seed_everything", "set_threads", "train_run", "BUDGET_FIELDS"]
 
@@ -36,7 +37,8 @@ log = logging.getLogger(__name__)
 # Settings that `--resume` may change; everything else comes from the checkpoint.
 # The device is one of them: where a run continues changes its speed, not what it learns (a run trained on a GPU
 # may go on on the CPU); its precision is not, since it changes the arithmetic.
-BUDGET_FIELDS = ("max_steps", "max_minutes", "epochs", "eval_interval", "threads", "accuracy_positions", "device")
+# So is the token cache's directory: where the encoded corpus is kept changes nothing of what is read from it.
+BUDGET_FIELDS = ("max_steps", "max_minutes", "epochs", "eval_interval", "threads", "accuracy_positions", "device", "token_cache")
 
 
 def seed_everything(seed: int) -> None:
@@ -70,13 +72,13 @@ class RunResult:
     accuracy: dict | None = None
 
 
-def _corpus_info(corpus: Corpus, tokenizer: Tokenizer, train_units: int) -> dict[str, Any]:
+def _corpus_info(corpus: Corpus, train: TokenIds) -> dict[str, Any]:
     return {
         "name": corpus.name,
         "source": corpus.source,
         "extra_train": list(corpus.extra_train),
-        "train_chars": len(corpus.train.text),
-        "train_units": train_units,
+        "train_chars": train.chars,
+        "train_units": int(train.ids.size),
         "valid_words": corpus.valid.raw_words,
         "test_words": corpus.test.raw_words,
     }
@@ -117,9 +119,14 @@ def train_run(
     `accuracy(best checkpoint, test text, positions)` measures next-word
     accuracy after training when `accuracy_positions` asks for it (None: skipped).
 
+    The training split is encoded once into the token cache
+    (lm/train/tokens.py; `train_config.token_cache`) and read from there as
+    a memory map; a local corpus loaded here is streamed from its files, so
+    its training text is never held as one string.
+
     `device` (default: the CPU; the entry point resolves `train_config.device`
     with lm/train/devices.py) holds the model, the optimiser, the whole
-    batchified training text, the carried state and the evaluations; the
+    batchified training text (on the CPU: a view of the memory map), the carried state and the evaluations; the
     checkpoints are written from CPU copies, and the accuracy is measured with
     the CPU engine.
     """
@@ -129,13 +136,18 @@ def train_run(
     ranks = distributed or Distributed()
     if resume:
         tokenizer_config, model_config, train_config = resume_configs(out, budget or {})
-    corpus = corpus or load_corpus(train_config.corpus, train_config.extra_train)
-    tokenizer = _tokenizer(out, resume, tokenizer_config, corpus, ranks)
+    corpus = corpus or load_corpus(train_config.corpus, train_config.extra_train, stream_train=True)
+    cache = cache_directory(train_config.token_cache)
+    tokenizer = _tokenizer(out, resume, tokenizer_config, corpus, ranks, cache)
     model_config = replace(model_config, vocab_size=tokenizer.vocab_size)
-    train_ids = torch.tensor(tokenizer.encode(corpus.train.text), dtype=torch.long)
-    # The rank's rows go to the device once, for the whole run: a window is then a view (no copy, no transfer
-    # to wait for at every update), at 8 bytes per unit of device memory.
-    data = batchify(train_ids, train_config.batch_size)[ranks.rows(train_config.batch_size)].to(device)  # (B / ranks, N)
+    train = _train_ids(corpus, tokenizer, ranks, cache)
+    train_ids = torch.from_numpy(train.ids)  # (N,) uint16 or uint32, sharing the memory map
+    data = batchify(train_ids, train_config.batch_size)[ranks.rows(train_config.batch_size)]  # (B / ranks, N): a view
+    if device.type != "cpu":
+        # The rank's rows go to the device once, for the whole run: a window is then a view (no copy, no transfer
+        # to wait for at every update), at 8 bytes per unit of device memory. On the CPU the data stays a view of
+        # the memory map and each window becomes int64 as it is read (lm/train/loop.py: iterate_windows).
+        data = data.to(device, torch.long)
     model = RNNLanguageModel(model_config).to(device)  # built on the CPU: the same initial weights on every device
     optimizer = build_optimizer(model, train_config)
     out.mkdir(parents=True, exist_ok=True)
@@ -156,7 +168,7 @@ def train_run(
     if ranks.enabled:
         # Averages gradients across ranks in backward; on CUDA each rank's model lives on its own GPU.
         trained = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    corpus_info = _corpus_info(corpus, tokenizer, train_ids.numel())
+    corpus_info = _corpus_info(corpus, train)
     latest: dict[str, Any] = {}
 
     def evaluate() -> EvalResult:
@@ -198,7 +210,9 @@ def train_run(
     metrics = MetricsLog(metrics_path) if ranks.is_main else MetricsLog(None)
     if not resume:
         metrics.write({"kind": "run", "step": 0, "parameters": count_parameters(model), "tokenizer": tokenizer.describe(),
-                       "train_units": train_ids.numel(), "batch_size": train_config.batch_size, "processes": ranks.world_size,
+                       "train_units": train_ids.numel(), "token_cache": {"path": str(train.path), "reused": train.reused,
+                                                                         "seconds": round(train.seconds, 3)},
+                       "seconds_before_training": round(time.perf_counter() - begun, 3), "batch_size": train_config.batch_size, "processes": ranks.world_size,
                        "device": str(device), "precision": train_config.precision,
                        "bptt": train_config.bptt, "bptt_stride": train_config.stride})
     try:
@@ -244,17 +258,28 @@ def _restore(directory: Path, model: RNNLanguageModel, optimizer: torch.optim.Op
     return state
 
 
-def _tokenizer(out: Path, resume: bool, config: TokenizerConfig, corpus: Corpus, ranks: Distributed) -> Tokenizer:
-    """The run's tokenizer: from the checkpoint when resuming, else trained (by rank 0, shared through `out`)."""
+def _tokenizer(out: Path, resume: bool, config: TokenizerConfig, corpus: Corpus, ranks: Distributed, cache: Path) -> Tokenizer:
+    """The run's tokenizer: from the checkpoint when resuming, else from the token cache or trained on a bounded
+    sample of the training split (by rank 0, shared through `out`)."""
     if resume:
         return load_checkpoint(out / "last").tokenizer
     if not ranks.enabled:
-        log.info("building the %s tokenizer on %s training characters", config.tokenizer, f"{len(corpus.train.text):,}")
-        return build_tokenizer(config.tokenizer, corpus.train.text, config.vocab_size, config.subword_type, config.char_min_count)
+        return cached_tokenizer(corpus.train, config, cache)
     shared = out / ".tokenizer"
     if ranks.is_main:
-        tokenizer = build_tokenizer(config.tokenizer, corpus.train.text, config.vocab_size, config.subword_type, config.char_min_count)
+        tokenizer = cached_tokenizer(corpus.train, config, cache)
         shared.mkdir(parents=True, exist_ok=True)
         tokenizer.save(shared)
     ranks.barrier()
     return load_tokenizer(shared)
+
+
+def _train_ids(corpus: Corpus, tokenizer: Tokenizer, ranks: Distributed, cache: Path) -> TokenIds:
+    """The training split's ids from the token cache; under torchrun rank 0 encodes them, the others then read them."""
+    if ranks.enabled and not ranks.is_main:
+        ranks.barrier()
+        return token_ids(corpus.train, tokenizer, cache)
+    found = token_ids(corpus.train, tokenizer, cache)
+    if ranks.enabled:
+        ranks.barrier()
+    return found
