@@ -23,6 +23,16 @@ def subword_predictor(tiny_subword_run):
     return Predictor(checkpoint.model, checkpoint.tokenizer)
 
 
+def test_generation_reads_the_model_alone_even_with_cache_settings(tiny_run, predictor):
+    checkpoint = load_checkpoint(str(tiny_run.out))
+    cached = Predictor(checkpoint.model, checkpoint.tokenizer, text_cache=checkpoint.cache_config)
+    text = "Mr. Qwixby spoke. Mr. Qwixby left. Mr. "
+    assert cached.predict(text, k=3).text_cache  # predictions mix the cache in ...
+    settings = GenerationSettings(words=8)
+    # ... generation does not yet (its boundary choice and its words would both need the mix)
+    assert generate(cached, text, settings, seed=3).as_dict() == generate(predictor, text, settings, seed=3).as_dict()
+
+
 def _prefixes(generation):
     """(text before each word, its whitespace included; the word) for every generated word."""
     text = generation.text

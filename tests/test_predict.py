@@ -274,6 +274,11 @@ def test_predict_cli_prints_a_table_and_json(tiny_run, capsys):
     assert len(payload["predictions"]) == 3
     assert set(payload["predictions"][0]) >= {"word", "probability", "logprob", "completing"}
     assert payload["predictions"][0]["completing"] is False
+    assert payload["cache"] is True  # the run stored tuned cache settings
+    assert lm_main(["predict", "--model", str(tiny_run.out), "--json", "--no-cache", "-k", "3", "In the "]) == 0
+    assert json.loads(capsys.readouterr().out)["cache"] is False
+    assert lm_main(["predict", "--model", str(tiny_run.out), "--no-cache", "In the "]) == 0
+    assert "the model alone" in capsys.readouterr().out.splitlines()[0]
 
 
 def test_cli_refuses_a_missing_model_in_one_line(tmp_path, capsys):
@@ -288,6 +293,12 @@ def test_evaluate_cli_reports_bpc_perplexity_and_accuracy(tiny_run, corpus_dir, 
     assert report["words"] == 21_812 and report["bpc"] == pytest.approx(tiny_run.test.bpc, rel=1e-6)
     accuracy = report["accuracy"]
     assert accuracy["positions"] == 60 and 0 < accuracy["top1"] <= accuracy["top3"] <= accuracy["top5"] <= 1
+    assert accuracy["cache"] is False and report["accuracy_with_cache"]["cache"] is True
+    assert report["accuracy_with_cache"]["positions"] == 60 and 0 < report["accuracy_with_cache"]["top5"] <= 1
+    assert report["stored_cache"]["test"]["bpc"] > 0 and report["stored_cache"]["window"] >= 1
+    assert lm_main(["evaluate", "--model", str(tiny_run.out), "--corpus", str(corpus_dir), "--positions", "20", "--no-cache"]) == 0
+    printed = capsys.readouterr().out
+    assert "stored cache (window" in printed and "with the stored cache, same positions" not in printed
 
 
 def test_predicting_many_texts_in_one_batch_equals_one_by_one(tiny_subword_run):
@@ -413,7 +424,10 @@ def test_the_text_cache_raises_a_word_the_text_repeats(tiny_run):
     alone = Predictor(checkpoint.model, checkpoint.tokenizer)
     cached = Predictor(checkpoint.model, checkpoint.tokenizer, text_cache=CacheConfig(window=2000, theta=1.0, weight=0.5))
     assert cached.score_word(text, "Qwixby") > alone.score_word(text, "Qwixby") + 5.0  # e^5 times more probable
-    assert cached.predict(text, k=3, text_cache=False).as_dict() == {**alone.predict(text, k=3).as_dict(), "cache": False}
+    off, before = cached.predict(text, k=3, text_cache=False), alone.predict(text, k=3)
+    assert not off.text_cache and [p.word for p in off.predictions] == [p.word for p in before.predictions]
+    # The context is read through the fused layers' outputs here, not its last logits alone: float32 rounding apart.
+    assert [p.logprob for p in off.predictions] == pytest.approx([p.logprob for p in before.predictions], abs=1e-5)
 
 
 def test_with_the_text_cache_warm_predictions_equal_cold_ones(tiny_subword_run):

@@ -113,8 +113,9 @@ class Reads:
         rows = self._step(states, [units[-1] for units in missing], parents)
         if self.cache is not None:
             cache, paths = self.cache, self._paths
-            for units in missing:
-                paths[units] = cache.path_after(paths[units[:-1]], self.state(units[:-1]), units[-1])
+            fed = torch.tensor([units[-1] for units in missing], dtype=torch.long)  # (N,)
+            for row, units in enumerate(missing):
+                paths[units] = cache.path_after(paths[units[:-1]], self.state(units[:-1]), fed[row : row + 1])
             rows = cache.mix(rows, [paths[units] for units in missing])
         self.add(missing, rows)
 

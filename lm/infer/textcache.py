@@ -86,10 +86,10 @@ class TextCache:
         self.ends_mask = ends_mask  # (V,) float64: units that begin with a word boundary
         self.empty = empty_memory(hidden_dim)
 
-    def path_after(self, parent: Memory, parent_state: Tensor, unit: int) -> Memory:
-        """The path memory of a sequence one `unit` past its parent, whose state (L, S) is `parent_state`."""
-        return Memory(torch.cat([parent.keys, parent_state[-1, None, : self.hidden_dim]]),
-                      torch.cat([parent.values, torch.tensor([unit], dtype=torch.long)]))
+    def path_after(self, parent: Memory, parent_state: Tensor, unit: Tensor) -> Memory:
+        """The path memory of a sequence one unit (`unit`, a (1,) tensor) past its parent, whose state (L, S) is
+        `parent_state`."""
+        return Memory(torch.cat([parent.keys, parent_state[-1, None, : self.hidden_dim]]), torch.cat([parent.values, unit]))
 
     def mix(self, rows: StepRows, paths: list[Memory]) -> StepRows:
         """The mixed rows: row i read at the end of a path past the context whose own keys are paths[i].
@@ -103,8 +103,9 @@ class TextCache:
         size = len(self.memory.values)
         depths = torch.tensor([len(path.values) for path in paths], dtype=torch.long)  # (N,)
         first_visible = size + depths - settings.window  # (N,): older keys are beyond the window
-        scores = settings.theta * (queries @ self.memory.keys.T)  # (N, n)
-        scores = scores.double().masked_fill(torch.arange(size)[None, :] < first_visible[:, None], -math.inf)
+        scores = (settings.theta * (queries @ self.memory.keys.T)).double()  # (N, n)
+        if int(first_visible.max()) > 0:
+            scores.masked_fill_(torch.arange(size)[None, :] < first_visible[:, None], -math.inf)
         values = self.memory.values[None, :].expand(count, size)  # (N, n)
         longest = int(depths.max()) if count else 0
         if longest:
@@ -113,14 +114,16 @@ class TextCache:
             path_scores = settings.theta * torch.einsum("nh,nmh->nm", queries, path_keys)
             place = torch.arange(longest)[None, :]
             visible = (place < depths[:, None]) & (size + place >= first_visible[:, None])
-            scores = torch.cat([scores, path_scores.double().masked_fill(~visible, -math.inf)], dim=1)
+            scores = torch.cat([scores, path_scores.double().masked_fill_(~visible, -math.inf)], dim=1)
             values = torch.cat([values, path_values], dim=1)
-        has_keys = torch.isfinite(scores).any(dim=-1)  # (N,)
+        has_keys = (size + depths) > 0  # (N,): the nearest key is always within the window (window >= 1)
         votes = torch.softmax(scores, dim=-1).nan_to_num_(nan=0.0)  # rows without keys: all -inf -> nan -> 0
-        scaled = torch.from_numpy(rows.scaled).double()  # (N, V)
-        model = torch.softmax(scaled, dim=-1)  # (N, V) p_model, normalised in float64
+        # p_model as in Predictor._normalized (exponentials in float32, within an ulp), normalised in float64.
+        scaled = torch.from_numpy(rows.scaled)  # (N, V) float32, tempered logits
+        model = (scaled - scaled.amax(dim=-1, keepdim=True)).exp_().double()
+        model /= model.sum(dim=-1, keepdim=True)  # (N, V) p_model
         cached = torch.zeros_like(model).scatter_add_(1, values, votes)  # (N, V) p_cache
         weight = has_keys.double()[:, None] * settings.weight  # (N, 1), float64: 0 where no key is visible
         mixed = model.mul_(1 - weight).add_(cached.mul_(weight))
         boundaries = torch.log(mixed @ self.ends_mask)
-        return StepRows(rows.states, rows.logits, torch.log(mixed).numpy(), np.zeros(count), boundaries.numpy())
+        return StepRows(rows.states, rows.logits, torch.log_(mixed).numpy(), np.zeros(count), boundaries.numpy())
