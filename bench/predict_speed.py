@@ -1,7 +1,7 @@
 """Latency of next-word prediction (k = 5) for contexts of 20, 200 and 1,000 words, cold and with the prefix cache warm,
 and throughput when many texts are predicted in one batch.
 
-    python bench/predict_speed.py --model runs/base [--corpus DIR] [--contexts 20] [--repeats 3]
+    python bench/predict_speed.py --model runs/base [--corpus DIR] [--contexts 20] [--repeats 3] [--cache on|off] [--words 200]
 
 Contexts are the words of the test split before seeded positions. Cold: the
 cache is empty, so the whole context is read. Warm: the context was read just
@@ -13,6 +13,10 @@ step) before and after, and again right before every warm prediction: the
 warm figure is also given in those interleaved reference steps, which stays
 put while the machine's pace moves (8.4-8.6 steps in three runs whose warm
 medians ranged from 10.0 to 12.4 ms).
+
+`--cache on` (the default) predicts as served: with the continuous cache
+over the text when the checkpoint stores settings; `--cache off` with the
+model alone. The header says which.
 """
 
 from __future__ import annotations
@@ -87,6 +91,8 @@ def speed_arguments(description: str, contexts: int) -> argparse.ArgumentParser:
     parser.add_argument("--contexts", type=positive_int, default=contexts, help=f"contexts per length (default: {contexts})")
     parser.add_argument("--repeats", type=positive_int, default=3, help="timings per context; each context keeps its median")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--cache", choices=("on", "off"), default="on",
+                        help="on: the continuous cache the checkpoint stores, as served (default); off: the model alone")
     return parser
 
 
@@ -108,10 +114,12 @@ def speed_setup(args: argparse.Namespace, name: str, cache_size: int) -> SpeedSe
         print(f"{name}: error: {error} (train one first: python train.py --out runs/base)", file=sys.stderr)
         raise SystemExit(1) from None
     text = load_corpus(args.corpus).test.text
-    predictor = Predictor(checkpoint.model, checkpoint.tokenizer, cache_size=cache_size)
+    settings = checkpoint.cache_config if args.cache == "on" else None
+    predictor = Predictor(checkpoint.model, checkpoint.tokenizer, cache_size=cache_size, text_cache=settings)
     predictor.warm_up()
     print(f"model {checkpoint.directory}: {checkpoint.model_config.cell} {checkpoint.model_config.num_layers}x"
-          f"{checkpoint.model_config.hidden_dim}, {checkpoint.tokenizer.kind} vocabulary {checkpoint.tokenizer.vocab_size}")
+          f"{checkpoint.model_config.hidden_dim}, {checkpoint.tokenizer.kind} vocabulary {checkpoint.tokenizer.vocab_size}; "
+          + (f"continuous cache {settings}" if settings is not None else "the model alone (no continuous cache)"))
     print(f"reference (one 16-row model step): {reference_ms(predictor):.3f} ms")
     return SpeedSetup(checkpoint, text, predictor)
 
@@ -119,6 +127,8 @@ def speed_setup(args: argparse.Namespace, name: str, cache_size: int) -> SpeedSe
 def main(argv: list[str] | None = None) -> int:
     parser = speed_arguments(__doc__.split("\n\n")[0], contexts=20)
     parser.add_argument("--batch", type=positive_int, default=32, help="texts per batch for the throughput figure")
+    parser.add_argument("--words", type=positive_int, nargs="+", default=[20, 200, 1000], help="context lengths (default: 20 200 1000)")
+    parser.add_argument("--no-throughput", action="store_true", help="skip the batch throughput figure")
     args = parser.parse_args(argv)
     checkpoint, text, predictor = speed_setup(args, "predict_speed", cache_size=64)
 
@@ -130,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         warm = timed(lambda: predictor.predict(context + following + " ", k=5))
         return cold, warm, warm / reference
 
-    for words in (20, 200, 1000):
+    for words in args.words:
         samples = contexts(text, words, args.contexts, seed=words)
         units = [len(checkpoint.tokenizer.encode(context)) for context, _ in samples]
         cold, warm, in_steps = zip(*per_context(samples, cold_then_warm, args.repeats))
@@ -138,6 +148,9 @@ def main(argv: list[str] | None = None) -> int:
               f"warm, one more word {statistics.median(warm) * 1000:7.1f} ms   "
               f"(quartiles {np.percentile(warm, 25) * 1000:.1f}-{np.percentile(warm, 75) * 1000:.1f}; "
               f"{statistics.median(in_steps):.2f} reference steps)")
+    if args.no_throughput:
+        print(f"reference (one 16-row model step): {reference_ms(predictor):.3f} ms")
+        return 0
     texts = [context for context, _ in contexts(text, 200, args.batch, seed=7)]
     predictor.clear_cache()
     one_by_one = timed(lambda: [predictor.predict(t, k=5, use_cache=False) for t in texts])

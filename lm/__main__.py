@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -55,7 +56,7 @@ def _predicted(args: argparse.Namespace, command: str, work, print_json: bool = 
     if checkpoint is None:
         return 1
     try:
-        result = work(Predictor(checkpoint.model, checkpoint.tokenizer))
+        result = work(Predictor(checkpoint.model, checkpoint.tokenizer, text_cache=checkpoint.cache_config))
     except ValueError as error:
         print(f"lm {command}: error: {error}", file=sys.stderr)
         return 2
@@ -67,13 +68,14 @@ def _predicted(args: argparse.Namespace, command: str, work, print_json: bool = 
 
 def _predict(args: argparse.Namespace) -> int:
     done = _predicted(args, "predict", lambda predictor: predictor.predict(
-        args.text, k=args.k, beam_width=args.beam_width, max_word_length=args.max_word_length, temperature=args.temperature),
-        print_json=True)
+        args.text, k=args.k, beam_width=args.beam_width, max_word_length=args.max_word_length, temperature=args.temperature,
+        text_cache=not args.no_cache), print_json=True)
     if isinstance(done, int):
         return done
     _, result = done
     what = f"completing {result.query.partial!r}" if result.completing else "next word"
-    print(f"{result.query.text!r} ({what}; {result.context_units} units of context; on the CPU engine)")
+    cache = "with the continuous cache over the text" if result.text_cache else "the model alone"
+    print(f"{result.query.text!r} ({what}; {result.context_units} units of context; {cache}; on the CPU engine)")
     print(f"  {'#':>2}  {'word':<20} {'probability':>11}  {'logprob':>8}" + ("  to type" if result.completing else ""))
     for rank, prediction in enumerate(result.predictions, 1):
         rest = f"  {prediction.remainder}" if result.completing else ""
@@ -122,6 +124,9 @@ def _attribute(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"model": str(checkpoint.directory), **result.as_dict(full=True)}, ensure_ascii=False, indent=1))
     else:
+        if checkpoint.cache_config is not None and not args.no_cache:
+            print("(attribution covers the model alone: the continuous cache is not applied here; "
+                  "lm predict applies it)", file=sys.stderr)
         color = not args.no_color and "NO_COLOR" not in os.environ and sys.stdout.isatty() or args.color
         print(render_terminal(result, chosen=max(chosen, 0), color=color))
         if args.html:
@@ -191,11 +196,17 @@ def _evaluate(args: argparse.Namespace) -> int:
     except FloatingPointError as error:  # dynamic evaluation at too high a learning rate
         print(f"lm evaluate: error: {error}; try a smaller --dynamic learning rate or 'tune'", file=sys.stderr)
         return 1
-    predictor = Predictor(checkpoint.model, checkpoint.tokenizer, cache_size=0)
+    stored = None if args.no_cache else checkpoint.cache_config
+    predictor = Predictor(checkpoint.model, checkpoint.tokenizer, cache_size=0, text_cache=stored)
     accuracy = next_word_accuracy(predictor, split.text, positions=args.positions, seed=args.seed,
-                                  beam_width=args.beam_width, progress=not args.json and sys.stderr.isatty())
+                                  beam_width=args.beam_width, progress=not args.json and sys.stderr.isatty(), text_cache=False)
     report = {"model": str(checkpoint.directory), "corpus": corpus.name, "split": args.split, **figures.as_dict(),
-              "accuracy": accuracy, "evaluation": HOW_STATE_FLOWS}
+              "accuracy": accuracy, "evaluation": HOW_STATE_FLOWS, "stored_cache": checkpoint.metrics.get("cache")}
+    cached_accuracy = None
+    if stored is not None:  # the same positions predicted as served: with the stored cache over the text read so far
+        cached_accuracy = next_word_accuracy(predictor, split.text, positions=args.positions, seed=args.seed,
+                                             beam_width=args.beam_width, progress=not args.json and sys.stderr.isatty())
+        report["accuracy_with_cache"] = cached_accuracy
     if adapted is not None:
         report["adapted"] = adapted.as_dict()
     if args.json:
@@ -207,6 +218,18 @@ def _evaluate(args: argparse.Namespace) -> int:
     if adapted is not None:
         print(f"with {adapted.describe()}: {adapted.figures.bpc:.4f} bpc  per-word ppl {adapted.figures.word_ppl:.2f}")
     print(f"next-word accuracy over {sample} word positions: top-1 {accuracy['top1']:.2%}  top-3 {accuracy['top3']:.2%}  top-5 {accuracy['top5']:.2%}")
+    stored_cache = checkpoint.metrics.get("cache")
+    if stored_cache:
+        valid, test = stored_cache.get("valid", {}), stored_cache.get("test", {})
+        print(f"stored cache (window {stored_cache['window']} units, theta {stored_cache['theta']:g}, weight "
+              f"{stored_cache['weight']:g}, {stored_cache.get('chosen', 'given')}): valid {valid.get('bpc', math.nan):.4f} bpc  "
+              f"per-word ppl {valid.get('word_ppl', math.nan):.2f}; test {test.get('bpc', math.nan):.4f} bpc  "
+              f"per-word ppl {test.get('word_ppl', math.nan):.2f}")
+    else:
+        print("stored cache: none (predictions use the model alone)")
+    if cached_accuracy is not None:
+        print(f"next-word accuracy with the stored cache, same positions: top-1 {cached_accuracy['top1']:.2%}  "
+              f"top-3 {cached_accuracy['top3']:.2%}  top-5 {cached_accuracy['top5']:.2%}")
     print(f"evaluation: {HOW_STATE_FLOWS}")
     return 0
 
@@ -302,6 +325,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--max-word-length", type=positive_int, default=24, help="longest word, in units (default: 24)")
     predict.add_argument("--temperature", type=_positive_float, default=1.0, help="divide logits by this (default: 1)")
     predict.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    predict.add_argument("--no-cache", action="store_true",
+                         help="the model alone: do not mix in the continuous cache over the text the checkpoint stores")
     predict.set_defaults(handler=_predict)
 
     generate = commands.add_parser("generate", help="continue a text word by word, sampled from the model (seeded)",
@@ -333,6 +358,8 @@ def build_parser() -> argparse.ArgumentParser:
     attribute.add_argument("--html", type=Path, default=None, metavar="FILE", help="also write a self-contained HTML page")
     attribute.add_argument("--color", action="store_true", help="colour even when not writing to a terminal")
     attribute.add_argument("--no-color", action="store_true", help="no colours (also when NO_COLOR is set)")
+    attribute.add_argument("--no-cache", action="store_true",
+                           help="the model alone (attribution never applies the continuous cache yet; this only silences the note)")
     attribute.set_defaults(handler=_attribute)
 
     profile = commands.add_parser("reach-profile", help="gradient reach over many held-out contexts (JSON and PNG)")
@@ -362,6 +389,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--dynamic", type=_dynamic_setting, default=None, metavar="tune|LR",
                           help="also report the figures with dynamic evaluation (Krause et al. 2018: one SGD step on each "
                                "64 units after scoring them): 'tune' picks the learning rate on the valid split, or give it")
+    evaluate.add_argument("--no-cache", action="store_true",
+                          help="skip the next-word accuracy with the checkpoint's stored continuous cache (it is measured "
+                               "beside the model's own by default when the checkpoint has settings)")
     evaluate.add_argument("--threads", type=positive_int, default=None)
     evaluate.add_argument("--json", action="store_true", help="print JSON")
     evaluate.set_defaults(handler=_evaluate)

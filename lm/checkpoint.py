@@ -39,7 +39,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_file, save_model
 
-from lm.config import ModelConfig, TokenizerConfig, TrainConfig, from_dict, to_dict
+from lm.config import CacheConfig, ModelConfig, TokenizerConfig, TrainConfig, from_dict, to_dict
 from lm.model import RNNLanguageModel, count_parameters
 from lm.tokenizers import Tokenizer, TokenizerError, load_tokenizer
 
@@ -104,6 +104,17 @@ class Checkpoint:
     @property
     def metrics(self) -> dict[str, Any]:
         return self.meta.get("metrics", {})
+
+    @property
+    def cache_config(self) -> CacheConfig | None:
+        """The continuous cache tuned at the end of training (`metrics["cache"]`); None for checkpoints without one."""
+        stored = self.metrics.get("cache")
+        if not stored:
+            return None
+        try:
+            return CacheConfig(int(stored["window"]), float(stored["theta"]), float(stored["weight"]))
+        except (KeyError, TypeError, ValueError) as error:
+            raise CheckpointError(f"{str(self.directory)!r} has damaged cache settings ({error})") from error
 
 
 def _versions() -> dict[str, str]:

@@ -13,7 +13,7 @@ from typing import Any
 
 from lm.cells import cell_names, get_cell
 
-__all__ = ["ModelConfig", "TokenizerConfig", "TrainConfig", "PRESETS", "apply_preset", "from_dict"]
+__all__ = ["CacheConfig", "ModelConfig", "TokenizerConfig", "TrainConfig", "PRESETS", "apply_preset", "from_dict"]
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("plateau", "cosine", "constant")
@@ -110,6 +110,7 @@ class TrainConfig:
     eval_interval: int = _help("evaluate on the validation split every this many updates (and at the end)", default=500)
     eval_max_chars: int | None = _help("score at most this many characters of the validation split during training", default=None)
     accuracy_positions: int = _help("after training, next-word accuracy on this many seeded test positions (0: skip)", default=500)
+    tune_cache: bool = _help("after training, tune a continuous cache on the valid split and store its settings for prediction", default=True)
     rollback_ratio: float = _help("a validation loss this many times the best one (or non-finite) rolls back to the best checkpoint", default=1.5)
     seed: int = _help("random seed for weights, dropout and window lengths", default=1234)
     threads: int | None = _help("torch intra-op threads (default: all cores)", default=None)
@@ -150,6 +151,26 @@ class TrainConfig:
     def stride(self) -> int:
         """k1, the number of steps between updates."""
         return self.bptt if self.bptt_stride is None else self.bptt_stride
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    """A continuous cache (Grave, Joulin and Usunier 2017): how it looks back and how much it is trusted.
+
+    Evaluation (lm/eval/cache.py) tunes and scores it; a checkpoint stores the tuned settings
+    (`metrics["cache"]`) and prediction (lm/infer/textcache.py) applies them to a request's text."""
+
+    window: int = 4000  # earlier positions (units) the cache can point to
+    theta: float = 4.0  # sharpness of the match between hidden states
+    weight: float = 0.5  # lambda: the cache's share of the mixture
+
+    def __post_init__(self) -> None:
+        if self.window < 1:
+            raise ValueError(f"cache window must be at least 1 unit, not {self.window}")
+        if not self.theta > 0:
+            raise ValueError(f"cache theta must be positive, not {self.theta}")
+        if not 0 <= self.weight < 1:
+            raise ValueError(f"cache weight must be in [0, 1), not {self.weight}")
 
 
 # Presets override the dataclass defaults above (which are the default

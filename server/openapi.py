@@ -59,6 +59,9 @@ def _schemas(limits: dict) -> dict:
                 "method": {"type": "string", "enum": ["saliency", "grad_x_input"], "default": "saliency"},
                 "verify": {"type": "boolean", "default": False,
                            "description": "replace the text beyond the 99% mass reach by filler and report the change"},
+                "cache": {"type": "boolean", "description": "mix the continuous cache over the text into the predictions "
+                          "(default: on when the model has cache settings and attribution is none; true needs "
+                          "attribution none: attribution covers the model alone)"},
             },
         },
         "PredictResponse": {
@@ -79,6 +82,7 @@ def _schemas(limits: dict) -> dict:
                 "attribution": {"type": "object", "properties": {"method": _STRING, "threshold": _NUMBER, "model_mode": _STRING,
                                                                   "initial_state": _STRING, "gradient_of": _STRING}},
                 "predictions": {"type": "array", "items": {"$ref": "#/components/schemas/Prediction"}},
+                "cache": {"type": "boolean", "description": "whether the continuous cache over the text was mixed in"},
             },
         },
         "GenerateRequest": {
@@ -132,7 +136,11 @@ def _schemas(limits: dict) -> dict:
         "ModelCard": {"type": "object", "required": ["name", "cell", "tokenizer", "parameters"],
                       "properties": {"name": _STRING, "cell": _STRING, "tokenizer": {"type": "object"}, "parameters": _INTEGER,
                                      "training_tokens": {"type": "integer", "nullable": True}, "bptt": {"type": "object"},
-                                     "clipping": {"type": "object"}, "heldout": {"type": "object"}}},
+                                     "clipping": {"type": "object"}, "heldout": {"type": "object"},
+                                     "cache": {"type": "object", "nullable": True,
+                                               "description": "the continuous cache's settings tuned on the valid split "
+                                                              "(window, theta, weight) and the valid/test bpc and per-word "
+                                                              "perplexity with it; null: predictions use the model alone"}}},
         "ModelsResponse": {"type": "object", "required": ["models"],
                            "properties": {"default": {"type": "string", "nullable": True},
                                           "models": {"type": "array", "items": {"$ref": "#/components/schemas/ModelCard"}}}},

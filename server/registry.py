@@ -34,6 +34,7 @@ class LoadedModel:
         meta = self.checkpoint.meta
         train, model, metrics = meta.get("train", {}), meta.get("model", {}), meta.get("metrics", {})
         test, valid = metrics.get("test", {}), metrics.get("valid", {})
+        cache = metrics.get("cache")
         stride = train.get("bptt_stride") or train.get("bptt")
         return {
             "name": self.name,
@@ -55,6 +56,13 @@ class LoadedModel:
                 "valid": {"bpc": valid.get("bpc"), "word_ppl": valid.get("word_ppl")},
                 "next_word_accuracy": metrics.get("accuracy"),
             },
+            # The continuous cache predictions mix in (None: the checkpoint has no settings; predictions use the model alone).
+            "cache": None if not cache else {
+                "window": cache.get("window"), "theta": cache.get("theta"), "weight": cache.get("weight"),
+                "chosen": cache.get("chosen"),
+                "test": {"bpc": cache.get("test", {}).get("bpc"), "word_ppl": cache.get("test", {}).get("word_ppl")},
+                "valid": {"bpc": cache.get("valid", {}).get("bpc"), "word_ppl": cache.get("valid", {}).get("word_ppl")},
+            },
             "created": meta.get("created"),
         }
 
@@ -67,7 +75,7 @@ class ModelRegistry:
 
     def load(self, name: str, directory: str | Path, cache_size: int = 64) -> LoadedModel:
         checkpoint = load_checkpoint(directory)
-        predictor = Predictor(checkpoint.model, checkpoint.tokenizer, cache_size=cache_size)
+        predictor = Predictor(checkpoint.model, checkpoint.tokenizer, cache_size=cache_size, text_cache=checkpoint.cache_config)
         predictor.warm_up()  # the lookup tables and the step kernels, before the first request
         loaded = LoadedModel(name, checkpoint, predictor)
         self.models[name] = loaded

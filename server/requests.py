@@ -23,7 +23,7 @@ __all__ = ["GenerateRequest", "PredictRequest", "parse_generate", "parse_predict
 ATTRIBUTION_MODES = ("summary", "full", "none")
 METHODS = ("saliency", "grad_x_input")
 MAX_TEMPERATURE = 100.0  # beyond this every kept word is all but equally likely
-_FIELDS = {"text", "k", "model", "attribution", "threshold", "method", "verify"}
+_FIELDS = {"text", "k", "model", "attribution", "threshold", "method", "verify", "cache"}
 _GENERATE_FIELDS = {"text", "max_words", "temperature", "top_k", "top_p", "seed", "stop_at_newline", "model"}
 
 
@@ -38,6 +38,7 @@ class PredictRequest:
     threshold: float
     method: str
     verify: bool
+    cache: bool | None  # the continuous cache over the text: None means on when the model has settings
 
 
 def _json_object(request: Request, known: set[str] = _FIELDS) -> dict:
@@ -101,6 +102,11 @@ def parse_predict(request: Request, limits: dict) -> PredictRequest:
     threshold = _typed(data, "threshold", (int, float), "a number", 0.01)
     method = _typed(data, "method", (str,), "one of " + ", ".join(METHODS), "saliency")
     verify = _typed(data, "verify", (bool,), "true or false", False)
+    cache = _typed(data, "cache", (bool,), "true or false")
+    if cache and attribution != "none":
+        # Attribution does not differentiate through the cache yet: refuse rather than attribute another distribution.
+        raise ApiError(422, "invalid_value", "'cache': true needs 'attribution': 'none' (attribution covers the model "
+                                             "alone for now)")
     if not 1 <= k <= limits["max_k"]:
         raise ApiError(422, "invalid_value", f"'k' must be between 1 and {limits['max_k']}, not {k}")
     if attribution not in ATTRIBUTION_MODES:
@@ -109,7 +115,8 @@ def parse_predict(request: Request, limits: dict) -> PredictRequest:
         raise ApiError(422, "invalid_value", f"'method' must be one of {', '.join(METHODS)}, not {method!r}")
     if not 0 < threshold < 1:
         raise ApiError(422, "invalid_value", f"'threshold' must be between 0 and 1 (exclusive), not {threshold}")
-    return PredictRequest(_clean_text(text, limits["max_text_chars"]), k, model, attribution, float(threshold), method, verify)
+    return PredictRequest(_clean_text(text, limits["max_text_chars"]), k, model, attribution, float(threshold), method, verify,
+                          cache)
 
 
 def parse_generate(request: Request, limits: dict) -> GenerateRequest:

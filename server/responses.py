@@ -33,6 +33,7 @@ def prediction_body(model: str, tokenizer: Tokenizer, result: PredictionResult) 
         "completing": result.completing,
         "partial": result.query.partial,
         "predictions": [p.as_dict() for p in result.predictions],
+        "cache": result.text_cache,
     }
 
 

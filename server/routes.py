@@ -43,7 +43,7 @@ def predict():
     query = parse_predict(request, limits)
     model = _served(query.model)
     if query.attribution == "none":
-        result = model.predictor.predict(query.text, k=query.k)
+        result = model.predictor.predict(query.text, k=query.k, text_cache=query.cache is not False)
         return jsonify(prediction_body(model.name, model.checkpoint.tokenizer, result))
     result = attribute(model.predictor, query.text, k=query.k, method=query.method, threshold=query.threshold,
                        verify=query.verify, max_units=limits["max_context_units"])

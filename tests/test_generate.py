@@ -23,6 +23,19 @@ def subword_predictor(tiny_subword_run):
     return Predictor(checkpoint.model, checkpoint.tokenizer)
 
 
+def test_generation_reads_the_model_alone_even_with_cache_settings(tiny_run, predictor):
+    checkpoint = load_checkpoint(str(tiny_run.out))
+    cached = Predictor(checkpoint.model, checkpoint.tokenizer, text_cache=checkpoint.cache_config)
+    text = "Mr. Qwixby spoke. Mr. Qwixby left. Mr. "
+    assert cached.predict(text, k=3).text_cache  # predictions mix the cache in ...
+    settings = GenerationSettings(words=8)
+    # ... generation does not yet (its boundary choice and its words would both need the mix)
+    with_settings, without = generate(cached, text, settings, seed=3), generate(predictor, text, settings, seed=3)
+    assert with_settings.continuation == without.continuation
+    # The context is read through the fused layers' outputs there (the memory), its logits alone here: float32 rounding.
+    assert [w.logprob for w in with_settings.words] == pytest.approx([w.logprob for w in without.words], abs=1e-5)
+
+
 def _prefixes(generation):
     """(text before each word, its whitespace included; the word) for every generated word."""
     text = generation.text

@@ -3,6 +3,7 @@
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -273,6 +274,11 @@ def test_predict_cli_prints_a_table_and_json(tiny_run, capsys):
     assert len(payload["predictions"]) == 3
     assert set(payload["predictions"][0]) >= {"word", "probability", "logprob", "completing"}
     assert payload["predictions"][0]["completing"] is False
+    assert payload["cache"] is True  # the run stored tuned cache settings
+    assert lm_main(["predict", "--model", str(tiny_run.out), "--json", "--no-cache", "-k", "3", "In the "]) == 0
+    assert json.loads(capsys.readouterr().out)["cache"] is False
+    assert lm_main(["predict", "--model", str(tiny_run.out), "--no-cache", "In the "]) == 0
+    assert "the model alone" in capsys.readouterr().out.splitlines()[0]
 
 
 def test_cli_refuses_a_missing_model_in_one_line(tmp_path, capsys):
@@ -287,6 +293,12 @@ def test_evaluate_cli_reports_bpc_perplexity_and_accuracy(tiny_run, corpus_dir, 
     assert report["words"] == 21_812 and report["bpc"] == pytest.approx(tiny_run.test.bpc, rel=1e-6)
     accuracy = report["accuracy"]
     assert accuracy["positions"] == 60 and 0 < accuracy["top1"] <= accuracy["top3"] <= accuracy["top5"] <= 1
+    assert accuracy["cache"] is False and report["accuracy_with_cache"]["cache"] is True
+    assert report["accuracy_with_cache"]["positions"] == 60 and 0 < report["accuracy_with_cache"]["top5"] <= 1
+    assert report["stored_cache"]["test"]["bpc"] > 0 and report["stored_cache"]["window"] >= 1
+    assert lm_main(["evaluate", "--model", str(tiny_run.out), "--corpus", str(corpus_dir), "--positions", "20", "--no-cache"]) == 0
+    printed = capsys.readouterr().out
+    assert "stored cache (window" in printed and "with the stored cache, same positions" not in printed
 
 
 def test_predicting_many_texts_in_one_batch_equals_one_by_one(tiny_subword_run):
@@ -327,3 +339,125 @@ def test_exact_scoring_drops_only_spellings_within_the_tolerance(tiny_subword_ru
             if exact > -math.inf:
                 # Never more than the full sum, never less than (1 - tolerance) of it (float32 noise aside).
                 assert exact + 1e-5 >= approximate >= exact + math.log(1 - tolerance) - 1e-5
+
+
+def _mixed_logprobs(model, inputs, settings):
+    """log P(next unit) under the model mixed with a continuous cache over `inputs` read as one stream (by hand):
+    each earlier position's top-layer output is a key, the input that followed it the value."""
+    with torch.no_grad():
+        outputs, _ = model.features(torch.tensor([inputs]), model.init_state(1))  # (1, T, H)
+        outputs = outputs[0].double()
+        model_p = torch.softmax(model.decoder(outputs[-1].float()).double(), -1)
+    keys, values = outputs[:-1][-settings.window:], torch.tensor(inputs[1:])[-settings.window:]
+    if not len(values):
+        return model_p.log()
+    votes = torch.softmax(settings.theta * (keys @ outputs[-1]), -1)
+    cache_p = torch.zeros_like(model_p).index_add_(0, values, votes)
+    return ((1 - settings.weight) * model_p + settings.weight * cache_p).log()
+
+
+@pytest.mark.parametrize("window", [50, 4])
+def test_the_text_cache_mixes_every_unit_distribution_and_words_equal_a_brute_force(window):
+    from lm.config import CacheConfig
+
+    settings = CacheConfig(window=window, theta=2.0, weight=0.4)
+    tokenizer = CharTokenizer(list("ab ,\n"))
+    model = _model(tokenizer.vocab_size)
+    predictor = Predictor(model, tokenizer, text_cache=settings)
+    text = "ab ba ab "
+    context = [tokenizer.newline_id] + tokenizer.encode(text)
+    a, b = tokenizer.encode("ab")
+    boundary = tokenizer.encode(" ,\n")
+    # The units spelled past the context join the stream: P(b | ... a) is read with the key after the context.
+    by_hand = (_mixed_logprobs(model, context, settings)[a] + _mixed_logprobs(model, context + [a], settings)[b]
+               + torch.logsumexp(_mixed_logprobs(model, context + [a, b], settings)[boundary], 0)).item()
+    alone = Predictor(model, tokenizer).score_word(text, "ab")
+    assert by_hand != pytest.approx(alone, abs=1e-3)  # the cache matters here
+    assert predictor.score_word(text, "ab") == pytest.approx(by_hand, abs=1e-6)
+    result = predictor.predict(text, k=30, beam_width=64, max_word_length=8)
+    assert result.text_cache and result.as_dict()["cache"] is True
+    found = {p.word: p.logprob for p in result.predictions}
+    assert found["ab"] == pytest.approx(by_hand, abs=1e-6)
+    assert sum(p.probability for p in result.predictions) <= 1 + 1e-9
+    reads = predictor._lookahead
+    for units in [(), (a,), (a, b)]:
+        assert np.exp(reads.logprobs(units)).sum() == pytest.approx(1, abs=1e-12)  # each mixed row is normalised
+        mixed = _mixed_logprobs(model, context + list(units), settings).numpy()
+        assert reads.logprobs(units) == pytest.approx(mixed, abs=1e-6)
+
+
+def test_the_text_cache_sums_spellings_and_divides_the_healed_part_by_hand():
+    from lm.config import CacheConfig
+
+    settings = CacheConfig(window=100, theta=3.0, weight=0.3)
+    tokenizer = PieceTokenizer()
+    model = _model(tokenizer.vocab_size, seed=5)
+    predictor = Predictor(model, tokenizer, text_cache=settings)
+    unit = {piece: index for index, piece in enumerate(tokenizer.PIECES)}
+    ends = [unit[p] for p in (" ab", " a", " b", " ", ",", "\n")]
+    text = "ab a b ab "
+    context = [tokenizer.newline_id] + tokenizer.encode(text.rstrip(" "))  # the trailing space is healed
+
+    def spelled(path):
+        total, inputs = 0.0, list(context)
+        for piece in path:
+            total += _mixed_logprobs(model, inputs, settings)[unit[piece]].item()
+            inputs.append(unit[piece])
+        return total + torch.logsumexp(_mixed_logprobs(model, inputs, settings)[ends], 0).item()
+
+    numerator = math.log(sum(math.exp(spelled(path)) for path in ([" ab"], [" a", "b"], [" ", "a", "b"])))
+    first = _mixed_logprobs(model, context, settings)
+    required = torch.logsumexp(first[[unit[p] for p in (" ab", " a", " b", " ")]], 0).item()
+    assert predictor.score_word(text, "ab") == pytest.approx(numerator - required, abs=1e-6)
+    result = predictor.predict(text, k=20, beam_width=32, max_word_length=6)
+    found = {p.word: p for p in result.predictions}
+    assert found["ab"].logprob == pytest.approx(numerator - required, abs=1e-6)
+    assert sum(p.probability for p in result.predictions) <= 1 + 1e-9
+
+
+def test_the_text_cache_raises_a_word_the_text_repeats(tiny_run):
+    from lm.config import CacheConfig
+    from lm.checkpoint import load_checkpoint
+
+    checkpoint = load_checkpoint(tiny_run.out)
+    text = "Mr. Qwixby spoke. Mr. Qwixby left. Mr. Qwixby came back. Mr. Qwi"  # a name the model never saw
+    alone = Predictor(checkpoint.model, checkpoint.tokenizer)
+    cached = Predictor(checkpoint.model, checkpoint.tokenizer, text_cache=CacheConfig(window=2000, theta=1.0, weight=0.5))
+    assert cached.score_word(text, "Qwixby") > alone.score_word(text, "Qwixby") + 5.0  # e^5 times more probable
+    off, before = cached.predict(text, k=3, text_cache=False), alone.predict(text, k=3)
+    assert not off.text_cache and [p.word for p in off.predictions] == [p.word for p in before.predictions]
+    # The context is read through the fused layers' outputs here, not its last logits alone: float32 rounding apart.
+    assert [p.logprob for p in off.predictions] == pytest.approx([p.logprob for p in before.predictions], abs=1e-5)
+
+
+def test_with_the_text_cache_warm_predictions_equal_cold_ones(tiny_subword_run):
+    from lm.config import CacheConfig
+    from lm.checkpoint import load_checkpoint
+
+    checkpoint = load_checkpoint(tiny_subword_run.out)
+    predictor = Predictor(checkpoint.model, checkpoint.tokenizer, text_cache=CacheConfig(window=40, theta=1.0, weight=0.3))
+    words = "The film was released in the United States and the film was a success in the United".split()
+    for count in range(1, len(words)):
+        text = " ".join(words[:count]) + " "
+        warm = predictor.predict(text, k=5)  # reuses the prefix cache and the latest prediction's reads
+        cold = predictor.predict(text, k=5, use_cache=False)
+        assert [p.word for p in warm.predictions] == [p.word for p in cold.predictions]
+        assert [p.logprob for p in warm.predictions] == pytest.approx([p.logprob for p in cold.predictions], abs=1e-5)
+
+
+def test_a_checkpoint_without_cache_settings_predicts_as_before(tiny_run, tmp_path):
+    import shutil
+
+    from lm.checkpoint import load_checkpoint
+
+    old = tmp_path / "old"
+    shutil.copytree(tiny_run.out / "best", old)
+    meta = json.loads((old / "config.json").read_text())
+    assert meta["metrics"]["cache"]["window"] >= 1  # what a run stores now
+    del meta["metrics"]["cache"]
+    (old / "config.json").write_text(json.dumps(meta))
+    checkpoint = load_checkpoint(old)
+    assert checkpoint.cache_config is None
+    before = Predictor(checkpoint.model, checkpoint.tokenizer).predict("The film was ", k=5)
+    assert not before.text_cache
+    assert load_checkpoint(tiny_run.out).cache_config is not None

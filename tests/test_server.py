@@ -59,6 +59,19 @@ def test_predict_without_attribution(client):
     assert len(body["predictions"]) == 3 and all("reach" not in p for p in body["predictions"])
 
 
+def test_the_text_cache_is_on_by_default_and_can_be_turned_off(client):
+    text = "Mr. Qwixby spoke. Mr. Qwixby left. Mr. Qwixby came back. Mr. Qwi"
+    cached = _post(client, {"text": text, "attribution": "none", "k": 3}).get_json()
+    alone = _post(client, {"text": text, "attribution": "none", "k": 3, "cache": False}).get_json()
+    assert cached["cache"] is True and alone["cache"] is False  # the tiny runs store tuned settings
+    assert [p["probability"] for p in cached["predictions"]] != [p["probability"] for p in alone["predictions"]]
+    assert _post(client, {"text": text, "attribution": "none", "k": 3, "cache": True}).get_json() == cached
+    # Attribution covers the model alone, and says so.
+    attributed = _post(client, {"text": text, "k": 3}).get_json()
+    assert attributed["cache"] is False
+    assert [p["word"] for p in attributed["predictions"]] == [p["word"] for p in alone["predictions"]]
+
+
 def test_threshold_method_and_verify_are_honoured(client):
     loose = _post(client, {"text": TEXT, "k": 1, "threshold": 0.5}).get_json()["predictions"][0]["reach"]
     tight = _post(client, {"text": TEXT, "k": 1, "threshold": 0.0001}).get_json()["predictions"][0]["reach"]
@@ -99,6 +112,9 @@ def test_models_card(client):
     assert card["bptt"]["k1"] == card["bptt"]["k2"] == 32 and card["training_tokens"] > 0
     assert card["clipping"]["clip_norm"] == 0.5 and card["heldout"]["test"]["bpc"] > 0
     assert 0 <= card["heldout"]["next_word_accuracy"]["top1"] <= 1
+    cache = card["cache"]  # tuned at the end of training
+    assert cache["window"] >= 1 and cache["theta"] > 0 and 0 <= cache["weight"] < 1
+    assert cache["test"]["bpc"] > 0 and cache["valid"]["word_ppl"] > 0 and cache["chosen"] == "tuned on the valid split"
 
 
 def test_health_and_readiness(client):
@@ -135,6 +151,8 @@ def _out_of_range(*fields: tuple[str, object]) -> list[tuple[dict, int, str]]:
     ({"text": "a", "k": 2.5}, 400, "invalid_type"),
     ({"text": "a", "threshold": "0.1"}, 400, "invalid_type"),
     ({"text": "a", "verify": 1}, 400, "invalid_type"),
+    ({"text": "a", "cache": "yes"}, 400, "invalid_type"),
+    ({"text": "a", "cache": True}, 422, "invalid_value"),  # with the default attribution: not differentiated yet
     ({"text": "a", "model": 7}, 400, "invalid_type"),
     ({"text": "a", "colour": "red"}, 400, "unknown_field"),
     ({"text": "a", "model": "gpt"}, 404, "unknown_model"),

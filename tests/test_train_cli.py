@@ -31,6 +31,22 @@ def test_a_tiny_model_lowers_its_validation_loss(tiny_run):
     assert {"step", "loss", "grad_norm", "clipped", "lr", "tokens_per_s"} <= set(steps[0])
 
 
+def test_the_end_of_training_tunes_the_cache_on_valid_and_stores_it_with_the_figures(tiny_run, corpus, tmp_path):
+    from lm.checkpoint import load_checkpoint
+    from lm.eval.cache import score_stream, tune_cache
+
+    best = load_checkpoint(tiny_run.out)
+    stored = best.metrics["cache"]
+    expected, _, _ = tune_cache(score_stream(best.model, best.tokenizer.encode(corpus.valid.text), best.tokenizer.newline_id))
+    assert best.cache_config == expected  # as `lm evaluate --cache tune` picks it
+    assert stored["chosen"] == "tuned on the valid split"
+    # The cache is tuned to lower the valid loss; the plain figures stay beside the cached ones.
+    assert stored["valid"]["bpc"] <= best.metrics["valid"]["bpc"] + 1e-12
+    assert stored["test"]["words"] == best.metrics["test"]["words"] and stored["test"]["bpc"] > 0
+    skipped = train_tiny(tmp_path / "untuned", corpus, max_steps=5, accuracy_positions=0)  # tune_cache=False
+    assert "cache" not in load_checkpoint(skipped.out).metrics and load_checkpoint(skipped.out).cache_config is None
+
+
 def test_resumed_run_equals_the_uninterrupted_one(tmp_path, corpus):
     settings = dict(max_steps=24, eval_interval=8, dropout=0.2, input_dropout=0.1, variable_bptt=True, optimizer="adamw")
     whole = train_tiny(tmp_path / "whole", corpus, **settings)
@@ -72,7 +88,7 @@ def test_resume_of_nothing_is_explained(capsys, tmp_path):
 def test_ctrl_c_saves_and_the_run_resumes(tmp_path, corpus_dir):
     out = tmp_path / "run"
     command = [sys.executable, str(ROOT / "train.py"), "--preset", "tiny", "--corpus", str(corpus_dir), "--out", str(out),
-               "--max-minutes", "5", "--eval-interval", "100000"]
+               "--max-minutes", "5", "--eval-interval", "100000", "--no-tune-cache"]  # the cache's tuning is tested apart
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while time.time() < deadline:

@@ -14,8 +14,9 @@ that followed it:
 Nothing is trained: `window`, `theta` and `weight` are chosen on the
 validation split (`tune_cache`) and then applied to another split. Only
 earlier positions are used, so the figures are as held-out as the model's
-own. The cache is part of evaluation only; prediction and attribution use
-the model alone.
+own. Its settings (`CacheConfig`, in lm/config.py) are tuned here, stored
+with a checkpoint at the end of training, and applied to a request's own
+text by the predictor (lm/infer/textcache.py).
 
 Device: a split is read on the model's device, the features the cache
 compares stay there, and the per-position log-probabilities come back to
@@ -30,6 +31,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from lm.config import CacheConfig
 from lm.model import RNNLanguageModel
 
 __all__ = ["CacheConfig", "StreamScores", "cache_logprobs", "mixed_nll", "score_stream", "tune_cache"]
@@ -37,23 +39,6 @@ __all__ = ["CacheConfig", "StreamScores", "cache_logprobs", "mixed_nll", "score_
 WINDOWS = (1000, 2000, 4000)
 THETAS = (1.0, 2.0, 4.0, 8.0)
 WEIGHTS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6)
-
-
-@dataclass(frozen=True)
-class CacheConfig:
-    """How the cache looks back and how much it is trusted."""
-
-    window: int = 4000  # earlier positions (units) the cache can point to
-    theta: float = 4.0  # sharpness of the match between hidden states
-    weight: float = 0.5  # lambda: the cache's share of the mixture
-
-    def __post_init__(self) -> None:
-        if self.window < 1:
-            raise ValueError(f"cache window must be at least 1 unit, not {self.window}")
-        if not self.theta > 0:
-            raise ValueError(f"cache theta must be positive, not {self.theta}")
-        if not 0 <= self.weight < 1:
-            raise ValueError(f"cache weight must be in [0, 1), not {self.weight}")
 
 
 @dataclass

@@ -22,7 +22,7 @@ def word_positions(text: str) -> list[int]:
 
 
 def next_word_accuracy(predictor: Predictor, text: str, positions: int | None = None, seed: int = 0, ks: tuple[int, ...] = (1, 3, 5),
-                       beam_width: int = 16, progress: bool = False) -> dict:
+                       beam_width: int = 16, progress: bool = False, text_cache: bool = True) -> dict:
     """Keyboard-style recall@k: at each word start of normalised `text` (or a seeded sample), is the true
     next word among the top k predicted from all the text before it (read as one stream from a zero state)?"""
     candidates = word_positions(text)
@@ -37,28 +37,34 @@ def next_word_accuracy(predictor: Predictor, text: str, positions: int | None = 
     read = 0  # units read so far (after the leading line break)
     pending = [tokenizer.newline_id]
     logits = None
+    remember = text_cache and predictor.text_cache is not None  # mix in the continuous cache over the text read so far
+    memory = None
     for position in tqdm(chosen, disable=not progress, desc="next-word accuracy", unit="word", leave=False):
         query = make_query(text[:position], tokenizer, normalized=True)
         cut = len(query.context)
         count = bisect.bisect_right(ends, cut)  # units wholly inside the context
         pending.extend(ids[read:count])
         read = count
-        if pending:
+        if pending and remember:
+            state, logits, memory = predictor.read_remembering(pending, state, memory)
+            pending = []
+        elif pending:
             with torch.inference_mode():
                 out, state = model(torch.tensor([pending], dtype=torch.long), state)
                 logits = out[0, -1].float()
             pending = []
         assert logits is not None
         # The context's units are not kept (the stream is long): no lookahead, which this walk never uses.
-        context = ContextState(None, count, state, logits, line_start=predictor.ends_line(ids[count - 1] if count else None))
-        result = predictor.predict_from(context, query, k=max(ks), beam_width=beam_width)
+        context = ContextState(None, count, state, logits, line_start=predictor.ends_line(ids[count - 1] if count else None),
+                               memory=memory)
+        result = predictor.predict_from(context, query, k=max(ks), beam_width=beam_width, text_cache=remember)
         truth = word_at(text, position)
         words = [p.word for p in result.predictions]
         for k in ks:
             hits[k] += truth in words[:k]
     total = max(len(chosen), 1)
     return {"positions": len(chosen), "of": len(candidates), "seed": seed if chosen is not candidates else None,
-            **{f"top{k}": hits[k] / total for k in ks}}
+            "cache": remember, **{f"top{k}": hits[k] / total for k in ks}}
 
 
 def checkpoint_accuracy(checkpoint: Checkpoint, text: str, positions: int) -> dict:

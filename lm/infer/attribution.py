@@ -137,6 +137,7 @@ class Attribution:
             "partial": self.result.query.partial,
             "attribution": {"method": self.method, "threshold": self.threshold, **HOW},
             "predictions": predictions,
+            "cache": self.result.text_cache,
         }
 
 
@@ -284,7 +285,9 @@ def attribute(predictor: Predictor, text: str, k: int = 5, method: str = "salien
     # One read of the text serves the prediction and the gradients (see lm/infer/context_grad.py).
     trace = trace_context(model, torch.tensor([tokenizer.newline_id, *units], dtype=torch.long))
     context = predictor.context_from(units, trace.final, trace.logits)
-    result = predictor.predict_from(context, query, k=k, beam_width=beam_width, temperature=temperature)
+    # The continuous cache is not differentiated yet: the words and gradients are the model's alone, and the
+    # result says so ("cache": false), whatever cache settings the predictor has.
+    result = predictor.predict_from(context, query, k=k, beam_width=beam_width, temperature=temperature, text_cache=False)
     unit_list = [(query.context[s:e], s, e) for s, e in spans]
     words = words_of(query.context)
     unit_word = unit_words(unit_list, words)

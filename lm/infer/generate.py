@@ -215,7 +215,8 @@ def _boundary(predictor: Predictor, firsts: _FirstCharacters, so_far: str, setti
 def _word(predictor: Predictor, query: Query, settings: GenerationSettings, rng: random.Random) -> GeneratedWord | None:
     """The next word after a query's text, sampled among the predictor's top_k words."""
     context = predictor.context_state(tuple(predictor.tokenizer.encode(query.context)))
-    result = predictor.predict_from(context, query, k=settings.top_k)
+    # The model alone, as `_boundary` reads it: the continuous cache is not part of generation yet (docs/PREDICTION.md).
+    result = predictor.predict_from(context, query, k=settings.top_k, text_cache=False)
     chosen = sample_index([p.probability for p in result.predictions], settings, rng)
     if chosen is None:
         return None

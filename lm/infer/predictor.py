@@ -27,6 +27,12 @@ so the returned probabilities are exact and those of the k words sum to at
 most 1. Units without text (the unknown unit, SentencePiece's byte pieces)
 never form words.
 
+With a continuous cache (`text_cache`, tuned at the end of training and
+stored with the checkpoint), every unit distribution the search and exact
+scoring read is the mixture of the model and a cache over the request's own
+text (lm/infer/textcache.py); the probabilities stay exact under that mixed
+model.
+
 The `Predictor` here owns what lasts between requests (the model's step
 engine, the unit tables, the prefix cache and the latest prediction's reads)
 and hands each prediction's work to the query, search and scoring modules.
@@ -48,7 +54,9 @@ from lm.infer.query import Query, make_query
 from lm.infer.reads import ContextState, Reads, StepRows
 from lm.infer.scoring import NEG, Path, score_words
 from lm.infer.search import beam_search
+from lm.infer.textcache import Memory, TextCache, read_memory
 from lm.infer.units import UnitTable
+from lm.config import CacheConfig
 from lm.model import RNNLanguageModel
 from lm.tokenizers import Tokenizer
 
@@ -85,6 +93,7 @@ class PredictionResult:
     context_units: int
     required_logprob: float  # log P(continuation spells query.required); 0 without healing
     required_paths: list[Path]  # the required part's spellings, as in WordPrediction.paths
+    text_cache: bool = False  # whether the continuous cache over the text was mixed in
 
     @property
     def completing(self) -> bool:
@@ -96,18 +105,25 @@ class PredictionResult:
             "completing": self.query.completing,
             "partial": self.query.partial,
             "predictions": [{**p.as_dict(), "completing": self.query.completing} for p in self.predictions],
+            "cache": self.text_cache,
         }
 
 
 class Predictor:
     """Next-word predictions from one model; safe to share between threads."""
 
-    def __init__(self, model: RNNLanguageModel, tokenizer: Tokenizer, cache_size: int = 64):
+    def __init__(self, model: RNNLanguageModel, tokenizer: Tokenizer, cache_size: int = 64,
+                 text_cache: CacheConfig | None = None):
+        """`cache_size`: contexts the prefix cache keeps; `text_cache`: the continuous cache's settings (None: none)."""
         self.model = model.eval()
+        self.text_cache = text_cache
         self.tokenizer = tokenizer
         self.engine = StepEngine(self.model)  # single steps on the CPU, for the searches and attribution
         self.units = UnitTable(tokenizer)  # the tokenizer's per-unit facts, shared by search, scoring and attribution
         self.cache_size = cache_size
+        # With a text cache each context keeps its memory (the last `window` top-layer outputs and units) beside its
+        # state: a context extended from a cached prefix or from the lookahead gets its memory exactly as a fresh
+        # read would, so reuse stays correct with the cache on or off.
         self._cache: OrderedDict[tuple[int, ...], ContextState] = OrderedDict()
         # What the latest prediction read past its context (the beam's and exact scoring's unit sequences):
         # when the next text is that context plus one of them (the user typed a word the model had
@@ -128,6 +144,7 @@ class Predictor:
         start_units: tuple[int, ...] = ()
         state = None
         logits = None
+        memory = None
         if use_cache:
             with self._lock:
                 hit = self._cache.get(units)
@@ -141,7 +158,7 @@ class Predictor:
                 for cached_units in reversed(self._cache):
                     if len(cached_units) < len(units) and units[: len(cached_units)] == cached_units:
                         cached = self._cache[cached_units]
-                        start_units, state, logits = cached_units, cached.state, cached.logits
+                        start_units, state, logits, memory = cached_units, cached.state, cached.logits, cached.memory
                         break
         with torch.inference_mode():
             if state is None:
@@ -149,25 +166,54 @@ class Predictor:
                 state = self.model.init_state(1)
             else:
                 inputs = list(units[len(start_units):])
-            if 0 < len(inputs) <= STEPWISE_READ:
+            if self.text_cache is not None:
+                if inputs:
+                    state, logits, memory = self.read_remembering(inputs, state, memory)
+            elif 0 < len(inputs) <= STEPWISE_READ:
                 state = self.engine.read_steps(torch.tensor([inputs], dtype=torch.long), state)
                 logits = self.engine.output_from_state(state)[0].float()
             elif inputs:
                 out, state = self.model(torch.tensor([inputs], dtype=torch.long), state, score_from=len(inputs) - 1)  # (1, 1, V)
                 logits = out[0, -1].float()
         assert logits is not None
-        result = self.context_from(units, state, logits)
+        result = self.context_from(units, state, logits, memory)
         return self._remember(units, result) if use_cache else result
 
-    def _ahead(self, units: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """The state and logits after `units` if the latest prediction read them past its context (lock held)."""
+    def read_remembering(self, inputs: list[int], state: torch.Tensor, memory: Memory | None
+                         ) -> tuple[torch.Tensor, torch.Tensor, Memory]:
+        """Read `inputs` after `state` (L, 1, S) keeping the text cache's memory: the new state, the logits (V,)
+        and `memory` extended by the inputs (memory None: `state` is the zero state and inputs[0] a line break)."""
+        assert self.text_cache is not None
+        hidden = self.model.config.hidden_dim
+        previous = state[-1, 0, :hidden]
+        with torch.inference_mode():
+            if len(inputs) <= STEPWISE_READ:  # single steps, each leaving its top-layer output in the state
+                outputs = []
+                for unit in inputs:
+                    state = self.engine.read_steps(torch.tensor([[unit]], dtype=torch.long), state)
+                    outputs.append(state[-1, 0, :hidden])
+                outputs = torch.stack(outputs)  # (T, H)
+            else:
+                features, state = self.model.features(torch.tensor([inputs], dtype=torch.long), state)  # (1, T, H)
+                outputs = features[0]
+            logits = self.engine.output_from_state(state)[0].float()
+        return state, logits, read_memory(memory, previous, outputs.float(), inputs, self.text_cache.window)
+
+    def _ahead(self, units: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor, Memory | None] | None:
+        """The state, logits and text-cache memory after `units` if the latest prediction read them past its
+        context (lock held)."""
         reads = self._lookahead
         if reads is None or reads.context_units is None:
             return None
         base = reads.context_units
         if len(units) <= len(base) or units[: len(base)] != base or units[len(base):] not in reads:
             return None
-        return reads.after(units[len(base):])
+        memory = None
+        if self.text_cache is not None:
+            memory = reads.memory_after(units[len(base):], self.text_cache.window)
+            if memory is None:  # read without the cache: no path memory kept
+                return None
+        return (*reads.after(units[len(base):]), memory)
 
     def _remember(self, units: tuple[int, ...], result: ContextState) -> ContextState:
         if self.cache_size:
@@ -178,17 +224,24 @@ class Predictor:
                     self._cache.popitem(last=False)
         return result
 
-    def context_from(self, units: tuple[int, ...], state: torch.Tensor, logits: torch.Tensor) -> ContextState:
-        """The context state after `units` from a read done elsewhere: its final state (L, 1, S) and logits (V,)."""
-        return ContextState(units, len(units), state, logits.float(), line_start=self.ends_line(units[-1] if units else None))
+    def context_from(self, units: tuple[int, ...], state: torch.Tensor, logits: torch.Tensor,
+                     memory: Memory | None = None) -> ContextState:
+        """The context state after `units` from a read done elsewhere: its final state (L, 1, S), logits (V,) and
+        the text cache's memory (None: predictions from it use the model alone)."""
+        return ContextState(units, len(units), state, logits.float(), line_start=self.ends_line(units[-1] if units else None),
+                            memory=memory)
 
     def ends_line(self, last_unit: int | None) -> bool:
         """Whether a context whose last unit is `last_unit` (None: an empty context) ends at a line start."""
         return last_unit is None or self.tokenizer.unit_text(last_unit) == "\n"
 
     def predict_many(self, texts: list[str], k: int = 5, beam_width: int = 16, max_word_length: int = 24,
-                     temperature: float = 1.0) -> list[PredictionResult]:
-        """Predict after many texts: their contexts are read together in one padded batch."""
+                     temperature: float = 1.0, text_cache: bool = True) -> list[PredictionResult]:
+        """Predict after many texts: their contexts are read together in one padded batch (one by one when the
+        text cache is applied: each context's memory needs every position's output)."""
+        if text_cache and self.text_cache is not None:
+            return [self.predict(text, k=k, beam_width=beam_width, max_word_length=max_word_length,
+                                 temperature=temperature, use_cache=False) for text in texts]
         queries = [make_query(text, self.tokenizer) for text in texts]
         rows = [[self.tokenizer.newline_id, *self.tokenizer.encode(q.context)] for q in queries]
         lengths = torch.tensor([len(row) for row in rows])
@@ -204,7 +257,7 @@ class Predictor:
             units = tuple(rows[index][1:])
             context = self.context_from(units, states[:, index : index + 1].clone(), last[index])
             results.append(self.predict_from(context, query, k=k, beam_width=beam_width, max_word_length=max_word_length,
-                                             temperature=temperature))
+                                             temperature=temperature, text_cache=False))
         return results
 
     def warm_up(self, rows: int = 64) -> None:
@@ -250,36 +303,44 @@ class Predictor:
         boundaries = torch.log((weights @ self.units.ends_mask) / total)
         return StepRows(states, raw, logits.numpy(), normaliser.numpy(), boundaries.numpy())
 
-    def reads_after(self, context: ContextState, temperature: float = 1.0) -> Reads:
+    def reads_after(self, context: ContextState, temperature: float = 1.0, text_cache: bool = True) -> Reads:
         """What the model has read after a context, holding only the context itself so far; it reads more
-        (batched model steps at `temperature`) as a search asks."""
+        (batched model steps at `temperature`) as a search asks. With `text_cache` (and settings, and a context
+        that kept its memory) every row is mixed with the continuous cache over the text."""
         with torch.inference_mode():
             first = self._normalized(context.state, context.logits[None], temperature)
-        return Reads(context, first, lambda states, units, parents: self._step(temperature, states, units, parents))
+            cache = None
+            if text_cache and self.text_cache is not None and context.memory is not None:
+                cache = TextCache(self.text_cache, context.memory, self.model.config.hidden_dim, self.units.ends_mask)
+            return Reads(context, first, lambda states, units, parents: self._step(temperature, states, units, parents),
+                         cache)
 
     # Scoring and prediction ------------------------------------------------
 
-    def score_word(self, text: str, word: str, temperature: float = 1.0) -> float:
+    def score_word(self, text: str, word: str, temperature: float = 1.0, text_cache: bool = True) -> float:
         """Exact log P(word | text): every unit sequence that spells it, followed by a boundary."""
         query = make_query(text, self.tokenizer)
         context = self.context_state(tuple(self.tokenizer.encode(query.context)))
-        (exact,), _ = score_words(self.units, self.reads_after(context, temperature), context.line_start, query, [word])
+        (exact,), _ = score_words(self.units, self.reads_after(context, temperature, text_cache), context.line_start,
+                                  query, [word])
         return exact.logprob
 
     def predict(self, text: str, k: int = 5, beam_width: int = 16, max_word_length: int = 24,
-                temperature: float = 1.0, use_cache: bool = True) -> PredictionResult:
-        """The k most probable next words (or completions of the unfinished word) after `text`."""
+                temperature: float = 1.0, use_cache: bool = True, text_cache: bool = True) -> PredictionResult:
+        """The k most probable next words (or completions of the unfinished word) after `text`; `use_cache`: reuse
+        the prefix cache; `text_cache`: mix in the continuous cache over the text when the predictor has settings."""
         query = make_query(text, self.tokenizer)
         context = self.context_state(tuple(self.tokenizer.encode(query.context)), use_cache=use_cache)
         return self.predict_from(context, query, k=k, beam_width=beam_width, max_word_length=max_word_length,
-                                 temperature=temperature)
+                                 temperature=temperature, text_cache=text_cache)
 
     def predict_from(self, context: ContextState, query: Query, k: int = 5, beam_width: int = 16,
-                     max_word_length: int = 24, temperature: float = 1.0) -> PredictionResult:
-        """Predict after an already-read context (see `context_state`)."""
+                     max_word_length: int = 24, temperature: float = 1.0, text_cache: bool = True) -> PredictionResult:
+        """Predict after an already-read context (see `context_state`); with the text cache when asked, the
+        predictor has settings and the context kept its memory (the result's `text_cache` says which)."""
         if k < 1 or beam_width < 1 or max_word_length < 1 or not temperature > 0:
             raise ValueError("k, beam_width and max_word_length must be at least 1 and temperature positive")
-        known = self.reads_after(context, temperature)  # what the beam reads, exact scoring reuses
+        known = self.reads_after(context, temperature, text_cache)  # what the beam reads, exact scoring reuses
         words = beam_search(self.units, known, context.line_start, query, k, beam_width, max_word_length)
         # Other spellings (segmentations, a leading space) may have been
         # pruned from the beam: score the leaders exactly, all in one pass.
@@ -295,4 +356,4 @@ class Predictor:
                 continue
             remainder = word[len(query.partial):] if query.completing else word
             predictions.append(WordPrediction(word, spelling.logprob, remainder, spelling.paths))
-        return PredictionResult(query, predictions, context.length, required.logprob, required.paths)
+        return PredictionResult(query, predictions, context.length, required.logprob, required.paths, known.cache is not None)

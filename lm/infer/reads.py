@@ -5,15 +5,26 @@ context; `Reads` keeps, for each sequence read so far, its state, its logits,
 the log-normaliser of the next-unit distribution and the boundary mass, so
 that no sequence is ever read twice. It reads what is missing through the
 `step` it was given (the predictor's batched model step).
+
+With a continuous cache over the request's text (lm/infer/textcache.py),
+every row is mixed as it is added: its `scaled` row then holds float64
+log-probabilities of the mixed distribution (normaliser 0) and its boundary
+mass is the mixed one, so search and scoring read the mixed model without
+knowing of the cache. Each read sequence also keeps its path memory (the
+outputs along it and the units that followed them), which its children's
+rows are mixed with.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, NamedTuple
+from typing import TYPE_CHECKING, Callable, NamedTuple
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from lm.infer.textcache import Memory, TextCache
 
 __all__ = ["ContextState", "Read", "Reads", "StepRows"]
 
@@ -27,6 +38,7 @@ class ContextState:
     state: torch.Tensor  # (L, 1, S)
     logits: torch.Tensor  # (V,) float32, raw (temperature 1)
     line_start: bool  # whether the context ends at a line start (nothing, or a line break)
+    memory: Memory | None = None  # the continuous cache's keys and values over the context; None when not kept
 
 
 class StepRows(NamedTuple):
@@ -34,8 +46,8 @@ class StepRows(NamedTuple):
 
     states: torch.Tensor  # (L, N, S)
     logits: torch.Tensor  # (N, V) raw
-    scaled: np.ndarray  # (N, V) float32, divided by the temperature
-    normalisers: np.ndarray  # (N,) float64: log P(u) = scaled[u] - normaliser
+    scaled: np.ndarray  # (N, V) float32, divided by the temperature; float64 mixed log-probabilities with a cache
+    normalisers: np.ndarray  # (N,) float64: log P(u) = scaled[u] - normaliser (0 with a cache)
     boundaries: np.ndarray  # (N,) float64: log P(the next unit begins with a boundary)
 
 
@@ -63,12 +75,19 @@ class Reads:
     looks at their distribution.
     """
 
-    def __init__(self, context: ContextState, first: StepRows, step: Stepper):
-        """`first`: the context's own row (its state (L, 1, S) and logits); `step` reads the sequences missing later."""
+    def __init__(self, context: ContextState, first: StepRows, step: Stepper, cache: TextCache | None = None):
+        """`first`: the context's own row (its state (L, 1, S) and logits); `step` reads the sequences missing later;
+        `cache`: the continuous cache every row is mixed with (None: the model alone)."""
         self.context_units = context.units  # None when the context state does not keep its units
+        self.context_memory = context.memory
+        self.cache = cache
         self._step = step
         self._after: dict[tuple[int, ...], Read] = {}
         self._logprobs: dict[tuple[int, ...], np.ndarray] = {}
+        self._paths: dict[tuple[int, ...], Memory] = {}
+        if cache is not None:
+            self._paths[()] = cache.empty
+            first = cache.mix(first, [cache.empty])
         self.add([()], first)
 
     def __contains__(self, units: tuple[int, ...]) -> bool:
@@ -91,7 +110,14 @@ class Reads:
         slots: dict[tuple[int, ...], int] = {}
         parents = [slots.setdefault(units[:-1], len(slots)) for units in missing]
         states = torch.stack([self.state(units) for units in slots], dim=1)  # (L, distinct, S)
-        self.add(missing, self._step(states, [units[-1] for units in missing], parents))
+        rows = self._step(states, [units[-1] for units in missing], parents)
+        if self.cache is not None:
+            cache, paths = self.cache, self._paths
+            fed = torch.tensor([units[-1] for units in missing], dtype=torch.long)  # (N,)
+            for row, units in enumerate(missing):
+                paths[units] = cache.path_after(paths[units[:-1]], self.state(units[:-1]), fed[row : row + 1])
+            rows = cache.mix(rows, [paths[units] for units in missing])
+        self.add(missing, rows)
 
     def state(self, units: tuple[int, ...]) -> torch.Tensor:
         """The state (L, S) after `units`."""
@@ -102,6 +128,13 @@ class Reads:
         """The state (L, 1, S) and raw logits (V,) after `units`."""
         read = self._after[units]
         return read.states[:, read.row : read.row + 1], read.logits[read.row]
+
+    def memory_after(self, units: tuple[int, ...], window: int) -> Memory | None:
+        """The cache's memory of the context followed by `units` (None when this read kept no paths)."""
+        path = self._paths.get(units)
+        if path is None or self.context_memory is None:
+            return None
+        return self.context_memory.extended(path.keys, path.values, window)
 
     def logprobs(self, units: tuple[int, ...]) -> np.ndarray:
         """(V,) float64 log-probabilities of the next unit after `units`, kept once made."""
@@ -120,5 +153,5 @@ class Reads:
         if row is not None:
             return row[chosen]
         read = self._after[units]
-        return read.scaled[read.row][chosen].astype(np.float64) - read.normaliser
+        return read.scaled[read.row][chosen].astype(np.float64, copy=False) - read.normaliser
 

@@ -12,7 +12,7 @@ import logging
 import os
 import random
 import time
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -24,6 +24,7 @@ from lm.checkpoint import Checkpoint, CheckpointError, load_checkpoint, read_met
 from lm.config import ModelConfig, TokenizerConfig, TrainConfig, from_dict
 from lm.train.devices import accelerator_rng_state, set_accelerator_rng_state
 from lm.train.distributed import Distributed
+from lm.eval.cache import score_stream, tune_cache
 from lm.eval.figures import HOW_STATE_FLOWS, EvalResult, evaluate_text
 from lm.model import RNNLanguageModel, count_parameters
 from lm.tokenizers import Tokenizer, load_tokenizer
@@ -232,16 +233,30 @@ def train_run(
     scored = best.model.to(device)
     valid = evaluate_text(scored, best.tokenizer, corpus.valid.text, corpus.valid.raw_words)
     test = evaluate_text(scored, best.tokenizer, corpus.test.text, corpus.test.raw_words)
+    cache = _tuned_cache(scored, best.tokenizer, corpus) if train_config.tune_cache else None
     best.model.cpu()  # the accuracy reads words with the CPU engine
     figures = None
     if train_config.accuracy_positions and accuracy is not None:
         figures = {**accuracy(best, corpus.test.text, train_config.accuracy_positions), "split": "test"}
     update_metrics(best.directory, {"valid": valid.as_dict(), "test": test.as_dict(), "evaluation": HOW_STATE_FLOWS,
-                                    "accuracy": figures})
+                                    "accuracy": figures, **({"cache": cache} if cache is not None else {})})
     with MetricsLog(metrics_path) as final:
         final.write({"kind": "eval", "split": "test", "step": state.step, "checkpoint": best.directory.name, **test.as_dict()})
     return RunResult(out, state, valid, test, count_parameters(model), time.perf_counter() - begun, state.stopped,
                      model_config, figures)
+
+
+def _tuned_cache(model: RNNLanguageModel, tokenizer: Tokenizer, corpus: Corpus) -> dict[str, Any]:
+    """A continuous cache (Grave et al. 2017) tuned on the whole valid split as `lm evaluate --cache tune` does, with
+    the valid and test figures it gives: what `metrics["cache"]` stores and the predictor applies."""
+    scores = score_stream(model, tokenizer.encode(corpus.valid.text), tokenizer.newline_id)
+    settings, _, _ = tune_cache(scores)
+    del scores  # the valid split's features: the largest thing held here
+    valid = evaluate_text(model, tokenizer, corpus.valid.text, corpus.valid.raw_words, cache=settings)
+    test = evaluate_text(model, tokenizer, corpus.test.text, corpus.test.raw_words, cache=settings)
+    log.info("continuous cache tuned on valid: window %d, theta %g, weight %g (test %.4f bpc)",
+             settings.window, settings.theta, settings.weight, test.bpc)
+    return {**asdict(settings), "chosen": "tuned on the valid split", "valid": valid.as_dict(), "test": test.as_dict()}
 
 
 def _restore(directory: Path, model: RNNLanguageModel, optimizer: torch.optim.Optimizer, ranks: Distributed,
