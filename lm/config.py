@@ -181,6 +181,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "tokenizer": "char", "embed_dim": 32, "hidden_dim": 64, "num_layers": 1, "dropout": 0.0,
         "input_dropout": 0.0, "weight_dropout": 0.0, "batch_size": 16, "bptt": 32, "lr": 1e-2, "warmup_steps": 0,
         "max_minutes": 0.5, "eval_interval": 100, "eval_max_chars": 20_000, "accuracy_positions": 100,
+        "tune_cache": False,  # tuning the cache on valid takes minutes on a character model: not for a seconds preset
     },
     "small": {  # about two minutes; the quick start (too short to overfit: lighter dropout)
         "embed_dim": 192, "hidden_dim": 384, "vocab_size": 2000, "dropout": 0.2, "input_dropout": 0.1,
