@@ -172,6 +172,7 @@ def train_lab_run(run: LabRun, settings: LabSettings, corpus: Corpus, out: Path)
         clip_norm=settings.clip_norm if run.clipping == "norm" else None,
         clip_value=settings.clip_value if run.clipping == "value" else None,
         accuracy_positions=settings.accuracy_positions, eval_max_chars=settings.eval_chars, rollback_ratio=1e9,
+        tune_cache=False,  # the lab measures the models themselves; tuning a cache on a character model takes minutes
     )
     seed_everything(settings.seed)
     result = train_run(tokenizer_config, model_config, train_config, out / "runs" / run.name, corpus=corpus,
