@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import json
+import os
 import shutil
+import time
+from pathlib import Path
 
 import numpy
 import pytest
@@ -11,13 +15,13 @@ import torch
 
 import lm.train.tokens
 from conftest import train_tiny
-from corpora import Split, StreamedSplit, load_corpus
+from corpora import Split, StreamedSplit, hash_file, load_corpus
 from lm.config import TokenizerConfig, apply_preset
 from lm.model import RNNLanguageModel
 from lm.tokenizers import CharTokenizer
 from lm.train.loop import Hooks, MetricsLog, TrainingState, batchify, build_optimizer, fit, iterate_windows
 from lm.train.run import seed_everything
-from lm.train.tokens import cache_directory, cached_tokenizer, token_ids, unit_dtype
+from lm.train.tokens import cache_directory, cached_tokenizer, file_digest, token_ids, unit_dtype
 
 
 @pytest.fixture
@@ -191,3 +195,54 @@ def test_training_through_the_cache_gives_todays_losses(tmp_path, corpus):
         fit(model, build_optimizer(model, train_config), data, train_config, TrainingState(), metrics, Hooks())
     today = [record["loss"] for record in map(json.loads, (tmp_path / "today.jsonl").read_text().splitlines()) if record["kind"] == "step"]
     assert len(losses) == 40 and losses == today
+
+
+def test_a_file_digest_is_remembered_until_the_file_changes(tmp_path, monkeypatch):
+    path = tmp_path / "train.txt"
+    path.write_text("first line\nsecond line\n", encoding="utf-8")
+    time.sleep(lm.train.tokens.STAMP_MARGIN_NS / 1e9 + 0.1)  # older than the margin: its digest may be remembered
+    hashed = []
+    original = lm.train.tokens.hash_file
+    monkeypatch.setattr(lm.train.tokens, "hash_file", lambda name: hashed.append(name) or original(name))
+    first = file_digest(path, tmp_path / "cache")
+    assert first == hash_file(path) and len(hashed) == 1
+    assert file_digest(path, tmp_path / "cache") == first and len(hashed) == 1  # remembered: not read again
+    # An edit that keeps the size and puts the mtime back is still seen (its ctime moved).
+    status = path.stat()
+    path.write_text("first line\nsecond LINE\n", encoding="utf-8")
+    os.utime(path, ns=(status.st_atime_ns, status.st_mtime_ns))
+    assert path.stat().st_size == status.st_size and path.stat().st_mtime_ns == status.st_mtime_ns
+    changed = file_digest(path, tmp_path / "cache")
+    assert changed == hash_file(path) != first and len(hashed) == 2
+
+
+def test_a_file_changed_just_before_it_is_hashed_is_hashed_again_next_time(tmp_path, monkeypatch):
+    path = tmp_path / "train.txt"
+    path.write_text("a line\n", encoding="utf-8")
+    hashed = []
+    original = lm.train.tokens.hash_file
+    monkeypatch.setattr(lm.train.tokens, "hash_file", lambda name: hashed.append(name) or original(name))
+    file_digest(path, tmp_path / "cache")
+    assert not (tmp_path / "cache" / "stamps").exists()  # changed too recently to be trusted
+    path.write_text("b line\n", encoding="utf-8")  # within the same timestamp tick, perhaps: nothing may be trusted
+    assert file_digest(path, tmp_path / "cache") == hash_file(path) and len(hashed) == 2
+
+
+def test_a_run_hashes_its_training_text_once(tmp_path, small_corpus, monkeypatch):
+    hashed = []
+    original = lm.train.tokens.hash_file
+    monkeypatch.setattr(lm.train.tokens, "hash_file", lambda name: hashed.append(Path(name).name) or original(name))
+    corpus = load_corpus(str(small_corpus), stream_train=True)
+    train_tiny(tmp_path / "run", corpus, max_steps=2, eval_interval=1000, accuracy_positions=0, token_cache=str(tmp_path / "cache"))
+    assert hashed.count("train.txt") == 1
+
+
+def test_two_encoding_processes_give_the_ids_of_one(tmp_path, small_corpus, subword_tokenizer, monkeypatch):
+    """Chunks split at line boundaries, encoded by two worker processes and written in order: the ids of one process."""
+    split = StreamedSplit([small_corpus / "train.txt"])
+    monkeypatch.setattr(split, "line_chunks", functools.partial(split.line_chunks, 20_000))  # about ten chunks
+    one = token_ids(split, subword_tokenizer, tmp_path / "one", workers=1, progress=False)
+    two = token_ids(split, subword_tokenizer, tmp_path / "two", workers=2, progress=False)
+    assert not two.reused and two.chars == one.chars
+    assert numpy.array_equal(two.ids, one.ids)
+    assert one.ids.tolist() == subword_tokenizer.encode(load_corpus(str(small_corpus)).train.text)

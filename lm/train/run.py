@@ -29,7 +29,7 @@ from lm.eval.figures import HOW_STATE_FLOWS, EvalResult, evaluate_text
 from lm.model import RNNLanguageModel, count_parameters
 from lm.tokenizers import Tokenizer, load_tokenizer
 from lm.train.loop import Hooks, MetricsLog, TrainingState, batchify, build_optimizer, fit
-from lm.train.tokens import TokenIds, cache_directory, cached_tokenizer, token_ids
+from lm.train.tokens import TokenIds, cache_directory, cached_tokenizer, corpus_fingerprint, token_ids
 
 __all__ = ["RunResult", "resume_configs", "seed_everything", "set_threads", "train_run", "BUDGET_FIELDS"]
 
@@ -139,9 +139,10 @@ def train_run(
         tokenizer_config, model_config, train_config = resume_configs(out, budget or {})
     corpus = corpus or load_corpus(train_config.corpus, train_config.extra_train, stream_train=True)
     cache = cache_directory(train_config.token_cache)
-    tokenizer = _tokenizer(out, resume, tokenizer_config, corpus, ranks, cache)
+    fingerprint = corpus_fingerprint(corpus.train, cache)  # once: it keys both the cached tokenizer and the cached ids
+    tokenizer = _tokenizer(out, resume, tokenizer_config, corpus, ranks, cache, fingerprint)
     model_config = replace(model_config, vocab_size=tokenizer.vocab_size)
-    train = _train_ids(corpus, tokenizer, ranks, cache)
+    train = _train_ids(corpus, tokenizer, ranks, cache, fingerprint)
     train_ids = torch.from_numpy(train.ids)  # (N,) uint16 or uint32, sharing the memory map
     data = batchify(train_ids, train_config.batch_size)[ranks.rows(train_config.batch_size)]  # (B / ranks, N): a view
     if device.type != "cpu":
@@ -273,28 +274,29 @@ def _restore(directory: Path, model: RNNLanguageModel, optimizer: torch.optim.Op
     return state
 
 
-def _tokenizer(out: Path, resume: bool, config: TokenizerConfig, corpus: Corpus, ranks: Distributed, cache: Path) -> Tokenizer:
+def _tokenizer(out: Path, resume: bool, config: TokenizerConfig, corpus: Corpus, ranks: Distributed, cache: Path,
+               fingerprint: str) -> Tokenizer:
     """The run's tokenizer: from the checkpoint when resuming, else from the token cache or trained on a bounded
     sample of the training split (by rank 0, shared through `out`)."""
     if resume:
         return load_checkpoint(out / "last").tokenizer
     if not ranks.enabled:
-        return cached_tokenizer(corpus.train, config, cache)
+        return cached_tokenizer(corpus.train, config, cache, fingerprint)
     shared = out / ".tokenizer"
     if ranks.is_main:
-        tokenizer = cached_tokenizer(corpus.train, config, cache)
+        tokenizer = cached_tokenizer(corpus.train, config, cache, fingerprint)
         shared.mkdir(parents=True, exist_ok=True)
         tokenizer.save(shared)
     ranks.barrier()
     return load_tokenizer(shared)
 
 
-def _train_ids(corpus: Corpus, tokenizer: Tokenizer, ranks: Distributed, cache: Path) -> TokenIds:
+def _train_ids(corpus: Corpus, tokenizer: Tokenizer, ranks: Distributed, cache: Path, fingerprint: str) -> TokenIds:
     """The training split's ids from the token cache; under torchrun rank 0 encodes them, the others then read them."""
     if ranks.enabled and not ranks.is_main:
         ranks.barrier()
-        return token_ids(corpus.train, tokenizer, cache)
-    found = token_ids(corpus.train, tokenizer, cache)
+        return token_ids(corpus.train, tokenizer, cache, fingerprint=fingerprint)
+    found = token_ids(corpus.train, tokenizer, cache, fingerprint=fingerprint)
     if ranks.enabled:
         ranks.barrier()
     return found
