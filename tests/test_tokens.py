@@ -14,9 +14,10 @@ import pytest
 import torch
 
 import lm.train.tokens
-from conftest import train_tiny
+from conftest import make_model, train_tiny
 from corpora import Split, StreamedSplit, hash_file, load_corpus
 from lm.config import TokenizerConfig, apply_preset
+from lm.eval.figures import evaluate_text
 from lm.model import RNNLanguageModel
 from lm.tokenizers import CharTokenizer
 from lm.train.loop import Hooks, MetricsLog, TrainingState, batchify, build_optimizer, fit, iterate_windows
@@ -235,6 +236,7 @@ def test_a_run_hashes_its_training_text_once(tmp_path, small_corpus, monkeypatch
     corpus = load_corpus(str(small_corpus), stream_train=True)
     train_tiny(tmp_path / "run", corpus, max_steps=2, eval_interval=1000, accuracy_positions=0, token_cache=str(tmp_path / "cache"))
     assert hashed.count("train.txt") == 1
+    assert len(list((tmp_path / "cache").glob("*.ids"))) == 3  # train, and the held-out splits the evaluations read
 
 
 def test_two_encoding_processes_give_the_ids_of_one(tmp_path, small_corpus, subword_tokenizer, monkeypatch):
@@ -246,3 +248,13 @@ def test_two_encoding_processes_give_the_ids_of_one(tmp_path, small_corpus, subw
     assert not two.reused and two.chars == one.chars
     assert numpy.array_equal(two.ids, one.ids)
     assert one.ids.tolist() == subword_tokenizer.encode(load_corpus(str(small_corpus)).train.text)
+
+
+def test_evaluation_reads_cached_ids_with_the_figures_of_encoding(tmp_path, corpus, subword_tokenizer, monkeypatch):
+    model = make_model(vocab_size=subword_tokenizer.vocab_size)
+    ids = token_ids(corpus.valid, subword_tokenizer, tmp_path, workers=1, progress=False).ids.tolist()
+    encoded = {chars: evaluate_text(model, subword_tokenizer, corpus.valid.text, corpus.valid.raw_words, chars)
+               for chars in (None, 30_000)}
+    monkeypatch.setattr(subword_tokenizer, "encode", lambda text: pytest.fail("encoded although the ids were given"))
+    for chars, expected in encoded.items():  # the whole split, and a prefix of whole lines
+        assert evaluate_text(model, subword_tokenizer, corpus.valid.text, corpus.valid.raw_words, chars, ids=ids) == expected

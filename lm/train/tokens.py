@@ -46,16 +46,16 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import numpy
 
-from corpora import StreamedSplit, Split, hash_file
+from corpora import Corpus, StreamedSplit, Split, hash_file, load_corpus
 from corpora.loading import normalize_lines
 from lm.config import TokenizerConfig
 from lm.tokenizers import Tokenizer, TokenizerError, build_tokenizer, load_tokenizer
 
-__all__ = ["TokenIds", "cache_directory", "cached_tokenizer", "corpus_fingerprint", "file_digest", "token_ids", "tokenizer_identity", "unit_dtype",
+__all__ = ["TokenIds", "cache_directory", "cached_tokenizer", "corpus_fingerprint", "file_digest", "load_streamed_corpus", "token_ids", "tokenizer_identity", "unit_dtype",
            "CACHE_ENVIRONMENT", "DEFAULT_CACHE"]
 
 log = logging.getLogger(__name__)
@@ -96,6 +96,12 @@ def tokenizer_identity(tokenizer: Tokenizer) -> str:
 
 def _hash(*parts: Any) -> str:
     return hashlib.blake2b(json.dumps(parts, sort_keys=True).encode(), digest_size=16).hexdigest()
+
+
+def load_streamed_corpus(spec: str, extra_train: Iterable[str] = (), token_cache: str | None = None) -> Corpus:
+    """The corpus `spec` with its training split streamed from disk, never held: a local corpus's files, or a hub
+    corpus written once, normalised, under the token cache's `corpora/` (corpora.load_corpus's `stream_to`)."""
+    return load_corpus(spec, extra_train, stream_train=True, stream_to=cache_directory(token_cache) / "corpora")
 
 
 def corpus_fingerprint(split: SplitLike, directory: Path) -> str:
