@@ -138,8 +138,10 @@ class StreamedSplit:
 
     `line_chunks` gives the raw lines (`normalised` is False: whoever reads
     them normalises them with `normalize_lines`, in as many processes as it
-    likes), or the lines of files written normalised (`normalised` True). `text`, `raw_words` and `lines` are there for callers that want
-    the whole split at once (the lab, tests); reading them does hold it.
+    likes), or the lines of files written normalised (`normalised` True).
+    `text`, `raw_words` and `lines` are there for callers that want the
+    whole split at once (tests, `lm evaluate --split train`); reading them
+    does hold it.
     """
 
     def __init__(self, files: Iterable[Path | str], normalised: bool = False, raw_words: int | None = None):

@@ -189,7 +189,11 @@ def _evaluate(args: argparse.Namespace) -> int:
         print(f"lm evaluate: error: {error}", file=sys.stderr)
         return 1
     split = corpus.split(args.split)
-    ids = token_ids(split, checkpoint.tokenizer, cache_directory(None), progress=False).ids.tolist()  # encoded once, then cached
+    try:
+        ids = token_ids(split, checkpoint.tokenizer, cache_directory(None), progress=False).ids.tolist()  # encoded once, then cached
+    except OSError as error:
+        print(f"lm evaluate: warning: the token cache cannot be used ({error}); encoding the {args.split} split here", file=sys.stderr)
+        ids = None
     figures = evaluate_text(checkpoint.model, checkpoint.tokenizer, split.text, split.raw_words, ids=ids)
     adapted = None
     try:

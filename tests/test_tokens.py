@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import lm.train.tokens
+from lm.__main__ import main as lm_main
 from conftest import make_model, train_tiny
 from corpora import Split, StreamedSplit, hash_file, load_corpus
 from lm.config import TokenizerConfig, apply_preset
@@ -258,3 +259,16 @@ def test_evaluation_reads_cached_ids_with_the_figures_of_encoding(tmp_path, corp
     monkeypatch.setattr(subword_tokenizer, "encode", lambda text: pytest.fail("encoded although the ids were given"))
     for chars, expected in encoded.items():  # the whole split, and a prefix of whole lines
         assert evaluate_text(model, subword_tokenizer, corpus.valid.text, corpus.valid.raw_words, chars, ids=ids) == expected
+
+
+def test_evaluate_without_a_usable_token_cache_warns_in_one_line_and_scores(tmp_path, corpus_dir, capsys, monkeypatch):
+    result = train_tiny(tmp_path / "run", load_corpus(str(corpus_dir), stream_train=True), max_steps=3, eval_interval=1000,
+                        accuracy_positions=0, token_cache=str(tmp_path / "cache"))
+    (tmp_path / "not-a-directory").write_text("", encoding="utf-8")
+    monkeypatch.setenv("REACH_TOKEN_CACHE", str(tmp_path / "not-a-directory"))
+    assert lm_main(["evaluate", "--model", str(result.out), "--corpus", str(corpus_dir), "--split", "valid",
+                    "--positions", "1", "--json"]) == 0
+    captured = capsys.readouterr()
+    warnings = [line for line in captured.err.splitlines() if "token cache cannot be used" in line]
+    assert len(warnings) == 1 and "Traceback" not in captured.err
+    assert json.loads(captured.out)["bpc"] == pytest.approx(result.valid.bpc, abs=1e-6)

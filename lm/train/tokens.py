@@ -196,10 +196,13 @@ def file_digest(path: Path, directory: Path) -> str:
     begun = time.time_ns()
     digest = hash_file(path)
     if _identity(path.stat()) == before and begun - max(before[3], before[4]) > STAMP_MARGIN_NS:
-        stamp.parent.mkdir(parents=True, exist_ok=True)
         temporary = stamp.with_name(f".{stamp.name}.{os.getpid()}")
-        temporary.write_text(json.dumps({"path": str(path), "identity": before, "digest": digest}), encoding="utf-8")
-        os.replace(temporary, stamp)
+        try:
+            stamp.parent.mkdir(parents=True, exist_ok=True)
+            temporary.write_text(json.dumps({"path": str(path), "identity": before, "digest": digest}), encoding="utf-8")
+            os.replace(temporary, stamp)
+        except OSError as error:  # remembering only saves time: the digest is right either way
+            log.warning("could not remember the digest of %s in %s (%s)", path, stamp.parent, error)
     return digest
 
 
