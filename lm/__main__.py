@@ -135,10 +135,11 @@ def _attribute(args: argparse.Namespace) -> int:
 
 
 def _reach_profile(args: argparse.Namespace) -> int:
-    from corpora import CorpusError, load_corpus
+    from corpora import CorpusError
     from lm.infer.predictor import Predictor
     from lm.reports.reach_profile import reach_profile, write_profiles
     from lm.train.run import set_threads
+    from lm.train.tokens import load_streamed_corpus
 
     set_threads(args.threads)
     checkpoints = []
@@ -150,7 +151,7 @@ def _reach_profile(args: argparse.Namespace) -> int:
     profiles = {}
     for checkpoint in checkpoints:
         try:
-            corpus = load_corpus(args.corpus or checkpoint.train_config.corpus)
+            corpus = load_streamed_corpus(args.corpus or checkpoint.train_config.corpus)  # the training split is not read
         except CorpusError as error:
             print(f"lm reach-profile: error: {error}", file=sys.stderr)
             return 1
@@ -171,23 +172,29 @@ def _reach_profile(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from corpora import CorpusError, load_corpus
+    from corpora import CorpusError
     from lm.eval.figures import HOW_STATE_FLOWS, evaluate_adapted, evaluate_text
     from lm.infer.accuracy import next_word_accuracy
     from lm.infer.predictor import Predictor
     from lm.train.run import set_threads
+    from lm.train.tokens import cache_directory, load_streamed_corpus, token_ids
 
     set_threads(args.threads)
     checkpoint = _load(args.model)
     if checkpoint is None:
         return 1
     try:
-        corpus = load_corpus(args.corpus or checkpoint.train_config.corpus)
+        corpus = load_streamed_corpus(args.corpus or checkpoint.train_config.corpus)  # the training split is not read
     except CorpusError as error:
         print(f"lm evaluate: error: {error}", file=sys.stderr)
         return 1
     split = corpus.split(args.split)
-    figures = evaluate_text(checkpoint.model, checkpoint.tokenizer, split.text, split.raw_words)
+    try:
+        ids = token_ids(split, checkpoint.tokenizer, cache_directory(None), progress=False).ids.tolist()  # encoded once, then cached
+    except OSError as error:
+        print(f"lm evaluate: warning: the token cache cannot be used ({error}); encoding the {args.split} split here", file=sys.stderr)
+        ids = None
+    figures = evaluate_text(checkpoint.model, checkpoint.tokenizer, split.text, split.raw_words, ids=ids)
     adapted = None
     try:
         if args.cache is not None or args.dynamic is not None:
