@@ -22,6 +22,10 @@ model's sums to 1 and so does the cache's.
 `temperature` (when not 1) divides the model's logits before the mixture;
 the cache's share is not tempered.
 
+The votes (`cache_votes`) and the mixture (`mix_distributions`) are plain
+differentiable torch functions: attribution (lm/infer/attribution.py) runs
+the same code with gradients on the queries and the keys.
+
 Nothing is kept across requests: a `Memory` belongs to one context state
 (the prefix cache keeps it beside the state, see `Predictor.context_state`).
 """
@@ -39,7 +43,7 @@ from torch.nn.utils.rnn import pad_sequence
 from lm.config import CacheConfig
 from lm.infer.reads import StepRows
 
-__all__ = ["Memory", "TextCache", "empty_memory", "read_memory"]
+__all__ = ["Memory", "TextCache", "cache_votes", "empty_memory", "mix_distributions", "read_memory"]
 
 
 class Memory(NamedTuple):
@@ -97,33 +101,46 @@ class TextCache:
         Returns float64 log-probabilities in `scaled` with normalisers 0 (log P(u) = scaled[u]) and the
         boundary mass of the mixed distribution.
         """
-        settings = self.settings
         queries = rows.states[-1, :, : self.hidden_dim]  # (N, H)
-        count = queries.size(0)
-        size = len(self.memory.values)
         depths = torch.tensor([len(path.values) for path in paths], dtype=torch.long)  # (N,)
-        first_visible = size + depths - settings.window  # (N,): older keys are beyond the window
-        scores = (settings.theta * (queries @ self.memory.keys.T)).double()  # (N, n)
-        if int(first_visible.max()) > 0:
-            scores.masked_fill_(torch.arange(size)[None, :] < first_visible[:, None], -math.inf)
-        values = self.memory.values[None, :].expand(count, size)  # (N, n)
-        longest = int(depths.max()) if count else 0
-        if longest:
-            path_keys = pad_sequence([path.keys for path in paths], batch_first=True)  # (N, M, H)
-            path_values = pad_sequence([path.values for path in paths], batch_first=True)  # (N, M), 0 where padded
-            path_scores = settings.theta * torch.einsum("nh,nmh->nm", queries, path_keys)
-            place = torch.arange(longest)[None, :]
-            visible = (place < depths[:, None]) & (size + place >= first_visible[:, None])
-            scores = torch.cat([scores, path_scores.double().masked_fill_(~visible, -math.inf)], dim=1)
-            values = torch.cat([values, path_values], dim=1)
-        has_keys = (size + depths) > 0  # (N,): the nearest key is always within the window (window >= 1)
-        votes = torch.softmax(scores, dim=-1).nan_to_num_(nan=0.0)  # rows without keys: all -inf -> nan -> 0
-        # p_model as in Predictor._normalized (exponentials in float32, within an ulp), normalised in float64.
-        scaled = torch.from_numpy(rows.scaled)  # (N, V) float32, tempered logits
-        model = (scaled - scaled.amax(dim=-1, keepdim=True)).exp_().double()
-        model /= model.sum(dim=-1, keepdim=True)  # (N, V) p_model
-        cached = torch.zeros_like(model).scatter_add_(1, values, votes)  # (N, V) p_cache
-        weight = has_keys.double()[:, None] * settings.weight  # (N, 1), float64: 0 where no key is visible
-        mixed = model.mul_(1 - weight).add_(cached.mul_(weight))
+        path_keys = pad_sequence([path.keys for path in paths], batch_first=True)  # (N, M, H)
+        path_values = pad_sequence([path.values for path in paths], batch_first=True)  # (N, M), 0 where padded
+        votes, values = cache_votes(self.settings, queries, self.memory, path_keys, path_values, depths)
+        mixed = mix_distributions(self.settings, torch.from_numpy(rows.scaled), votes, values, depths + len(self.memory.values) > 0)
         boundaries = torch.log(mixed @ self.ends_mask)
-        return StepRows(rows.states, rows.logits, torch.log_(mixed).numpy(), np.zeros(count), boundaries.numpy())
+        return StepRows(rows.states, rows.logits, torch.log(mixed).numpy(), np.zeros(len(paths)), boundaries.numpy())
+
+
+def cache_votes(settings: CacheConfig, queries: Tensor, memory: Memory, path_keys: Tensor, path_values: Tensor,
+                depths: Tensor) -> tuple[Tensor, Tensor]:
+    """Each query's votes over the keys it sees: the context's (`memory`, n keys) and its own path's.
+
+    queries (N, H); path_keys (N, M, H) and path_values (N, M), of which row i's first depths[i] are its path's.
+    Returns votes (N, n + M) float64 (softmax_i(theta * q . h_i) over the visible keys, 0 elsewhere and on rows
+    that see no key) and the value (unit) of each column (N, n + M). Differentiable in the queries and keys
+    (attribution goes through it): no in-place operation on anything autograd keeps.
+    """
+    count, size = queries.size(0), len(memory.values)
+    first_visible = size + depths - settings.window  # (N,): older keys are beyond the window
+    scores = (settings.theta * (queries @ memory.keys.T)).double()  # (N, n)
+    place = torch.arange(path_keys.size(1))[None, :]
+    path_scores = (settings.theta * torch.einsum("nh,nmh->nm", queries, path_keys)).double()  # (N, M)
+    visible = torch.cat([torch.arange(size)[None, :] >= first_visible[:, None],
+                         (place < depths[:, None]) & (size + place >= first_visible[:, None])], dim=1)  # (N, n + M)
+    # A row with no visible key (the empty context's first unit) would be all -inf: it votes nowhere instead.
+    has_keys = visible.any(dim=1, keepdim=True)  # (N, 1)
+    scores = torch.cat([scores, path_scores], dim=1).masked_fill(~visible, -math.inf).masked_fill(~has_keys, 0.0)
+    votes = torch.softmax(scores, dim=-1) * has_keys
+    values = torch.cat([memory.values[None, :].expand(count, size), path_values], dim=1)  # (N, n + M)
+    return votes, values
+
+
+def mix_distributions(settings: CacheConfig, scaled: Tensor, votes: Tensor, values: Tensor, has_keys: Tensor) -> Tensor:
+    """(1 - weight) p_model + weight p_cache (N, V) float64, from tempered logits (N, V), votes and their values
+    (N, K) (see `cache_votes`); rows where has_keys (N,) is false are p_model."""
+    # p_model as in Predictor._normalized (exponentials in the logits' precision, within an ulp), normalised in float64.
+    model = (scaled - scaled.amax(dim=-1, keepdim=True)).exp().double()
+    model = model / model.sum(dim=-1, keepdim=True)  # (N, V) p_model
+    cached = torch.zeros_like(model).scatter_add(1, values, votes)  # (N, V) p_cache
+    weight = has_keys.double()[:, None] * settings.weight  # (N, 1): 0 where no key is visible
+    return model * (1 - weight) + cached * weight
