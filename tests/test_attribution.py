@@ -437,7 +437,8 @@ def test_cached_views_mark_the_pointer(cached_predictor):
     colour = render_terminal(result, color=True)
     assert "\x1b[4m" in colour and "pointer reach" in colour
     plain = render_terminal(result, color=False)
-    assert "cache pointer" in plain and "\x1b[" not in plain
+    assert "cache pointer" in plain and "\x1b[" not in plain and "with the continuous cache" in plain.splitlines()[0]
+    assert "the model alone" in render_terminal(attribute(cached_predictor, CACHED_TEXT, k=1, text_cache=False)).splitlines()[0]
     page = render_html(result, "tiny")
     marked = sum(len(p.text) for p in entry.pointer.positions)
     first = page.split("<section>")[1].split("</section>")[0]

@@ -62,7 +62,8 @@ def render_terminal(attribution: Attribution, chosen: int = 0, color: bool = Tru
     summary = attribution.context_summary()
     what = f"completing {attribution.result.query.partial!r}" if attribution.result.completing else "next word"
     lines.append(f"{what}; context {summary['tokens']} units, {summary['words']} words, {summary['chars']} chars"
-                 + (f" (truncated: the first {summary['dropped_chars']} chars were not read)" if summary["truncated"] else ""))
+                 + (f" (truncated: the first {summary['dropped_chars']} chars were not read)" if summary["truncated"] else "")
+                 + ("; with the continuous cache over the text" if attribution.result.text_cache else "; the model alone"))
     for rank, entry in enumerate(attribution.predictions, 1):
         mark = "*" if rank - 1 == chosen else " "
         lines.append(f"{mark}{rank:>2}. {entry.prediction.word!r:<18} p={entry.prediction.probability:.4f}  {_reach_line(entry)}")
