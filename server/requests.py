@@ -103,10 +103,6 @@ def parse_predict(request: Request, limits: dict) -> PredictRequest:
     method = _typed(data, "method", (str,), "one of " + ", ".join(METHODS), "saliency")
     verify = _typed(data, "verify", (bool,), "true or false", False)
     cache = _typed(data, "cache", (bool,), "true or false")
-    if cache and attribution != "none":
-        # Attribution does not differentiate through the cache yet: refuse rather than attribute another distribution.
-        raise ApiError(422, "invalid_value", "'cache': true needs 'attribution': 'none' (attribution covers the model "
-                                             "alone for now)")
     if not 1 <= k <= limits["max_k"]:
         raise ApiError(422, "invalid_value", f"'k' must be between 1 and {limits['max_k']}, not {k}")
     if attribution not in ATTRIBUTION_MODES:

@@ -22,6 +22,13 @@ model's sums to 1 and so does the cache's.
 `temperature` (when not 1) divides the model's logits before the mixture;
 the cache's share is not tempered.
 
+Two codes compute this mixture. `TextCache.mix` serves predictions: sparse
+and in numpy, for speed (its docstring says what it assumes). The votes
+(`cache_votes`) and the mixture (`mix_distributions`) are plain
+differentiable torch functions over whole rows: attribution
+(lm/infer/attribution.py) takes gradients through them, and its tests check
+that the probability it differentiates is the one served.
+
 Nothing is kept across requests: a `Memory` belongs to one context state
 (the prefix cache keeps it beside the state, see `Predictor.context_state`).
 """
@@ -38,7 +45,7 @@ from torch import Tensor
 from lm.config import CacheConfig
 from lm.infer.reads import StepRows
 
-__all__ = ["CachePath", "Memory", "TextCache", "read_memory"]
+__all__ = ["CachePath", "Memory", "TextCache", "cache_votes", "mix_distributions", "read_memory"]
 
 
 class Memory(NamedTuple):
@@ -166,3 +173,38 @@ class TextCache:
         boundaries = np.log((1 - weight) * np.exp(rows.boundaries) + weight * (cached @ self.ends[support]))
         return StepRows(rows.states, rows.logits, rows.scaled, rows.normalisers - np.log1p(-weight), boundaries,
                         support, overrides)
+
+
+def cache_votes(settings: CacheConfig, queries: Tensor, memory: Memory, path_keys: Tensor, path_values: Tensor,
+                depths: Tensor) -> tuple[Tensor, Tensor]:
+    """Each query's votes over the keys it sees: the context's (`memory`, n keys) and its own path's.
+
+    queries (N, H); path_keys (N, M, H) and path_values (N, M), of which row i's first depths[i] are its path's.
+    Returns votes (N, n + M) float64 (softmax_i(theta * q . h_i) over the visible keys, 0 elsewhere and on rows
+    that see no key) and the value (unit) of each column (N, n + M). Differentiable in the queries and keys
+    (attribution goes through it): no in-place operation on anything autograd keeps.
+    """
+    count, size = queries.size(0), len(memory.values)
+    first_visible = size + depths - settings.window  # (N,): older keys are beyond the window
+    scores = (settings.theta * (queries @ memory.keys.T)).double()  # (N, n)
+    place = torch.arange(path_keys.size(1))[None, :]
+    path_scores = (settings.theta * torch.einsum("nh,nmh->nm", queries, path_keys)).double()  # (N, M)
+    visible = torch.cat([torch.arange(size)[None, :] >= first_visible[:, None],
+                         (place < depths[:, None]) & (size + place >= first_visible[:, None])], dim=1)  # (N, n + M)
+    # A row with no visible key (the empty context's first unit) would be all -inf: it votes nowhere instead.
+    has_keys = visible.any(dim=1, keepdim=True)  # (N, 1)
+    scores = torch.cat([scores, path_scores], dim=1).masked_fill(~visible, -math.inf).masked_fill(~has_keys, 0.0)
+    votes = torch.softmax(scores, dim=-1) * has_keys
+    values = torch.cat([memory.values[None, :].expand(count, size), path_values], dim=1)  # (N, n + M)
+    return votes, values
+
+
+def mix_distributions(settings: CacheConfig, scaled: Tensor, votes: Tensor, values: Tensor, has_keys: Tensor) -> Tensor:
+    """(1 - weight) p_model + weight p_cache (N, V) float64, from tempered logits (N, V), votes and their values
+    (N, K) (see `cache_votes`); rows where has_keys (N,) is false are p_model."""
+    # p_model as in Predictor._normalized (exponentials in the logits' precision, within an ulp), normalised in float64.
+    model = (scaled - scaled.amax(dim=-1, keepdim=True)).exp().double()
+    model = model / model.sum(dim=-1, keepdim=True)  # (N, V) p_model
+    cached = torch.zeros_like(model).scatter_add(1, values, votes)  # (N, V) p_cache
+    weight = has_keys.double()[:, None] * settings.weight  # (N, 1): 0 where no key is visible
+    return model * (1 - weight) + cached * weight
