@@ -246,7 +246,8 @@ def textbook_accuracy(model: TextbookLSTM, vocabulary: dict[str, int], stream: l
     """Keyboard-style recall@k of a textbook model at normalised word starts `positions` of `text`: is the word
     there (`word_at`, the truth `lm evaluate` scores) among the model's k most probable next tokens, read as one
     stream (batch 1) after an <eos>? A truth outside the vocabulary, or a position no token begins at, is a miss;
-    so is a predicted <unk> or <eos>."""
+    so is a predicted <unk> or <eos>, or a token normalising glues to the word before (",", "'s"), which the model
+    ranks without knowing that a space was typed: a lower bound on what it could score."""
     model.eval()
     words = list(vocabulary)
     unk = vocabulary.get(UNK, -1)
@@ -394,7 +395,10 @@ def served_nll(predictor: Predictor, text: str, text_cache: bool = True, chunk: 
     """Total NLL (nats) and units of normalised `text` read as one stream after a line break through the serving
     path: the predictor's context read, then `Reads` one unit at a time (engine steps, each row mixed with the
     continuous cache over the text read so far when `text_cache` and the predictor has settings), `chunk` units
-    per `Reads` and each next chunk's context taken from the previous one's reads, as the lookahead does."""
+    per `Reads` and each next chunk's context taken from the previous one's reads, as the lookahead does.
+
+    The one difference from lm/eval/cache.py: the text's first unit has no earlier position, and serving predicts
+    it with the model alone where evaluation mixes in an empty cache (-log(1 - weight) more nats there)."""
     ids = predictor.tokenizer.encode(text)
     remember = text_cache and predictor.text_cache is not None
     context = predictor.context_state((), use_cache=False)  # the leading line break read
