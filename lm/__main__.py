@@ -89,14 +89,15 @@ def _generate(args: argparse.Namespace) -> int:
     def work(predictor):
         settings = GenerationSettings(words=args.words, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                                       stop_at_newline=args.stop_at_newline)
-        return generate(predictor, args.text, settings, seed=args.seed)
+        return generate(predictor, args.text, settings, seed=args.seed, text_cache=not args.no_cache)
 
     done = _predicted(args, "generate", work, print_json=True)
     if isinstance(done, int):
         return done
     _, generation = done
     print(generation.text + generation.continuation)
-    print(f"({len(generation.words)} words, seed {generation.seed}, stopped: {generation.stopped})", file=sys.stderr)
+    cache = "with the continuous cache over the text" if generation.text_cache else "the model alone"
+    print(f"({len(generation.words)} words, seed {generation.seed}, stopped: {generation.stopped}; {cache})", file=sys.stderr)
     return 0
 
 
@@ -347,6 +348,9 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--seed", type=int, default=None, help="seed of the sampling (default: a random one, printed)")
     generate.add_argument("--stop-at-newline", action="store_true", help="stop before a line break")
     generate.add_argument("--json", action="store_true", help="print JSON: the continuation and each word with its probability")
+    generate.add_argument("--no-cache", action="store_true",
+                          help="the model alone: do not mix in the continuous cache over the text (the prompt and the words "
+                               "generated so far) that the checkpoint stores")
     generate.set_defaults(handler=_generate)
 
     attribute = commands.add_parser("attribute", help="the next words with how far back their gradient influence (and the "

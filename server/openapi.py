@@ -124,11 +124,14 @@ def _schemas(limits: dict) -> dict:
                          "description": "seed of the sampling (default: a random one, returned)"},
                 "stop_at_newline": {"type": "boolean", "default": False, "description": "stop before a line break"},
                 "model": {"type": "string", "nullable": True, "description": "a served model's name (default: the first)"},
+                "cache": {"type": "boolean", "description": "mix the continuous cache over the text (the prompt and the "
+                          "words generated so far) into every word's distribution (default: on when the model has cache "
+                          "settings)"},
             },
         },
         "GenerateResponse": {
             "type": "object",
-            "required": ["model", "text", "continuation", "seed", "stopped", "words"],
+            "required": ["model", "text", "continuation", "seed", "stopped", "words", "cache"],
             "properties": {
                 "model": _STRING,
                 "text": {"type": "string", "description": "the text as normalised and read by the model"},
@@ -136,6 +139,7 @@ def _schemas(limits: dict) -> dict:
                 "seed": {"type": "integer", "description": "the seed used"},
                 "stopped": {"type": "string", "enum": ["words", "newline", "no_words"]},
                 "words": {"type": "array", "items": {"$ref": "#/components/schemas/GeneratedWord"}},
+                "cache": {"type": "boolean", "description": "whether the continuous cache over the text was mixed in"},
             },
         },
         "GeneratedWord": {
@@ -145,7 +149,8 @@ def _schemas(limits: dict) -> dict:
                 "word": _STRING,
                 "text": {"type": "string", "description": "what this word appended: the whitespace before it and the word"},
                 "probability": {"type": "number", "minimum": 0, "maximum": 1,
-                                "description": "exact P(this word, then a boundary | the text before it), untempered"},
+                                "description": "exact P(this word, then a boundary | the text before it), untempered; "
+                                               "the mixed model's when the response's cache is true"},
                 "logprob": _NUMBER,
             },
         },

@@ -57,7 +57,7 @@ def generate():
     model = _served(query.model)
     settings = GenerationSettings(words=query.max_words, temperature=query.temperature, top_k=query.top_k,
                                   top_p=query.top_p, stop_at_newline=query.stop_at_newline)
-    generation = generate_text(model.predictor, query.text, settings, seed=query.seed)
+    generation = generate_text(model.predictor, query.text, settings, seed=query.seed, text_cache=query.cache is not False)
     return jsonify({"model": model.name, **generation.as_dict()})
 
 

@@ -221,6 +221,17 @@ def test_generate_continues_a_text_reproducibly_with_each_words_probability(clie
     assert drawn["model"] == "subword" and isinstance(drawn["seed"], int) and len(drawn["words"]) == 3
 
 
+def test_generate_mixes_the_text_cache_in_by_default_and_can_be_turned_off(client):
+    body = {"text": "Mr. Qwixby spoke to Qwixby. Then Qwixby left, and Mr. ", "max_words": 6, "seed": 3}
+    cached = _generate(client, body).get_json()
+    alone = _generate(client, {**body, "cache": False}).get_json()
+    assert cached["cache"] is True and alone["cache"] is False  # the char run stores tuned settings
+    assert [w["probability"] for w in cached["words"]] != [w["probability"] for w in alone["words"]]
+    assert _generate(client, {**body, "cache": True}).get_json() == cached
+    # A model without settings generates with the model alone whatever is asked, and says so.
+    assert _generate(client, {**body, "model": "subword", "cache": True}).get_json()["cache"] is False
+
+
 def test_generate_can_stop_at_a_line_break(client):
     answers = [_generate(client, {"text": "= Valkyria Chronicles =", "max_words": 30, "stop_at_newline": True, "seed": seed}).get_json()
                for seed in range(5)]
@@ -239,6 +250,9 @@ def test_generate_can_stop_at_a_line_break(client):
     ({"text": "a", "seed": "7"}, 400, "invalid_type"),
     ({"text": "a", "seed": 1.5}, 400, "invalid_type"),
     ({"text": "a", "stop_at_newline": 1}, 400, "invalid_type"),
+    ({"text": "a", "cache": "yes"}, 400, "invalid_type"),
+    ({"text": "a", "cache": 1}, 400, "invalid_type"),
+    ({"text": "a", "cache": None}, 400, "invalid_type"),
     ({"text": "a", "k": 5}, 400, "unknown_field"),
     ({"text": "a", "model": "gpt"}, 404, "unknown_model"),
     *_out_of_range(("max_words", 0), ("max_words", 51), ("top_k", 0), ("top_k", 21), ("temperature", 0), ("temperature", -1),
