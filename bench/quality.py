@@ -410,7 +410,7 @@ def served_nll(predictor: Predictor, text: str, text_cache: bool = True, chunk: 
             nll -= float(reads.some_logprobs(piece[:length], np.array([unit]))[0])
             reads.read_all([piece[: length + 1]])
         state, logits = reads.after(piece)
-        memory = reads.memory_after(piece, predictor.text_cache.window) if remember else None
+        memory = reads.memory_after(piece) if remember else None
         context = ContextState(None, begin + len(piece), state, logits, predictor.ends_line(piece[-1]), memory)
     return nll, len(ids)
 

@@ -162,7 +162,9 @@ class TextCache:
         width = len(support)
         context_places = np.searchsorted(support, self.support)[self.slots]  # (n,)
         flat = (np.arange(count)[:, None] * width + context_places[None, :]).ravel()
-        cached = np.bincount(flat, weights=context_votes.ravel(), minlength=count * width)
+        cached = np.zeros(count * width)  # (np.bincount of nothing would be an integer array)
+        if size:
+            cached += np.bincount(flat, weights=context_votes.ravel(), minlength=count * width)
         if longest:
             flat = (np.arange(count)[:, None] * width + np.searchsorted(support, path_units)).ravel()
             cached += np.bincount(flat, weights=path_votes.ravel(), minlength=count * width)
