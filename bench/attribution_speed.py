@@ -8,6 +8,12 @@ and keeps its medians; the figures are medians over contexts, and the ratio
 is the median of the per-context ratios attribution / prediction (the aim is
 at most 3). The machine's pace is shown as in predict_speed.py.
 
+With the checkpoint's continuous cache on (the default, as served), each
+context is also attributed with the cache off in the same run: "cache
+cost" is the median per-context ratio of attribution with the cache (the
+mixed distributions differentiated, the keys' gradients carried back, the
+pointer found) to attribution of the model alone.
+
 "floor" is the ratio no implementation of exact gradients can beat here:
 the prediction plus only the matrix products that carrying k = 5 gradients
 back through T units cannot skip, timed alone on the same context: per
@@ -52,18 +58,23 @@ def main(argv: list[str] | None = None) -> int:
     args = speed_arguments(__doc__.split("\n\n")[0], contexts=5).parse_args(argv)
     checkpoint, text, predictor = speed_setup(args, "attribution_speed", cache_size=0)
 
+    cached = predictor.text_cache is not None
+
     def both(sample):
         context, _ = sample
         plain = timed(lambda: predictor.predict(context, k=5))
         attributed = timed(lambda: attribute(predictor, context, k=5))
+        alone = timed(lambda: attribute(predictor, context, k=5, text_cache=False)) if cached else attributed
         floor = (plain + products_s(predictor.engine, len(checkpoint.tokenizer.encode(context)) + 1)) / plain
-        return plain, attributed, attributed / plain, floor
+        return plain, attributed, attributed / plain, floor, attributed / alone
 
     for words in (20, 200, 1000):
-        plain, attributed, ratios, floors = zip(*per_context(contexts(text, words, args.contexts, seed=words), both, args.repeats))
+        plain, attributed, ratios, floors, costs = zip(*per_context(contexts(text, words, args.contexts, seed=words), both,
+                                                                    args.repeats))
         print(f"{words:>5} words: prediction {statistics.median(plain) * 1000:7.1f} ms   "
               f"attribution {statistics.median(attributed) * 1000:7.1f} ms   ratio {statistics.median(ratios):.2f}   "
-              f"floor {statistics.median(floors):.2f}")
+              f"floor {statistics.median(floors):.2f}"
+              + (f"   cache cost {statistics.median(costs):.2f}x the model alone's attribution" if cached else ""))
     print(f"reference (one 16-row model step): {reference_ms(predictor):.3f} ms")
     return 0
 

@@ -2,6 +2,7 @@
 and throughput when many texts are predicted in one batch.
 
     python bench/predict_speed.py --model runs/base [--corpus DIR] [--contexts 20] [--repeats 3] [--cache on|off] [--words 200]
+    python bench/predict_speed.py --model runs/base --compare-cache [--words 200]
 
 Contexts are the words of the test split before seeded positions. Cold: the
 cache is empty, so the whole context is read. Warm: the context was read just
@@ -16,7 +17,11 @@ medians ranged from 10.0 to 12.4 ms).
 
 `--cache on` (the default) predicts as served: with the continuous cache
 over the text when the checkpoint stores settings; `--cache off` with the
-model alone. The header says which.
+model alone. The header says which. `--compare-cache` times both in one
+run: every context is predicted cold and warm with the cache and with the
+model alone, in alternating order, and the figure is the median over
+contexts of each context's ratio (cache / alone), which the machine's drift
+mostly cancels.
 """
 
 from __future__ import annotations
@@ -129,8 +134,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=positive_int, default=32, help="texts per batch for the throughput figure")
     parser.add_argument("--words", type=positive_int, nargs="+", default=[20, 200, 1000], help="context lengths (default: 20 200 1000)")
     parser.add_argument("--no-throughput", action="store_true", help="skip the batch throughput figure")
+    parser.add_argument("--compare-cache", action="store_true",
+                        help="time every context with the stored continuous cache and with the model alone, in one run")
     args = parser.parse_args(argv)
+    if args.compare_cache:
+        args.cache = "on"
     checkpoint, text, predictor = speed_setup(args, "predict_speed", cache_size=64)
+    if args.compare_cache:
+        return compare_cache(checkpoint, text, predictor, args)
 
     def cold_then_warm(sample):
         context, following = sample
@@ -158,6 +169,39 @@ def main(argv: list[str] | None = None) -> int:
     print(f"throughput, {args.batch} texts of 200 words: one by one {args.batch / one_by_one:.1f} texts/s, "
           f"one batch {args.batch / batched:.1f} texts/s")
     print(f"reference (one 16-row model step): {reference_ms(predictor):.3f} ms")
+    return 0
+
+
+def compare_cache(checkpoint: Checkpoint, text: str, cached: Predictor, args: argparse.Namespace) -> int:
+    """Cold and warm latency with the continuous cache against the model alone, context by context."""
+    if cached.text_cache is None:
+        print("predict_speed: error: the checkpoint stores no continuous cache settings to compare with", file=sys.stderr)
+        return 1
+    alone = Predictor(checkpoint.model, checkpoint.tokenizer, cache_size=64)
+    alone.warm_up()
+    flip = [False]
+
+    def both(sample):
+        context, following = sample
+        times = {}
+        flip[0] = not flip[0]
+        for name, predictor in ((("cache", cached), ("alone", alone)) if flip[0] else (("alone", alone), ("cache", cached))):
+            predictor.clear_cache()
+            times[name, "cold"] = timed(lambda: predictor.predict(context, k=5))
+            times[name, "warm"] = timed(lambda: predictor.predict(context + following + " ", k=5))
+        return tuple(times[name, phase] for phase in ("cold", "warm") for name in ("cache", "alone"))
+
+    for words in args.words:
+        samples = contexts(text, words, args.contexts, seed=words)
+        figures = per_context(samples, both, args.repeats)
+        line = [f"{words:>5} words:"]
+        for phase, (on, off) in (("cold", (0, 1)), ("warm", (2, 3))):
+            with_cache = statistics.median(f[on] for f in figures) * 1000
+            without = statistics.median(f[off] for f in figures) * 1000
+            ratio = statistics.median(f[on] / f[off] for f in figures)
+            line.append(f"{phase} {with_cache:7.1f} ms with the cache, {without:7.1f} ms alone (ratio {ratio:.3f})")
+        print("   ".join(line))
+    print(f"reference (one 16-row model step): {reference_ms(cached):.3f} ms")
     return 0
 
 

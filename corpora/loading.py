@@ -21,20 +21,25 @@ divides by that count, whatever the tokenizer.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
+import itertools
+import json
 import logging
 import os
 import random
 import re
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 from corpora.normalize import normalize_line
 
-__all__ = ["Corpus", "CorpusError", "Split", "StreamedSplit", "default_corpus_source", "load_corpus", "normalize_lines",
-           "split_articles", "split_name_for_article", "DEFAULT_CORPUS"]
+__all__ = ["Corpus", "CorpusError", "Split", "StreamedSplit", "article_rows", "default_corpus_source", "hash_file", "load_corpus",
+           "normalize_lines", "split_articles", "split_name_for_article", "write_splits", "DEFAULT_CORPUS"]
 
 log = logging.getLogger(__name__)
 
@@ -57,11 +62,24 @@ class CorpusError(Exception):
 # negligible, small enough that a few chunks in flight hold little memory.
 CHUNK_CHARS = 4_000_000
 _READ_BLOCK = 8 << 20
+# A hub corpus streamed to disk: the layout's version (part of its directory's key) and its metadata file, written
+# last (its presence says the splits are whole).
+_STREAM_FORMAT = 1
+_STREAM_META = "corpus.json"
 
 
 def _normalizer_identity() -> str:
     """A hash of the normalisation code: a fingerprint of raw files must change when their normalised text would."""
     return hashlib.blake2b(Path(__file__).with_name("normalize.py").read_bytes(), digest_size=16).hexdigest()
+
+
+def hash_file(path: Path) -> str:
+    """The blake2b hash of every byte of a file (a few hundred MB per second)."""
+    digest = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as data:
+        while block := data.read(_READ_BLOCK):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _sample_lines(lines: Iterable[str], total_chars: int, max_chars: int, seed: int, normalise=lambda line: line) -> str:
@@ -101,8 +119,8 @@ class Split:
             yield self.text[start:end].split("\n")[:-1]
             start = end
 
-    def fingerprint(self) -> str:
-        """A hash of the normalised text."""
+    def fingerprint(self, digest: Callable[[Path], str] | None = None) -> str:
+        """A hash of the normalised text (`digest`, for files, has nothing to do here)."""
         digest = hashlib.blake2b(digest_size=16)
         for start in range(0, len(self.text), _READ_BLOCK):
             digest.update(self.text[start : start + _READ_BLOCK].encode("utf-8"))
@@ -120,14 +138,18 @@ class StreamedSplit:
 
     `line_chunks` gives the raw lines (`normalised` is False: whoever reads
     them normalises them with `normalize_lines`, in as many processes as it
-    likes). `text`, `raw_words` and `lines` are there for callers that want
-    the whole split at once (the lab, tests); reading them does hold it.
+    likes), or the lines of files written normalised (`normalised` True).
+    `text`, `raw_words` and `lines` are there for callers that want the
+    whole split at once (tests, `lm evaluate --split train`); reading them
+    does hold it.
     """
 
-    normalised = False
-
-    def __init__(self, files: Iterable[Path | str]):
+    def __init__(self, files: Iterable[Path | str], normalised: bool = False, raw_words: int | None = None):
+        """`normalised`: the files hold normalised lines already (a hub corpus streamed to disk), whose published
+        word count, counted while they were written, is `raw_words`."""
         self.files = tuple(Path(name) for name in files)
+        self.normalised = normalised
+        self._raw_words = raw_words
 
     def __repr__(self) -> str:
         return f"StreamedSplit({[str(name) for name in self.files]})"
@@ -137,8 +159,9 @@ class StreamedSplit:
         chunk: list[str] = []
         size = 0
         for name in self.files:
-            # Text mode splits lines exactly as the `datasets` text builder does (universal newlines, then "\n").
-            with open(name, encoding="utf-8") as lines:
+            # Text mode splits raw lines exactly as the `datasets` text builder does (universal newlines, then "\n");
+            # normalised files were written with "\n" alone.
+            with open(name, encoding="utf-8", newline="\n" if self.normalised else None) as lines:
                 for line in lines:
                     chunk.append(line.rstrip("\n"))
                     size += len(line)
@@ -153,33 +176,33 @@ class StreamedSplit:
         """The files' total size: an upper bound on the raw text's characters."""
         return sum(name.stat().st_size for name in self.files)
 
-    def fingerprint(self) -> str:
+    def fingerprint(self, digest: Callable[[Path], str] | None = None) -> str:
         """A hash of the files' bytes (all of them: an edit anywhere changes it) and of the normalisation code.
 
-        Whole-content hashing reads the files once more (blake2b runs at several hundred MB/s, about a
-        second for 500 MB); a size, mtime and sampled-blocks key would be faster but could miss an edit
-        that keeps the size, and a cache built from the wrong text must never be used.
+        `digest(path)` gives a file's content hash (default `hash_file`, which reads it whole); the token cache
+        passes one that remembers it while the file is unchanged (lm/train/tokens.py: `file_digest`).
         """
-        digest = hashlib.blake2b(digest_size=16)
-        digest.update(_normalizer_identity().encode())
-        for name in self.files:
-            with open(name, "rb") as data:
-                while block := data.read(_READ_BLOCK):
-                    digest.update(block)
-            digest.update(b"\x00end-of-file")
-        return f"files:{self.size_bytes}:{digest.hexdigest()}"
+        digest = digest or hash_file
+        parts = [_normalizer_identity(), "normalised" if self.normalised else "raw"]
+        parts += [f"{name.stat().st_size}:{digest(name)}" for name in self.files]
+        return f"files:{self.size_bytes}:{hashlib.blake2b(json.dumps(parts).encode(), digest_size=16).hexdigest()}"
 
     def sample(self, max_chars: int, seed: int) -> str:
         """All the normalised text when the files hold at most `max_chars` bytes, else a seeded sample of whole lines."""
+        normalise = (lambda line: line) if self.normalised else normalize_line
         if self.size_bytes <= max_chars:
-            return "".join(normalize_lines(chunk)[0] for chunk in self.line_chunks())  # `text` would keep it held
+            return "".join(line + "\n" for chunk in self.line_chunks() for line in map(normalise, chunk) if line)  # `text` would keep it held
         raw = (line for chunk in self.line_chunks() for line in chunk)
-        return _sample_lines(raw, self.size_bytes, max_chars, seed, normalize_line)
+        return _sample_lines(raw, self.size_bytes, max_chars, seed, normalise)
 
     @functools.cached_property
     def _whole(self) -> Split:
         """The whole split, read and held (once)."""
-        return _make_split(line for chunk in self.line_chunks() for line in chunk)
+        lines = (line for chunk in self.line_chunks() for line in chunk)
+        if self.normalised:
+            text = "".join(line + "\n" for line in lines)
+            return Split(text=text, raw_words=self._raw_words or 0, lines=text.count("\n"))
+        return _make_split(lines)
 
     @property
     def text(self) -> str:
@@ -280,27 +303,93 @@ def _load_wiki_subset_from_hub() -> dict[str, list[str]]:
     return split_articles(dataset["text"])
 
 
-def _load_wikitext(config: str) -> dict[str, list[str]]:
+def _wikitext_rows(config: str) -> Iterator[tuple[str, str]]:
+    """(split, raw line) for every non-blank line of a WikiText configuration, streamed from the hub."""
     from datasets import load_dataset
 
-    dataset = load_dataset("Salesforce/wikitext", config)
-    hub_names = {"train": "train", "valid": "validation", "test": "test"}
-    return {name: [line for line in dataset[hub_names[name]]["text"] if line.strip()] for name in SPLITS}
+    for name, hub_name in (("train", "train"), ("valid", "validation"), ("test", "test")):
+        for row in load_dataset("Salesforce/wikitext", config, split=hub_name, streaming=True):
+            if row["text"].strip():
+                yield name, row["text"]
 
 
-def _load_wikipedia(language: str, size_bytes: int) -> dict[str, list[str]]:
+def article_rows(articles: Iterable[dict], size_bytes: int) -> Iterator[tuple[str, str]]:
+    """(split, raw line) for the lines of each article ({"title", "text"}) in turn, until `size_bytes` bytes of lines
+    are given; the split follows the article's index (`split_name_for_article`). One article is held at a time."""
+    read = 0
+    for index, article in enumerate(articles):
+        name = split_name_for_article(index)
+        for line in itertools.chain([f"= {article['title']} ="], article["text"].split("\n")):
+            if line.strip():
+                yield name, line
+                read += len(line.encode("utf-8")) + 1
+        if read >= size_bytes:
+            break
+
+
+def _wikipedia_rows(language: str, size_bytes: int) -> Iterator[tuple[str, str]]:
     from datasets import load_dataset
 
     stream = load_dataset("wikimedia/wikipedia", f"{_WIKIPEDIA_SNAPSHOT}.{language}", split="train", streaming=True)
+    return article_rows(stream, size_bytes)
+
+
+def _gather(rows: Iterable[tuple[str, str]]) -> dict[str, list[str]]:
+    """Rows gathered into lines by split (held in memory: for callers that do not stream the training split)."""
     out: dict[str, list[str]] = {name: [] for name in SPLITS}
-    read = 0
-    for index, article in enumerate(stream):
-        lines = [f"= {article['title']} ="] + [line for line in article["text"].split("\n") if line.strip()]
-        out[split_name_for_article(index)].extend(lines)
-        read += sum(len(line.encode("utf-8")) + 1 for line in lines)
-        if read >= size_bytes:
-            break
+    for name, line in rows:
+        out[name].append(line)
     return out
+
+
+def write_splits(rows: Iterable[tuple[str, str]], directory: Path) -> dict[str, dict[str, int]]:
+    """Normalise (split, raw line) rows into `directory`/<split>.txt as they come; returns each split's published
+    words and kept lines. Nothing but the current line is held: memory does not grow with the corpus."""
+    counts = {name: {"raw_words": 0, "lines": 0} for name in SPLITS}
+    with contextlib.ExitStack() as stack:
+        files = {name: stack.enter_context(open(directory / f"{name}.txt", "w", encoding="utf-8", newline="\n"))
+                 for name in SPLITS}
+        for name, line in rows:
+            counts[name]["raw_words"] += len(line.split())
+            if normal := normalize_line(line):
+                files[name].write(normal + "\n")
+                counts[name]["lines"] += 1
+    return counts
+
+
+def _streamed_to_disk(source: str, rows: Callable[[], Iterable[tuple[str, str]]], directory: Path) -> Path:
+    """The directory under `directory` holding `source`'s splits normalised: written from `rows` the first time
+    (into a temporary directory renamed when whole), found there afterwards."""
+    key = hashlib.blake2b(json.dumps([_STREAM_FORMAT, source, _normalizer_identity()]).encode(), digest_size=16).hexdigest()
+    place = directory / key
+    if (place / _STREAM_META).is_file():
+        log.info("corpus %s: read from its copy in %s", source, place)
+        return place
+    directory.mkdir(parents=True, exist_ok=True)
+    temporary = Path(tempfile.mkdtemp(dir=directory, prefix=f".{key}-"))
+    try:
+        log.info("corpus %s: streaming it to %s, normalised", source, place)
+        counts = write_splits(rows(), temporary)
+        (temporary / _STREAM_META).write_text(json.dumps({"source": source, "splits": counts}, indent=1), encoding="utf-8")
+        shutil.rmtree(place, ignore_errors=True)  # a copy left without its metadata by a crash
+        os.replace(temporary, place)
+    except OSError:
+        if not (place / _STREAM_META).is_file():
+            raise
+        log.info("corpus %s: another process wrote it first", source)  # its copy is the same text
+    finally:
+        shutil.rmtree(temporary, ignore_errors=True)
+    return place
+
+
+def _read_streamed(place: Path) -> dict[str, Split | StreamedSplit]:
+    """A directory `_streamed_to_disk` wrote: train as a StreamedSplit over its file, valid and test read whole."""
+    counts = json.loads((place / _STREAM_META).read_text(encoding="utf-8"))["splits"]
+    splits: dict[str, Split | StreamedSplit] = {
+        name: StreamedSplit([place / f"{name}.txt"], normalised=True, raw_words=counts[name]["raw_words"]) for name in SPLITS}
+    for name in ("valid", "test"):
+        splits[name] = splits[name]._whole
+    return splits
 
 
 def _parse_wikipedia(spec: str) -> tuple[str, int]:
@@ -324,8 +413,9 @@ def default_corpus_source() -> tuple[str, Path | None]:
     return "hub:Salesforce/wikitext/wikitext-2-raw-v1/test (re-split by article)", None
 
 
-def _resolve(spec: str) -> tuple[str, dict[str, list[str]] | Path]:
-    """Return (source description, lines by split or a local directory to read)."""
+def _resolve(spec: str) -> tuple[str, dict[str, list[str]] | Path | Callable[[], Iterable[tuple[str, str]]]]:
+    """Return (source description, lines by split, a local directory to read, or a function streaming a hub
+    corpus's (split, raw line) rows)."""
     if spec == DEFAULT_CORPUS:
         source, directory = default_corpus_source()
         if directory is not None:
@@ -335,16 +425,12 @@ def _resolve(spec: str) -> tuple[str, dict[str, list[str]] | Path]:
         except Exception as error:  # datasets raises many kinds of network errors
             raise _hub_failure(spec, error) from error
     if spec in _WIKITEXT_CONFIGS:
-        try:
-            return f"hub:Salesforce/wikitext/{_WIKITEXT_CONFIGS[spec]}", _load_wikitext(_WIKITEXT_CONFIGS[spec])
-        except Exception as error:
-            raise _hub_failure(spec, error) from error
+        config = _WIKITEXT_CONFIGS[spec]
+        return f"hub:Salesforce/wikitext/{config}", functools.partial(_wikitext_rows, config)
     if spec.lower().startswith("wikipedia:"):
         language, size = _parse_wikipedia(spec)
-        try:
-            return f"hub:wikimedia/wikipedia/{_WIKIPEDIA_SNAPSHOT}.{language} (first {size} bytes)", _load_wikipedia(language, size)
-        except Exception as error:
-            raise _hub_failure(spec, error) from error
+        return (f"hub:wikimedia/wikipedia/{_WIKIPEDIA_SNAPSHOT}.{language} (first {size} bytes)",
+                functools.partial(_wikipedia_rows, language, size))
     path = Path(spec).expanduser()
     if path.exists() or os.sep in spec or spec.startswith("."):
         return f"local:{path}", path
@@ -354,33 +440,48 @@ def _resolve(spec: str) -> tuple[str, dict[str, list[str]] | Path]:
     )
 
 
-def load_corpus(spec: str = DEFAULT_CORPUS, extra_train: Iterable[str] = (), stream_train: bool = False) -> Corpus:
+def load_corpus(spec: str = DEFAULT_CORPUS, extra_train: Iterable[str] = (), stream_train: bool = False,
+                stream_to: Path | None = None) -> Corpus:
     """Load the named corpus, with extra training text appended from `extra_train` directories.
 
     With `stream_train`, a local corpus's training split is a `StreamedSplit` over its files (and the extra
-    directories' train.txt): nothing of it is read here. Hub corpora are read whole, as without it.
+    directories' train.txt): nothing of it is read here. A hub corpus streamed from the hub (`wikitext-103-raw`,
+    `wikipedia:<lang>:<size>`) is then written to disk under `stream_to`, normalised, line by line as it
+    arrives (once: a later load finds it there), and its training split is streamed from that file. Without
+    `stream_train` (or `stream_to`) every split is read whole into memory.
     """
     source, found = _resolve(spec)
     extras = tuple(str(Path(directory)) for directory in extra_train)
+    if callable(found) and stream_train and stream_to is not None:
+        try:
+            place = _streamed_to_disk(source, found, Path(stream_to))
+        except Exception as error:  # datasets raises many kinds of network errors
+            raise _hub_failure(spec, error) from error
+        splits = _read_streamed(place)
+        for directory in extras:
+            _check_local(Path(directory), ("train",))
+        if extras:
+            # Normalising normalised lines leaves them as they are, so the hub's file and the extra raw ones are
+            # read as one raw split (tests/test_normalize.py checks that normalisation is idempotent).
+            splits["train"] = StreamedSplit([place / "train.txt", *(Path(directory) / "train.txt" for directory in extras)])
+        return _checked(Corpus(name=spec, source=source, extra_train=extras, **splits))
+    if callable(found):
+        try:
+            found = _gather(found())
+        except Exception as error:
+            raise _hub_failure(spec, error) from error
     if stream_train and isinstance(found, Path):
         directories = (found, *(Path(directory) for directory in extras))
         for directory in directories:
             _check_local(directory, ("train",))
         _check_local(found, SPLITS)
         train = StreamedSplit(directory / "train.txt" for directory in directories)
-        if not train.size_bytes:
-            raise CorpusError(f"corpus {spec!r} has an empty train split")
         try:
             # Read as the `datasets` text builder reads them (the same lines), without its seconds of start-up.
             splits = {name: StreamedSplit([found / f"{name}.txt"])._whole for name in ("valid", "test")}
         except (OSError, UnicodeDecodeError) as error:
             raise CorpusError(f"could not read corpus directory {str(found)!r}: {error}") from error
-        for name, split in splits.items():
-            if not split.text:
-                raise CorpusError(f"corpus {spec!r} has an empty {name} split")
-        log.info("corpus %s: train streamed from %s bytes, %s", spec, f"{train.size_bytes:,}",
-                 ", ".join(f"{n} {len(s.text):,} chars" for n, s in splits.items()))
-        return Corpus(name=spec, source=source, extra_train=extras, train=train, **splits)
+        return _checked(Corpus(name=spec, source=source, extra_train=extras, train=train, **splits))
     if isinstance(found, Path):
         _check_local(found, SPLITS)
         try:
@@ -397,8 +498,16 @@ def load_corpus(spec: str = DEFAULT_CORPUS, extra_train: Iterable[str] = (), str
         except Exception as error:
             raise CorpusError(f"could not read extra training text in {directory!r}: {error}") from error
     splits = {"train": _make_split(train_lines), "valid": _make_split(lines["valid"]), "test": _make_split(lines["test"])}
-    for name, split in splits.items():
-        if not split.text:
-            raise CorpusError(f"corpus {spec!r} has an empty {name} split")
-    log.info("corpus %s: %s", spec, ", ".join(f"{n} {len(s.text):,} chars" for n, s in splits.items()))
-    return Corpus(name=spec, source=source, extra_train=extras, **splits)
+    return _checked(Corpus(name=spec, source=source, extra_train=extras, **splits))
+
+
+def _checked(corpus: Corpus) -> Corpus:
+    """The corpus, once every split is known to hold text (a streamed training split: its files hold bytes)."""
+    for name in SPLITS:
+        split = corpus.split(name)
+        if not (split.size_bytes if isinstance(split, StreamedSplit) else split.text):
+            raise CorpusError(f"corpus {corpus.name!r} has an empty {name} split")
+    log.info("corpus %s: %s", corpus.name, ", ".join(
+        f"{name} {split.size_bytes:,} bytes streamed" if isinstance(split, StreamedSplit) else f"{name} {len(split.text):,} chars"
+        for name, split in ((name, corpus.split(name)) for name in SPLITS)))
+    return corpus

@@ -2,7 +2,7 @@
 
     predict        the next words after a text
     generate       continue a text word by word, sampled from the model
-    attribute      the next words with their gradient reach, and the text as a heatmap
+    attribute      the next words with their gradient reach (and the cache's pointer reach), and the text as a heatmap
     reach-profile  reach over many held-out contexts, for one or several models, as JSON and PNG
     evaluate       held-out bits per character, per-word perplexity, next-word accuracy
     lab            train cells, truncation lengths and clipping modes; write a report
@@ -89,14 +89,15 @@ def _generate(args: argparse.Namespace) -> int:
     def work(predictor):
         settings = GenerationSettings(words=args.words, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                                       stop_at_newline=args.stop_at_newline)
-        return generate(predictor, args.text, settings, seed=args.seed)
+        return generate(predictor, args.text, settings, seed=args.seed, text_cache=not args.no_cache)
 
     done = _predicted(args, "generate", work, print_json=True)
     if isinstance(done, int):
         return done
     _, generation = done
     print(generation.text + generation.continuation)
-    print(f"({len(generation.words)} words, seed {generation.seed}, stopped: {generation.stopped})", file=sys.stderr)
+    cache = "with the continuous cache over the text" if generation.text_cache else "the model alone"
+    print(f"({len(generation.words)} words, seed {generation.seed}, stopped: {generation.stopped}; {cache})", file=sys.stderr)
     return 0
 
 
@@ -113,7 +114,7 @@ def _attribute(args: argparse.Namespace) -> int:
 
     done = _predicted(args, "attribute", lambda predictor: attribute(
         predictor, args.text, k=args.k, method=args.method, threshold=args.threshold, verify=args.verify,
-        max_units=args.max_units))
+        max_units=args.max_units, text_cache=not args.no_cache))
     if isinstance(done, int):
         return done
     checkpoint, result = done
@@ -124,9 +125,6 @@ def _attribute(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"model": str(checkpoint.directory), **result.as_dict(full=True)}, ensure_ascii=False, indent=1))
     else:
-        if checkpoint.cache_config is not None and not args.no_cache:
-            print("(attribution covers the model alone: the continuous cache is not applied here; "
-                  "lm predict applies it)", file=sys.stderr)
         color = not args.no_color and "NO_COLOR" not in os.environ and sys.stdout.isatty() or args.color
         print(render_terminal(result, chosen=max(chosen, 0), color=color))
         if args.html:
@@ -135,10 +133,11 @@ def _attribute(args: argparse.Namespace) -> int:
 
 
 def _reach_profile(args: argparse.Namespace) -> int:
-    from corpora import CorpusError, load_corpus
+    from corpora import CorpusError
     from lm.infer.predictor import Predictor
     from lm.reports.reach_profile import reach_profile, write_profiles
     from lm.train.run import set_threads
+    from lm.train.tokens import load_streamed_corpus
 
     set_threads(args.threads)
     checkpoints = []
@@ -150,7 +149,7 @@ def _reach_profile(args: argparse.Namespace) -> int:
     profiles = {}
     for checkpoint in checkpoints:
         try:
-            corpus = load_corpus(args.corpus or checkpoint.train_config.corpus)
+            corpus = load_streamed_corpus(args.corpus or checkpoint.train_config.corpus)  # the training split is not read
         except CorpusError as error:
             print(f"lm reach-profile: error: {error}", file=sys.stderr)
             return 1
@@ -171,23 +170,29 @@ def _reach_profile(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from corpora import CorpusError, load_corpus
+    from corpora import CorpusError
     from lm.eval.figures import HOW_STATE_FLOWS, evaluate_adapted, evaluate_text
     from lm.infer.accuracy import next_word_accuracy
     from lm.infer.predictor import Predictor
     from lm.train.run import set_threads
+    from lm.train.tokens import cache_directory, load_streamed_corpus, token_ids
 
     set_threads(args.threads)
     checkpoint = _load(args.model)
     if checkpoint is None:
         return 1
     try:
-        corpus = load_corpus(args.corpus or checkpoint.train_config.corpus)
+        corpus = load_streamed_corpus(args.corpus or checkpoint.train_config.corpus)  # the training split is not read
     except CorpusError as error:
         print(f"lm evaluate: error: {error}", file=sys.stderr)
         return 1
     split = corpus.split(args.split)
-    figures = evaluate_text(checkpoint.model, checkpoint.tokenizer, split.text, split.raw_words)
+    try:
+        ids = token_ids(split, checkpoint.tokenizer, cache_directory(None), progress=False).ids.tolist()  # encoded once, then cached
+    except OSError as error:
+        print(f"lm evaluate: warning: the token cache cannot be used ({error}); encoding the {args.split} split here", file=sys.stderr)
+        ids = None
+    figures = evaluate_text(checkpoint.model, checkpoint.tokenizer, split.text, split.raw_words, ids=ids)
     adapted = None
     try:
         if args.cache is not None or args.dynamic is not None:
@@ -343,14 +348,19 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--seed", type=int, default=None, help="seed of the sampling (default: a random one, printed)")
     generate.add_argument("--stop-at-newline", action="store_true", help="stop before a line break")
     generate.add_argument("--json", action="store_true", help="print JSON: the continuation and each word with its probability")
+    generate.add_argument("--no-cache", action="store_true",
+                          help="the model alone: do not mix in the continuous cache over the text (the prompt and the words "
+                               "generated so far) that the checkpoint stores")
     generate.set_defaults(handler=_generate)
 
-    attribute = commands.add_parser("attribute", help="the next words with how far back their gradient influence reaches")
+    attribute = commands.add_parser("attribute", help="the next words with how far back their gradient influence (and the "
+                                                       "continuous cache's pointer) reaches")
     attribute.add_argument("--model", required=True, help="run or checkpoint directory")
     attribute.add_argument("text", help="the text so far")
     attribute.add_argument("-k", type=positive_int, default=5, help="number of predictions (default: 5)")
     attribute.add_argument("--method", choices=("saliency", "grad_x_input"), default="saliency")
-    attribute.add_argument("--threshold", type=_positive_float, default=0.01, help="threshold reach: influence >= this x the largest (default: 0.01)")
+    attribute.add_argument("--threshold", type=_positive_float, default=0.01, help="threshold reach: influence (or a pointer position's share) >= this x the "
+                                "largest (default: 0.01)")
     attribute.add_argument("--verify", action="store_true", help="also replace text beyond the 99%% reach by filler and report the change")
     attribute.add_argument("--max-units", type=positive_int, default=None, help="read at most the last N units (reported)")
     attribute.add_argument("--index", type=positive_int, default=1, help="which prediction the heatmap shows (default: 1)")
@@ -359,7 +369,8 @@ def build_parser() -> argparse.ArgumentParser:
     attribute.add_argument("--color", action="store_true", help="colour even when not writing to a terminal")
     attribute.add_argument("--no-color", action="store_true", help="no colours (also when NO_COLOR is set)")
     attribute.add_argument("--no-cache", action="store_true",
-                           help="the model alone (attribution never applies the continuous cache yet; this only silences the note)")
+                           help="the model alone: do not mix in the continuous cache the checkpoint stores (then no "
+                                "pointer reach; the gradient is the model's own)")
     attribute.set_defaults(handler=_attribute)
 
     profile = commands.add_parser("reach-profile", help="gradient reach over many held-out contexts (JSON and PNG)")

@@ -115,7 +115,7 @@ class TrainConfig:
     seed: int = _help("random seed for weights, dropout and window lengths", default=1234)
     threads: int | None = _help("torch intra-op threads (default: all cores)", default=None)
     device: str = _help("where to train: auto (the accelerator if there is one, else the CPU), cpu, cuda, cuda:N or mps", default="auto")
-    token_cache: str | None = _help("directory of the token cache (default: $REACH_TOKEN_CACHE, else ~/.cache/reach/tokens)", default=None)
+    token_cache: str | None = _help("directory of the token cache: encoded splits, cached tokenizers, hub corpora streamed to disk (default: $REACH_TOKEN_CACHE, else ~/.cache/reach/tokens)", default=None)
     precision: str = _help("fp32, or autocast to bf16 or fp16 (fp16 with a gradient scaler) for the forward pass", default="fp32")
 
     def __post_init__(self) -> None:

@@ -23,6 +23,26 @@ def _schemas(limits: dict) -> dict:
         | {"threshold": _NUMBER},
         "description": "How far back influence reaches from the prediction point (the last unit read is at distance 1).",
     }
+    pointer = {
+        "type": "object", "nullable": True,
+        "required": ["reach", "copy_probability", "occurrences"],
+        "properties": {
+            "reach": {"type": "object", "required": ["tokens", "words", "chars", "threshold"],
+                      "properties": {"tokens": _INTEGER, "words": _INTEGER, "chars": _INTEGER, "threshold": _NUMBER},
+                      "description": "distance back to the first unit of the farthest occurrence whose share is at least "
+                                    "threshold times the largest share (0: no occurrence)"},
+            "copy_probability": {"type": "number", "minimum": 0, "maximum": 1,
+                                 "description": "the sum over occurrences of the product of the cache's votes that "
+                                                "copy the word's units (and boundary) from that one occurrence"},
+            "occurrences": _INTEGER,
+            "positions": {"type": "array", "description": "only with attribution full; in text order",
+                          "items": {"type": "object", "required": ["text", "start", "end", "share"],
+                                    "properties": {"text": _STRING, "start": _INTEGER, "end": _INTEGER,
+                                                   "share": {"type": "number", "minimum": 0, "maximum": 1}}}},
+        },
+        "description": "The continuous cache's pointer: the earlier occurrences of the word its votes copy it from, "
+                       "and how far back they reach; null when the cache is not mixed in.",
+    }
     unit = {"type": "object", "required": ["text", "start", "end", "score", "word"],
             "properties": {"text": _STRING, "start": _INTEGER, "end": _INTEGER, "score": _NUMBER,
                            "word": {"type": "integer", "description": "index into word_influence"}}}
@@ -37,6 +57,7 @@ def _schemas(limits: dict) -> dict:
             "logprob": _NUMBER,
             "remainder": {"type": "string", "description": "what is still to type when completing a word"},
             "reach": {"$ref": "#/components/schemas/Reach"},
+            "pointer": {"$ref": "#/components/schemas/Pointer"},
             "faithfulness": {"type": "object", "properties": {"replaced_chars": _INTEGER, "logprob": _NUMBER, "logprob_change": _NUMBER}},
             "influence": {"type": "array", "items": {"$ref": "#/components/schemas/UnitInfluence"}},
             "word_influence": {"type": "array", "items": {"$ref": "#/components/schemas/WordInfluence"}},
@@ -60,8 +81,7 @@ def _schemas(limits: dict) -> dict:
                 "verify": {"type": "boolean", "default": False,
                            "description": "replace the text beyond the 99% mass reach by filler and report the change"},
                 "cache": {"type": "boolean", "description": "mix the continuous cache over the text into the predictions "
-                          "(default: on when the model has cache settings and attribution is none; true needs "
-                          "attribution none: attribution covers the model alone)"},
+                          "and their attribution (default: on when the model has cache settings)"},
             },
         },
         "PredictResponse": {
@@ -104,11 +124,14 @@ def _schemas(limits: dict) -> dict:
                          "description": "seed of the sampling (default: a random one, returned)"},
                 "stop_at_newline": {"type": "boolean", "default": False, "description": "stop before a line break"},
                 "model": {"type": "string", "nullable": True, "description": "a served model's name (default: the first)"},
+                "cache": {"type": "boolean", "description": "mix the continuous cache over the text (the prompt and the "
+                          "words generated so far) into every word's distribution (default: on when the model has cache "
+                          "settings)"},
             },
         },
         "GenerateResponse": {
             "type": "object",
-            "required": ["model", "text", "continuation", "seed", "stopped", "words"],
+            "required": ["model", "text", "continuation", "seed", "stopped", "words", "cache"],
             "properties": {
                 "model": _STRING,
                 "text": {"type": "string", "description": "the text as normalised and read by the model"},
@@ -116,6 +139,7 @@ def _schemas(limits: dict) -> dict:
                 "seed": {"type": "integer", "description": "the seed used"},
                 "stopped": {"type": "string", "enum": ["words", "newline", "no_words"]},
                 "words": {"type": "array", "items": {"$ref": "#/components/schemas/GeneratedWord"}},
+                "cache": {"type": "boolean", "description": "whether the continuous cache over the text was mixed in"},
             },
         },
         "GeneratedWord": {
@@ -125,12 +149,14 @@ def _schemas(limits: dict) -> dict:
                 "word": _STRING,
                 "text": {"type": "string", "description": "what this word appended: the whitespace before it and the word"},
                 "probability": {"type": "number", "minimum": 0, "maximum": 1,
-                                "description": "exact P(this word, then a boundary | the text before it), untempered"},
+                                "description": "exact P(this word, then a boundary | the text before it), untempered; "
+                                               "the mixed model's when the response's cache is true"},
                 "logprob": _NUMBER,
             },
         },
         "Prediction": prediction,
         "Reach": reach,
+        "Pointer": pointer,
         "UnitInfluence": unit,
         "WordInfluence": word,
         "ModelCard": {"type": "object", "required": ["name", "cell", "tokenizer", "parameters"],
@@ -161,7 +187,7 @@ def openapi_document(limits: dict, max_body: int) -> dict:
                                 "influence reaches. Errors are {\"error\": {\"code\", \"message\"}}."},
         "paths": {
             "/v1/predict": {"post": {
-                "summary": "The next words after a text, with gradient reach",
+                "summary": "The next words after a text, with gradient reach and the cache's pointer reach",
                 "requestBody": json_body,
                 "responses": {
                     "200": {"description": "predictions", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/PredictResponse"}}}},

@@ -24,7 +24,7 @@ ATTRIBUTION_MODES = ("summary", "full", "none")
 METHODS = ("saliency", "grad_x_input")
 MAX_TEMPERATURE = 100.0  # beyond this every kept word is all but equally likely
 _FIELDS = {"text", "k", "model", "attribution", "threshold", "method", "verify", "cache"}
-_GENERATE_FIELDS = {"text", "max_words", "temperature", "top_k", "top_p", "seed", "stop_at_newline", "model"}
+_GENERATE_FIELDS = {"text", "max_words", "temperature", "top_k", "top_p", "seed", "stop_at_newline", "model", "cache"}
 
 
 @dataclass(frozen=True)
@@ -78,6 +78,7 @@ class GenerateRequest:
     seed: int | None
     stop_at_newline: bool
     model: str | None
+    cache: bool | None  # the continuous cache over the text: None means on when the model has settings
 
 
 def _clean_text(text: str, max_chars: int) -> str:
@@ -88,6 +89,11 @@ def _clean_text(text: str, max_chars: int) -> str:
         if char != "\n" and unicodedata.category(char) in ("Cc", "Cs"):
             raise ApiError(422, "invalid_text", f"'text' has a control character U+{ord(char):04X} at position {position}")
     return text
+
+
+def _cache(data: dict) -> bool | None:
+    """The `cache` field: true, false, or None when absent (on when the model has settings)."""
+    return _typed(data, "cache", (bool,), "true or false")
 
 
 def parse_predict(request: Request, limits: dict) -> PredictRequest:
@@ -102,11 +108,7 @@ def parse_predict(request: Request, limits: dict) -> PredictRequest:
     threshold = _typed(data, "threshold", (int, float), "a number", 0.01)
     method = _typed(data, "method", (str,), "one of " + ", ".join(METHODS), "saliency")
     verify = _typed(data, "verify", (bool,), "true or false", False)
-    cache = _typed(data, "cache", (bool,), "true or false")
-    if cache and attribution != "none":
-        # Attribution does not differentiate through the cache yet: refuse rather than attribute another distribution.
-        raise ApiError(422, "invalid_value", "'cache': true needs 'attribution': 'none' (attribution covers the model "
-                                             "alone for now)")
+    cache = _cache(data)
     if not 1 <= k <= limits["max_k"]:
         raise ApiError(422, "invalid_value", f"'k' must be between 1 and {limits['max_k']}, not {k}")
     if attribution not in ATTRIBUTION_MODES:
@@ -132,6 +134,7 @@ def parse_generate(request: Request, limits: dict) -> GenerateRequest:
     seed = None if data.get("seed") is None else _typed(data, "seed", (int,), "an integer or null")
     stop_at_newline = _typed(data, "stop_at_newline", (bool,), "true or false", False)
     model = _typed(data, "model", (str,), "a string (a served model's name)")
+    cache = _cache(data)
     if not 1 <= max_words <= limits["max_generate_words"]:
         raise ApiError(422, "invalid_value", f"'max_words' must be between 1 and {limits['max_generate_words']}, not {max_words}")
     if not 0 < temperature <= MAX_TEMPERATURE:
@@ -143,4 +146,4 @@ def parse_generate(request: Request, limits: dict) -> GenerateRequest:
     if seed is not None and not 0 <= seed < 2**63:
         raise ApiError(422, "invalid_value", f"'seed' must be between 0 and 2**63 - 1, not {seed}")
     return GenerateRequest(_clean_text(text, limits["max_text_chars"]), max_words, float(temperature), top_k,
-                           float(top_p), seed, stop_at_newline, model)
+                           float(top_p), seed, stop_at_newline, model, cache)

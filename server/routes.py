@@ -38,7 +38,7 @@ def _served(name: str | None):
 
 @api.post("/v1/predict")
 def predict():
-    """Next words for a text, each with its gradient reach."""
+    """Next words for a text, each with its gradient reach (and, with the continuous cache, its pointer reach)."""
     limits = _limits()
     query = parse_predict(request, limits)
     model = _served(query.model)
@@ -46,7 +46,7 @@ def predict():
         result = model.predictor.predict(query.text, k=query.k, text_cache=query.cache is not False)
         return jsonify(prediction_body(model.name, model.checkpoint.tokenizer, result))
     result = attribute(model.predictor, query.text, k=query.k, method=query.method, threshold=query.threshold,
-                       verify=query.verify, max_units=limits["max_context_units"])
+                       verify=query.verify, max_units=limits["max_context_units"], text_cache=query.cache is not False)
     return jsonify(attribution_body(model.name, model.checkpoint.tokenizer, result, full=query.attribution == "full"))
 
 
@@ -57,7 +57,7 @@ def generate():
     model = _served(query.model)
     settings = GenerationSettings(words=query.max_words, temperature=query.temperature, top_k=query.top_k,
                                   top_p=query.top_p, stop_at_newline=query.stop_at_newline)
-    generation = generate_text(model.predictor, query.text, settings, seed=query.seed)
+    generation = generate_text(model.predictor, query.text, settings, seed=query.seed, text_cache=query.cache is not False)
     return jsonify({"model": model.name, **generation.as_dict()})
 
 

@@ -302,3 +302,194 @@ def test_one_unit_spellings_do_not_run_the_model(subword_predictor, monkeypatch)
     torch.testing.assert_close(values, first[torch.tensor(rows), torch.tensor([p[0][0] for p in paths])])
     (grad,) = torch.autograd.grad(values.sum(), state)
     assert torch.isfinite(grad).all()
+
+
+# The continuous cache in the reach -------------------------------------------------------------------------------
+
+CACHED_TEXT = "The cat sat on the mat. The dog saw the cat. A bird sang to the cat and the dog. The "
+
+
+@pytest.fixture(scope="module")
+def cached_predictor(tiny_run):
+    """The tiny char model with a continuous cache that matters (weight 0.4) and a window shorter than the text."""
+    from lm.config import CacheConfig
+
+    checkpoint = load_checkpoint(tiny_run.out)
+    return Predictor(checkpoint.model, checkpoint.tokenizer, text_cache=CacheConfig(window=60, theta=2.0, weight=0.4))
+
+
+def _served_logprob(model, predictor, embeds, spellings, settings):
+    """log P(word | context) under the model mixed with the cache, written plainly one unit at a time (autograd
+    throughout): embeds (1, n + 1, E) of the line break and the context; spellings: (units, needs a boundary)."""
+    hidden = model.config.hidden_dim
+    ends = torch.from_numpy(predictor.units.ends)
+    ids = [predictor.tokenizer.newline_id, *predictor.tokenizer.encode(CACHED_TEXT)]
+    x, finals = embeds, []
+    for index in range(model.config.num_layers):
+        x, final, _ = model.run_layer(index, x, model.init_state(1)[index])
+        finals.append(final)
+    outputs, after = x[0], torch.stack(finals)  # (n + 1, H), (L, 1, S)
+    totals = []
+    for units, boundary in spellings:
+        keys, values = list(outputs[:-1]), ids[1:]  # output t is followed by unit t + 1
+        state, total = after, embeds.new_zeros((), dtype=torch.float64)
+        for step, unit in enumerate([*units, None] if boundary else units):
+            query = state[-1, 0, :hidden]
+            p_model = torch.softmax(model.output(query).double(), -1)
+            seen = torch.stack(keys[-settings.window:])  # a key is visible at most `window` positions back
+            votes = torch.softmax(settings.theta * (seen.double() @ query.double()), -1)
+            p_cache = torch.zeros_like(p_model).index_add(0, torch.tensor(values[-settings.window:]), votes)
+            mixed = (1 - settings.weight) * p_model + settings.weight * p_cache
+            if unit is None:
+                total = total + torch.log(mixed[ends].sum())
+                break
+            total = total + torch.log(mixed[unit])
+            keys, values = keys + [query], values + [unit]
+            _, state = model.step(torch.tensor([unit]), state)
+        totals.append(total)
+    return torch.logsumexp(torch.stack(totals), 0)
+
+
+def test_cached_gradients_equal_autograd_of_the_served_mixture_and_finite_differences(cached_predictor):
+    model, tokenizer, settings = cached_predictor.model, cached_predictor.tokenizer, cached_predictor.text_cache
+    result = attribute(cached_predictor, CACHED_TEXT, k=3)
+    assert result.result.text_cache and result.as_dict()["cache"] is True
+    ids = torch.tensor([[tokenizer.newline_id, *tokenizer.encode(CACHED_TEXT)]])
+    for entry in result.predictions[:2]:
+        spellings = entry.prediction.paths
+        embeds = model.embedding(ids).detach().requires_grad_(True)
+        served = _served_logprob(model, cached_predictor, embeds, spellings, settings)
+        # The plain computation is the served (exactly scored, mixed) log-probability ...
+        assert float(served.detach()) == pytest.approx(entry.prediction.logprob, abs=1e-4)
+        (grad,) = torch.autograd.grad(served, embeds)
+        expected = grad[0, 1:].norm(dim=-1).double().numpy()
+        # ... and attribution's influence is the norm of its gradient, the cache's keys included.
+        np.testing.assert_allclose(entry.influence, expected, rtol=1e-3, atol=1e-6 * expected.max())
+
+    # Without the cache's keys in the gradient the influence would differ: the cache is really differentiated.
+    alone = attribute(cached_predictor, CACHED_TEXT, k=3, text_cache=False)
+    assert alone.result.text_cache is False
+    assert not np.allclose(alone.predictions[0].influence, result.predictions[0].influence, rtol=1e-2)
+
+    # Finite differences in float64 along the gradient at the most influential positions.
+    entry = result.predictions[0]
+    double = type(model)(model.config).double().eval()
+    double.load_state_dict({k: v.double() for k, v in model.state_dict().items()})
+    x = double.embedding(ids).detach()
+    positions = [int(p) for p in np.argsort(-entry.influence)[:4]]
+    for position in positions:
+        t = position + 1
+        probe = x.clone().requires_grad_(True)
+        (g,) = torch.autograd.grad(_served_logprob(double, cached_predictor, probe, entry.prediction.paths, settings), probe)
+        direction = torch.zeros_like(x)
+        direction[0, t] = g[0, t] / g[0, t].norm()
+        eps = 1e-5
+        with torch.no_grad():
+            slope = (_served_logprob(double, cached_predictor, x + eps * direction, entry.prediction.paths, settings)
+                     - _served_logprob(double, cached_predictor, x - eps * direction, entry.prediction.paths, settings)) / (2 * eps)
+        assert float(slope) == pytest.approx(entry.influence[position], rel=1e-3)
+
+
+def test_without_the_cache_attribution_is_unchanged(char_predictor, cached_predictor):
+    before = attribute(char_predictor, CACHED_TEXT, k=3)
+    off = attribute(cached_predictor, CACHED_TEXT, k=3, text_cache=False)
+    assert [e.prediction.word for e in off.predictions] == [e.prediction.word for e in before.predictions]
+    for a, b in zip(off.predictions, before.predictions):
+        assert np.array_equal(a.influence, b.influence) and a.reach == b.reach and a.pointer is None
+    assert all(entry["pointer"] is None for entry in off.as_dict()["predictions"])
+
+
+def test_the_pointer_points_at_earlier_occurrences_of_the_word(cached_predictor):
+    result = attribute(cached_predictor, CACHED_TEXT, k=5, threshold=0.01)
+    context = result.result.query.context
+    window_start = result.units[len(result.units) - cached_predictor.text_cache.window][1]
+    checked = 0
+    for entry in result.predictions:
+        word, pointer = entry.prediction.word, entry.pointer
+        # Every occurrence of its spelling inside the cache's window (a key there) with a boundary after it.
+        expected = [i for i in range(window_start, len(context) - len(word))
+                    if context.startswith(word, i) and not context[i + len(word)].isalnum()]
+        assert [p.start for p in pointer.positions] == expected
+        assert all(context[p.start:p.end] == p.text == word for p in pointer.positions)
+        if not expected:
+            assert pointer.tokens == 0 and pointer.copy_probability == 0
+            continue
+        checked += 1
+        assert sum(p.share for p in pointer.positions) == pytest.approx(1.0)
+        assert 0 < pointer.copy_probability < 1
+        top = max(p.share for p in pointer.positions)
+        farthest = min(p.start for p in pointer.positions if p.share >= 0.01 * top)
+        assert pointer.chars == len(context) - farthest
+        assert pointer.tokens == len(context) - farthest  # one unit per character
+        assert pointer.words == len(context[farthest:].split())
+        body = result.as_dict(full=True)["predictions"][result.predictions.index(entry)]["pointer"]
+        assert body["reach"] == {"tokens": pointer.tokens, "words": pointer.words, "chars": pointer.chars,
+                                 "threshold": 0.01}
+        assert [(p["text"], p["start"]) for p in body["positions"]] == [(word, i) for i in expected]
+        assert "positions" not in result.as_dict(full=False)["predictions"][0]["pointer"]
+    assert checked >= 2  # " the", "cat" or "dog": words of the text are among the predictions
+
+
+def test_cached_views_mark_the_pointer(cached_predictor):
+    result = attribute(cached_predictor, CACHED_TEXT, k=2)
+    entry = result.predictions[0]
+    assert entry.pointer.positions
+    colour = render_terminal(result, color=True)
+    assert "\x1b[4m" in colour and "pointer reach" in colour
+    plain = render_terminal(result, color=False)
+    assert "cache pointer" in plain and "\x1b[" not in plain and "with the continuous cache" in plain.splitlines()[0]
+    assert "the model alone" in render_terminal(attribute(cached_predictor, CACHED_TEXT, k=1, text_cache=False)).splitlines()[0]
+    page = render_html(result, "tiny")
+    marked = sum(len(p.text) for p in entry.pointer.positions)
+    first = page.split("<section>")[1].split("</section>")[0]
+    assert first.count('class="pointer"') == marked and external_references(page) == []
+
+
+def test_cached_healed_subword_gradients_are_per_word_and_of_the_served_probability(subword_predictor):
+    """With healing, the required part's row (and its keys' gradient) joins every word's; batched equals alone."""
+    from lm.config import CacheConfig
+
+    cached = Predictor(subword_predictor.model, subword_predictor.tokenizer,
+                       text_cache=CacheConfig(window=30, theta=1.0, weight=0.3))
+    text = "The album was released, and the album was rel"
+    result = attribute(cached, text, k=3)
+    assert result.result.text_cache and result.result.query.required
+    tokenizer = cached.tokenizer
+    units = tuple(tokenizer.encode(result.result.query.context))
+    trace = trace_context(cached.model, torch.tensor([tokenizer.newline_id, *units]))
+    batched, _ = prediction_gradients(cached, trace, result.result, 1.0)
+    for row, entry in enumerate(result.predictions):
+        assert entry.prediction.logprob == pytest.approx(cached.score_word(text, entry.prediction.word), abs=1e-6)
+        alone = PredictionResult(result.result.query, [entry.prediction], len(units), result.result.required_logprob,
+                                 result.result.required_paths, text_cache=True)
+        single, _ = prediction_gradients(cached, trace, alone, 1.0)
+        torch.testing.assert_close(batched[row], single[0], rtol=1e-4, atol=1e-7)
+    plain = attribute(subword_predictor, text, k=3)
+    assert not np.allclose(plain.predictions[0].influence, result.predictions[0].influence, rtol=1e-2)
+
+
+
+def test_the_pointer_of_a_word_in_several_pieces_needs_all_of_them(subword_predictor):
+    from lm.config import CacheConfig
+    from lm.infer.attribution import cache_pointer
+    from lm.infer.predictor import WordPrediction
+    from lm.infer.textcache import read_memory
+
+    cached = Predictor(subword_predictor.model, subword_predictor.tokenizer,
+                       text_cache=CacheConfig(window=100, theta=1.0, weight=0.3))
+    tokenizer = cached.tokenizer
+    context = "The albums sold, the album was released, and the album was "
+    ids, spans = tokenizer.encode_with_offsets(context)
+    trace = trace_context(cached.model, torch.tensor([tokenizer.newline_id, *ids]))
+    memory = read_memory(None, None, trace.outputs[-1], [tokenizer.newline_id, *ids], 100)
+    pieces = tuple(tokenizer.encode("album"))  # as the text spells it after a space: the word's boundary piece first
+    assert len(pieces) > 2  # spelled over several units
+    word = WordPrediction("album", -1.0, "album", [(pieces, True)])
+    owners = unit_words([(context[a:b], a, b) for a, b in spans], words_of(context))
+    pointer = cache_pointer(cached, trace.final, memory, word, context, spans, owners, 0.01)
+    # "albums" starts with the same pieces but no boundary follows them there: only the two whole words count.
+    assert [p.text.strip() for p in pointer.positions] == ["album", "album"]
+    first, second = context.index(" album was"), context.rindex(" album was")
+    assert [p.end for p in pointer.positions] == [first + len(" album"), second + len(" album")]
+    assert sum(p.share for p in pointer.positions) == pytest.approx(1.0) and pointer.copy_probability > 0
+    assert pointer.tokens in {len(ids) - p.first_unit for p in pointer.positions}

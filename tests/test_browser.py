@@ -1,4 +1,5 @@
-"""The web page in a real headless Chromium: type, see predictions, pick one, see the heatmap, continue the text.
+"""The web page in a real headless Chromium: type, see predictions, pick one, see the heatmap and the cache's
+pointer, continue the text.
 
 Needs Debian's chromium at /usr/bin/chromium (`.ci/run` installs it). Without
 it the test is skipped, except in CI (CI=true), where it fails.
@@ -77,9 +78,28 @@ def test_type_see_predictions_select_one_see_the_heatmap_continue(page_server):
             assert "%" in page.get_attribute("#continuation .generated", "title")
             page.wait_for_function(f"document.querySelectorAll('#heatmap span.unit').length === {len(typed + generated)}",
                                    timeout=20_000)  # and the page predicts after the longer text
-            # Switching the model re-predicts with the other one.
+            # The char model mixes in its continuous cache: the earlier occurrences its pointer copies the word
+            # from are boxed (apart from the influence colours), and the legend says so.
+            repeated = "The end of the war and the start of the year, the last of "
+            page.fill("#text", repeated)
+            page.wait_for_function(f"document.querySelectorAll('#heatmap span.unit').length === {len(repeated)}",
+                                   timeout=20_000)
+            words = page.eval_on_selector_all("#predictions li .w", "spans => spans.map(s => s.textContent)")
+            assert "the" in words  # and the cache copies it from the text
+            page.click(f"#predictions li:nth-child({words.index('the') + 1})")
+            page.wait_for_function("document.querySelector('#chosen').textContent.includes('the')")
+            boxed = page.eval_on_selector_all("#heatmap span.pointer", "spans => spans.map(s => s.textContent).join('')")
+            assert boxed == "the" * 4  # each earlier "the", unit by unit ("The" is another word)
+            assert page.eval_on_selector_all("#heatmap span.pointer", "spans => spans.every(s => "
+                                             "getComputedStyle(s).boxShadow.includes('inset'))")  # boxed
+            assert page.locator("#heatmap span.pointer-first").count() == 4  # one box per occurrence
+            assert "pointer reach" in page.text_content("#pointer") and "4 earlier occurrences" in page.text_content("#pointer")
+            assert "pointer" in page.text_content(".legend") and page.locator(".legend .pointer-key").count() == 1
+            # Switching the model re-predicts with the other one (no cache there: nothing boxed, and the page says why).
             page.select_option("#model", "subword")
-            page.wait_for_function("document.querySelectorAll('#heatmap span.unit').length < 40", timeout=20_000)
+            page.wait_for_function("document.querySelectorAll('#heatmap span.unit').length < 30", timeout=20_000)
+            assert page.locator("#heatmap span.pointer").count() == 0
+            assert "no continuous cache" in page.text_content("#pointer")
             ARTIFACTS.mkdir(exist_ok=True)
             page.screenshot(path=str(ARTIFACTS / "browser.png"), full_page=True)
             assert not errors

@@ -2,6 +2,7 @@
 
 import json
 import random
+from dataclasses import replace
 
 import pytest
 
@@ -23,17 +24,63 @@ def subword_predictor(tiny_subword_run):
     return Predictor(checkpoint.model, checkpoint.tokenizer)
 
 
-def test_generation_reads_the_model_alone_even_with_cache_settings(tiny_run, predictor):
+@pytest.fixture(scope="module")
+def cached_predictor(tiny_run):
+    """The tiny char model with the continuous cache its run tuned and stored."""
     checkpoint = load_checkpoint(str(tiny_run.out))
-    cached = Predictor(checkpoint.model, checkpoint.tokenizer, text_cache=checkpoint.cache_config)
-    text = "Mr. Qwixby spoke. Mr. Qwixby left. Mr. "
-    assert cached.predict(text, k=3).text_cache  # predictions mix the cache in ...
-    settings = GenerationSettings(words=8)
-    # ... generation does not yet (its boundary choice and its words would both need the mix)
-    with_settings, without = generate(cached, text, settings, seed=3), generate(predictor, text, settings, seed=3)
-    assert with_settings.continuation == without.continuation
-    # The context is read through the fused layers' outputs there (the memory), its logits alone here: float32 rounding.
-    assert [w.logprob for w in with_settings.words] == pytest.approx([w.logprob for w in without.words], abs=1e-5)
+    assert checkpoint.cache_config is not None and checkpoint.cache_config.weight > 0
+    return Predictor(checkpoint.model, checkpoint.tokenizer, text_cache=checkpoint.cache_config)
+
+
+REPEATED = "Mr. Qwixby spoke to Qwixby. Then Qwixby left, and Mr. "
+
+
+def test_generation_mixes_the_stored_cache_in_and_can_be_switched_off(cached_predictor, predictor):
+    settings = GenerationSettings(words=10)
+    on = generate(cached_predictor, REPEATED, settings, seed=3)
+    off = generate(cached_predictor, REPEATED, settings, seed=3, text_cache=False)
+    alone = generate(predictor, REPEATED, settings, seed=3)  # a predictor without settings
+    assert on.text_cache and on.as_dict()["cache"] is True
+    assert not off.text_cache and not alone.text_cache
+    # Off is the model alone (the context read through the fused layers' outputs there, its logits alone here).
+    assert off.continuation == alone.continuation
+    assert [w.logprob for w in off.words] == pytest.approx([w.logprob for w in alone.words], abs=1e-5)
+    # On, the same first word is worth another probability under the mixed model, and the draws part ways.
+    first = on.words[0].word
+    assert on.words[0].logprob == pytest.approx(cached_predictor.score_word(REPEATED, first), abs=1e-6)
+    assert abs(on.words[0].logprob - cached_predictor.score_word(REPEATED, first, text_cache=False)) > 1e-3
+    assert on.continuation != off.continuation or [w.logprob for w in on.words] != pytest.approx(
+        [w.logprob for w in off.words], abs=1e-3)
+
+
+def test_a_cache_of_weight_zero_generates_what_the_model_alone_does(tiny_run, predictor):
+    checkpoint = load_checkpoint(str(tiny_run.out))
+    zero = Predictor(checkpoint.model, checkpoint.tokenizer, text_cache=replace(checkpoint.cache_config, weight=0.0))
+    settings = GenerationSettings(words=10)
+    mixed, alone = generate(zero, REPEATED, settings, seed=5), generate(predictor, REPEATED, settings, seed=5)
+    assert mixed.text_cache and mixed.continuation == alone.continuation
+    assert [w.logprob for w in mixed.words] == pytest.approx([w.logprob for w in alone.words], abs=1e-5)
+
+
+def test_with_the_cache_the_same_seed_gives_the_same_continuation(cached_predictor):
+    settings = GenerationSettings(words=15)
+    first = generate(cached_predictor, REPEATED, settings, seed=7)
+    cached_predictor.clear_cache()  # cold contexts rebuild the same memory
+    assert generate(cached_predictor, REPEATED, settings, seed=7).as_dict() == first.as_dict()
+    assert {generate(cached_predictor, REPEATED, settings, seed=seed).continuation for seed in (8, 9, 10)} - {first.continuation}
+
+
+def test_with_the_cache_each_probability_is_the_mixed_models_over_the_text_generated_so_far(cached_predictor):
+    # The cache reads the prompt and every word generated before each one: score_word with the cache over exactly
+    # that text (its memory holds the generated words too) gives each reported figure; the model alone does not.
+    generation = generate(cached_predictor, REPEATED, GenerationSettings(words=20), seed=4)
+    checked, moved = 0, 0
+    for before, word in _prefixes(generation):
+        if before[-1].isspace():
+            assert word.logprob == pytest.approx(cached_predictor.score_word(before, word.word), abs=1e-6)
+            moved += abs(word.logprob - cached_predictor.score_word(before, word.word, text_cache=False)) > 1e-3
+            checked += 1
+    assert checked >= 5 and moved >= 1
 
 
 def _prefixes(generation):
@@ -163,6 +210,7 @@ def test_cli_json_gives_each_word_with_its_probability(tiny_run, capsys):
     assert lm_main(argv) == 0
     body = json.loads(capsys.readouterr().out)
     assert body["seed"] == 5 and body["text"] == "The film was " and len(body["words"]) == 6
+    assert body["cache"] is True  # the run stores cache settings
     assert body["continuation"] == "".join(word["text"] for word in body["words"])
     assert all(0 < word["probability"] <= 1 and word["word"] for word in body["words"])
     assert lm_main(argv) == 0
@@ -170,6 +218,17 @@ def test_cli_json_gives_each_word_with_its_probability(tiny_run, capsys):
     assert lm_main(argv[:-2] + ["The film was "]) == 0
     out = capsys.readouterr()
     assert out.out.strip() == (body["text"] + body["continuation"]).strip() and "seed 5" in out.err
+    assert "with the continuous cache" in out.err
+
+
+def test_cli_no_cache_generates_with_the_model_alone(tiny_run, predictor, capsys):
+    argv = ["generate", "--model", str(tiny_run.out), "--words", "6", "--seed", "5", "--json", "--no-cache", REPEATED]
+    assert lm_main(argv) == 0
+    body = json.loads(capsys.readouterr().out)
+    alone = generate(predictor, REPEATED, GenerationSettings(words=6), seed=5)
+    assert body["cache"] is False and body["continuation"] == alone.continuation
+    assert lm_main(argv[:-3] + ["--json", REPEATED]) == 0
+    assert json.loads(capsys.readouterr().out)["cache"] is True
 
 
 @pytest.mark.parametrize("flags", [["--top-p", "1.5"], ["--top-k", "0"], ["--temperature", "0"], ["--words", "x"]])

@@ -381,7 +381,8 @@ def test_the_text_cache_mixes_every_unit_distribution_and_words_equal_a_brute_fo
     assert sum(p.probability for p in result.predictions) <= 1 + 1e-9
     reads = predictor._lookahead
     for units in [(), (a,), (a, b)]:
-        assert np.exp(reads.logprobs(units)).sum() == pytest.approx(1, abs=1e-12)  # each mixed row is normalised
+        # Each mixed row is normalised, up to the model normaliser's float32 exponentials (as without a cache).
+        assert np.exp(reads.logprobs(units)).sum() == pytest.approx(1, abs=1e-7)
         mixed = _mixed_logprobs(model, context + list(units), settings).numpy()
         assert reads.logprobs(units) == pytest.approx(mixed, abs=1e-6)
 

@@ -66,10 +66,31 @@ def test_the_text_cache_is_on_by_default_and_can_be_turned_off(client):
     assert cached["cache"] is True and alone["cache"] is False  # the tiny runs store tuned settings
     assert [p["probability"] for p in cached["predictions"]] != [p["probability"] for p in alone["predictions"]]
     assert _post(client, {"text": text, "attribution": "none", "k": 3, "cache": True}).get_json() == cached
-    # Attribution covers the model alone, and says so.
+    # Attribution covers the served (mixed) distribution, and the model alone when the cache is off.
     attributed = _post(client, {"text": text, "k": 3}).get_json()
-    assert attributed["cache"] is False
-    assert [p["word"] for p in attributed["predictions"]] == [p["word"] for p in alone["predictions"]]
+    assert attributed["cache"] is True
+    assert [p["word"] for p in attributed["predictions"]] == [p["word"] for p in cached["predictions"]]
+    assert [p["probability"] for p in attributed["predictions"]] == pytest.approx(
+        [p["probability"] for p in cached["predictions"]], rel=1e-5)
+    assert all(p["pointer"] is not None for p in attributed["predictions"])
+    plain = _post(client, {"text": text, "k": 3, "cache": False}).get_json()
+    assert plain["cache"] is False and all(p["pointer"] is None for p in plain["predictions"])
+    assert [p["word"] for p in plain["predictions"]] == [p["word"] for p in alone["predictions"]]
+
+
+def test_the_pointer_points_at_the_earlier_occurrences_of_the_word(client):
+    text = "The end of the war and the start of the year, the last of "
+    body = _post(client, {"text": text, "k": 3, "attribution": "full"}).get_json()
+    first = body["predictions"][0]
+    assert body["cache"] is True and first["word"] == "the"
+    pointer = first["pointer"]
+    occurrences = [i for i in range(len(text)) if text.startswith("the ", i)]  # "the" followed by a boundary
+    assert [(p["text"], p["start"], p["end"]) for p in pointer["positions"]] == [("the", i, i + 3) for i in occurrences]
+    assert pointer["occurrences"] == 4 and sum(p["share"] for p in pointer["positions"]) == pytest.approx(1.0)
+    strong = [p["start"] for p in pointer["positions"] if p["share"] >= 0.01 * max(q["share"] for q in pointer["positions"])]
+    assert pointer["reach"]["chars"] == len(text) - min(strong) and pointer["reach"]["threshold"] == 0.01
+    summary = _post(client, {"text": text, "k": 3}).get_json()["predictions"][0]["pointer"]
+    assert "positions" not in summary and summary["reach"] == pointer["reach"]
 
 
 def test_threshold_method_and_verify_are_honoured(client):
@@ -152,7 +173,6 @@ def _out_of_range(*fields: tuple[str, object]) -> list[tuple[dict, int, str]]:
     ({"text": "a", "threshold": "0.1"}, 400, "invalid_type"),
     ({"text": "a", "verify": 1}, 400, "invalid_type"),
     ({"text": "a", "cache": "yes"}, 400, "invalid_type"),
-    ({"text": "a", "cache": True}, 422, "invalid_value"),  # with the default attribution: not differentiated yet
     ({"text": "a", "model": 7}, 400, "invalid_type"),
     ({"text": "a", "colour": "red"}, 400, "unknown_field"),
     ({"text": "a", "model": "gpt"}, 404, "unknown_model"),
@@ -201,6 +221,17 @@ def test_generate_continues_a_text_reproducibly_with_each_words_probability(clie
     assert drawn["model"] == "subword" and isinstance(drawn["seed"], int) and len(drawn["words"]) == 3
 
 
+def test_generate_mixes_the_text_cache_in_by_default_and_can_be_turned_off(client):
+    body = {"text": "Mr. Qwixby spoke to Qwixby. Then Qwixby left, and Mr. ", "max_words": 6, "seed": 3}
+    cached = _generate(client, body).get_json()
+    alone = _generate(client, {**body, "cache": False}).get_json()
+    assert cached["cache"] is True and alone["cache"] is False  # the char run stores tuned settings
+    assert [w["probability"] for w in cached["words"]] != [w["probability"] for w in alone["words"]]
+    assert _generate(client, {**body, "cache": True}).get_json() == cached
+    # A model without settings generates with the model alone whatever is asked, and says so.
+    assert _generate(client, {**body, "model": "subword", "cache": True}).get_json()["cache"] is False
+
+
 def test_generate_can_stop_at_a_line_break(client):
     answers = [_generate(client, {"text": "= Valkyria Chronicles =", "max_words": 30, "stop_at_newline": True, "seed": seed}).get_json()
                for seed in range(5)]
@@ -219,6 +250,9 @@ def test_generate_can_stop_at_a_line_break(client):
     ({"text": "a", "seed": "7"}, 400, "invalid_type"),
     ({"text": "a", "seed": 1.5}, 400, "invalid_type"),
     ({"text": "a", "stop_at_newline": 1}, 400, "invalid_type"),
+    ({"text": "a", "cache": "yes"}, 400, "invalid_type"),
+    ({"text": "a", "cache": 1}, 400, "invalid_type"),
+    ({"text": "a", "cache": None}, 400, "invalid_type"),
     ({"text": "a", "k": 5}, 400, "unknown_field"),
     ({"text": "a", "model": "gpt"}, 404, "unknown_model"),
     *_out_of_range(("max_words", 0), ("max_words", 51), ("top_k", 0), ("top_k", 21), ("temperature", 0), ("temperature", -1),

@@ -2,22 +2,28 @@
 
 from __future__ import annotations
 
+import functools
 import json
+import os
 import shutil
+import time
+from pathlib import Path
 
 import numpy
 import pytest
 import torch
 
 import lm.train.tokens
-from conftest import train_tiny
-from corpora import Split, StreamedSplit, load_corpus
+from lm.__main__ import main as lm_main
+from conftest import make_model, train_tiny
+from corpora import Split, StreamedSplit, hash_file, load_corpus
 from lm.config import TokenizerConfig, apply_preset
+from lm.eval.figures import evaluate_text
 from lm.model import RNNLanguageModel
 from lm.tokenizers import CharTokenizer
 from lm.train.loop import Hooks, MetricsLog, TrainingState, batchify, build_optimizer, fit, iterate_windows
 from lm.train.run import seed_everything
-from lm.train.tokens import cache_directory, cached_tokenizer, token_ids, unit_dtype
+from lm.train.tokens import cache_directory, cached_tokenizer, file_digest, token_ids, unit_dtype
 
 
 @pytest.fixture
@@ -191,3 +197,78 @@ def test_training_through_the_cache_gives_todays_losses(tmp_path, corpus):
         fit(model, build_optimizer(model, train_config), data, train_config, TrainingState(), metrics, Hooks())
     today = [record["loss"] for record in map(json.loads, (tmp_path / "today.jsonl").read_text().splitlines()) if record["kind"] == "step"]
     assert len(losses) == 40 and losses == today
+
+
+def test_a_file_digest_is_remembered_until_the_file_changes(tmp_path, monkeypatch):
+    path = tmp_path / "train.txt"
+    path.write_text("first line\nsecond line\n", encoding="utf-8")
+    time.sleep(lm.train.tokens.STAMP_MARGIN_NS / 1e9 + 0.1)  # older than the margin: its digest may be remembered
+    hashed = []
+    original = lm.train.tokens.hash_file
+    monkeypatch.setattr(lm.train.tokens, "hash_file", lambda name: hashed.append(name) or original(name))
+    first = file_digest(path, tmp_path / "cache")
+    assert first == hash_file(path) and len(hashed) == 1
+    assert file_digest(path, tmp_path / "cache") == first and len(hashed) == 1  # remembered: not read again
+    # An edit that keeps the size and puts the mtime back is still seen (its ctime moved).
+    status = path.stat()
+    path.write_text("first line\nsecond LINE\n", encoding="utf-8")
+    os.utime(path, ns=(status.st_atime_ns, status.st_mtime_ns))
+    assert path.stat().st_size == status.st_size and path.stat().st_mtime_ns == status.st_mtime_ns
+    changed = file_digest(path, tmp_path / "cache")
+    assert changed == hash_file(path) != first and len(hashed) == 2
+
+
+def test_a_file_changed_just_before_it_is_hashed_is_hashed_again_next_time(tmp_path, monkeypatch):
+    path = tmp_path / "train.txt"
+    path.write_text("a line\n", encoding="utf-8")
+    hashed = []
+    original = lm.train.tokens.hash_file
+    monkeypatch.setattr(lm.train.tokens, "hash_file", lambda name: hashed.append(name) or original(name))
+    file_digest(path, tmp_path / "cache")
+    assert not (tmp_path / "cache" / "stamps").exists()  # changed too recently to be trusted
+    path.write_text("b line\n", encoding="utf-8")  # within the same timestamp tick, perhaps: nothing may be trusted
+    assert file_digest(path, tmp_path / "cache") == hash_file(path) and len(hashed) == 2
+
+
+def test_a_run_hashes_its_training_text_once(tmp_path, small_corpus, monkeypatch):
+    hashed = []
+    original = lm.train.tokens.hash_file
+    monkeypatch.setattr(lm.train.tokens, "hash_file", lambda name: hashed.append(Path(name).name) or original(name))
+    corpus = load_corpus(str(small_corpus), stream_train=True)
+    train_tiny(tmp_path / "run", corpus, max_steps=2, eval_interval=1000, accuracy_positions=0, token_cache=str(tmp_path / "cache"))
+    assert hashed.count("train.txt") == 1
+    assert len(list((tmp_path / "cache").glob("*.ids"))) == 3  # train, and the held-out splits the evaluations read
+
+
+def test_two_encoding_processes_give_the_ids_of_one(tmp_path, small_corpus, subword_tokenizer, monkeypatch):
+    """Chunks split at line boundaries, encoded by two worker processes and written in order: the ids of one process."""
+    split = StreamedSplit([small_corpus / "train.txt"])
+    monkeypatch.setattr(split, "line_chunks", functools.partial(split.line_chunks, 20_000))  # about ten chunks
+    one = token_ids(split, subword_tokenizer, tmp_path / "one", workers=1, progress=False)
+    two = token_ids(split, subword_tokenizer, tmp_path / "two", workers=2, progress=False)
+    assert not two.reused and two.chars == one.chars
+    assert numpy.array_equal(two.ids, one.ids)
+    assert one.ids.tolist() == subword_tokenizer.encode(load_corpus(str(small_corpus)).train.text)
+
+
+def test_evaluation_reads_cached_ids_with_the_figures_of_encoding(tmp_path, corpus, subword_tokenizer, monkeypatch):
+    model = make_model(vocab_size=subword_tokenizer.vocab_size)
+    ids = token_ids(corpus.valid, subword_tokenizer, tmp_path, workers=1, progress=False).ids.tolist()
+    encoded = {chars: evaluate_text(model, subword_tokenizer, corpus.valid.text, corpus.valid.raw_words, chars)
+               for chars in (None, 30_000)}
+    monkeypatch.setattr(subword_tokenizer, "encode", lambda text: pytest.fail("encoded although the ids were given"))
+    for chars, expected in encoded.items():  # the whole split, and a prefix of whole lines
+        assert evaluate_text(model, subword_tokenizer, corpus.valid.text, corpus.valid.raw_words, chars, ids=ids) == expected
+
+
+def test_evaluate_without_a_usable_token_cache_warns_in_one_line_and_scores(tmp_path, corpus_dir, capsys, monkeypatch):
+    result = train_tiny(tmp_path / "run", load_corpus(str(corpus_dir), stream_train=True), max_steps=3, eval_interval=1000,
+                        accuracy_positions=0, token_cache=str(tmp_path / "cache"))
+    (tmp_path / "not-a-directory").write_text("", encoding="utf-8")
+    monkeypatch.setenv("REACH_TOKEN_CACHE", str(tmp_path / "not-a-directory"))
+    assert lm_main(["evaluate", "--model", str(result.out), "--corpus", str(corpus_dir), "--split", "valid",
+                    "--positions", "1", "--json"]) == 0
+    captured = capsys.readouterr()
+    warnings = [line for line in captured.err.splitlines() if "token cache cannot be used" in line]
+    assert len(warnings) == 1 and "Traceback" not in captured.err
+    assert json.loads(captured.out)["bpc"] == pytest.approx(result.valid.bpc, abs=1e-6)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
+import numpy
 import torch
 
 from lm.eval.cache import CacheConfig, cache_logprobs, mixed_nll, score_stream, tune_cache
@@ -81,10 +82,17 @@ def evaluate_ids(model: RNNLanguageModel, ids: list[int], first_input: int, chun
     return score_stream(model, ids, first_input, chunk, keep_features=False).model_nll, len(ids)
 
 
+def _units_of_lines(ids: list[int], newline_id: int, lines: int) -> int:
+    """How many units encode the first `lines` lines (each ending with its line break)."""
+    breaks = numpy.flatnonzero(numpy.asarray(ids) == newline_id)
+    return int(breaks[lines - 1]) + 1 if lines else 0
+
+
 def evaluate_text(model: RNNLanguageModel, tokenizer: Tokenizer, text: str, raw_words: int, max_chars: int | None = None,
-                  cache: CacheConfig | None = None, dynamic_lr: float | None = None) -> EvalResult:
+                  cache: CacheConfig | None = None, dynamic_lr: float | None = None, ids: list[int] | None = None) -> EvalResult:
     """Score normalised `text` (a whole split, or its first `max_chars` characters); with a continuous cache
-    (lm/eval/cache.py) and dynamic evaluation at `dynamic_lr` (lm/eval/dynamic.py) if given."""
+    (lm/eval/cache.py) and dynamic evaluation at `dynamic_lr` (lm/eval/dynamic.py) if given. `ids` are
+    `tokenizer.encode(text)` when the caller has them (from the token cache): then nothing is encoded here."""
     words: float = raw_words
     estimated = False
     if max_chars is not None and len(text) > max_chars:
@@ -93,7 +101,10 @@ def evaluate_text(model: RNNLanguageModel, tokenizer: Tokenizer, text: str, raw_
         # normalised words (normalisation joins some published tokens).
         words = raw_words * len(text[:cut].split()) / max(len(text.split()), 1)
         text, estimated = text[:cut], True
-    ids = tokenizer.encode(text)
+        # Each line break is one unit of its own (the Tokenizer contract): a prefix of whole lines is a prefix of the ids.
+        ids = ids[: _units_of_lines(ids, tokenizer.newline_id, text.count("\n"))] if ids is not None and text.endswith("\n") else None
+    if ids is None:
+        ids = tokenizer.encode(text)
     if dynamic_lr is not None:
         scores = score_stream_dynamic(model, ids, tokenizer.newline_id, dynamic_lr)
     else:

@@ -13,7 +13,7 @@ from lm.infer.predictor import Predictor
 from lm.infer.query import make_query, word_at
 from lm.infer.reads import ContextState
 
-__all__ = ["checkpoint_accuracy", "next_word_accuracy", "word_positions"]
+__all__ = ["checkpoint_accuracy", "next_word_accuracy", "sampled_positions", "word_positions"]
 
 
 def word_positions(text: str) -> list[int]:
@@ -21,14 +21,20 @@ def word_positions(text: str) -> list[int]:
     return [i for i, char in enumerate(text) if not char.isspace() and (i == 0 or text[i - 1].isspace())]
 
 
+def sampled_positions(text: str, positions: int | None = None, seed: int = 0) -> list[int]:
+    """The word starts `next_word_accuracy` scores: all of them, or a seeded sample of `positions`, in text order."""
+    candidates = word_positions(text)
+    if positions is not None and positions < len(candidates):
+        return sorted(random.Random(seed).sample(candidates, positions))
+    return candidates
+
+
 def next_word_accuracy(predictor: Predictor, text: str, positions: int | None = None, seed: int = 0, ks: tuple[int, ...] = (1, 3, 5),
                        beam_width: int = 16, progress: bool = False, text_cache: bool = True) -> dict:
     """Keyboard-style recall@k: at each word start of normalised `text` (or a seeded sample), is the true
     next word among the top k predicted from all the text before it (read as one stream from a zero state)?"""
     candidates = word_positions(text)
-    chosen = candidates
-    if positions is not None and positions < len(candidates):
-        chosen = sorted(random.Random(seed).sample(candidates, positions))
+    chosen = sampled_positions(text, positions, seed)
     tokenizer, model = predictor.tokenizer, predictor.model
     ids, spans = tokenizer.encode_with_offsets(text)
     ends = [end for _, end in spans]
@@ -63,7 +69,7 @@ def next_word_accuracy(predictor: Predictor, text: str, positions: int | None = 
         for k in ks:
             hits[k] += truth in words[:k]
     total = max(len(chosen), 1)
-    return {"positions": len(chosen), "of": len(candidates), "seed": seed if chosen is not candidates else None,
+    return {"positions": len(chosen), "of": len(candidates), "seed": seed if len(chosen) < len(candidates) else None,
             "cache": remember, **{f"top{k}": hits[k] / total for k in ks}}
 
 

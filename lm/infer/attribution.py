@@ -19,6 +19,14 @@ the k gradients on that state back through the whole text side by side
 and checked against it in the tests). Parameter `.grad` is never touched, so
 a model can serve other requests at the same time.
 
+With the continuous cache (lm/infer/textcache.py) the words are predicted
+and differentiated under the served mixture: the word paths' distributions
+are the mixed ones, autograd also gives each word's gradient on the cache's
+keys (the top-layer outputs of the text), and the backward pass injects
+those at their positions. Each prediction then also reports the cache's
+pointer: the earlier occurrences of the word the cache copies it from, and
+the pointer reach (see `Pointer` and docs/REACH.md).
+
 Reach figures count back from the prediction point (the last unit read is
 at distance 1), in units, words and characters:
 - threshold reach: the farthest position whose influence is at least
@@ -36,18 +44,21 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from lm.config import CacheConfig
 from lm.infer.context_grad import ContextTrace, backward_context, trace_context
 from lm.infer.engine import StepEngine
 from lm.infer.predictor import PredictionResult, Predictor, WordPrediction
 from lm.infer.query import make_query
+from lm.infer.textcache import Memory, cache_votes, mix_distributions, read_memory
 
-__all__ = ["Attribution", "AttributedPrediction", "METHODS", "Reach", "attribute", "hidden_jacobian_norms", "path_logprobs", "prediction_gradients", "reach_figures", "FILLER", "unit_words", "words_of"]
+__all__ = ["Attribution", "AttributedPrediction", "CacheMix", "METHODS", "Pointer", "PointerPosition", "Reach", "attribute", "cache_pointer", "distance_in", "hidden_jacobian_norms", "path_logprobs", "prediction_gradients", "reach_figures", "FILLER", "unit_words", "words_of"]
 
 METHODS = ("saliency", "grad_x_input")
 HOW = {
     "model_mode": "evaluation (no dropout)",
     "initial_state": "zero state at the start of the text",
-    "gradient_of": "log P(word | text): the word's units and the boundary after them, every spelling summed",
+    "gradient_of": "log P(word | text) as served (mixed with the continuous cache when 'cache' is true): the word's "
+                   "units and the boundary after them, every spelling summed",
 }
 # Neutral filler for the faithfulness check: frequent function words.
 FILLER = "the of and in to a was is for on as by with at from that it "
@@ -72,14 +83,59 @@ class Reach:
         return dict(self.__dict__)
 
 
+@dataclass(frozen=True)
+class PointerPosition:
+    """One earlier occurrence of a spelling of the predicted word that the cache points to."""
+
+    text: str
+    start: int  # character offsets into the context
+    end: int
+    first_unit: int  # index of its first unit among the context's units
+    share: float  # its part of the word's copy probability
+
+
+@dataclass(frozen=True)
+class Pointer:
+    """Where the continuous cache's votes for a predicted word come from, and how far back that reaches.
+
+    Position i copies a spelling u_1..u_m (and the boundary after it) when the
+    cache, queried after the context and after each unit of the spelling,
+    votes for the key before u_1 at position i, then for the key before u_2
+    at i + 1, ... (and for the boundary unit after the occurrence, where the
+    spelling needs one): its copy probability is the product of those m (or
+    m + 1) votes, the chance that the cache alone spells the word by
+    following that one earlier occurrence unit after unit. A position's
+    share is its product over the sum of all of them. The pointer reach
+    counts back to the first unit of the farthest occurrence whose share is
+    at least `threshold` times the largest share, in units, words and
+    characters, as the gradient reach does.
+    """
+
+    positions: list[PointerPosition]  # in text order
+    copy_probability: float  # the sum of the products over every occurrence
+    tokens: int
+    words: int
+    chars: int
+    threshold: float
+
+    def as_dict(self, full: bool = True) -> dict:
+        """The HTTP API's structure (`full` adds the positions)."""
+        body = {"reach": {"tokens": self.tokens, "words": self.words, "chars": self.chars, "threshold": self.threshold},
+                "copy_probability": self.copy_probability, "occurrences": len(self.positions)}
+        if full:
+            body["positions"] = [{"text": p.text, "start": p.start, "end": p.end, "share": p.share} for p in self.positions]
+        return body
+
+
 @dataclass
 class AttributedPrediction:
-    """A prediction with its influence over the text and its reach."""
+    """A prediction with its influence over the text and its reach (and, with the cache, its pointer)."""
 
     prediction: WordPrediction
     influence: np.ndarray  # (n,) per context unit, in text order
     reach: Reach
     faithfulness: dict | None = None
+    pointer: Pointer | None = None
 
     def profile(self) -> list[float]:
         """Influence by distance 1..n (the last unit first), divided by the largest."""
@@ -116,7 +172,8 @@ class Attribution:
         """The HTTP API's structure (`full` adds per-unit and per-word influence and the decay profile)."""
         predictions = []
         for item in self.predictions:
-            entry = {**item.prediction.as_dict(), "reach": item.reach.as_dict()}
+            entry = {**item.prediction.as_dict(), "reach": item.reach.as_dict(),
+                     "pointer": item.pointer.as_dict(full) if item.pointer is not None else None}
             if item.faithfulness is not None:
                 entry["faithfulness"] = item.faithfulness
             if full:
@@ -139,6 +196,60 @@ class Attribution:
             "predictions": predictions,
             "cache": self.result.text_cache,
         }
+
+
+class CacheMix:
+    """The continuous cache mixed into attribution's distributions, differentiably (lm/infer/textcache.py's
+    `cache_votes` and `mix_distributions`, the served mixture's own code).
+
+    Each row (word) has its own copy of the context's keys, so that autograd
+    gives every word its own gradient on them; the path keys are the states
+    along each spelling, differentiable through the state after the context.
+    """
+
+    def __init__(self, settings: CacheConfig, keys: torch.Tensor, values: torch.Tensor, hidden: int):
+        self.settings = settings
+        self.keys = keys  # (rows, n, H), requires grad: the context's top-layer outputs (the last `window`)
+        self.values = values  # (n,) long: the unit that followed each key
+        self.hidden = hidden
+
+    def logprobs(self, scaled: torch.Tensor, queries: torch.Tensor, path_keys: torch.Tensor, path_values: torch.Tensor,
+                 rows: torch.Tensor) -> torch.Tensor:
+        """log of the mixed distributions (M, V) float64 after M paths of one length d: tempered logits (M, V),
+        queries (M, H), each path's keys (M, d, H) and values (M, d), and each path's row (M,)."""
+        depth = path_values.size(1)
+        pieces, order = [], []
+        for row in torch.unique(rows).tolist():
+            chosen = torch.nonzero(rows == row)[:, 0]
+            count = len(chosen)
+            votes, values = cache_votes(self.settings, queries[chosen], Memory(self.keys[row], self.values),
+                                        path_keys[chosen], path_values[chosen], torch.full((count,), depth))
+            has_keys = torch.full((count,), depth + len(self.values) > 0)
+            pieces.append(torch.log(mix_distributions(self.settings, scaled[chosen], votes, values, has_keys)))
+            order.append(chosen)
+        return torch.cat(pieces)[torch.argsort(torch.cat(order))]
+
+    def first(self, scaled: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
+        """The mixed log-probabilities (rows, V) of the first unit after the context: row i queries with states[:, i]."""
+        count = states.size(1)
+        queries = states[-1, :, : self.hidden]  # (rows, H)
+        return self.logprobs(scaled, queries, queries.new_zeros(count, 0, self.hidden),
+                             torch.zeros(count, 0, dtype=torch.long), torch.arange(count))
+
+    def after_paths(self, scaled: torch.Tensor, states: torch.Tensor, level_states: list[torch.Tensor],
+                    levels: list[dict], keys: list[tuple[int, tuple[int, ...]]]) -> torch.Tensor:
+        """The mixed log-probabilities after the prefixes `keys` ((row, prefix) of one length d, in the order of
+        level_states[d - 1]); states (L, rows, S) after the context, level_states[j - 1] after the prefixes of
+        length j (`levels[j - 1]` says where). A path's keys are the outputs before each of its units."""
+        depth = len(keys[0][1])
+        rows = torch.tensor([row for row, _ in keys], dtype=torch.long)
+        columns = [states[-1, rows, : self.hidden]]  # the context's last output, followed by each prefix's first unit
+        for length in range(1, depth):
+            places = torch.tensor([levels[length - 1][(row, prefix[:length])] for row, prefix in keys], dtype=torch.long)
+            columns.append(level_states[length - 1][-1, places, : self.hidden])
+        path_keys = torch.stack(columns, dim=1)  # (M, d, H)
+        path_values = torch.tensor([prefix for _, prefix in keys], dtype=torch.long)  # (M, d)
+        return self.logprobs(scaled, level_states[depth - 1][-1, :, : self.hidden], path_keys, path_values, rows)
 
 
 def words_of(text: str) -> list[tuple[str, int, int]]:
@@ -182,26 +293,82 @@ def reach_figures(influence: np.ndarray, unit_spans: list[tuple[int, int]], unit
     cumulative = np.cumsum(by_distance) / by_distance.sum()
     mass90 = int(np.searchsorted(cumulative, 0.9 - 1e-12)) + 1
     mass99 = int(np.searchsorted(cumulative, 0.99 - 1e-12)) + 1
-    last_word = max(unit_word[-1], 0) if unit_word else 0
 
     def in_words(distance: int) -> int:
-        word = unit_word[n - distance]
-        return last_word - word + 1 if word >= 0 else 0
+        return distance_in(distance, unit_spans, unit_word, text_length)[0]
 
     def in_chars(distance: int) -> int:
-        return text_length - unit_spans[n - distance][0]
+        return distance_in(distance, unit_spans, unit_word, text_length)[1]
 
     return Reach(far, in_words(far), in_chars(far), min(mass90, n), min(mass99, n), in_words(min(mass90, n)),
                  in_words(min(mass99, n)), in_chars(min(mass90, n)), in_chars(min(mass99, n)), threshold)
 
 
+def distance_in(distance: int, unit_spans: list[tuple[int, int]], unit_word: list[int], text_length: int) -> tuple[int, int]:
+    """A distance in units back from the prediction point (the last unit is 1) in words and in characters."""
+    n = len(unit_spans)
+    last_word = max(unit_word[-1], 0) if unit_word else 0
+    word = unit_word[n - distance]
+    return (last_word - word + 1 if word >= 0 else 0), text_length - unit_spans[n - distance][0]
+
+
+def cache_pointer(predictor: Predictor, final: torch.Tensor, memory: Memory, prediction: WordPrediction,
+                  context: str, spans: list[tuple[int, int]], unit_word: list[int], threshold: float) -> Pointer:
+    """The continuous cache's pointer for one predicted word (see `Pointer`), from the state (L, 1, S) after the
+    context and the cache's memory over it."""
+    settings, engine = predictor.text_cache, predictor.engine
+    assert settings is not None
+    hidden, ends = predictor.model.config.hidden_dim, predictor.units.ends
+    size = len(memory.values)
+    units = memory.values.tolist()  # units[j] followed key j; key j is context unit `offset + j`
+    offset = len(spans) - size
+    where: dict[int, list[int]] = {}
+    for place, unit in enumerate(units):
+        where.setdefault(unit, []).append(place)
+    found: list[tuple[int, int, float]] = []  # (first key, last key, product)
+    with torch.inference_mode():
+        for spelling, boundary in prediction.paths:
+            m = len(spelling)
+            if not m:  # the text already spells the word: nothing to copy but the boundary
+                continue
+            starts = [i for i in where.get(spelling[0], []) if tuple(units[i : i + m]) == spelling
+                      and (not boundary or (i + m < size and ends[units[i + m]]))]
+            if not starts:
+                continue
+            steps = m + 1 if boundary else m  # the cache's queries: after the context and after each unit but the last
+            outputs, state = [final[-1, 0, :hidden]], final
+            for unit in spelling[: steps - 1]:
+                _, state = engine.step(torch.tensor([unit]), state)
+                outputs.append(state[-1, 0, :hidden])
+            queries = torch.stack(outputs)  # (steps, H): query d sees the path's first d keys (the outputs before it)
+            path_keys = queries[: steps - 1][None].expand(steps, -1, -1)  # (steps, steps - 1, H)
+            path_values = torch.tensor(spelling[: steps - 1], dtype=torch.long)[None].expand(steps, -1)
+            votes, _ = cache_votes(settings, queries, memory, path_keys, path_values, torch.arange(steps))
+            columns = torch.tensor(starts)[:, None] + torch.arange(steps)[None, :]  # (occurrences, steps): keys followed
+            products = votes[torch.arange(steps)[None, :], columns].prod(dim=1)
+            found.extend((i, i + m - 1, float(product)) for i, product in zip(starts, products))
+    total = sum(product for _, _, product in found)
+    if not total > 0:
+        return Pointer([], 0.0, 0, 0, 0, threshold)
+    found.sort()
+    positions = [PointerPosition(context[spans[offset + first][0] : spans[offset + last][1]], spans[offset + first][0],
+                                 spans[offset + last][1], offset + first, product / total) for first, last, product in found]
+    top = max(position.share for position in positions)
+    far = min(position.first_unit for position in positions if position.share >= threshold * top)
+    tokens = len(spans) - far
+    return Pointer(positions, total, tokens, *distance_in(tokens, spans, unit_word, len(context)), threshold)
+
+
 def path_logprobs(engine: StepEngine, states: torch.Tensor, first_logprobs: torch.Tensor, rows: list[int],
-                   paths: list[tuple[tuple[int, ...], bool]], ends: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+                   paths: list[tuple[tuple[int, ...], bool]], ends: torch.Tensor, temperature: float = 1.0,
+                   mix: CacheMix | None = None) -> torch.Tensor:
     """Log-probability of each unit path after the context of its row, the boundary mass included where flagged.
 
     states: (L, k, S) after each row's context; first_logprobs: (k, V) for the first unit.
     Returns (P,) differentiable with respect to both, in the dtype of first_logprobs (attribution
     passes the model's float32: these values only seed gradients; exact scoring reports the figures).
+    With `mix` (the continuous cache), every distribution after a path's first unit is the mixed one,
+    its keys the context's and the path's own (differentiable too); first_logprobs is then mixed already.
 
     Every term is gathered at once (one autograd node per kind of term: a
     required space alone can have thousands of one-unit spellings), and the
@@ -238,7 +405,7 @@ def path_logprobs(engine: StepEngine, states: torch.Tensor, first_logprobs: torc
     if not levels:
         return total
     # Paths are a few units long: single cell steps beat the fused layers' set-up, forward and backward.
-    steps, offsets, state, parents = [], [0], states, None
+    steps, offsets, state, parents, level_states = [], [0], states, None, []
     for depth, level in enumerate(levels, start=1):
         keys = list(level)  # in place order
         if depth == 1:
@@ -247,11 +414,17 @@ def path_logprobs(engine: StepEngine, states: torch.Tensor, first_logprobs: torc
             source = torch.tensor([parents[(row, prefix[:-1])] for row, prefix in keys], dtype=torch.long)
         units = torch.tensor([prefix[-1] for _, prefix in keys], dtype=torch.long)
         step_logits, state = engine.differentiable_step(units, state, parents=source)  # (M_d, V)
-        steps.append(step_logits / temperature)  # temperature scales every step
+        level_states.append(state)
+        if mix is None:
+            steps.append(step_logits / temperature)  # temperature scales every step
+        else:
+            steps.append(mix.after_paths(step_logits / temperature, states, level_states, levels, keys))
         offsets.append(offsets[-1] + len(keys))
         parents = level
-    # Every needed distribution at once, in the precision of first_logprobs: (M, V).
-    after = torch.log_softmax(torch.cat(steps).to(first_logprobs.dtype), dim=-1)
+    if mix is None:  # every needed distribution at once, in the precision of first_logprobs: (M, V)
+        after = torch.log_softmax(torch.cat(steps).to(first_logprobs.dtype), dim=-1)
+    else:
+        after = torch.cat(steps)  # (M, V) float64 log-probabilities of the mixed distributions
     if later:
         node, unit, owner = (torch.tensor(column, dtype=torch.long) for column in
                              zip(*((offsets[depth - 1] + place, unit, path) for depth, place, unit, path in later)))
@@ -264,8 +437,10 @@ def path_logprobs(engine: StepEngine, states: torch.Tensor, first_logprobs: torc
 
 
 def attribute(predictor: Predictor, text: str, k: int = 5, method: str = "saliency", threshold: float = 0.01,
-              verify: bool = False, max_units: int | None = None, beam_width: int = 16, temperature: float = 1.0) -> Attribution:
-    """Predict the next words after `text` and attribute each to the text's positions (see the module docstring)."""
+              verify: bool = False, max_units: int | None = None, beam_width: int = 16, temperature: float = 1.0,
+              text_cache: bool = True) -> Attribution:
+    """Predict the next words after `text` and attribute each to the text's positions (see the module docstring);
+    `text_cache`: predict and differentiate the mixture with the continuous cache when the predictor has settings."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}, not {method!r}")
     if not 0 < threshold < 1:
@@ -284,10 +459,13 @@ def attribute(predictor: Predictor, text: str, k: int = 5, method: str = "salien
     units = tuple(ids)
     # One read of the text serves the prediction and the gradients (see lm/infer/context_grad.py).
     trace = trace_context(model, torch.tensor([tokenizer.newline_id, *units], dtype=torch.long))
-    context = predictor.context_from(units, trace.final, trace.logits)
-    # The continuous cache is not differentiated yet: the words and gradients are the model's alone, and the
-    # result says so ("cache": false), whatever cache settings the predictor has.
-    result = predictor.predict_from(context, query, k=k, beam_width=beam_width, temperature=temperature, text_cache=False)
+    settings = predictor.text_cache if text_cache else None
+    memory = None
+    if settings is not None:  # the cache's keys are the read's top-layer outputs, as a served prediction's are
+        memory = read_memory(None, None, trace.outputs[-1], [tokenizer.newline_id, *units], settings.window)
+    context = predictor.context_from(units, trace.final, trace.logits, memory)
+    result = predictor.predict_from(context, query, k=k, beam_width=beam_width, temperature=temperature,
+                                    text_cache=settings is not None)
     unit_list = [(query.context[s:e], s, e) for s, e in spans]
     words = words_of(query.context)
     unit_word = unit_words(unit_list, words)
@@ -304,8 +482,11 @@ def attribute(predictor: Predictor, text: str, k: int = 5, method: str = "salien
         influence_np = influence.double().numpy()
         reach = reach_figures(influence_np, spans, unit_word, len(query.context), len(words), threshold)
         item = AttributedPrediction(prediction, influence_np, reach)
+        if result.text_cache:
+            item.pointer = cache_pointer(predictor, trace.final, memory, prediction, query.context, spans, unit_word,
+                                         threshold)
         if verify:
-            item.faithfulness = _faithfulness(predictor, query, spans, reach, prediction, temperature)
+            item.faithfulness = _faithfulness(predictor, query, spans, reach, prediction, temperature, result.text_cache)
         attribution.predictions.append(item)
     return attribution
 
@@ -315,9 +496,14 @@ def prediction_gradients(predictor: Predictor, trace: ContextTrace, result: Pred
 
     Autograd differentiates each word's paths from the state after the text,
     one row per word; the hand-written pass of `backward_context` carries the
-    k gradients on that state back through the text.
+    k gradients on that state back through the text. When the result was
+    mixed with the continuous cache, the paths' distributions are the mixed
+    ones: autograd also gives each word's gradient on the cache's keys (the
+    context's top-layer outputs), which the backward pass injects at their
+    positions, so the gradient is that of the log-probability served.
     """
     engine = predictor.engine
+    settings = predictor.text_cache if result.text_cache else None  # the served distribution: mixed, or the model's
     k = len(result.predictions)
     ends = torch.from_numpy(predictor.units.ends)
     required = bool(result.query.required)
@@ -326,7 +512,16 @@ def prediction_gradients(predictor: Predictor, trace: ContextTrace, result: Pred
     rows_count = k + 1 if required else k
     with torch.enable_grad():
         states = trace.final.clone().expand(-1, rows_count, -1).contiguous().requires_grad_(True)  # (L, rows, S)
-        first = torch.log_softmax(engine.output_from_state(states, differentiable=True) / temperature, dim=-1)  # (rows, V)
+        scaled = engine.output_from_state(states, differentiable=True) / temperature  # (rows, V)
+        mix = None
+        if settings is None:
+            first = torch.log_softmax(scaled, dim=-1)
+        else:
+            # The keys the served mixture saw: the context's top-layer outputs before each unit, the last `window`.
+            keys = trace.outputs[-1][:-1][-settings.window :]  # (n', H)
+            keys = keys.expand(rows_count, -1, -1).clone().requires_grad_(True)  # (rows, n', H): a copy per row
+            mix = CacheMix(settings, keys, trace.ids[1:][-keys.size(1) :], engine.model.config.hidden_dim)
+            first = mix.first(scaled, states)  # (rows, V) float64
         paths, rows, bounds = [], [], []
         for row, prediction in enumerate(result.predictions):
             bounds.append((len(paths), len(paths) + len(prediction.paths)))
@@ -336,18 +531,28 @@ def prediction_gradients(predictor: Predictor, trace: ContextTrace, result: Pred
             bounds.append((len(paths), len(paths) + len(result.required_paths)))
             paths.extend(result.required_paths)
             rows.extend([k] * len(result.required_paths))
-        values = path_logprobs(engine, states, first, rows, paths, ends, temperature)
+        values = path_logprobs(engine, states, first, rows, paths, ends, temperature, mix)
         totals = torch.stack([torch.logsumexp(values[start:end], 0) for start, end in bounds])  # (rows,)
         # log P(word_j | text) = totals[j] - totals[k] when healed: the required row's gradient joins every word's.
         objective = totals[:k].sum() - (totals[k] if required else 0.0)
-        (seeds,) = torch.autograd.grad(objective, states)  # (L, rows, S)
+        if mix is None:
+            (seeds,) = torch.autograd.grad(objective, states)  # (L, rows, S)
+            on_keys = None
+        else:
+            seeds, on_keys = torch.autograd.grad(objective, [states, mix.keys])  # (L, rows, S), (rows, n', H)
     if required:
         seeds = seeds[:, :k] + seeds[:, k:]  # d(-log P(required)) / d state belongs to every word
-    grad = backward_context(engine, trace, seeds)  # (k, n + 1, E)
+        on_keys = on_keys[:k] + on_keys[k:] if on_keys is not None else None
+    on_top = None
+    if on_keys is not None:  # the keys are the top layer's outputs 0..n-1 (the last n' of them): (n + 1, k, H)
+        on_top = trace.outputs[-1].new_zeros(len(trace.ids), k, on_keys.size(-1))
+        on_top[len(trace.ids) - 1 - on_keys.size(1) : len(trace.ids) - 1] = on_keys.transpose(0, 1)
+    grad = backward_context(engine, trace, seeds, on_top)  # (k, n + 1, E)
     return grad[:, 1:], trace.inputs[0][1:]
 
 
-def _faithfulness(predictor: Predictor, query, spans, reach: Reach, prediction: WordPrediction, temperature: float) -> dict:
+def _faithfulness(predictor: Predictor, query, spans, reach: Reach, prediction: WordPrediction, temperature: float,
+                  text_cache: bool) -> dict:
     """Replace the text beyond the 99% mass reach by neutral filler; how far does log P(word) move?"""
     n = len(spans)
     keep_from = spans[n - reach.mass99_tokens][0] if reach.mass99_tokens else len(query.context)
@@ -360,7 +565,7 @@ def _faithfulness(predictor: Predictor, query, spans, reach: Reach, prediction: 
     filler = "".join("\n" if original == "\n" else new for original, new in zip(head, filler))
     if kept and not kept[0].isspace() and filler and not filler[-1].isspace():
         filler = filler[:-1] + " "
-    changed = predictor.score_word(filler + kept, prediction.word, temperature)
+    changed = predictor.score_word(filler + kept, prediction.word, temperature, text_cache)  # as the word was scored
     return {"replaced_chars": keep_from, "logprob": changed, "logprob_change": changed - prediction.logprob}
 
 

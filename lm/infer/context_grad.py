@@ -72,14 +72,16 @@ def trace_context(model, ids: Tensor) -> ContextTrace:
     return ContextTrace(ids, inputs, outputs, torch.stack(finals), logits)
 
 
-def backward_context(engine: StepEngine, trace: ContextTrace, seeds: Tensor) -> Tensor:
-    """Gradients (k, T, E) with respect to the context's input embeddings, from seeds (L, k, S) on the final state.
+def backward_context(engine: StepEngine, trace: ContextTrace, seeds: Tensor, on_top: Tensor | None = None) -> Tensor:
+    """Gradients (k, T, E) with respect to the context's input embeddings, from seeds (L, k, S) on the final state
+    and, when given, gradients `on_top` (T, k, H) on the top layer's outputs from whatever else read them (the
+    continuous cache's keys: lm/infer/textcache.py).
 
     Each layer's backward is its cell family's (`Cell.backward` in `lm/cells`), top layer first; the
     engine supplies the prepacked W_hh products and the input products (from its input table for layer 0).
     """
     model, cell = engine.model, engine.cell
-    injected = None  # (T, k, C): the gradients on the layer below's outputs
+    injected = on_top  # (T, k, C): the gradients on the layer's outputs from outside its recurrence
     with torch.no_grad():
         for index in reversed(range(model.config.num_layers)):
             seed = seeds[index].to(trace.final.dtype)

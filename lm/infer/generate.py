@@ -36,10 +36,19 @@ of a prompt that ends inside a word, it is the completion's probability as
 `predict` reports it. The boundary stage's own choice (a space, a line
 break, "directly") is not part of any word's probability.
 
-Sampling is seeded (`random.Random(seed)`): the same model, text, settings
-and seed give the same continuation. Generation stops after `words` words,
-or before a line break with `stop_at_newline`, or when no word has any
-probability left.
+With a continuous cache (`text_cache`, on by default when the predictor
+has settings: Grave, Joulin and Usunier 2017, lm/infer/textcache.py) both
+stages read the mixed model: the boundary's first-character masses come
+from the context's mixed next-unit row, the words from `predict_from` with
+the cache, and every reported probability is the mixed model's. The cache
+reads the prompt and everything generated so far: each step's context is
+the whole text, the generated words included, so a name the continuation
+has just used can come back through the cache as it would from the prompt.
+
+Sampling is seeded (`random.Random(seed)`): the same model, text, settings,
+cache switch and seed give the same continuation. Generation stops after
+`words` words, or before a line break with `stop_at_newline`, or when no
+word has any probability left.
 """
 
 from __future__ import annotations
@@ -106,6 +115,7 @@ class Generation:
     settings: GenerationSettings
     words: list[GeneratedWord] = field(default_factory=list)
     stopped: str = "words"  # "words" (the count was reached), "newline", or "no_words" (nothing left to sample)
+    text_cache: bool = False  # whether the continuous cache over the text was mixed in
 
     @property
     def continuation(self) -> str:
@@ -113,7 +123,7 @@ class Generation:
 
     def as_dict(self) -> dict:
         return {"text": self.text, "continuation": self.continuation, "seed": self.seed, "stopped": self.stopped,
-                "words": [word.as_dict() for word in self.words]}
+                "words": [word.as_dict() for word in self.words], "cache": self.text_cache}
 
 
 def sample_index(probabilities: list[float], settings: GenerationSettings, rng: random.Random) -> int | None:
@@ -143,29 +153,30 @@ class _FirstCharacters:
         self.group = np.array([index[text[0]] if text else -1 for text in texts])  # (V,); -1: no text
         self.valid = self.group >= 0
 
-    def masses(self, logits: torch.Tensor) -> dict[str, float]:
-        """P(the next unit begins with c) for every character c, from one context's raw logits (V,)."""
-        probabilities = torch.softmax(logits.double(), dim=-1).numpy()
+    def masses(self, probabilities: np.ndarray) -> dict[str, float]:
+        """P(the next unit begins with c) for every character c, from one context's next-unit distribution (V,)."""
         sums = np.bincount(self.group[self.valid], weights=probabilities[self.valid], minlength=len(self.chars))
         return dict(zip(self.chars, sums.tolist()))
 
 
 def generate(predictor: Predictor, text: str, settings: GenerationSettings | None = None,
-             seed: int | None = None) -> Generation:
-    """Continue `text` word by word (see the module docstring for what is sampled and what is reported)."""
+             seed: int | None = None, text_cache: bool = True) -> Generation:
+    """Continue `text` word by word (see the module docstring for what is sampled and what is reported); with the
+    continuous cache over the text when `text_cache` and the predictor has settings."""
     settings = settings or GenerationSettings()
     if seed is None:
         seed = random.SystemRandom().randrange(2**32)
     rng = random.Random(seed)
     tokenizer = predictor.tokenizer
     query = make_query(text, tokenizer)
-    generation = Generation(query.text, seed, settings)
+    text_cache = text_cache and predictor.text_cache is not None
+    generation = Generation(query.text, seed, settings, text_cache=text_cache)
     so_far = query.text
     firsts = _FirstCharacters(predictor)
     while len(generation.words) < settings.words:
         separator = ""
         if not query.completing and so_far and not so_far[-1].isspace():
-            choice, logprob = _boundary(predictor, firsts, so_far, settings, rng)
+            choice, logprob = _boundary(predictor, firsts, so_far, settings, rng, text_cache)
             if choice is None:
                 generation.stopped = "no_words"
                 break
@@ -182,7 +193,7 @@ def generate(predictor: Predictor, text: str, settings: GenerationSettings | Non
                 query = replace(query, start=("before", True))  # no whitespace before the word
         elif len(generation.words) > 0:  # the text ends in whitespace (or is empty): the next whole word
             query = make_query(so_far, tokenizer, normalized=True)
-        word = _word(predictor, query, settings, rng)  # the first time: the prompt's own query (maybe completing)
+        word = _word(predictor, query, settings, rng, text_cache)  # the first time: the prompt's own query (maybe completing)
         if word is None:
             generation.stopped = "no_words"
             break
@@ -193,11 +204,15 @@ def generate(predictor: Predictor, text: str, settings: GenerationSettings | Non
 
 
 def _boundary(predictor: Predictor, firsts: _FirstCharacters, so_far: str, settings: GenerationSettings,
-              rng: random.Random) -> tuple[str | None, float]:
+              rng: random.Random, text_cache: bool) -> tuple[str | None, float]:
     """What follows a text that ends in a word or punctuation: " ", "\\n", a punctuation character (after a word)
     or DIRECTLY (after punctuation); with log P(it | text) for a punctuation character."""
     context = predictor.context_state(tuple(predictor.tokenizer.encode(so_far)))
-    masses = firsts.masses(context.logits)
+    if text_cache:  # the context's own row of the mixed model (what `predict_from` would read first)
+        probabilities = np.exp(predictor.reads_after(context).logprobs(()))
+    else:
+        probabilities = torch.softmax(context.logits.double(), dim=-1).numpy()
+    masses = firsts.masses(probabilities)
     after_word = is_word_char(so_far[-1])
     choices = {" ": masses.get(" ", 0.0), "\n": masses.get("\n", 0.0)}
     if after_word:  # the word was complete: only a boundary can follow, punctuation being a word of its own
@@ -212,11 +227,11 @@ def _boundary(predictor: Predictor, firsts: _FirstCharacters, so_far: str, setti
     return name, math.log(choices[name]) if choices[name] > 0 else -math.inf
 
 
-def _word(predictor: Predictor, query: Query, settings: GenerationSettings, rng: random.Random) -> GeneratedWord | None:
+def _word(predictor: Predictor, query: Query, settings: GenerationSettings, rng: random.Random,
+          text_cache: bool) -> GeneratedWord | None:
     """The next word after a query's text, sampled among the predictor's top_k words."""
     context = predictor.context_state(tuple(predictor.tokenizer.encode(query.context)))
-    # The model alone, as `_boundary` reads it: the continuous cache is not part of generation yet (docs/PREDICTION.md).
-    result = predictor.predict_from(context, query, k=settings.top_k, text_cache=False)
+    result = predictor.predict_from(context, query, k=settings.top_k, text_cache=text_cache)
     chosen = sample_index([p.probability for p in result.predictions], settings, rng)
     if chosen is None:
         return None

@@ -210,7 +210,7 @@ class Predictor:
             return None
         memory = None
         if self.text_cache is not None:
-            memory = reads.memory_after(units[len(base):], self.text_cache.window)
+            memory = reads.memory_after(units[len(base):])
             if memory is None:  # read without the cache: no path memory kept
                 return None
         return (*reads.after(units[len(base):]), memory)

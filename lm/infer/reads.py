@@ -7,10 +7,11 @@ that no sequence is ever read twice. It reads what is missing through the
 `step` it was given (the predictor's batched model step).
 
 With a continuous cache over the request's text (lm/infer/textcache.py),
-every row is mixed as it is added: its `scaled` row then holds float64
-log-probabilities of the mixed distribution (normaliser 0) and its boundary
-mass is the mixed one, so search and scoring read the mixed model without
-knowing of the cache. Each read sequence also keeps its path memory (the
+every row is mixed as it is added: its normaliser then also carries the
+model's share of the mixture, the few units the cache votes for (`support`)
+get their mixed log-probabilities in `overrides`, and its boundary mass is
+the mixed one, so search and scoring read the mixed model without knowing of
+the cache. Each read sequence also keeps its path memory (the
 outputs along it and the units that followed them), which its children's
 rows are mixed with.
 """
@@ -24,7 +25,7 @@ import numpy as np
 import torch
 
 if TYPE_CHECKING:
-    from lm.infer.textcache import Memory, TextCache
+    from lm.infer.textcache import CachePath, Memory, TextCache
 
 __all__ = ["ContextState", "Read", "Reads", "StepRows"]
 
@@ -46,9 +47,11 @@ class StepRows(NamedTuple):
 
     states: torch.Tensor  # (L, N, S)
     logits: torch.Tensor  # (N, V) raw
-    scaled: np.ndarray  # (N, V) float32, divided by the temperature; float64 mixed log-probabilities with a cache
-    normalisers: np.ndarray  # (N,) float64: log P(u) = scaled[u] - normaliser (0 with a cache)
+    scaled: np.ndarray  # (N, V) float32, divided by the temperature
+    normalisers: np.ndarray  # (N,) float64: log P(u) = scaled[u] - normaliser, for u outside `support`
     boundaries: np.ndarray  # (N,) float64: log P(the next unit begins with a boundary)
+    support: np.ndarray | None = None  # (S,) sorted units whose log P is in `overrides` (a continuous cache's votes)
+    overrides: np.ndarray | None = None  # (N, S) float64: log P(support[j]) of row i
 
 
 # Reads a batch of units: (states (L, M, S), units (N,), parents (N,) into the M states) -> their rows.
@@ -63,7 +66,9 @@ class Read(NamedTuple):
     boundary: float  # log P(the next unit begins with a boundary)
     logits: torch.Tensor  # (N, V) raw
     scaled: np.ndarray  # (N, V) float32, divided by the temperature
-    normaliser: float  # log-normaliser of the row's scaled logits
+    normaliser: float  # log P(u) = scaled[row, u] - normaliser, for u outside `support`
+    support: np.ndarray | None  # (S,) sorted units whose log P is overrides[row] (None: no such unit)
+    overrides: np.ndarray | None  # (N, S) float64
 
 
 class Reads:
@@ -79,15 +84,14 @@ class Reads:
         """`first`: the context's own row (its state (L, 1, S) and logits); `step` reads the sequences missing later;
         `cache`: the continuous cache every row is mixed with (None: the model alone)."""
         self.context_units = context.units  # None when the context state does not keep its units
-        self.context_memory = context.memory
         self.cache = cache
         self._step = step
         self._after: dict[tuple[int, ...], Read] = {}
         self._logprobs: dict[tuple[int, ...], np.ndarray] = {}
-        self._paths: dict[tuple[int, ...], Memory] = {}
+        self._paths: dict[tuple[int, ...], CachePath] = {}
         if cache is not None:
-            self._paths[()] = cache.empty
-            first = cache.mix(first, [cache.empty])
+            self._paths[()] = cache.root
+            first = cache.mix(first, [cache.root])
         self.add([()], first)
 
     def __contains__(self, units: tuple[int, ...]) -> bool:
@@ -96,9 +100,9 @@ class Reads:
     def add(self, sequences: list[tuple[int, ...]], rows: StepRows) -> None:
         """Row i of `rows` follows sequences[i]."""
         masses, norms = rows.boundaries.tolist(), rows.normalisers.tolist()
-        states, logits, scaled = rows.states, rows.logits, rows.scaled
+        states, logits, scaled, support, overrides = rows.states, rows.logits, rows.scaled, rows.support, rows.overrides
         for row, units in enumerate(sequences):
-            self._after[units] = Read(states, row, masses[row], logits, scaled, norms[row])
+            self._after[units] = Read(states, row, masses[row], logits, scaled, norms[row], support, overrides)
 
     def read_all(self, sequences: list[tuple[int, ...]]) -> None:
         """Read every unit sequence not yet read (each one unit past a read one), in one batched step."""
@@ -113,9 +117,8 @@ class Reads:
         rows = self._step(states, [units[-1] for units in missing], parents)
         if self.cache is not None:
             cache, paths = self.cache, self._paths
-            fed = torch.tensor([units[-1] for units in missing], dtype=torch.long)  # (N,)
-            for row, units in enumerate(missing):
-                paths[units] = cache.path_after(paths[units[:-1]], self.state(units[:-1]), fed[row : row + 1])
+            for units in missing:
+                paths[units] = cache.path_after(paths[units[:-1]], self.state(units[:-1]), units[-1])
             rows = cache.mix(rows, [paths[units] for units in missing])
         self.add(missing, rows)
 
@@ -129,12 +132,12 @@ class Reads:
         read = self._after[units]
         return read.states[:, read.row : read.row + 1], read.logits[read.row]
 
-    def memory_after(self, units: tuple[int, ...], window: int) -> Memory | None:
+    def memory_after(self, units: tuple[int, ...]) -> Memory | None:
         """The cache's memory of the context followed by `units` (None when this read kept no paths)."""
         path = self._paths.get(units)
-        if path is None or self.context_memory is None:
+        if path is None or self.cache is None:
             return None
-        return self.context_memory.extended(path.keys, path.values, window)
+        return self.cache.memory_after(path)
 
     def logprobs(self, units: tuple[int, ...]) -> np.ndarray:
         """(V,) float64 log-probabilities of the next unit after `units`, kept once made."""
@@ -153,5 +156,16 @@ class Reads:
         if row is not None:
             return row[chosen]
         read = self._after[units]
-        return read.scaled[read.row][chosen].astype(np.float64, copy=False) - read.normaliser
+        row = read.scaled[read.row][chosen].astype(np.float64) - read.normaliser
+        if read.support is not None:  # the units a continuous cache votes for: their mixed log-probabilities
+            mixed = read.overrides[read.row]
+            if isinstance(chosen, slice) and chosen == slice(None):
+                row[read.support] = mixed
+                return row
+            if isinstance(chosen, slice):
+                chosen = np.arange(read.scaled.shape[1])[chosen]
+            places = np.searchsorted(read.support, chosen).clip(max=len(read.support) - 1)
+            voted = read.support[places] == chosen
+            row[voted] = mixed[places[voted]]
+        return row
 

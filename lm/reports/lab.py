@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from corpora import Corpus, Split, load_corpus
+from corpora import Corpus, Split
 from lm.cells import cell_names
 from lm.checkpoint import load_checkpoint
 from lm.config import ModelConfig, TokenizerConfig, TrainConfig
@@ -40,8 +40,8 @@ from lm.model import RNNLanguageModel, count_parameters
 from lm.reports.lab_report import write_report
 from lm.reports.plots import read_metrics
 from lm.reports.reach_profile import reach_profile
-from lm.tokenizers import build_tokenizer
 from lm.train.run import seed_everything, train_run
+from lm.train.tokens import cache_directory, cached_tokenizer, load_streamed_corpus
 
 __all__ = ["LabRun", "LabSettings", "hidden_for_parameters", "lab_parameters", "lab_record", "plan_runs", "run_lab", "shorten",
            "train_lab_run"]
@@ -160,10 +160,14 @@ def shorten(split: Split, chars: int | None) -> Split:
     return Split(split.text[:cut], max(1, round(split.raw_words * share)), split.text[:cut].count("\n"))
 
 
+def _tokenizer_config(settings: LabSettings) -> TokenizerConfig:
+    return TokenizerConfig(tokenizer=settings.tokenizer, vocab_size=settings.vocab_size)
+
+
 def train_lab_run(run: LabRun, settings: LabSettings, corpus: Corpus, out: Path) -> tuple[dict, Predictor]:
     """Train one run under the lab's budget; its training figures (gradient telemetry, curves, held-out figures)
     and a predictor on its best checkpoint."""
-    tokenizer_config = TokenizerConfig(tokenizer=settings.tokenizer, vocab_size=settings.vocab_size)
+    tokenizer_config = _tokenizer_config(settings)
     model_config = ModelConfig(cell=run.cell, embed_dim=settings.embed_dim, hidden_dim=run.hidden_dim, num_layers=settings.num_layers,
                                dropout=0.1 if not settings.quick else 0.0, input_dropout=0.0, weight_dropout=0.0, tie_weights=True)
     train_config = TrainConfig(
@@ -220,9 +224,10 @@ def run_lab(corpus_spec: str, out: Path, settings: LabSettings, corpus: Corpus |
     """Train every run, then write out/report.html, out/lab.json and the PNGs behind them; returns the report path."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    corpus = corpus or load_corpus(corpus_spec)
+    corpus = corpus or load_streamed_corpus(corpus_spec)  # the training split is streamed into the token cache, never held
     corpus = replace(corpus, valid=shorten(corpus.valid, settings.heldout_chars), test=shorten(corpus.test, settings.heldout_chars))
-    vocab = build_tokenizer(settings.tokenizer, corpus.train.text, settings.vocab_size).vocab_size
+    # The tokenizer every run will use (trained once on the bounded sample, then found in the token cache).
+    vocab = cached_tokenizer(corpus.train, _tokenizer_config(settings), cache_directory()).vocab_size
     runs = plan_runs(settings, vocab)
     results = []
     for index, run in enumerate(runs, 1):

@@ -2,7 +2,9 @@
 
 Influence falls off by orders of magnitude over a text, so colours follow
 its logarithm: the strongest unit is hottest and anything below 1e-4 of it
-is uncoloured.
+is uncoloured. With the continuous cache, the earlier occurrences its
+pointer copies the word from are marked apart from the colours (underlined
+in a terminal, boxed in HTML).
 """
 
 from __future__ import annotations
@@ -30,10 +32,28 @@ def _reach_line(entry) -> str:
     r = entry.reach
     line = (f"reach {r.tokens} units / {r.words} words / {r.chars} chars (threshold {r.threshold:g});  "
             f"90% of influence within {r.mass90_tokens} units ({r.mass90_words} words), 99% within {r.mass99_tokens} ({r.mass99_words} words)")
+    if entry.pointer is not None:
+        line += f";  {_pointer_line(entry.pointer)}"
     if entry.faithfulness:
         f = entry.faithfulness
         line += f";  filler beyond the 99% reach moves log P by {f['logprob_change']:+.3f}"
     return line
+
+
+def _pointer_line(pointer) -> str:
+    """The cache's pointer reach in a few words."""
+    if not pointer.positions:
+        return "pointer reach 0 (no earlier occurrence)"
+    return (f"pointer reach {pointer.tokens} units / {pointer.words} words / {pointer.chars} chars "
+            f"({len(pointer.positions)} earlier occurrences)")
+
+
+def _pointed(attribution: Attribution, entry) -> set[int]:
+    """The context units inside the cache pointer's positions for a prediction."""
+    if entry.pointer is None:
+        return set()
+    return {index for position in entry.pointer.positions for index, (_, start, end) in enumerate(attribution.units)
+            if position.start <= start and end <= position.end}
 
 
 def render_terminal(attribution: Attribution, chosen: int = 0, color: bool = True) -> str:
@@ -42,15 +62,18 @@ def render_terminal(attribution: Attribution, chosen: int = 0, color: bool = Tru
     summary = attribution.context_summary()
     what = f"completing {attribution.result.query.partial!r}" if attribution.result.completing else "next word"
     lines.append(f"{what}; context {summary['tokens']} units, {summary['words']} words, {summary['chars']} chars"
-                 + (f" (truncated: the first {summary['dropped_chars']} chars were not read)" if summary["truncated"] else ""))
+                 + (f" (truncated: the first {summary['dropped_chars']} chars were not read)" if summary["truncated"] else "")
+                 + ("; with the continuous cache over the text" if attribution.result.text_cache else "; the model alone"))
     for rank, entry in enumerate(attribution.predictions, 1):
         mark = "*" if rank - 1 == chosen else " "
         lines.append(f"{mark}{rank:>2}. {entry.prediction.word!r:<18} p={entry.prediction.probability:.4f}  {_reach_line(entry)}")
     if not attribution.predictions:
         return "\n".join(lines + ["(no prediction)"])
     entry = attribution.predictions[chosen]
+    pointed = _pointed(attribution, entry)
     lines.append(f"\ninfluence of the text on {entry.prediction.word!r} ({attribution.method}; colour = log10 of influence "
-                 f"relative to the strongest unit, {DECADES} decades; '|' marks the threshold reach):")
+                 f"relative to the strongest unit, {DECADES} decades; '|' marks the threshold reach"
+                 + ("; underlined: where the cache's pointer copies the word from" if pointed and color else "") + "):")
     top = float(entry.influence.max()) if entry.influence.size else 0.0
     reach_unit = len(attribution.units) - entry.reach.tokens if entry.reach.tokens else None
     text = attribution.result.query.context
@@ -64,7 +87,9 @@ def render_terminal(attribution: Attribution, chosen: int = 0, color: bool = Tru
         if color:
             code = _RAMP[min(len(_RAMP) - 1, int(level(float(score), top) * (len(_RAMP) - 1)))]
             foreground = "\x1b[97m" if code not in (236, 237) else ""
-            shown = "".join(f"\x1b[48;5;{code}m{foreground}{part}\x1b[0m" if part else "\n" for part in shown.split("\n"))
+            underline = "\x1b[4m" if index in pointed else ""
+            shown = "".join(f"\x1b[48;5;{code}m{foreground}{underline}{part}\x1b[0m" if part else "\n"
+                            for part in shown.split("\n"))
         pieces.append(shown)
         cursor = max(cursor, end)
     pieces.append(text[cursor:])
@@ -75,6 +100,10 @@ def render_terminal(attribution: Attribution, chosen: int = 0, color: bool = Tru
     else:
         ranked = sorted(zip(attribution.word_scores(entry.influence), attribution.words), key=lambda item: -item[0])[:10]
         lines.append("\nstrongest words: " + ", ".join(f"{word!r} {score / (ranked[0][0] or 1):.3f}" for score, (word, _, _) in ranked))
+    if entry.pointer is not None and entry.pointer.positions:
+        strongest = sorted(entry.pointer.positions, key=lambda position: -position.share)[:10]
+        lines.append("cache pointer (copies the word from): " + ", ".join(
+            f"{position.text!r} at char {position.start} ({position.share:.1%})" for position in strongest))
     return "\n".join(lines)
 
 
@@ -107,13 +136,15 @@ def render_html(attribution: Attribution, model_name: str = "") -> str:
         top = float(entry.influence.max()) if entry.influence.size else 0.0
         reach_unit = len(attribution.units) - entry.reach.tokens if entry.reach.tokens else None
         spans, cursor = [], 0
+        pointed = _pointed(attribution, entry)
         for index, ((_, start, end), score) in enumerate(zip(attribution.units, entry.influence)):
             if start > cursor:
                 spans.append(html.escape(text[cursor:start]))
             if index == reach_unit:
                 spans.append('<span class="reach" title="threshold reach">|</span>')
             alpha = level(float(score), top)
-            spans.append(f'<span style="background:rgba(214,39,40,{alpha:.3f})" title="{float(score):.3e}">'
+            pointer = ' class="pointer"' if index in pointed else ""
+            spans.append(f'<span{pointer} style="background:rgba(214,39,40,{alpha:.3f})" title="{float(score):.3e}">'
                          f"{html.escape(text[start:end])}</span>")
             cursor = max(cursor, end)
         spans.append(html.escape(text[cursor:]))
@@ -125,7 +156,8 @@ def render_html(attribution: Attribution, model_name: str = "") -> str:
             f"<section><h2>{rank}. {html.escape(entry.prediction.word)} "
             f"<small>p = {entry.prediction.probability:.4f}</small></h2>"
             f"<ul><li>threshold reach ({r.threshold:g}): {r.tokens} units, {r.words} words, {r.chars} characters</li>"
-            f"<li>90% of influence within {r.mass90_tokens} units ({r.mass90_words} words); 99% within {r.mass99_tokens} units ({r.mass99_words} words)</li>{faith}</ul>"
+            f"<li>90% of influence within {r.mass90_tokens} units ({r.mass90_words} words); 99% within {r.mass99_tokens} units ({r.mass99_words} words)</li>"
+            f"{f'<li>{html.escape(_pointer_line(entry.pointer))}</li>' if entry.pointer is not None else ''}{faith}</ul>"
             f'<div class="text">{"".join(spans)}</div>'
             f"<h3>influence by distance (log-log)</h3>{_svg_profile(entry.profile())}</section>")
     summary = attribution.context_summary()
@@ -135,12 +167,14 @@ def render_html(attribution: Attribution, model_name: str = "") -> str:
 body {{ font: 15px/1.5 system-ui, sans-serif; max-width: 60rem; margin: 2rem auto; padding: 0 1rem; color: #222; }}
 .text {{ white-space: pre-wrap; font-family: ui-monospace, monospace; border: 1px solid #ddd; padding: .75rem; }}
 .reach {{ color: #b8860b; font-weight: bold; }}
+.pointer {{ outline: 2px solid #1f77b4; outline-offset: -1px; }}
 small {{ color: #666; font-weight: normal; }}
 </style></head><body>
 <h1>Gradient reach</h1>
 <p>Model {html.escape(model_name)}; method {attribution.method}; context {summary['tokens']} units, {summary['words']} words,
 {summary['chars']} characters{' (truncated)' if summary['truncated'] else ''}. Colour: log10 of each unit's influence relative to the
-strongest, over {DECADES} decades. The model reads the text in evaluation mode from a zero state.</p>
+strongest, over {DECADES} decades. The model reads the text in evaluation mode from a zero state.
+<span class="pointer">Boxed</span>: the earlier occurrences the continuous cache's pointer copies the word from.</p>
 {''.join(sections)}
 </body></html>
 """

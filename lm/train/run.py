@@ -19,7 +19,7 @@ from typing import Any, Callable
 import numpy
 import torch
 
-from corpora import Corpus, load_corpus
+from corpora import Corpus
 from lm.checkpoint import Checkpoint, CheckpointError, load_checkpoint, read_meta, resolve_checkpoint, restore_training, save_checkpoint, update_metrics
 from lm.config import ModelConfig, TokenizerConfig, TrainConfig, from_dict
 from lm.train.devices import accelerator_rng_state, set_accelerator_rng_state
@@ -29,7 +29,7 @@ from lm.eval.figures import HOW_STATE_FLOWS, EvalResult, evaluate_text
 from lm.model import RNNLanguageModel, count_parameters
 from lm.tokenizers import Tokenizer, load_tokenizer
 from lm.train.loop import Hooks, MetricsLog, TrainingState, batchify, build_optimizer, fit
-from lm.train.tokens import TokenIds, cache_directory, cached_tokenizer, token_ids
+from lm.train.tokens import TokenIds, cache_directory, cached_tokenizer, corpus_fingerprint, load_streamed_corpus, token_ids
 
 __all__ = ["RunResult", "resume_configs", "seed_everything", "set_threads", "train_run", "BUDGET_FIELDS"]
 
@@ -122,8 +122,9 @@ def train_run(
 
     The training split is encoded once into the token cache
     (lm/train/tokens.py; `train_config.token_cache`) and read from there as
-    a memory map; a local corpus loaded here is streamed from its files, so
-    its training text is never held as one string.
+    a memory map; a corpus loaded here has its training split streamed from
+    disk (a local corpus's files; a hub corpus written once under the token
+    cache's `corpora/`), so its training text is never held as one string.
 
     `device` (default: the CPU; the entry point resolves `train_config.device`
     with lm/train/devices.py) holds the model, the optimiser, the whole
@@ -137,11 +138,12 @@ def train_run(
     ranks = distributed or Distributed()
     if resume:
         tokenizer_config, model_config, train_config = resume_configs(out, budget or {})
-    corpus = corpus or load_corpus(train_config.corpus, train_config.extra_train, stream_train=True)
+    corpus = corpus or load_streamed_corpus(train_config.corpus, train_config.extra_train, train_config.token_cache)
     cache = cache_directory(train_config.token_cache)
-    tokenizer = _tokenizer(out, resume, tokenizer_config, corpus, ranks, cache)
+    fingerprint = corpus_fingerprint(corpus.train, cache)  # once: it keys both the cached tokenizer and the cached ids
+    tokenizer = _tokenizer(out, resume, tokenizer_config, corpus, ranks, cache, fingerprint)
     model_config = replace(model_config, vocab_size=tokenizer.vocab_size)
-    train = _train_ids(corpus, tokenizer, ranks, cache)
+    train = _train_ids(corpus, tokenizer, ranks, cache, fingerprint)
     train_ids = torch.from_numpy(train.ids)  # (N,) uint16 or uint32, sharing the memory map
     data = batchify(train_ids, train_config.batch_size)[ranks.rows(train_config.batch_size)]  # (B / ranks, N): a view
     if device.type != "cpu":
@@ -170,12 +172,16 @@ def train_run(
         # Averages gradients across ranks in backward; on CUDA each rank's model lives on its own GPU.
         trained = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     corpus_info = _corpus_info(corpus, train)
+    # The held-out splits' ids, from the token cache too (encoded there once), read when first scored (after the
+    # first step): every evaluation then reads them.
+    heldout = _HeldOut(corpus, tokenizer, cache)
     latest: dict[str, Any] = {}
 
     def evaluate() -> EvalResult:
         figures = [0.0] * 5
         if ranks.is_main:
-            result = evaluate_text(model, tokenizer, corpus.valid.text, corpus.valid.raw_words, train_config.eval_max_chars)
+            result = evaluate_text(model, tokenizer, corpus.valid.text, corpus.valid.raw_words, train_config.eval_max_chars,
+                                   ids=heldout["valid"])
             figures = [result.nll, result.units, result.chars, result.words, float(result.words_estimated)]
         nll, units, chars, words, estimated = ranks.broadcast_floats(figures)
         result = EvalResult(nll=nll, units=int(units), chars=int(chars), words=words, words_estimated=bool(estimated))
@@ -213,7 +219,10 @@ def train_run(
         metrics.write({"kind": "run", "step": 0, "parameters": count_parameters(model), "tokenizer": tokenizer.describe(),
                        "train_units": train_ids.numel(), "token_cache": {"path": str(train.path), "reused": train.reused,
                                                                          "seconds": round(train.seconds, 3)},
-                       "seconds_before_training": round(time.perf_counter() - begun, 3), "batch_size": train_config.batch_size, "processes": ranks.world_size,
+                       "seconds_before_training": round(time.perf_counter() - begun, 3),
+                       # The process's CPU time since it started (imports included): what a start costs, whatever the load.
+                       "cpu_seconds_before_training": round(time.process_time(), 3),
+                       "batch_size": train_config.batch_size, "processes": ranks.world_size,
                        "device": str(device), "precision": train_config.precision,
                        "bptt": train_config.bptt, "bptt_stride": train_config.stride})
     try:
@@ -231,9 +240,9 @@ def train_run(
         return None
     best = load_checkpoint(out)  # on the CPU
     scored = best.model.to(device)
-    valid = evaluate_text(scored, best.tokenizer, corpus.valid.text, corpus.valid.raw_words)
-    test = evaluate_text(scored, best.tokenizer, corpus.test.text, corpus.test.raw_words)
-    cache = _tuned_cache(scored, best.tokenizer, corpus) if train_config.tune_cache else None
+    valid = evaluate_text(scored, best.tokenizer, corpus.valid.text, corpus.valid.raw_words, ids=heldout["valid"])
+    test = evaluate_text(scored, best.tokenizer, corpus.test.text, corpus.test.raw_words, ids=heldout["test"])
+    cache = _tuned_cache(scored, best.tokenizer, corpus, heldout) if train_config.tune_cache else None
     best.model.cpu()  # the accuracy reads words with the CPU engine
     figures = None
     if train_config.accuracy_positions and accuracy is not None:
@@ -246,14 +255,14 @@ def train_run(
                      model_config, figures)
 
 
-def _tuned_cache(model: RNNLanguageModel, tokenizer: Tokenizer, corpus: Corpus) -> dict[str, Any]:
+def _tuned_cache(model: RNNLanguageModel, tokenizer: Tokenizer, corpus: Corpus, heldout: _HeldOut) -> dict[str, Any]:
     """A continuous cache (Grave et al. 2017) tuned on the whole valid split as `lm evaluate --cache tune` does, with
     the valid and test figures it gives: what `metrics["cache"]` stores and the predictor applies."""
-    scores = score_stream(model, tokenizer.encode(corpus.valid.text), tokenizer.newline_id)
+    scores = score_stream(model, heldout["valid"], tokenizer.newline_id)
     settings, _, _ = tune_cache(scores)
     del scores  # the valid split's features: the largest thing held here
-    valid = evaluate_text(model, tokenizer, corpus.valid.text, corpus.valid.raw_words, cache=settings)
-    test = evaluate_text(model, tokenizer, corpus.test.text, corpus.test.raw_words, cache=settings)
+    valid = evaluate_text(model, tokenizer, corpus.valid.text, corpus.valid.raw_words, cache=settings, ids=heldout["valid"])
+    test = evaluate_text(model, tokenizer, corpus.test.text, corpus.test.raw_words, cache=settings, ids=heldout["test"])
     log.info("continuous cache tuned on valid: window %d, theta %g, weight %g (test %.4f bpc)",
              settings.window, settings.theta, settings.weight, test.bpc)
     return {**asdict(settings), "chosen": "tuned on the valid split", "valid": valid.as_dict(), "test": test.as_dict()}
@@ -273,28 +282,41 @@ def _restore(directory: Path, model: RNNLanguageModel, optimizer: torch.optim.Op
     return state
 
 
-def _tokenizer(out: Path, resume: bool, config: TokenizerConfig, corpus: Corpus, ranks: Distributed, cache: Path) -> Tokenizer:
+def _tokenizer(out: Path, resume: bool, config: TokenizerConfig, corpus: Corpus, ranks: Distributed, cache: Path,
+               fingerprint: str) -> Tokenizer:
     """The run's tokenizer: from the checkpoint when resuming, else from the token cache or trained on a bounded
     sample of the training split (by rank 0, shared through `out`)."""
     if resume:
         return load_checkpoint(out / "last").tokenizer
     if not ranks.enabled:
-        return cached_tokenizer(corpus.train, config, cache)
+        return cached_tokenizer(corpus.train, config, cache, fingerprint)
     shared = out / ".tokenizer"
     if ranks.is_main:
-        tokenizer = cached_tokenizer(corpus.train, config, cache)
+        tokenizer = cached_tokenizer(corpus.train, config, cache, fingerprint)
         shared.mkdir(parents=True, exist_ok=True)
         tokenizer.save(shared)
     ranks.barrier()
     return load_tokenizer(shared)
 
 
-def _train_ids(corpus: Corpus, tokenizer: Tokenizer, ranks: Distributed, cache: Path) -> TokenIds:
+class _HeldOut(dict):
+    """The held-out splits' ids by name, read from the token cache (small: encoded in this process) when first asked."""
+
+    def __init__(self, corpus: Corpus, tokenizer: Tokenizer, cache: Path):
+        super().__init__()
+        self.corpus, self.tokenizer, self.cache = corpus, tokenizer, cache
+
+    def __missing__(self, name: str) -> list[int]:
+        self[name] = token_ids(self.corpus.split(name), self.tokenizer, self.cache, workers=1, progress=False).ids.tolist()
+        return self[name]
+
+
+def _train_ids(corpus: Corpus, tokenizer: Tokenizer, ranks: Distributed, cache: Path, fingerprint: str) -> TokenIds:
     """The training split's ids from the token cache; under torchrun rank 0 encodes them, the others then read them."""
     if ranks.enabled and not ranks.is_main:
         ranks.barrier()
-        return token_ids(corpus.train, tokenizer, cache)
-    found = token_ids(corpus.train, tokenizer, cache)
+        return token_ids(corpus.train, tokenizer, cache, fingerprint=fingerprint)
+    found = token_ids(corpus.train, tokenizer, cache, fingerprint=fingerprint)
     if ranks.enabled:
         ranks.barrier()
     return found

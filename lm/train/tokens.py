@@ -13,12 +13,17 @@ Where: `--token-cache DIR`, else `$REACH_TOKEN_CACHE`, else
 serves many runs, so the cache belongs to the user, not to one run).
 
 Key: a hash of the cache format, the split's fingerprint
-(`Split.fingerprint`: every byte of its files and the normalisation code) and
-the tokenizer's identity (the hash of the files `Tokenizer.save` writes). A
-different corpus or tokenizer gets another file; nothing is overwritten.
+(`StreamedSplit.fingerprint`: every byte of its files and the normalisation
+code) and the tokenizer's identity (the hash of the files `Tokenizer.save`
+writes). A different corpus or tokenizer gets another file; nothing is
+overwritten. A run computes the fingerprint once, for this key and the
+tokenizer's. The files' content hashes (and the ids' checksum) are
+remembered under `stamps/` with each file's identity (device, inode, size,
+mtime, ctime) and read again only when that changes (`file_digest` says
+what this assumes), so a cached start does not read the corpus.
 
 Files: `<key>.ids` (the raw ids) and `<key>.json` (key, dtype, length, size,
-blake2b checksum of the ids). Both are written to temporary names and
+blake2b checksum of the ids), `stamps/` (remembered digests). Both are written to temporary names and
 renamed, the sidecar last, so a crash leaves no sidecar. A file whose sidecar
 is missing, unreadable, for another key, or whose size or checksum differs
 is rebuilt, never used.
@@ -41,16 +46,16 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import numpy
 
-from corpora import StreamedSplit, Split
+from corpora import Corpus, StreamedSplit, Split, hash_file, load_corpus
 from corpora.loading import normalize_lines
 from lm.config import TokenizerConfig
 from lm.tokenizers import Tokenizer, TokenizerError, build_tokenizer, load_tokenizer
 
-__all__ = ["TokenIds", "cache_directory", "cached_tokenizer", "token_ids", "tokenizer_identity", "unit_dtype",
+__all__ = ["TokenIds", "cache_directory", "cached_tokenizer", "corpus_fingerprint", "file_digest", "load_streamed_corpus", "token_ids", "tokenizer_identity", "unit_dtype",
            "CACHE_ENVIRONMENT", "DEFAULT_CACHE"]
 
 log = logging.getLogger(__name__)
@@ -61,7 +66,9 @@ FORMAT = 1
 # The tokenizer's training sample is seeded by this, not by the run's seed: runs that differ only in their seed
 # share one tokenizer and one token cache.
 SAMPLE_SEED = 0
-_BLOCK = 8 << 20
+# A file's digest is remembered only when the file was last changed this long before it was hashed (see file_digest):
+# longer than any local file system's timestamp granularity.
+STAMP_MARGIN_NS = 1_000_000_000
 
 SplitLike = Split | StreamedSplit
 
@@ -91,9 +98,24 @@ def _hash(*parts: Any) -> str:
     return hashlib.blake2b(json.dumps(parts, sort_keys=True).encode(), digest_size=16).hexdigest()
 
 
-def cached_tokenizer(split: SplitLike, config: TokenizerConfig, directory: Path) -> Tokenizer:
-    """The tokenizer `config` trains on `split`'s bounded sample: from the cache, or trained and saved there."""
-    key = _hash(FORMAT, split.fingerprint(), asdict(config), SAMPLE_SEED)
+def load_streamed_corpus(spec: str, extra_train: Iterable[str] = (), token_cache: str | None = None) -> Corpus:
+    """The corpus `spec` with its training split streamed from disk, never held: a local corpus's files, or a hub
+    corpus written once, normalised, under the token cache's `corpora/` (corpora.load_corpus's `stream_to`)."""
+    return load_corpus(spec, extra_train, stream_train=True, stream_to=cache_directory(token_cache) / "corpora")
+
+
+def corpus_fingerprint(split: SplitLike, directory: Path) -> str:
+    """`split.fingerprint()`, with its files' digests remembered in the cache `directory` (`file_digest`)."""
+    return split.fingerprint(lambda path: file_digest(path, directory))
+
+
+def cached_tokenizer(split: SplitLike, config: TokenizerConfig, directory: Path, fingerprint: str | None = None) -> Tokenizer:
+    """The tokenizer `config` trains on `split`'s bounded sample: from the cache, or trained and saved there.
+
+    `fingerprint` is `split.fingerprint()` when the caller has it already (a run hashes its corpus once for both
+    this key and the ids' key); it is never remembered on the split, whose files may change between calls.
+    """
+    key = _hash(FORMAT, fingerprint or split.fingerprint(), asdict(config), SAMPLE_SEED)
     place = directory / "tokenizers" / key
     if place.is_dir():
         try:
@@ -150,12 +172,38 @@ def _read_sidecar(path: Path) -> dict | None:
         return None
 
 
-def _checksum(path: Path) -> str:
-    digest = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as data:
-        while block := data.read(_BLOCK):
-            digest.update(block)
-    return digest.hexdigest()
+def _identity(status: os.stat_result) -> list[int]:
+    return [status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns, status.st_ctime_ns]
+
+
+def file_digest(path: Path, directory: Path) -> str:
+    """`hash_file(path)`, remembered in `directory`/stamps with the file's identity (device, inode, size, mtime
+    and ctime) and read back while that identity is unchanged, so a cached start does not read a large corpus.
+
+    What this assumes: every change to a file's bytes changes its ctime, which no user can set back (POSIX:
+    write and truncate update it; `touch` and `os.utime` set mtime but make ctime now; a replaced file has
+    another inode). A digest is only remembered for a file last changed at least STAMP_MARGIN_NS before its
+    hashing began (as git treats "racily clean" files), so an edit in the same timestamp tick as the
+    hashing, or during it, is never hidden by a remembered digest. A file system whose ctime does not follow
+    writes, or a clock stepped back past a file's ctime, would defeat it.
+    """
+    path = Path(path).resolve()
+    stamp = directory / "stamps" / f"{hashlib.blake2b(str(path).encode(), digest_size=16).hexdigest()}.json"
+    before = _identity(path.stat())
+    remembered = _read_sidecar(stamp)
+    if remembered is not None and remembered.get("path") == str(path) and remembered.get("identity") == before:
+        return remembered["digest"]
+    begun = time.time_ns()
+    digest = hash_file(path)
+    if _identity(path.stat()) == before and begun - max(before[3], before[4]) > STAMP_MARGIN_NS:
+        temporary = stamp.with_name(f".{stamp.name}.{os.getpid()}")
+        try:
+            stamp.parent.mkdir(parents=True, exist_ok=True)
+            temporary.write_text(json.dumps({"path": str(path), "identity": before, "digest": digest}), encoding="utf-8")
+            os.replace(temporary, stamp)
+        except OSError as error:  # remembering only saves time: the digest is right either way
+            log.warning("could not remember the digest of %s in %s (%s)", path, stamp.parent, error)
+    return digest
 
 
 def _problem(ids_path: Path, sidecar: dict | None, key: str) -> str | None:
@@ -171,7 +219,7 @@ def _problem(ids_path: Path, sidecar: dict | None, key: str) -> str | None:
     expected = sidecar["length"] * numpy.dtype(sidecar["dtype"]).itemsize
     if ids_path.stat().st_size != expected:
         return f"its ids file holds {ids_path.stat().st_size:,} bytes, not {expected:,}"
-    if _checksum(ids_path) != sidecar.get("checksum"):
+    if file_digest(ids_path, ids_path.parent) != sidecar.get("checksum"):
         return "its ids file does not match its checksum"
     return None
 
@@ -182,10 +230,13 @@ def _open(ids_path: Path, sidecar: dict) -> numpy.ndarray:
 
 
 def token_ids(split: SplitLike, tokenizer: Tokenizer, directory: Path, workers: int | None = None,
-              progress: bool = True) -> TokenIds:
-    """The split's unit ids from the cache in `directory`, encoded and stored there first when absent or damaged."""
+              progress: bool = True, fingerprint: str | None = None) -> TokenIds:
+    """The split's unit ids from the cache in `directory`, encoded and stored there first when absent or damaged.
+
+    `fingerprint`: `split.fingerprint()`, when the caller has computed it already (see `cached_tokenizer`).
+    """
     begun = time.perf_counter()
-    fingerprint = split.fingerprint()
+    fingerprint = fingerprint or split.fingerprint()
     key = _hash(FORMAT, fingerprint, tokenizer_identity(tokenizer))
     ids_path, sidecar_path = directory / f"{key}.ids", directory / f"{key}.json"
     if ids_path.exists() or sidecar_path.exists():
@@ -203,7 +254,7 @@ def token_ids(split: SplitLike, tokenizer: Tokenizer, directory: Path, workers: 
     length, chars = _encode_to(ids_path, split, tokenizer, dtype, workers or os.cpu_count() or 1, progress)
     seconds = time.perf_counter() - begun
     sidecar = {"format": FORMAT, "key": key, "dtype": dtype.name, "length": length, "bytes": length * dtype.itemsize,
-               "checksum": _checksum(ids_path), "chars": chars, "corpus": fingerprint, "tokenizer": tokenizer.describe(),
+               "checksum": hash_file(ids_path), "chars": chars, "corpus": fingerprint, "tokenizer": tokenizer.describe(),
                "encode_seconds": round(seconds, 3)}
     temporary = sidecar_path.with_name(f".{sidecar_path.name}.{os.getpid()}")
     temporary.write_text(json.dumps(sidecar, indent=1), encoding="utf-8")

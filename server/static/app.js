@@ -1,4 +1,4 @@
-// Reach web page: predictions as you type, coloured by gradient influence. No external code.
+// Reach web page: predictions as you type, coloured by gradient influence, the cache's pointer boxed. No external code.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -135,11 +135,19 @@ function renderHeatmap() {
   const heatmap = $("heatmap");
   heatmap.innerHTML = "";
   const p = body.predictions[selected];
-  if (!p) { $("chosen").textContent = "…"; $("reach").textContent = ""; drawProfile([]); return; }
+  if (!p) { $("chosen").textContent = "…"; $("reach").textContent = ""; $("pointer").textContent = ""; drawProfile([]); return; }
   $("chosen").textContent = `“${p.word}”`;
   const r = p.reach;
   $("reach").textContent = `reach ${r.tokens} units / ${r.words} words / ${r.chars} characters (threshold ${r.threshold}); ` +
     `90% of influence within ${r.mass90_words} words, 99% within ${r.mass99_words}`;
+  const pointer = p.pointer;
+  $("pointer").textContent = !pointer ? "no continuous cache: predictions and influence are the model's alone"
+    : pointer.occurrences === 0 ? "the cache's pointer finds no earlier occurrence of this word"
+    : `pointer reach ${pointer.reach.tokens} units / ${pointer.reach.words} words / ${pointer.reach.chars} characters ` +
+      `(${pointer.occurrences} earlier occurrences; the cache alone copies the word with probability ` +
+      `${(100 * pointer.copy_probability).toPrecision(2)}%)`;
+  const positions = (pointer && pointer.positions) || [];
+  const pointedAt = (u) => positions.find((q) => q.start <= u.start && u.end <= q.end);
   const text = body.text.slice(0, body.context.chars);
   const units = p.influence || [];
   const top = Math.max(0, ...units.map((u) => u.score));
@@ -159,6 +167,13 @@ function renderHeatmap() {
     span.textContent = text.slice(u.start, u.end);
     span.style.background = `rgba(214, 39, 40, ${level(u.score, top).toFixed(3)})`;
     span.title = u.score.toExponential(2);
+    const copied = pointedAt(u);
+    if (copied) {
+      span.classList.add("pointer");  // one box around each occurrence: its first and last units close it
+      if (u.start <= copied.start) span.classList.add("pointer-first");
+      if (u.end >= copied.end) span.classList.add("pointer-last");
+      span.title += ` · cache pointer: ${(100 * copied.share).toFixed(1)}% of the copy mass`;
+    }
     heatmap.appendChild(span);
     cursor = Math.max(cursor, u.end);
   });
