@@ -280,6 +280,8 @@ def _lab(args: argparse.Namespace) -> int:
     for name in ("parameters", "samples", "embed_dim"):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
+    if args.k2 is not None:
+        overrides["default_k2"] = args.k2
     unknown = set(overrides.get("cells", ())) - set(CELLS) or set(overrides.get("clipping", ())) - set(CLIPPING)
     if unknown:
         print(f"lm lab: error: unknown choice(s): {', '.join(sorted(unknown))}", file=sys.stderr)
@@ -416,7 +418,10 @@ def build_parser() -> argparse.ArgumentParser:
                           "filler from the corpus, recall and the truth of reach measured (recall.html; k2s default 16 512)")
     lab.add_argument("--quick", action="store_true", help="tiny models, a few seconds each: the whole lab in about a minute")
     lab.add_argument("--cells", nargs="+", default=None, metavar="CELL", help="cells to compare (default: all four)")
-    lab.add_argument("--k2s", nargs="+", type=positive_int, default=None, metavar="K2", help="truncation lengths (default: 8 32 128)")
+    lab.add_argument("--k2", type=positive_int, default=None,
+                     help="truncation length of the cells comparison and the clipping runs (default: 32)")
+    lab.add_argument("--k2s", nargs="+", type=positive_int, default=None, metavar="K2",
+                     help="truncation lengths of the truncation sweep (default: 8 32 128; recall: 16 512)")
     lab.add_argument("--clipping", nargs="+", default=None, metavar="MODE", help="clipping modes: off norm value (default: all)")
     lab.add_argument("--tokenizer", choices=("char", "subword"), default="char")
     lab.add_argument("--parameters", type=positive_int, default=None, help="parameter count every cell is sized to")

@@ -29,6 +29,10 @@ def test_the_plan_trains_each_configuration_once():
     assert {run.clipping for run in runs if run.cell == "rnn_tanh" and run.bptt == 32} == {"off", "norm", "value"}
     subset = plan_runs(LabSettings(cells=("lstm",), k2s=(16, 64)), vocab=120)
     assert [run.name for run in subset] == ["lstm-k32-clip-norm", "lstm-k16-clip-norm", "lstm-k64-clip-norm"]
+    # `lm lab --k2 128 --k2s 128 --clipping norm`: the cells compared at one truncation length, nothing else.
+    focused = plan_runs(LabSettings(cells=("lstm", "gru", "rnn_tanh"), default_k2=128, k2s=(128,), clipping=("norm",)),
+                        vocab=120)
+    assert [run.name for run in focused] == ["lstm-k128-clip-norm", "gru-k128-clip-norm", "rnn_tanh-k128-clip-norm"]
 
 
 @pytest.mark.slow
