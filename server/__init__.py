@@ -16,7 +16,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
 
     Settings (server/settings.py): the defaults, then the environment
     (REACH_MODELS="name=dir,...", REACH_THREADS, REACH_MAX_TEXT_CHARS,
-    REACH_MAX_K, REACH_MAX_GENERATE_WORDS, REACH_MAX_CONTEXT_UNITS, REACH_CACHE_SIZE,
+    REACH_MAX_K, REACH_MAX_GENERATE_WORDS, REACH_MAX_CONTEXT_UNITS, REACH_CACHE_SIZE, REACH_CACHE_MB,
     REACH_MAX_CONTENT_LENGTH), then `config`, which wins. A bad value raises
     SettingsError (a ValueError) with one line naming it, before any model
     is loaded.
@@ -36,7 +36,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         torch.set_num_threads(int(app.config["REACH_THREADS"]))
     models = ModelRegistry()
     for name, directory in app.config["REACH_MODELS"].items():
-        models.load(name, directory, cache_size=app.config["REACH_CACHE_SIZE"])
+        models.load(name, directory, cache_size=app.config["REACH_CACHE_SIZE"], cache_mb=app.config["REACH_CACHE_MB"])
     app.extensions["reach"] = models
     register_error_handlers(app)
     app.register_blueprint(api)

@@ -18,6 +18,7 @@ LIMIT_FLAGS = (
     ("--max-generate-words", "REACH_MAX_GENERATE_WORDS", "REACH_MAX_GENERATE_WORDS", "largest 'max_words' of /v1/generate"),
     ("--max-context-units", "REACH_MAX_CONTEXT_UNITS", "REACH_MAX_CONTEXT_UNITS", "units read for attribution"),
     ("--cache-size", "REACH_CACHE_SIZE", "REACH_CACHE_SIZE", "prefix-cache entries per model"),
+    ("--cache-mb", "REACH_CACHE_MB", "REACH_CACHE_MB", "prefix-cache megabytes per model (the latest context is always kept)"),
     ("--max-content-length", "MAX_CONTENT_LENGTH", "REACH_MAX_CONTENT_LENGTH", "largest request body"),
 )
 
@@ -38,7 +39,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: $REACH_THREADS, else all cores)")
     limits = parser.add_argument_group("limits", "each defaults to its environment variable (docs/API.md), else the value shown")
     for flag, key, variable, what in LIMIT_FLAGS:
-        limits.add_argument(flag, type=_non_negative_int if key == "REACH_CACHE_SIZE" else positive_int, default=None,
+        limits.add_argument(flag, type=_non_negative_int if key in ("REACH_CACHE_SIZE", "REACH_CACHE_MB") else positive_int, default=None,
                             metavar="BYTES" if key == "MAX_CONTENT_LENGTH" else "N",
                             help=f"{what} (default: ${variable} or {DEFAULTS[key]})")
     return parser.parse_args(argv)

@@ -73,9 +73,10 @@ class ModelRegistry:
     def __init__(self) -> None:
         self.models: dict[str, LoadedModel] = {}
 
-    def load(self, name: str, directory: str | Path, cache_size: int = 64) -> LoadedModel:
+    def load(self, name: str, directory: str | Path, cache_size: int = 64, cache_mb: int = 256) -> LoadedModel:
         checkpoint = load_checkpoint(directory)
-        predictor = Predictor(checkpoint.model, checkpoint.tokenizer, cache_size=cache_size, text_cache=checkpoint.cache_config)
+        predictor = Predictor(checkpoint.model, checkpoint.tokenizer, cache_size=cache_size, text_cache=checkpoint.cache_config,
+                              cache_bytes=cache_mb * 2**20)
         predictor.warm_up()  # the lookup tables and the step kernels, before the first request
         loaded = LoadedModel(name, checkpoint, predictor)
         self.models[name] = loaded

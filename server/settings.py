@@ -21,6 +21,7 @@ DEFAULTS: dict[str, Any] = {
     "REACH_MAX_GENERATE_WORDS": 50,  # largest "max_words" of /v1/generate
     "REACH_MAX_CONTEXT_UNITS": 8_000,  # units read for attribution; beyond this the text is truncated (reported)
     "REACH_CACHE_SIZE": 64,  # prefix-cache entries per model
+    "REACH_CACHE_MB": 256,  # prefix-cache megabytes per model (a context's text-cache memory can be MBs)
     "REACH_THREADS": None,  # torch threads per process (default: cores / workers is the operator's choice)
 }
 
@@ -33,6 +34,7 @@ ENVIRONMENT: dict[str, tuple[str, int]] = {
     "REACH_MAX_GENERATE_WORDS": ("REACH_MAX_GENERATE_WORDS", 1),
     "REACH_MAX_CONTEXT_UNITS": ("REACH_MAX_CONTEXT_UNITS", 1),
     "REACH_CACHE_SIZE": ("REACH_CACHE_SIZE", 0),
+    "REACH_CACHE_MB": ("REACH_CACHE_MB", 0),
     "REACH_THREADS": ("REACH_THREADS", 1),
 }
 

@@ -446,6 +446,36 @@ def test_with_the_text_cache_warm_predictions_equal_cold_ones(tiny_subword_run):
         assert [p.logprob for p in warm.predictions] == pytest.approx([p.logprob for p in cold.predictions], abs=1e-5)
 
 
+def test_the_prefix_cache_is_bounded_in_bytes_and_keeps_the_latest_context(tiny_subword_run):
+    from lm.config import CacheConfig
+    from lm.checkpoint import load_checkpoint
+
+    checkpoint = load_checkpoint(tiny_subword_run.out)
+    settings = CacheConfig(window=400, theta=1.0, weight=0.3)
+    texts = [f"The film number {n} was released in the United States and " * 3 for n in range(6)]
+    roomy = Predictor(checkpoint.model, checkpoint.tokenizer, cache_size=64, text_cache=settings)
+    for text in texts:
+        roomy.predict(text, k=3)
+    assert roomy.cached_contexts == len(texts)
+    each = roomy.cached_bytes / len(texts)
+    # Each context keeps its text-cache memory: its keys (one top-layer output per unit) dominate its bytes.
+    one = Predictor(checkpoint.model, checkpoint.tokenizer, text_cache=settings).context_state(
+        tuple(checkpoint.tokenizer.encode(texts[0])))
+    assert one.nbytes > one.memory.keys.nelement() * 4 > one.nbytes / 2 and one.nbytes == pytest.approx(each, rel=0.2)
+    bound = int(2.5 * each)
+    tight = Predictor(checkpoint.model, checkpoint.tokenizer, cache_size=64, text_cache=settings, cache_bytes=bound)
+    for text in texts:
+        answer = tight.predict(text, k=3)
+        assert 1 <= tight.cached_contexts <= 2 and tight.cached_bytes <= bound
+        assert [p.word for p in answer.predictions] == [p.word for p in roomy.predict(text, k=3).predictions]
+    # Smaller than one context: the latest one is still kept, so typing on from it stays warm.
+    tiny = Predictor(checkpoint.model, checkpoint.tokenizer, text_cache=settings, cache_bytes=0)
+    tiny.predict(texts[0], k=3)
+    assert tiny.cached_contexts == 1 and tiny.cached_bytes > 0
+    tiny.clear_cache()
+    assert tiny.cached_contexts == 0 and tiny.cached_bytes == 0
+
+
 def test_a_checkpoint_without_cache_settings_predicts_as_before(tiny_run, tmp_path):
     import shutil
 

@@ -297,7 +297,7 @@ def test_limits_are_configurable(tiny_run):
 
 
 _ENVIRONMENT = {"REACH_MAX_TEXT_CHARS": "10", "REACH_MAX_K": "2", "REACH_MAX_CONTENT_LENGTH": "200",
-                "REACH_MAX_CONTEXT_UNITS": "8", "REACH_CACHE_SIZE": "0"}
+                "REACH_MAX_CONTEXT_UNITS": "8", "REACH_CACHE_SIZE": "0", "REACH_CACHE_MB": "3"}
 
 
 def test_limits_can_be_set_in_the_environment(monkeypatch, tiny_run):
@@ -311,7 +311,8 @@ def test_limits_can_be_set_in_the_environment(monkeypatch, tiny_run):
     _error(small.post("/v1/predict", data=json.dumps({"text": "y" * 300}), content_type="application/json"), 413, "body_too_large")
     body = _post(small, {"text": "abc def g "}).get_json()
     assert body["context"]["truncated"] is True and body["context"]["tokens"] <= 8
-    assert app.extensions["reach"].get("m").predictor.cache_size == 0
+    predictor = app.extensions["reach"].get("m").predictor
+    assert predictor.cache_size == 0 and predictor.cache_bytes == 3 * 2**20
     request = small.get("/openapi.json").get_json()["components"]["schemas"]["PredictRequest"]["properties"]
     assert request["k"]["maximum"] == 2 and request["text"]["maxLength"] == 10
 
@@ -324,7 +325,8 @@ def test_the_dict_given_to_create_app_wins_over_the_environment(monkeypatch):
 
 
 @pytest.mark.parametrize("name, value", [("REACH_MAX_K", "lots"), ("REACH_MAX_TEXT_CHARS", "0"), ("REACH_MAX_CONTEXT_UNITS", "-5"),
-                                         ("REACH_CACHE_SIZE", "1.5"), ("REACH_MAX_CONTENT_LENGTH", "64k"), ("REACH_THREADS", "0"),
+                                         ("REACH_CACHE_SIZE", "1.5"), ("REACH_CACHE_MB", "-1"), ("REACH_MAX_CONTENT_LENGTH", "64k"),
+                                         ("REACH_THREADS", "0"),
                                          ("REACH_MODELS", "=runs/x")])
 def test_a_bad_environment_value_stops_start_up_with_one_line(monkeypatch, name, value):
     monkeypatch.setenv(name, value)
@@ -371,14 +373,14 @@ def test_the_development_server_has_flags_for_the_limits_and_honours_the_environ
     monkeypatch.setenv("REACH_THREADS", "1")
     monkeypatch.setenv("REACH_MAX_K", "3")
     try:
-        assert cli.main(["--model", str(tiny_run.out), "--max-text-chars", "50", "--cache-size", "5", "--max-context-units", "9",
+        assert cli.main(["--model", str(tiny_run.out), "--max-text-chars", "50", "--cache-size", "5", "--cache-mb", "7", "--max-context-units", "9",
                          "--max-content-length", "1000", "--port", "8123"]) == 0
         assert torch.get_num_threads() == 1  # REACH_THREADS, as no --threads was given
     finally:
         torch.set_num_threads(2)
     config = served["app"].config
-    assert (config["REACH_MAX_TEXT_CHARS"], config["REACH_CACHE_SIZE"], config["REACH_MAX_CONTEXT_UNITS"],
-            config["MAX_CONTENT_LENGTH"], config["REACH_MAX_K"]) == (50, 5, 9, 1000, 3)
+    assert (config["REACH_MAX_TEXT_CHARS"], config["REACH_CACHE_SIZE"], config["REACH_CACHE_MB"], config["REACH_MAX_CONTEXT_UNITS"],
+            config["MAX_CONTENT_LENGTH"], config["REACH_MAX_K"]) == (50, 5, 7, 9, 1000, 3)
     assert "with 1 torch thread(s) on the CPU" in capsys.readouterr().out  # the device it serves on
     assert served["port"] == 8123
 

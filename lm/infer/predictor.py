@@ -65,6 +65,8 @@ __all__ = ["PredictionResult", "Predictor", "WordPrediction"]
 # A cached context followed by at most this many new units is read with single cell steps (StepEngine.read_steps):
 # with the input table, steps beat the fused layer's set-up up to about seven units on the default model.
 STEPWISE_READ = 6
+# The prefix cache's default bound in bytes (Predictor's cache_bytes; the server's REACH_CACHE_MB).
+DEFAULT_CACHE_BYTES = 256 * 2**20
 
 
 @dataclass
@@ -113,14 +115,18 @@ class Predictor:
     """Next-word predictions from one model; safe to share between threads."""
 
     def __init__(self, model: RNNLanguageModel, tokenizer: Tokenizer, cache_size: int = 64,
-                 text_cache: CacheConfig | None = None):
-        """`cache_size`: contexts the prefix cache keeps; `text_cache`: the continuous cache's settings (None: none)."""
+                 text_cache: CacheConfig | None = None, cache_bytes: int = DEFAULT_CACHE_BYTES):
+        """`cache_size`: contexts the prefix cache keeps; `cache_bytes`: the most bytes their states, logits and
+        text-cache memories may hold together (the latest context is kept whatever its size); `text_cache`: the
+        continuous cache's settings (None: none)."""
         self.model = model.eval()
         self.text_cache = text_cache
         self.tokenizer = tokenizer
         self.engine = StepEngine(self.model)  # single steps on the CPU, for the searches and attribution
         self.units = UnitTable(tokenizer)  # the tokenizer's per-unit facts, shared by search, scoring and attribution
         self.cache_size = cache_size
+        self.cache_bytes = cache_bytes
+        self._cached_bytes = 0  # what the prefix cache's contexts hold now (ContextState.nbytes summed)
         # With a text cache each context keeps its memory (the last `window` top-layer outputs and units) beside its
         # state: a context extended from a cached prefix or from the lookahead gets its memory exactly as a fresh
         # read would, so reuse stays correct with the cache on or off.
@@ -138,6 +144,12 @@ class Predictor:
         """How many contexts the prefix cache holds now."""
         with self._lock:
             return len(self._cache)
+
+    @property
+    def cached_bytes(self) -> int:
+        """The bytes the prefix cache's contexts hold now (states, logits, text-cache memories)."""
+        with self._lock:
+            return self._cached_bytes
 
     def context_state(self, units: tuple[int, ...], use_cache: bool = True) -> ContextState:
         """Read `units` from a zero state (after a line break); reuses the longest cached prefix."""
@@ -216,12 +228,20 @@ class Predictor:
         return (*reads.after(units[len(base):]), memory)
 
     def _remember(self, units: tuple[int, ...], result: ContextState) -> ContextState:
+        """Keep `result` in the prefix cache, then drop the least recently used contexts while there are more than
+        `cache_size` or they hold more than `cache_bytes` (with a text cache a context's memory is up to `window`
+        top-layer outputs: 8 MB at window 4,000 and 512 hidden units)."""
         if self.cache_size:
             with self._lock:
+                replaced = self._cache.get(units)
+                if replaced is not None:
+                    self._cached_bytes -= replaced.nbytes
                 self._cache[units] = result
+                self._cached_bytes += result.nbytes
                 self._cache.move_to_end(units)
-                while len(self._cache) > self.cache_size:
-                    self._cache.popitem(last=False)
+                while len(self._cache) > self.cache_size or (self._cached_bytes > self.cache_bytes and len(self._cache) > 1):
+                    _, dropped = self._cache.popitem(last=False)
+                    self._cached_bytes -= dropped.nbytes
         return result
 
     def context_from(self, units: tuple[int, ...], state: torch.Tensor, logits: torch.Tensor,
@@ -272,6 +292,7 @@ class Predictor:
         subword ids): the next prediction starts cold."""
         with self._lock:
             self._cache.clear()
+            self._cached_bytes = 0
             self._lookahead = None
         normalize_line.cache_clear()
         self.tokenizer.clear_cache()

@@ -41,6 +41,12 @@ class ContextState:
     line_start: bool  # whether the context ends at a line start (nothing, or a line break)
     memory: Memory | None = None  # the continuous cache's keys and values over the context; None when not kept
 
+    @property
+    def nbytes(self) -> int:
+        """The bytes its tensors hold (state, logits, the memory's keys and values), as a cache counts them."""
+        tensors = [self.state, self.logits] + ([self.memory.keys, self.memory.values] if self.memory is not None else [])
+        return sum(tensor.element_size() * tensor.nelement() for tensor in tensors)
+
 
 class StepRows(NamedTuple):
     """One batched step's outputs for N read sequences (what `Reads.add` stores)."""
