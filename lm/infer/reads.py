@@ -121,11 +121,11 @@ class Reads:
         parents = [slots.setdefault(units[:-1], len(slots)) for units in missing]
         states = torch.stack([self.state(units) for units in slots], dim=1)  # (L, distinct, S)
         rows = self._step(states, [units[-1] for units in missing], parents)
-        if self.cache is not None:
-            cache, paths = self.cache, self._paths
-            for units in missing:
-                paths[units] = cache.path_after(paths[units[:-1]], self.state(units[:-1]), units[-1])
-            rows = cache.mix(rows, [paths[units] for units in missing])
+        if self.cache is not None:  # each new sequence's path: its parent's, and the parent's output followed by its unit
+            keys = states[-1, parents, : self.cache.hidden_dim].numpy()  # (N, H)
+            paths = self.cache.extend([self._paths[units[:-1]] for units in missing], keys, [units[-1] for units in missing])
+            self._paths.update(zip(missing, paths))
+            rows = self.cache.mix(rows, paths)
         self.add(missing, rows)
 
     def state(self, units: tuple[int, ...]) -> torch.Tensor:

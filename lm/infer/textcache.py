@@ -36,6 +36,7 @@ Nothing is kept across requests: a `Memory` belongs to one context state
 from __future__ import annotations
 
 import math
+from itertools import chain
 from typing import NamedTuple
 
 import numpy as np
@@ -78,44 +79,81 @@ def read_memory(memory: Memory | None, previous: Tensor | None, outputs: Tensor,
 
 
 class CachePath(NamedTuple):
-    """The keys a sequence read past the context adds: the outputs along it and the units that followed them.
+    """The keys a sequence read past the context adds, oldest first: places in its `TextCache`'s path store.
 
-    Tuples, so that a child's path is its parent's plus one entry without copying a tensor."""
+    Entry j of a path of depth d is the output after the path's first j units and the unit read after it
+    (its (j + 1)-th). A tuple, so that a child's path is its parent's plus one entry without copying."""
 
-    keys: tuple[np.ndarray, ...]  # (H,) float32 each, oldest first
-    values: tuple[int, ...]
+    entries: tuple[int, ...]
 
 
 class TextCache:
-    """One request's cache: the settings, the context's memory, and how a batch of read rows is mixed.
+    """One request's cache: the settings, the context's memory, the keys read past the context, and how a
+    batch of read rows is mixed.
 
     The arithmetic runs in numpy on the few hundred keys a request has: a
-    mix is a dozen small array operations, where torch's per-operation cost
-    would exceed the work (what `mix` assumes: one request's keys, tens of
-    rows at a time)."""
+    mix is about fifteen small array operations, where torch's per-operation
+    cost would exceed the work. What `mix` assumes (and what keeps it fast):
+    one request's keys and tens of rows at a time; every sequence read past
+    the context was added through `extend` before its row is mixed; and the
+    support (the units any key was followed by) only grows, so that a row
+    mixed earlier keeps the support it was mixed with."""
 
-    root = CachePath((), ())  # the path of the context itself: nothing past it
+    root = CachePath(())  # the path of the context itself: nothing past it
 
     def __init__(self, settings: CacheConfig, memory: Memory, hidden_dim: int, ends_mask: Tensor):
         self.settings = settings
         self.memory = memory  # the context's keys and values (the last `window` at most)
         self.hidden_dim = hidden_dim
-        self.keys = memory.keys.numpy()  # (n, H) float32
-        values = memory.values.numpy()
-        self.support, slots = np.unique(values, return_inverse=True)  # the units the context's keys vote for
-        self.slots = slots.reshape(-1)  # (n,): each key's place in `support`
+        self.keys = memory.keys.numpy()  # (n, H) float32, not copied
+        self.values = memory.values.numpy()  # (n,)
+        self.size = len(self.values)
         self.ends = ends_mask.numpy()  # (V,) float64: units that begin with a word boundary
+        # The path store: one entry per sequence read past the context (see CachePath), grown by doubling.
+        self._path_keys = np.empty((16, hidden_dim), dtype=np.float32)
+        self._path_values = np.empty(16, dtype=np.int64)
+        self._path_depths = np.empty(16, dtype=np.int64)  # the entry's place along its path, from 1
+        self._entries = 0
+        # The support: the sorted units some key votes for; each key's column in it.
+        self._column = np.full(len(self.ends), -1, dtype=np.int64)  # unit -> its place in the support, or -1
+        self._set_support(np.unique(self.values))
 
-    def path_after(self, parent: CachePath, parent_state: Tensor, unit: int) -> CachePath:
-        """The path of a sequence one unit (`unit`) past its parent, whose state (L, S) is `parent_state`."""
-        return CachePath(parent.keys + (parent_state[-1, : self.hidden_dim].numpy(),), parent.values + (unit,))
+    def _set_support(self, support: np.ndarray) -> None:
+        self.support = support  # rebound, never changed in place: earlier rows keep the array they were mixed with
+        self._column[support] = np.arange(len(support))
+        self._support_ends = self.ends[support]
+        self._context_columns = self._column[self.values]  # (n,)
+        self._path_columns = self._column[self._path_values[: self._entries]]
+
+    def extend(self, parents: list[CachePath], keys: np.ndarray, units: list[int]) -> list[CachePath]:
+        """The paths of sequences one unit past `parents`: sequence i read units[i] after parents[i], whose
+        top-layer output is keys[i] (N, H)."""
+        start, count = self._entries, len(units)
+        end = start + count
+        if end > len(self._path_values):
+            capacity = max(2 * len(self._path_values), end)
+            for name in ("_path_keys", "_path_values", "_path_depths"):
+                old = getattr(self, name)
+                grown = np.empty((capacity, *old.shape[1:]), dtype=old.dtype)
+                grown[:start] = old[:start]
+                setattr(self, name, grown)
+        self._path_keys[start:end] = keys
+        self._path_values[start:end] = units
+        self._path_depths[start:end] = [len(parent.entries) + 1 for parent in parents]
+        self._entries = end
+        if (self._column[units] < 0).any():  # a unit no key voted for yet joins the support
+            self._set_support(np.union1d(self.support, units))
+        else:
+            self._path_columns = self._column[self._path_values[:end]]
+        return [CachePath(parent.entries + (start + i,)) for i, parent in enumerate(parents)]
 
     def memory_after(self, path: CachePath) -> Memory:
         """The context's memory followed by `path`'s keys and values (the last `window` kept)."""
-        if not path.values:
+        if not path.entries:
             return self.memory
-        keys = torch.from_numpy(np.stack(path.keys))
-        return self.memory.extended(keys, torch.tensor(path.values, dtype=torch.long), self.settings.window)
+        entries = np.array(path.entries)
+        return self.memory.extended(torch.from_numpy(self._path_keys[entries]),
+                                    torch.from_numpy(self._path_values[entries]), self.settings.window)
 
     def mix(self, rows: StepRows, paths: list[CachePath]) -> StepRows:
         """The mixed rows: row i read at the end of `paths[i]` past the context.
@@ -128,53 +166,55 @@ class TextCache:
         No (N, V) float64 array is made (`Reads.logprobs` makes a row on use).
         The boundary mass is the mixture's: (1 - weight) times the model's plus
         weight times the cache's votes for units that begin with a boundary.
+
+        Every row is scored against every key of the request in one product
+        (the context's and all the path store's), and a row's scores for the
+        entries off its own path are then masked: the store holds tens of
+        entries, so this costs less than gathering each row's own keys. The
+        votes are exponentials in float32 (the scores' precision), summed in
+        float64.
         """
         settings = self.settings
-        queries = np.ascontiguousarray(rows.states[-1, :, : self.hidden_dim].numpy())  # (N, H)
-        count, size = len(paths), len(self.slots)
-        depths = np.array([len(path.values) for path in paths])  # (N,)
+        count, size, entries = len(paths), self.size, self._entries
+        depths = np.array([len(path.entries) for path in paths])  # (N,)
         has_keys = (size + depths) > 0  # the nearest key is always within the window (window >= 1)
         if not has_keys.any():  # the empty context's first unit: the model alone
             return rows
-        first_visible = size + depths - settings.window  # (N,): older keys are beyond the window
-        scores = (settings.theta * (queries @ self.keys.T)).astype(np.float64)  # (N, n)
+        queries = rows.states[-1, :, : self.hidden_dim].numpy() * np.float32(settings.theta)  # (N, H)
+        scores = np.empty((count, size + entries), dtype=np.float32)  # (N, n + E): theta q . h for every key
+        np.matmul(queries, self.keys.T, out=scores[:, :size])
+        if entries:
+            np.matmul(queries, self._path_keys[:entries].T, out=scores[:, size:])
+            on_path = np.zeros((count, entries), dtype=bool)
+            on_path[np.repeat(np.arange(count), depths),
+                    np.fromiter(chain.from_iterable(path.entries for path in paths), dtype=np.int64, count=depths.sum())] = True
+            scores[:, size:][~on_path] = -np.inf
+        first_visible = size + depths - settings.window  # (N,): keys before this place are beyond the window
         if first_visible.max() > 0:
-            scores[np.arange(size)[None, :] < first_visible[:, None]] = -np.inf
-        longest = int(depths.max())
-        path_scores = np.full((count, longest), -np.inf)  # (N, M)
-        path_units = np.zeros((count, longest), dtype=np.int64)
-        if longest:  # every path key of every row at once: row i's query against its own path's keys
-            rows_of = np.repeat(np.arange(count), depths)
-            places = np.arange(len(rows_of)) - np.repeat(np.cumsum(depths) - depths, depths)  # 0, 1, .. along each path
-            keys = np.stack([key for path in paths for key in path.keys])  # (sum of depths, H)
-            path_scores[rows_of, places] = settings.theta * np.einsum("kh,kh->k", keys, queries[rows_of]).astype(np.float64)
-            path_units[rows_of, places] = [unit for path in paths for unit in path.values]
-            path_scores[(size + np.arange(longest))[None, :] < first_visible[:, None]] = -np.inf
-        # The softmax over every visible key (the context's and the path's) of each row.
-        top = np.maximum(scores.max(axis=1, initial=-np.inf), path_scores.max(axis=1, initial=-np.inf))
+            places = np.concatenate([np.arange(size), size + self._path_depths[:entries] - 1])
+            scores[places[None, :] < first_visible[:, None]] = -np.inf
+        top = scores.max(axis=1, initial=-np.inf)
         top[~has_keys] = 0.0
-        context_votes = np.exp(scores - top[:, None])
-        path_votes = np.exp(path_scores - top[:, None])
-        totals = context_votes.sum(axis=1) + path_votes.sum(axis=1)
+        scores -= top[:, None]
+        votes = np.exp(scores, out=scores)  # (N, n + E), 0 for keys the row does not see
+        totals = votes.sum(axis=1, dtype=np.float64)
         totals[~has_keys] = 1.0
-        # p_cache on the support: the context's units and the units fed along the paths.
-        support = np.union1d(self.support, path_units[path_scores > -np.inf])
-        width = len(support)
-        context_places = np.searchsorted(support, self.support)[self.slots]  # (n,)
-        flat = (np.arange(count)[:, None] * width + context_places[None, :]).ravel()
-        cached = np.zeros(count * width)  # (np.bincount of nothing would be an integer array)
-        if size:
-            cached += np.bincount(flat, weights=context_votes.ravel(), minlength=count * width)
-        if longest:
-            flat = (np.arange(count)[:, None] * width + np.searchsorted(support, path_units)).ravel()
-            cached += np.bincount(flat, weights=path_votes.ravel(), minlength=count * width)
-        cached = cached.reshape(count, width) / totals[:, None]  # (N, S)
+        # p_cache on the support: each row's votes summed by the column of the unit each key was followed by.
+        width = len(self.support)
+        columns = np.concatenate([self._context_columns, self._path_columns])  # (n + E,)
+        flat = (np.arange(count)[:, None] * width + columns[None, :]).ravel()
+        cached = np.bincount(flat, weights=votes.ravel(), minlength=count * width).reshape(count, width) / totals[:, None]
         weight = has_keys * settings.weight  # (N,) float64: 0 where no key is visible
-        model = np.exp(rows.scaled[:, support].astype(np.float64) - rows.normalisers[:, None])  # (N, S) p_model
-        overrides = np.log((1 - weight)[:, None] * model + weight[:, None] * cached)
-        boundaries = np.log((1 - weight) * np.exp(rows.boundaries) + weight * (cached @ self.ends[support]))
+        model = rows.scaled[:, self.support].astype(np.float64)  # (N, S), then p_model and the mixture, in place
+        model -= rows.normalisers[:, None]
+        np.exp(model, out=model)
+        model *= (1 - weight)[:, None]
+        cached *= weight[:, None]
+        boundaries = np.log((1 - weight) * np.exp(rows.boundaries) + cached @ self._support_ends)
+        model += cached
+        overrides = np.log(model, out=model)
         return StepRows(rows.states, rows.logits, rows.scaled, rows.normalisers - np.log1p(-weight), boundaries,
-                        support, overrides)
+                        self.support, overrides)
 
 
 def cache_votes(settings: CacheConfig, queries: Tensor, memory: Memory, path_keys: Tensor, path_values: Tensor,
