@@ -56,8 +56,11 @@ class StepRows(NamedTuple):
     scaled: np.ndarray  # (N, V) float32, divided by the temperature
     normalisers: np.ndarray  # (N,) float64: log P(u) = scaled[u] - normaliser, for u outside `support`
     boundaries: np.ndarray  # (N,) float64: log P(the next unit begins with a boundary)
-    support: np.ndarray | None = None  # (S,) sorted units whose log P is in `overrides` (a continuous cache's votes)
+    support: np.ndarray | None = None  # (S,) units whose log P is in `overrides` (a continuous cache's votes)
     overrides: np.ndarray | None = None  # (N, S) float64: log P(support[j]) of row i
+    # (V,) int64: unit u's place j in `support` (support[j] == u); -1, or a place >= S, when u is not in it. Shared
+    # with later rows of the same cache, whose supports extend this one (TextCache keeps it append-only).
+    columns: np.ndarray | None = None
 
 
 # Reads a batch of units: (states (L, M, S), units (N,), parents (N,) into the M states) -> their rows.
@@ -73,8 +76,9 @@ class Read(NamedTuple):
     logits: torch.Tensor  # (N, V) raw
     scaled: np.ndarray  # (N, V) float32, divided by the temperature
     normaliser: float  # log P(u) = scaled[row, u] - normaliser, for u outside `support`
-    support: np.ndarray | None  # (S,) sorted units whose log P is overrides[row] (None: no such unit)
+    support: np.ndarray | None  # (S,) units whose log P is overrides[row] (None: no such unit)
     overrides: np.ndarray | None  # (N, S) float64
+    columns: np.ndarray | None  # (V,) each unit's place in `support` (see StepRows.columns)
 
 
 class Reads:
@@ -108,7 +112,7 @@ class Reads:
         masses, norms = rows.boundaries.tolist(), rows.normalisers.tolist()
         states, logits, scaled, support, overrides = rows.states, rows.logits, rows.scaled, rows.support, rows.overrides
         for row, units in enumerate(sequences):
-            self._after[units] = Read(states, row, masses[row], logits, scaled, norms[row], support, overrides)
+            self._after[units] = Read(states, row, masses[row], logits, scaled, norms[row], support, overrides, rows.columns)
 
     def read_all(self, sequences: list[tuple[int, ...]]) -> None:
         """Read every unit sequence not yet read (each one unit past a read one), in one batched step."""
@@ -170,8 +174,8 @@ class Reads:
                 return row
             if isinstance(chosen, slice):
                 chosen = np.arange(read.scaled.shape[1])[chosen]
-            places = np.searchsorted(read.support, chosen).clip(max=len(read.support) - 1)
-            voted = read.support[places] == chosen
+            places = read.columns[chosen]
+            voted = (places >= 0) & (places < len(read.support))
             row[voted] = mixed[places[voted]]
         return row
 

@@ -96,8 +96,9 @@ class TextCache:
     cost would exceed the work. What `mix` assumes (and what keeps it fast):
     one request's keys and tens of rows at a time; every sequence read past
     the context was added through `extend` before its row is mixed; and the
-    support (the units any key was followed by) only grows, so that a row
-    mixed earlier keeps the support it was mixed with."""
+    support (the units any key was followed by) only grows at its end, so
+    that a row mixed earlier keeps the support it was mixed with and the
+    shared unit-to-place map (`columns`) stays right for it."""
 
     root = CachePath(())  # the path of the context itself: nothing past it
 
@@ -109,21 +110,19 @@ class TextCache:
         self.values = memory.values.numpy()  # (n,)
         self.size = len(self.values)
         self.ends = ends_mask.numpy()  # (V,) float64: units that begin with a word boundary
+        # The support: the units some key votes for, the context's first, then each new unit a path adds, at the
+        # end (append-only, so every earlier row's places stay valid); each unit's place in it, -1 if none.
+        self.support = np.unique(self.values)
+        self.columns = np.full(len(self.ends), -1, dtype=np.int64)
+        self.columns[self.support] = np.arange(len(self.support))
+        self._support_ends = self.ends[self.support]
+        self._context_columns = self.columns[self.values]  # (n,)
         # The path store: one entry per sequence read past the context (see CachePath), grown by doubling.
         self._path_keys = np.empty((16, hidden_dim), dtype=np.float32)
+        self._path_columns = np.empty(16, dtype=np.int64)  # the place in the support of the entry's unit
         self._path_values = np.empty(16, dtype=np.int64)
         self._path_depths = np.empty(16, dtype=np.int64)  # the entry's place along its path, from 1
         self._entries = 0
-        # The support: the sorted units some key votes for; each key's column in it.
-        self._column = np.full(len(self.ends), -1, dtype=np.int64)  # unit -> its place in the support, or -1
-        self._set_support(np.unique(self.values))
-
-    def _set_support(self, support: np.ndarray) -> None:
-        self.support = support  # rebound, never changed in place: earlier rows keep the array they were mixed with
-        self._column[support] = np.arange(len(support))
-        self._support_ends = self.ends[support]
-        self._context_columns = self._column[self.values]  # (n,)
-        self._path_columns = self._column[self._path_values[: self._entries]]
 
     def extend(self, parents: list[CachePath], keys: np.ndarray, units: list[int]) -> list[CachePath]:
         """The paths of sequences one unit past `parents`: sequence i read units[i] after parents[i], whose
@@ -132,19 +131,24 @@ class TextCache:
         end = start + count
         if end > len(self._path_values):
             capacity = max(2 * len(self._path_values), end)
-            for name in ("_path_keys", "_path_values", "_path_depths"):
+            for name in ("_path_keys", "_path_columns", "_path_values", "_path_depths"):
                 old = getattr(self, name)
                 grown = np.empty((capacity, *old.shape[1:]), dtype=old.dtype)
                 grown[:start] = old[:start]
                 setattr(self, name, grown)
+        units_array = np.array(units)
+        columns = self.columns[units_array]
+        if (columns < 0).any():  # units no key voted for yet join the support, at its end
+            new = np.unique(units_array[columns < 0])
+            self.columns[new] = np.arange(len(self.support), len(self.support) + len(new))
+            self.support = np.concatenate([self.support, new])  # a new array: earlier rows keep theirs
+            self._support_ends = self.ends[self.support]
+            columns = self.columns[units_array]
         self._path_keys[start:end] = keys
-        self._path_values[start:end] = units
+        self._path_columns[start:end] = columns
+        self._path_values[start:end] = units_array
         self._path_depths[start:end] = [len(parent.entries) + 1 for parent in parents]
         self._entries = end
-        if (self._column[units] < 0).any():  # a unit no key voted for yet joins the support
-            self._set_support(np.union1d(self.support, units))
-        else:
-            self._path_columns = self._column[self._path_values[:end]]
         return [CachePath(parent.entries + (start + i,)) for i, parent in enumerate(parents)]
 
     def memory_after(self, path: CachePath) -> Memory:
@@ -201,7 +205,7 @@ class TextCache:
         totals[~has_keys] = 1.0
         # p_cache on the support: each row's votes summed by the column of the unit each key was followed by.
         width = len(self.support)
-        columns = np.concatenate([self._context_columns, self._path_columns])  # (n + E,)
+        columns = np.concatenate([self._context_columns, self._path_columns[:entries]])  # (n + E,)
         flat = (np.arange(count)[:, None] * width + columns[None, :]).ravel()
         cached = np.bincount(flat, weights=votes.ravel(), minlength=count * width).reshape(count, width) / totals[:, None]
         weight = has_keys * settings.weight  # (N,) float64: 0 where no key is visible
@@ -214,7 +218,7 @@ class TextCache:
         model += cached
         overrides = np.log(model, out=model)
         return StepRows(rows.states, rows.logits, rows.scaled, rows.normalisers - np.log1p(-weight), boundaries,
-                        self.support, overrides)
+                        self.support, overrides, self.columns)
 
 
 def cache_votes(settings: CacheConfig, queries: Tensor, memory: Memory, path_keys: Tensor, path_values: Tensor,
