@@ -203,22 +203,23 @@ class TextCache:
         votes = np.exp(scores, out=scores)  # (N, n + E), 0 for keys the row does not see
         totals = votes.sum(axis=1, dtype=np.float64)
         totals[~has_keys] = 1.0
-        # p_cache on the support: each row's votes summed by the column of the unit each key was followed by.
+        weight = has_keys * settings.weight  # (N,) float64: 0 where no key is visible
+        # The mixed model's normaliser: log P(u) = scaled[u] - normaliser for a unit outside the support.
+        normalisers = rows.normalisers - np.log1p(-weight)
+        # On the support: (1 - weight) p_model + weight p_cache, p_cache from each row's votes summed by the
+        # column of the unit each key was followed by. In place, the weights folded into normaliser and totals.
+        model = rows.scaled[:, self.support].astype(np.float64)  # (N, S)
+        model -= normalisers[:, None]
+        mixed = np.exp(model, out=model)  # (1 - weight) p_model
         width = len(self.support)
         columns = np.concatenate([self._context_columns, self._path_columns[:entries]])  # (n + E,)
         flat = (np.arange(count)[:, None] * width + columns[None, :]).ravel()
-        cached = np.bincount(flat, weights=votes.ravel(), minlength=count * width).reshape(count, width) / totals[:, None]
-        weight = has_keys * settings.weight  # (N,) float64: 0 where no key is visible
-        model = rows.scaled[:, self.support].astype(np.float64)  # (N, S), then p_model and the mixture, in place
-        model -= rows.normalisers[:, None]
-        np.exp(model, out=model)
-        model *= (1 - weight)[:, None]
-        cached *= weight[:, None]
+        cached = np.bincount(flat, weights=votes.ravel(), minlength=count * width).reshape(count, width)
+        cached *= (weight / totals)[:, None]  # weight p_cache
         boundaries = np.log((1 - weight) * np.exp(rows.boundaries) + cached @ self._support_ends)
-        model += cached
-        overrides = np.log(model, out=model)
-        return StepRows(rows.states, rows.logits, rows.scaled, rows.normalisers - np.log1p(-weight), boundaries,
-                        self.support, overrides, self.columns)
+        mixed += cached
+        overrides = np.log(mixed, out=mixed)
+        return StepRows(rows.states, rows.logits, rows.scaled, normalisers, boundaries, self.support, overrides, self.columns)
 
 
 def cache_votes(settings: CacheConfig, queries: Tensor, memory: Memory, path_keys: Tensor, path_values: Tensor,
