@@ -198,11 +198,14 @@ class TextCache:
             places = np.concatenate([np.arange(size), size + self._path_depths[:entries] - 1])
             scores[places[None, :] < first_visible[:, None]] = -np.inf
         top = scores.max(axis=1, initial=-np.inf)
-        top[~has_keys] = 0.0
+        some_without = not has_keys.all()  # rows that see no key vote nowhere (their weight is 0 below)
+        if some_without:
+            top[~has_keys] = 0.0
         scores -= top[:, None]
         votes = np.exp(scores, out=scores)  # (N, n + E), 0 for keys the row does not see
         totals = votes.sum(axis=1, dtype=np.float64)
-        totals[~has_keys] = 1.0
+        if some_without:
+            totals[~has_keys] = 1.0
         weight = has_keys * settings.weight  # (N,) float64: 0 where no key is visible
         # The mixed model's normaliser: log P(u) = scaled[u] - normaliser for a unit outside the support.
         normalisers = rows.normalisers - np.log1p(-weight)
