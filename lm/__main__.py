@@ -282,6 +282,7 @@ def _lab(args: argparse.Namespace) -> int:
             overrides[name] = getattr(args, name)
     if args.k2 is not None:
         overrides["default_k2"] = args.k2
+    overrides["device"] = args.device
     unknown = set(overrides.get("cells", ())) - set(CELLS) or set(overrides.get("clipping", ())) - set(CLIPPING)
     if unknown:
         print(f"lm lab: error: unknown choice(s): {', '.join(sorted(unknown))}", file=sys.stderr)
@@ -293,6 +294,9 @@ def _lab(args: argparse.Namespace) -> int:
     else:
         settings = LabSettings(minutes=args.minutes or 3.0, **overrides)
     try:
+        from lm.train.devices import resolve_device
+
+        resolve_device(settings.device)  # a device this machine lacks stops the lab before any corpus is read
         if args.task == "recall":
             from lm.reports.recall_lab import RecallSettings, run_recall_lab
 
@@ -429,6 +433,9 @@ def build_parser() -> argparse.ArgumentParser:
     lab.add_argument("--samples", type=positive_int, default=None, help="reach-profile contexts per run")
     lab.add_argument("--seed", type=int, default=1234)
     lab.add_argument("--threads", type=positive_int, default=None)
+    lab.add_argument("--device", default="cpu",
+                     help="where the runs train: cpu (default), auto, cuda, cuda:N or mps, as train.py --device; "
+                          "the measurements (reach, recall, ablation) run on the CPU engine")
     lab.set_defaults(handler=_lab)
 
     plot = commands.add_parser("plot", help="draw a run's training curves (loss, gradient norm, lr, speed) to a PNG")

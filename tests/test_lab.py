@@ -35,6 +35,16 @@ def test_the_plan_trains_each_configuration_once():
     assert [run.name for run in focused] == ["lstm-k128-clip-norm", "gru-k128-clip-norm", "rnn_tanh-k128-clip-norm"]
 
 
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
+@pytest.mark.parametrize("device", ["cuda", "tpu"])
+def test_a_lab_on_a_device_this_machine_lacks_stops_before_training(tmp_path, corpus_dir, capsys, device):
+    out = tmp_path / "lab"
+    assert lm_main(["lab", "--quick", "--task", "recall", "--device", device, "--corpus", str(corpus_dir), "--out", str(out)]) == 1
+    error = capsys.readouterr().err
+    assert error.startswith(f"lm lab: error: --device {device}") and len(error.strip().splitlines()) == 1
+    assert not (out / "runs").exists()  # nothing was trained
+
+
 @pytest.mark.slow
 def test_the_quick_lab_writes_a_report_with_every_section(tmp_path, corpus_dir):
     out = tmp_path / "lab"

@@ -40,6 +40,7 @@ from lm.model import RNNLanguageModel, count_parameters
 from lm.reports.lab_report import write_report
 from lm.reports.plots import read_metrics
 from lm.reports.reach_profile import reach_profile
+from lm.train.devices import resolve_device
 from lm.train.run import seed_everything, train_run
 from lm.train.tokens import cache_directory, cached_tokenizer, load_streamed_corpus
 
@@ -80,6 +81,7 @@ class LabSettings:
     eval_interval: int = 100  # validation every N updates, for the curves
     eval_chars: int = 20_000  # characters of the validation split scored for the curves
     quick: bool = False
+    device: str = "cpu"  # where runs train (as train.py --device); the measurements read the checkpoints on the CPU
 
     @classmethod
     def quick_mode(cls, **overrides) -> "LabSettings":
@@ -177,10 +179,11 @@ def train_lab_run(run: LabRun, settings: LabSettings, corpus: Corpus, out: Path)
         clip_value=settings.clip_value if run.clipping == "value" else None,
         accuracy_positions=settings.accuracy_positions, eval_max_chars=settings.eval_chars, rollback_ratio=1e9,
         tune_cache=False,  # the lab measures the models themselves; tuning a cache on a character model takes minutes
+        device=settings.device,
     )
     seed_everything(settings.seed)
     result = train_run(tokenizer_config, model_config, train_config, out / "runs" / run.name, corpus=corpus,
-                       accuracy=checkpoint_accuracy)
+                       accuracy=checkpoint_accuracy, device=resolve_device(settings.device))
     records = read_metrics(out / "runs" / run.name)
     steps = [r for r in records if r["kind"] == "step"]
     checkpoint = load_checkpoint(out / "runs" / run.name)
