@@ -126,6 +126,10 @@ def main(argv: list[str] | None = None) -> int:
                                should_stop=stop, progress=progress, distributed=ranks,
                                budget={k: v for k, v in overrides.items() if k in BUDGET_FIELDS}, accuracy=checkpoint_accuracy,
                                device=device)
+        # The other ranks wait here while rank 0 scores valid and test, so that every process leaves the group
+        # together: one that tore its group down and exited while rank 0 still held it was seen to abort in CI
+        # (SIGABRT from gloo's teardown), failing a run whose checkpoints were complete.
+        ranks.barrier()
     except (CorpusError, CheckpointError, TokenizerError, ValueError) as error:
         progress.close()
         print(f"train.py: error: {error}", file=sys.stderr)
