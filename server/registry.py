@@ -14,7 +14,7 @@ from pathlib import Path
 from flask import current_app
 
 from lm.checkpoint import Checkpoint, load_checkpoint
-from lm.infer.predictor import Predictor
+from lm.infer.predictor import DEFAULT_CACHE_BYTES, Predictor
 
 __all__ = ["LoadedModel", "ModelRegistry", "parse_model_specs", "registry"]
 
@@ -73,7 +73,8 @@ class ModelRegistry:
     def __init__(self) -> None:
         self.models: dict[str, LoadedModel] = {}
 
-    def load(self, name: str, directory: str | Path, cache_size: int = 64, cache_mb: int = 256) -> LoadedModel:
+    def load(self, name: str, directory: str | Path, cache_size: int = 64, cache_mb: int = DEFAULT_CACHE_BYTES // 2**20
+             ) -> LoadedModel:
         checkpoint = load_checkpoint(directory)
         predictor = Predictor(checkpoint.model, checkpoint.tokenizer, cache_size=cache_size, text_cache=checkpoint.cache_config,
                               cache_bytes=cache_mb * 2**20)

@@ -119,8 +119,7 @@ class TextCache:
         self._context_columns = self.columns[self.values]  # (n,)
         # The path store: one entry per sequence read past the context (see CachePath), grown by doubling.
         self._path_keys = np.empty((16, hidden_dim), dtype=np.float32)
-        self._path_columns = np.empty(16, dtype=np.int64)  # the place in the support of the entry's unit
-        self._path_values = np.empty(16, dtype=np.int64)
+        self._path_columns = np.empty(16, dtype=np.int64)  # the entry's unit, as its place in the support
         self._path_depths = np.empty(16, dtype=np.int64)  # the entry's place along its path, from 1
         self._entries = 0
 
@@ -129,9 +128,9 @@ class TextCache:
         top-layer output is keys[i] (N, H)."""
         start, count = self._entries, len(units)
         end = start + count
-        if end > len(self._path_values):
-            capacity = max(2 * len(self._path_values), end)
-            for name in ("_path_keys", "_path_columns", "_path_values", "_path_depths"):
+        if end > len(self._path_columns):
+            capacity = max(2 * len(self._path_columns), end)
+            for name in ("_path_keys", "_path_columns", "_path_depths"):
                 old = getattr(self, name)
                 grown = np.empty((capacity, *old.shape[1:]), dtype=old.dtype)
                 grown[:start] = old[:start]
@@ -146,7 +145,6 @@ class TextCache:
             columns = self.columns[units_array]
         self._path_keys[start:end] = keys
         self._path_columns[start:end] = columns
-        self._path_values[start:end] = units_array
         self._path_depths[start:end] = [len(parent.entries) + 1 for parent in parents]
         self._entries = end
         return [CachePath(parent.entries + (start + i,)) for i, parent in enumerate(parents)]
@@ -156,8 +154,8 @@ class TextCache:
         if not path.entries:
             return self.memory
         entries = np.array(path.entries)
-        return self.memory.extended(torch.from_numpy(self._path_keys[entries]),
-                                    torch.from_numpy(self._path_values[entries]), self.settings.window)
+        units = self.support[self._path_columns[entries]]  # the support only grows at its end: places stay right
+        return self.memory.extended(torch.from_numpy(self._path_keys[entries]), torch.from_numpy(units), self.settings.window)
 
     def mix(self, rows: StepRows, paths: list[CachePath]) -> StepRows:
         """The mixed rows: row i read at the end of `paths[i]` past the context.
