@@ -33,13 +33,15 @@ from dataclasses import dataclass
 
 from corpora.loading import Corpus, Split
 
-__all__ = ["KEYS", "PlantedExample", "PlantedCorpus", "planted_corpus", "planted_examples"]
+__all__ = ["KEYS", "SHORTEST_DISTANCE", "PlantedExample", "PlantedCorpus", "planted_corpus", "planted_examples"]
 
 # The closed set of keys: single lowercase words, rare in Wikipedia text, none a prefix of another.
 KEYS = ("tamarind", "saffron", "juniper", "cardamom", "nutmeg", "fennel", "sorrel", "quince",
         "lychee", "kumquat", "persimmon", "rambutan", "durian", "mangosteen", "loquat", "medlar")
 INTRODUCTION = "the code word is "
 QUESTION = " so the code word was "
+# The shortest distance a line can have: the longest key, ". " and the question, with no filler between.
+SHORTEST_DISTANCE = len(max(KEYS, key=len)) + len(". ") + len(QUESTION)
 
 
 @dataclass(frozen=True)
@@ -87,9 +89,8 @@ def planted_examples(filler: str, count: int, seed: int, min_distance: int = 40,
     and met with whole filler words: the recorded distance is the exact one,
     at most one word longer than the drawn target and never below min_distance.
     """
-    shortest = len(max(KEYS, key=len)) + len(". ") + len(QUESTION)
-    if min_distance < shortest:
-        raise ValueError(f"min_distance must be at least {shortest} characters (the longest key and the question)")
+    if min_distance < SHORTEST_DISTANCE:
+        raise ValueError(f"min_distance must be at least {SHORTEST_DISTANCE} characters (the longest key and the question)")
     if max_distance < min_distance:
         raise ValueError("max_distance must be at least min_distance")
     if not 0.0 <= control_share <= 1.0:

@@ -287,6 +287,11 @@ def _lab(args: argparse.Namespace) -> int:
     if unknown:
         print(f"lm lab: error: unknown choice(s): {', '.join(sorted(unknown))}", file=sys.stderr)
         return 2
+    given = [flag for flag, value in (("--distances", args.distances), ("--train-examples", args.train_examples),
+                                      ("--plain-lines", args.plain_lines)) if value is not None]
+    if given and args.task != "recall":
+        print(f"lm lab: error: {', '.join(given)} apply only to --task recall", file=sys.stderr)
+        return 2
     if args.task == "recall" and "k2s" not in overrides:
         overrides["k2s"] = RECALL_K2S  # shorter and longer than the planted distances
     if args.quick:
@@ -298,9 +303,15 @@ def _lab(args: argparse.Namespace) -> int:
 
         resolve_device(settings.device)  # a device this machine lacks stops the lab before any corpus is read
         if args.task == "recall":
+            from dataclasses import replace
+
             from lm.reports.recall_lab import RecallSettings, run_recall_lab
 
             recall = RecallSettings.quick_mode() if args.quick else RecallSettings()
+            changes = {name: getattr(args, name) for name in ("train_examples", "plain_lines") if getattr(args, name) is not None}
+            if args.distances:
+                changes.update(min_distance=args.distances[0], max_distance=args.distances[1])
+            recall = replace(recall, **changes)
             report = run_recall_lab(args.corpus, args.out, settings, recall)
             print(f"wrote {report} (and recall.json, recall_accuracy.png, recall_reach.png in {args.out})")
             return 0
@@ -314,6 +325,13 @@ def _lab(args: argparse.Namespace) -> int:
 
 # The recall task's default truncation lengths: shorter and longer than its 40-400 character distances.
 RECALL_K2S = (16, 512)
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, not {value}")
+    return value
 
 
 def _positive_float(text: str) -> float:
@@ -436,6 +454,16 @@ def build_parser() -> argparse.ArgumentParser:
     lab.add_argument("--device", default="cpu",
                      help="where the runs train: cpu (default), auto, cuda, cuda:N or mps, as train.py --device; "
                           "the measurements (reach, recall, ablation) run on the CPU engine")
+    recall = lab.add_argument_group("the recall task (--task recall)")
+    recall.add_argument("--distances", nargs=2, type=positive_int, default=None, metavar=("MIN", "MAX"),
+                        help="characters from the answer back to the planted key, drawn log-uniformly (default: 40 400; "
+                             "at least 34, the longest key and the question)")
+    recall.add_argument("--train-examples", type=positive_int, default=None,
+                        help="planted training lines (default: 4000; quick: 400); more lines keep a long run from "
+                             "memorising the filler")
+    recall.add_argument("--plain-lines", type=_non_negative_int, default=None,
+                        help="lines of the corpus's own text after each planted training line (default: 1; 0 plants "
+                             "a key in every line)")
     lab.set_defaults(handler=_lab)
 
     plot = commands.add_parser("plot", help="draw a run's training curves (loss, gradient norm, lr, speed) to a PNG")

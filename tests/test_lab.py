@@ -45,6 +45,19 @@ def test_a_lab_on_a_device_this_machine_lacks_stops_before_training(tmp_path, co
     assert not (out / "runs").exists()  # nothing was trained
 
 
+@pytest.mark.parametrize("flags, code, message", [
+    (["--task", "recall", "--distances", "20", "100"], 1, "the shortest distance is 34 characters"),
+    (["--task", "recall", "--distances", "200", "100"], 1, "the longest distance (100) is below the shortest (200)"),
+    (["--plain-lines", "0"], 2, "--plain-lines apply only to --task recall"),
+])
+def test_recall_settings_are_checked_before_anything_is_read(tmp_path, capsys, flags, code, message):
+    out = tmp_path / "lab"
+    assert lm_main(["lab", "--quick", "--corpus", str(tmp_path / "missing"), "--out", str(out), *flags]) == code
+    error = capsys.readouterr().err
+    assert error.startswith("lm lab: error: ") and message in error and len(error.strip().splitlines()) == 1
+    assert not (out / "runs").exists()
+
+
 @pytest.mark.slow
 def test_the_quick_lab_writes_a_report_with_every_section(tmp_path, corpus_dir):
     out = tmp_path / "lab"

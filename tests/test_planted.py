@@ -54,6 +54,15 @@ def test_the_corpus_takes_filler_from_each_split_and_keeps_controls_out_of_train
     assert all(word in test_words for word in filler)  # test filler comes from the test split
 
 
+def test_a_dense_corpus_plants_a_key_in_every_training_line(corpus):
+    planted = planted_corpus(corpus, seed=0, counts=(30, 5, 5), min_distance=34, max_distance=60, plain_lines=0)
+    lines = planted.corpus.train.text.splitlines()
+    assert lines == [example.text for example in planted.examples["train"]]
+    longest_word = max(map(len, corpus.train.text.split()))
+    assert all(34 <= example.distance <= 60 + longest_word + 1 for example in planted.examples["train"])
+    assert min(example.distance for example in planted.examples["train"]) < 40
+
+
 def test_impossible_settings_are_refused(corpus):
     with pytest.raises(ValueError, match="min_distance"):
         planted_examples(corpus.train.text, 5, seed=0, min_distance=10)

@@ -48,6 +48,18 @@ def test_buckets_and_truthfulness_count_what_was_measured(tiny_run, corpus):
     assert math.isnan(figures["ablation_agreement"])  # not run
 
 
+def test_questions_closer_than_the_first_bucket_are_counted(tiny_run, corpus):
+    checkpoint = load_checkpoint(tiny_run.out)
+    predictor = Predictor(checkpoint.model, checkpoint.tokenizer)
+    examples = planted_examples(corpus.test.text, 8, seed=5, min_distance=34, max_distance=45)
+    measures = measure_recall(predictor, examples, ablate=False)
+    assert min(m.distance for m in measures) < 40
+    rows = recall_by_distance(measures)
+    assert rows[0]["from"] == min(m.distance for m in measures) and rows[0]["to"] == 80
+    assert sum(row["examples"] for row in rows) == len(measures)
+    assert [row["from"] for row in recall_by_distance(measures, edges=(40, 80, 10**9))] == [40, 80]
+
+
 @pytest.mark.slow
 def test_a_small_recall_lab_writes_every_figure_and_a_self_contained_page(tmp_path, corpus):
     from conftest import external_references

@@ -94,8 +94,13 @@ def _median(values: list[float]) -> float:
     return float(np.median(values)) if values else math.nan
 
 
-def recall_by_distance(measures: list[RecallMeasure], edges: tuple[int, ...] = (40, 80, 160, 320, 10**9)) -> list[dict]:
-    """Per distance bucket [edges[i], edges[i+1]): the real examples' and the controls' figures side by side."""
+def recall_by_distance(measures: list[RecallMeasure], edges: tuple[int, ...] | None = None) -> list[dict]:
+    """Per distance bucket [edges[i], edges[i+1]): the real examples' and the controls' figures side by side.
+
+    The default buckets are 40-80, 80-160, 160-320 and 320+ characters; the first starts lower when a
+    question is closer than 40 (a task planted at shorter distances), so that every question is counted."""
+    if edges is None:
+        edges = (min([40] + [m.distance for m in measures]), 80, 160, 320, 10**9)
     rows = []
     for low, high in zip(edges, edges[1:]):
         inside = [m for m in measures if low <= m.distance < high]

@@ -5,7 +5,7 @@
 for a gated cell and the vanilla RNN, clipping off / by norm / by value for
 the vanilla RNN), trains each for the same wall-clock budget on a planted
 corpus (`corpora/planted.py`: filler from the chosen corpus, a key asked
-for 40-400 characters later), and measures each run on held-out planted
+for 40-400 characters later by default), and measures each run on held-out planted
 questions (`lm/reports/recall.py`): recall by distance against the chance
 level and the controls, reach at the question, the key's share of the
 influence, and whether the reach told the truth. Gradient-norm telemetry
@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from corpora import Corpus, load_corpus
-from corpora.planted import planted_corpus
+from corpora.planted import SHORTEST_DISTANCE, planted_corpus
 from lm.reports.lab import LabSettings, lab_record, plan_runs, train_lab_run
 from lm.reports.recall import measure_recall, recall_by_distance, truthfulness
 from lm.reports.recall_report import write_recall_report
@@ -40,11 +40,21 @@ class RecallSettings:
     min_distance: int = 40  # characters from the prediction point back to the key
     max_distance: int = 400
     train_examples: int = 4000
+    plain_lines: int = 1  # lines of the corpus's own text after each planted training line (0: every line planted)
     heldout_examples: int = 400  # per held-out split, controls included
     control_share: float = 0.5  # of held-out examples
     measured: int = 200  # test questions measured per run
     confidence: float = 0.5  # the bar for "answered correctly" in the truthfulness figure
     ablate: bool = True
+
+    def __post_init__(self) -> None:
+        if self.min_distance < SHORTEST_DISTANCE:
+            raise ValueError(f"the shortest distance is {SHORTEST_DISTANCE} characters (the longest key, '. ' and the "
+                             f"question), not {self.min_distance}")
+        if self.max_distance < self.min_distance:
+            raise ValueError(f"the longest distance ({self.max_distance}) is below the shortest ({self.min_distance})")
+        if self.plain_lines < 0 or self.train_examples < 1:
+            raise ValueError("plain_lines must be at least 0 and train_examples at least 1")
 
     @classmethod
     def quick_mode(cls) -> "RecallSettings":
@@ -61,7 +71,7 @@ def run_recall_lab(corpus_spec: str, out: Path, settings: LabSettings, recall: R
     planted = planted_corpus(source, seed=settings.seed, counts=(recall.train_examples, recall.heldout_examples,
                                                                  recall.heldout_examples),
                              min_distance=recall.min_distance, max_distance=recall.max_distance,
-                             control_share=recall.control_share)
+                             control_share=recall.control_share, plain_lines=recall.plain_lines)
     vocab = build_tokenizer(settings.tokenizer, planted.corpus.train.text, settings.vocab_size).vocab_size
     runs = plan_runs(settings, vocab)
     questions = planted.examples["test"][: recall.measured]
