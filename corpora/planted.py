@@ -124,13 +124,17 @@ def planted_examples(filler: str, count: int, seed: int, min_distance: int = 40,
 
 
 def planted_corpus(source: Corpus, seed: int = 0, counts: tuple[int, int, int] = (4000, 400, 400), min_distance: int = 40,
-                   max_distance: int = 400, control_share: float = 0.5, plain_lines: int = 1) -> PlantedCorpus:
+                   max_distance: int = 400, control_share: float = 0.5, plain_lines: int = 1,
+                   test_distances: tuple[int, int] | None = None) -> PlantedCorpus:
     """A corpus of planted examples whose filler comes from `source`'s splits (train from train, and so on).
 
     Training lines have no controls (a model should learn the task, not the
     noise); held-out splits have `control_share` controls. Between training
     examples come `plain_lines` lines of the source's own training text, so
-    that the model keeps reading natural text.
+    that the model keeps reading natural text. The test split draws its
+    distances from `test_distances` (min, max) when given, so that a model
+    trained (and selected on the valid split) at short distances is tested at
+    longer ones.
     """
     examples: dict[str, list[PlantedExample]] = {}
     splits: dict[str, Split] = {}
@@ -138,7 +142,8 @@ def planted_corpus(source: Corpus, seed: int = 0, counts: tuple[int, int, int] =
     mixer = random.Random(seed + 1)
     for offset, (name, count) in enumerate(zip(("train", "valid", "test"), counts)):
         share = 0.0 if name == "train" else control_share
-        found = planted_examples(source.split(name).text, count, seed + 7919 * offset, min_distance, max_distance, share)
+        low, high = test_distances if name == "test" and test_distances else (min_distance, max_distance)
+        found = planted_examples(source.split(name).text, count, seed + 7919 * offset, low, high, share)
         examples[name] = found
         lines = []
         for example in found:

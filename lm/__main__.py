@@ -287,7 +287,8 @@ def _lab(args: argparse.Namespace) -> int:
     if unknown:
         print(f"lm lab: error: unknown choice(s): {', '.join(sorted(unknown))}", file=sys.stderr)
         return 2
-    given = [flag for flag, value in (("--distances", args.distances), ("--train-examples", args.train_examples),
+    given = [flag for flag, value in (("--distances", args.distances), ("--test-distances", args.test_distances),
+                                      ("--train-examples", args.train_examples),
                                       ("--plain-lines", args.plain_lines)) if value is not None]
     if given and args.task != "recall":
         print(f"lm lab: error: {', '.join(given)} apply only to --task recall", file=sys.stderr)
@@ -311,6 +312,8 @@ def _lab(args: argparse.Namespace) -> int:
             changes = {name: getattr(args, name) for name in ("train_examples", "plain_lines") if getattr(args, name) is not None}
             if args.distances:
                 changes.update(min_distance=args.distances[0], max_distance=args.distances[1])
+            if args.test_distances:
+                changes.update(test_distances=tuple(args.test_distances))
             recall = replace(recall, **changes)
             report = run_recall_lab(args.corpus, args.out, settings, recall)
             print(f"wrote {report} (and recall.json, recall_accuracy.png, recall_reach.png in {args.out})")
@@ -458,6 +461,9 @@ def build_parser() -> argparse.ArgumentParser:
     recall.add_argument("--distances", nargs=2, type=positive_int, default=None, metavar=("MIN", "MAX"),
                         help="characters from the answer back to the planted key, drawn log-uniformly (default: 40 400; "
                              "at least 34, the longest key and the question)")
+    recall.add_argument("--test-distances", nargs=2, type=positive_int, default=None, metavar=("MIN", "MAX"),
+                        help="distances of the test questions (default: as --distances; training and the valid split "
+                             "keep --distances): test a model trained at short distances at longer ones")
     recall.add_argument("--train-examples", type=positive_int, default=None,
                         help="planted training lines (default: 4000; quick: 400); more lines keep a long run from "
                              "memorising the filler")

@@ -48,7 +48,8 @@ def test_a_lab_on_a_device_this_machine_lacks_stops_before_training(tmp_path, co
 @pytest.mark.parametrize("flags, code, message", [
     (["--task", "recall", "--distances", "20", "100"], 1, "the shortest distance is 34 characters"),
     (["--task", "recall", "--distances", "200", "100"], 1, "the longest distance (100) is below the shortest (200)"),
-    (["--plain-lines", "0"], 2, "--plain-lines apply only to --task recall"),
+    (["--task", "recall", "--test-distances", "20", "100"], 1, "the question), not 20"),
+    (["--plain-lines", "0", "--test-distances", "50", "60"], 2, "--test-distances, --plain-lines apply only to --task recall"),
 ])
 def test_recall_settings_are_checked_before_anything_is_read(tmp_path, capsys, flags, code, message):
     out = tmp_path / "lab"

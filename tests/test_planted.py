@@ -63,6 +63,12 @@ def test_a_dense_corpus_plants_a_key_in_every_training_line(corpus):
     assert min(example.distance for example in planted.examples["train"]) < 40
 
 
+def test_the_test_split_can_ask_at_other_distances(corpus):
+    planted = planted_corpus(corpus, seed=0, counts=(20, 10, 10), min_distance=34, max_distance=50, test_distances=(200, 300))
+    assert all(34 <= example.distance < 200 for split in ("train", "valid") for example in planted.examples[split])
+    assert all(200 <= example.distance for example in planted.examples["test"])
+
+
 def test_impossible_settings_are_refused(corpus):
     with pytest.raises(ValueError, match="min_distance"):
         planted_examples(corpus.train.text, 5, seed=0, min_distance=10)

@@ -5,7 +5,8 @@
 for a gated cell and the vanilla RNN, clipping off / by norm / by value for
 the vanilla RNN), trains each for the same wall-clock budget on a planted
 corpus (`corpora/planted.py`: filler from the chosen corpus, a key asked
-for 40-400 characters later by default), and measures each run on held-out planted
+for 40-400 characters later by default; the test questions may be
+drawn at other distances, `--test-distances`), and measures each run on held-out planted
 questions (`lm/reports/recall.py`): recall by distance against the chance
 level and the controls, reach at the question, the key's share of the
 influence, and whether the reach told the truth. Gradient-norm telemetry
@@ -39,6 +40,7 @@ class RecallSettings:
 
     min_distance: int = 40  # characters from the prediction point back to the key
     max_distance: int = 400
+    test_distances: tuple[int, int] | None = None  # (min, max) of the test questions; None: as in training
     train_examples: int = 4000
     plain_lines: int = 1  # lines of the corpus's own text after each planted training line (0: every line planted)
     heldout_examples: int = 400  # per held-out split, controls included
@@ -48,11 +50,12 @@ class RecallSettings:
     ablate: bool = True
 
     def __post_init__(self) -> None:
-        if self.min_distance < SHORTEST_DISTANCE:
-            raise ValueError(f"the shortest distance is {SHORTEST_DISTANCE} characters (the longest key, '. ' and the "
-                             f"question), not {self.min_distance}")
-        if self.max_distance < self.min_distance:
-            raise ValueError(f"the longest distance ({self.max_distance}) is below the shortest ({self.min_distance})")
+        for low, high in [(self.min_distance, self.max_distance)] + ([self.test_distances] if self.test_distances else []):
+            if low < SHORTEST_DISTANCE:
+                raise ValueError(f"the shortest distance is {SHORTEST_DISTANCE} characters (the longest key, '. ' and the "
+                                 f"question), not {low}")
+            if high < low:
+                raise ValueError(f"the longest distance ({high}) is below the shortest ({low})")
         if self.plain_lines < 0 or self.train_examples < 1:
             raise ValueError("plain_lines must be at least 0 and train_examples at least 1")
 
@@ -71,7 +74,8 @@ def run_recall_lab(corpus_spec: str, out: Path, settings: LabSettings, recall: R
     planted = planted_corpus(source, seed=settings.seed, counts=(recall.train_examples, recall.heldout_examples,
                                                                  recall.heldout_examples),
                              min_distance=recall.min_distance, max_distance=recall.max_distance,
-                             control_share=recall.control_share, plain_lines=recall.plain_lines)
+                             control_share=recall.control_share, plain_lines=recall.plain_lines,
+                             test_distances=recall.test_distances)
     vocab = build_tokenizer(settings.tokenizer, planted.corpus.train.text, settings.vocab_size).vocab_size
     runs = plan_runs(settings, vocab)
     questions = planted.examples["test"][: recall.measured]
