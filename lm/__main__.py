@@ -16,6 +16,7 @@ import json
 import math
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from lm.cli_support import configure_logging, positive_int
@@ -287,9 +288,7 @@ def _lab(args: argparse.Namespace) -> int:
     if unknown:
         print(f"lm lab: error: unknown choice(s): {', '.join(sorted(unknown))}", file=sys.stderr)
         return 2
-    given = [flag for flag, value in (("--distances", args.distances), ("--test-distances", args.test_distances),
-                                      ("--train-examples", args.train_examples),
-                                      ("--plain-lines", args.plain_lines)) if value is not None]
+    given = ["--" + name.replace("_", "-") for name in RECALL_FLAGS if getattr(args, name) is not None]
     if given and args.task != "recall":
         print(f"lm lab: error: {', '.join(given)} apply only to --task recall", file=sys.stderr)
         return 2
@@ -304,8 +303,6 @@ def _lab(args: argparse.Namespace) -> int:
 
         resolve_device(settings.device)  # a device this machine lacks stops the lab before any corpus is read
         if args.task == "recall":
-            from dataclasses import replace
-
             from lm.reports.recall_lab import RecallSettings, run_recall_lab
 
             recall = RecallSettings.quick_mode() if args.quick else RecallSettings()
@@ -325,6 +322,9 @@ def _lab(args: argparse.Namespace) -> int:
     print(f"wrote {report} (and lab.json, validation.png, gradients.png, reach.png in {args.out})")
     return 0
 
+
+# The flags (as argparse names) that set the recall task's planted corpus: refused for the Wikipedia task.
+RECALL_FLAGS = ("distances", "test_distances", "train_examples", "plain_lines")
 
 # The recall task's default truncation lengths: shorter and longer than its 40-400 character distances.
 RECALL_K2S = (16, 512)
@@ -464,10 +464,10 @@ def build_parser() -> argparse.ArgumentParser:
     recall.add_argument("--test-distances", nargs=2, type=positive_int, default=None, metavar=("MIN", "MAX"),
                         help="distances of the test questions (default: as --distances; training and the valid split "
                              "keep --distances): test a model trained at short distances at longer ones")
-    recall.add_argument("--train-examples", type=positive_int, default=None,
+    recall.add_argument("--train-examples", type=positive_int, default=None, metavar="N",
                         help="planted training lines (default: 4000; quick: 400); more lines keep a long run from "
                              "memorising the filler")
-    recall.add_argument("--plain-lines", type=_non_negative_int, default=None,
+    recall.add_argument("--plain-lines", type=_non_negative_int, default=None, metavar="N",
                         help="lines of the corpus's own text after each planted training line (default: 1; 0 plants "
                              "a key in every line)")
     lab.set_defaults(handler=_lab)
