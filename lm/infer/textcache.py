@@ -112,7 +112,7 @@ class TextCache:
         self.ends = ends_mask.numpy()  # (V,) float64: units that begin with a word boundary
         # The support: the units some key votes for, the context's first, then each new unit a path adds, at the
         # end (append-only, so every earlier row's places stay valid); each unit's place in it, -1 if none.
-        self.support = np.unique(self.values)
+        self.support = _distinct(self.values, len(self.ends))
         self.columns = np.full(len(self.ends), -1, dtype=np.int64)
         self.columns[self.support] = np.arange(len(self.support))
         self._support_ends = self.ends[self.support]
@@ -138,7 +138,7 @@ class TextCache:
         units_array = np.array(units)
         columns = self.columns[units_array]
         if (columns < 0).any():  # units no key voted for yet join the support, at its end
-            new = np.unique(units_array[columns < 0])
+            new = _distinct(units_array[columns < 0], len(self.ends))
             self.columns[new] = np.arange(len(self.support), len(self.support) + len(new))
             self.support = np.concatenate([self.support, new])  # a new array: earlier rows keep theirs
             self._support_ends = self.ends[self.support]
@@ -182,7 +182,7 @@ class TextCache:
         has_keys = (size + depths) > 0  # the nearest key is always within the window (window >= 1)
         if not has_keys.any():  # the empty context's first unit: the model alone
             return rows
-        queries = rows.states[-1, :, : self.hidden_dim].numpy() * np.float32(settings.theta)  # (N, H)
+        queries = rows.states.numpy()[-1, :, : self.hidden_dim] * np.float32(settings.theta)  # (N, H)
         scores = np.empty((count, size + entries), dtype=np.float32)  # (N, n + E): theta q . h for every key
         np.matmul(queries, self.keys.T, out=scores[:, :size])
         if entries:
@@ -209,8 +209,7 @@ class TextCache:
         normalisers = rows.normalisers - np.log1p(-weight)
         # On the support: (1 - weight) p_model + weight p_cache, p_cache from each row's votes summed by the
         # column of the unit each key was followed by. In place, the weights folded into normaliser and totals.
-        model = rows.scaled[:, self.support].astype(np.float64)  # (N, S)
-        model -= normalisers[:, None]
+        model = np.subtract(rows.scaled.take(self.support, axis=1), normalisers[:, None], dtype=np.float64)  # (N, S)
         mixed = np.exp(model, out=model)  # (1 - weight) p_model
         width = len(self.support)
         columns = np.concatenate([self._context_columns, self._path_columns[:entries]])  # (n + E,)
@@ -221,6 +220,13 @@ class TextCache:
         mixed += cached
         overrides = np.log(mixed, out=mixed)
         return StepRows(rows.states, rows.logits, rows.scaled, normalisers, boundaries, self.support, overrides, self.columns)
+
+
+def _distinct(units: np.ndarray, vocabulary: int) -> np.ndarray:
+    """The distinct units of `units`, ascending (np.unique's result, from a presence mask: faster on a few hundred)."""
+    present = np.zeros(vocabulary, dtype=bool)
+    present[units] = True
+    return np.flatnonzero(present)
 
 
 def cache_votes(settings: CacheConfig, queries: Tensor, memory: Memory, path_keys: Tensor, path_values: Tensor,
