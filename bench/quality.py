@@ -82,7 +82,7 @@ from corpora import load_corpus, normalize_line  # noqa: E402
 from lm.cli_support import collect_overrides, configure_logging  # noqa: E402
 from lm.config import ModelConfig, TokenizerConfig, TrainConfig, apply_preset  # noqa: E402
 from lm.eval.figures import EvalResult  # noqa: E402
-from lm.infer.accuracy import checkpoint_accuracy, next_word_accuracy, sampled_positions  # noqa: E402
+from lm.infer.accuracy import checkpoint_accuracy, next_word_accuracy, paired_accuracy, sampled_positions  # noqa: E402
 from lm.infer.predictor import Predictor  # noqa: E402
 from lm.infer.query import word_at  # noqa: E402
 from lm.infer.reads import ContextState  # noqa: E402
@@ -430,12 +430,16 @@ def run_served(run: Path, corpus_dir: str, positions: int, seed: int) -> list[di
         begun = time.perf_counter()
         nll, units = served_nll(predictor, split.text, text_cache)
         figures = EvalResult(nll=nll, units=units, chars=len(split.text), words=split.raw_words)
-        accuracy = next_word_accuracy(predictor, split.text, positions=positions, seed=seed, text_cache=text_cache)
+        accuracy = next_word_accuracy(predictor, split.text, positions=positions, seed=seed, text_cache=text_cache,
+                                      keep_ranks=True)
         cache = checkpoint.cache_config
         rows.append({"recipe": f"reach served, {'with the stored cache' if text_cache else 'model alone'}",
                      "model": str(checkpoint.directory), "cache": cache.__dict__ if text_cache else None,
                      "bpc": figures.bpc, "word_ppl": figures.word_ppl, "nll": nll, "units": units, "accuracy": accuracy,
                      "seconds": time.perf_counter() - begun})
+    ranks = [row["accuracy"].pop("ranks") for row in rows]
+    if len(rows) == 2:  # the same positions, compared one by one (lm evaluate prints the same)
+        rows[1]["cache_against_alone"] = [comparison.as_dict() for comparison in paired_accuracy(*ranks)]
     return rows
 
 
@@ -520,6 +524,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{figures['recipe']}: test bpc {figures['bpc']:.4f} per-word-ppl {figures['word_ppl']:.2f} "
               f"{_accuracy(figures)} ({figures['accuracy']['positions']:,} positions, seed {args.seed}; "
               f"{figures['seconds']:.0f} s)", flush=True)
+        for comparison in figures.get("cache_against_alone", []):
+            print(f"  top-{comparison['k']}: the cache finds the true word where the model alone misses it at "
+                  f"{comparison['gained']:,} positions, the reverse at {comparison['lost']:,} "
+                  f"(sign test p = {comparison['p_value']:.2g})", flush=True)
     results += served
     if args.record:
         args.record.parent.mkdir(parents=True, exist_ok=True)

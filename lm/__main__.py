@@ -173,11 +173,14 @@ def _reach_profile(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from corpora import CorpusError
     from lm.eval.figures import HOW_STATE_FLOWS, evaluate_adapted, evaluate_text
-    from lm.infer.accuracy import next_word_accuracy
+    from lm.infer.accuracy import next_word_accuracy, paired_accuracy
     from lm.infer.predictor import Predictor
     from lm.train.run import set_threads
     from lm.train.tokens import cache_directory, load_streamed_corpus, token_ids
 
+    if args.no_cache and args.predict_cache is not None:
+        print("lm evaluate: error: --predict-cache and --no-cache contradict each other: give one", file=sys.stderr)
+        return 2
     set_threads(args.threads)
     checkpoint = _load(args.model)
     if checkpoint is None:
@@ -202,17 +205,22 @@ def _evaluate(args: argparse.Namespace) -> int:
     except FloatingPointError as error:  # dynamic evaluation at too high a learning rate
         print(f"lm evaluate: error: {error}; try a smaller --dynamic learning rate or 'tune'", file=sys.stderr)
         return 1
-    stored = None if args.no_cache else checkpoint.cache_config
+    stored = None if args.no_cache else args.predict_cache or checkpoint.cache_config
     predictor = Predictor(checkpoint.model, checkpoint.tokenizer, cache_size=0, text_cache=stored)
-    accuracy = next_word_accuracy(predictor, split.text, positions=args.positions, seed=args.seed,
-                                  beam_width=args.beam_width, progress=not args.json and sys.stderr.isatty(), text_cache=False)
+    accuracy = next_word_accuracy(predictor, split.text, positions=args.positions, seed=args.seed, beam_width=args.beam_width,
+                                  progress=not args.json and sys.stderr.isatty(), text_cache=False, keep_ranks=True)
+    alone_ranks = accuracy.pop("ranks")
     report = {"model": str(checkpoint.directory), "corpus": corpus.name, "split": args.split, **figures.as_dict(),
               "accuracy": accuracy, "evaluation": HOW_STATE_FLOWS, "stored_cache": checkpoint.metrics.get("cache")}
     cached_accuracy = None
     if stored is not None:  # the same positions predicted as served: with the stored cache over the text read so far
-        cached_accuracy = next_word_accuracy(predictor, split.text, positions=args.positions, seed=args.seed,
-                                             beam_width=args.beam_width, progress=not args.json and sys.stderr.isatty())
+        cached_accuracy = next_word_accuracy(predictor, split.text, positions=args.positions, seed=args.seed, beam_width=args.beam_width,
+                                             progress=not args.json and sys.stderr.isatty(), keep_ranks=True)
+        paired = paired_accuracy(alone_ranks, cached_accuracy.pop("ranks"))
         report["accuracy_with_cache"] = cached_accuracy
+        report["accuracy_cache"] = {"window": stored.window, "theta": stored.theta, "weight": stored.weight,
+                                    "given": args.predict_cache is not None}
+        report["cache_against_alone"] = [comparison.as_dict() for comparison in paired]
     if adapted is not None:
         report["adapted"] = adapted.as_dict()
     if args.json:
@@ -234,8 +242,13 @@ def _evaluate(args: argparse.Namespace) -> int:
     else:
         print("stored cache: none (predictions use the model alone)")
     if cached_accuracy is not None:
-        print(f"next-word accuracy with the stored cache, same positions: top-1 {cached_accuracy['top1']:.2%}  "
+        which = ("the stored cache" if args.predict_cache is None else
+                 f"the cache window {stored.window}, theta {stored.theta:g}, weight {stored.weight:g} (--predict-cache)")
+        print(f"next-word accuracy with {which}, same positions: top-1 {cached_accuracy['top1']:.2%}  "
               f"top-3 {cached_accuracy['top3']:.2%}  top-5 {cached_accuracy['top5']:.2%}")
+        for comparison in paired:  # position by position: only where the two disagree does one do better
+            print(f"  top-{comparison.k}: the cache finds the true word where the model alone misses it at {comparison.gained:,} "
+                  f"positions, the reverse at {comparison.lost:,} (sign test p = {comparison.p_value:.2g})")
     print(f"evaluation: {HOW_STATE_FLOWS}")
     return 0
 
@@ -252,6 +265,13 @@ def _cache_setting(value: str):
     except ValueError as error:
         detail = str(error) if "cache" in str(error) else "expected 'tune' or WINDOW,THETA,WEIGHT such as 4000,4,0.5"
         raise argparse.ArgumentTypeError(detail) from None
+
+
+def _given_cache_setting(value: str):
+    """--predict-cache: WINDOW,THETA,WEIGHT ('tune' has no meaning there)."""
+    if value == "tune":
+        raise argparse.ArgumentTypeError("expected WINDOW,THETA,WEIGHT such as 4000,4,0.2 ('tune' is for --cache)")
+    return _cache_setting(value)
 
 
 def _dynamic_setting(value: str):
@@ -430,6 +450,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--no-cache", action="store_true",
                           help="skip the next-word accuracy with the checkpoint's stored continuous cache (it is measured "
                                "beside the model's own by default when the checkpoint has settings)")
+    evaluate.add_argument("--predict-cache", type=_given_cache_setting, default=None, metavar="WINDOW,THETA,WEIGHT",
+                          help="predict the next-word accuracy positions with these cache settings instead of the stored "
+                               "ones (e.g. a lighter weight, to see what it does to top-k); compared with the model alone "
+                               "position by position")
     evaluate.add_argument("--threads", type=positive_int, default=None)
     evaluate.add_argument("--json", action="store_true", help="print JSON")
     evaluate.set_defaults(handler=_evaluate)

@@ -296,9 +296,51 @@ def test_evaluate_cli_reports_bpc_perplexity_and_accuracy(tiny_run, corpus_dir, 
     assert accuracy["cache"] is False and report["accuracy_with_cache"]["cache"] is True
     assert report["accuracy_with_cache"]["positions"] == 60 and 0 < report["accuracy_with_cache"]["top5"] <= 1
     assert report["stored_cache"]["test"]["bpc"] > 0 and report["stored_cache"]["window"] >= 1
+    assert "ranks" not in accuracy and "ranks" not in report["accuracy_with_cache"]
+    # Position by position: the counts of disagreements agree with the two percentages.
+    for comparison in report["cache_against_alone"]:
+        k = comparison["k"]
+        difference = round((report["accuracy_with_cache"][f"top{k}"] - accuracy[f"top{k}"]) * 60)
+        assert comparison["gained"] - comparison["lost"] == difference and 0 < comparison["p_value"] <= 1
+    assert [comparison["k"] for comparison in report["cache_against_alone"]] == [1, 3, 5]
+    assert lm_main(["evaluate", "--model", str(tiny_run.out), "--corpus", str(corpus_dir), "--positions", "20"]) == 0
+    printed = capsys.readouterr().out
+    assert "top-1: the cache finds the true word where the model alone misses it at" in printed and "sign test p =" in printed
     assert lm_main(["evaluate", "--model", str(tiny_run.out), "--corpus", str(corpus_dir), "--positions", "20", "--no-cache"]) == 0
     printed = capsys.readouterr().out
     assert "stored cache (window" in printed and "with the stored cache, same positions" not in printed
+    assert "sign test" not in printed
+    # Other cache settings for the accuracy pass: a lighter weight, compared with the model alone the same way.
+    assert lm_main(["evaluate", "--model", str(tiny_run.out), "--corpus", str(corpus_dir), "--positions", "20",
+                    "--predict-cache", "300,2,0.05", "--json"]) == 0
+    lighter = json.loads(capsys.readouterr().out)
+    assert lighter["accuracy_cache"] == {"window": 300, "theta": 2.0, "weight": 0.05, "given": True}
+    assert lighter["stored_cache"]["weight"] != 0.05 and len(lighter["cache_against_alone"]) == 3
+    assert lm_main(["evaluate", "--model", str(tiny_run.out), "--corpus", str(corpus_dir), "--positions", "20",
+                    "--predict-cache", "300,2,0.05"]) == 0
+    assert "with the cache window 300, theta 2, weight 0.05 (--predict-cache), same positions" in capsys.readouterr().out
+    assert lm_main(["evaluate", "--model", "/nonexistent", "--predict-cache", "300,2,0.05", "--no-cache"]) == 2
+    assert "contradict" in capsys.readouterr().err  # refused before the model is looked for
+    with pytest.raises(SystemExit):
+        lm_main(["evaluate", "--model", str(tiny_run.out), "--predict-cache", "tune"])
+    assert "'tune' is for --cache" in capsys.readouterr().err
+
+
+def test_paired_accuracy_counts_disagreements_and_tests_their_sign():
+    from lm.infer.accuracy import paired_accuracy, sign_test
+
+    alone = [1, 0, 2, 0, 4, 1, 0, 3]
+    cached = [1, 1, 0, 0, 2, 0, 5, 3]
+    top1, top3 = paired_accuracy(alone, cached, ks=(1, 3))
+    assert (top1.k, top1.gained, top1.lost) == (1, 1, 1)  # position 1 gained, position 5 lost
+    assert (top3.k, top3.gained, top3.lost) == (3, 2, 2)  # positions 1 and 4 gained, 2 and 5 lost
+    assert top1.p_value == 1.0
+    # Exact binomial tails: 0 of 5 each way has probability 2 / 32; 1 of 10: 2 * 11 / 1024.
+    assert sign_test(0, 5) == pytest.approx(2 / 32) and sign_test(5, 0) == sign_test(0, 5)
+    assert sign_test(9, 1) == pytest.approx(22 / 1024) and sign_test(0, 0) == 1.0 and sign_test(3, 3) == 1.0
+    assert sign_test(2000, 1800) < 0.01 < sign_test(2000, 1950)  # large counts stay exact (integers) and finite
+    with pytest.raises(ValueError, match="cannot be paired"):
+        paired_accuracy([1], [1, 2])
 
 
 def test_predicting_many_texts_in_one_batch_equals_one_by_one(tiny_subword_run):
