@@ -429,8 +429,8 @@ def build_parser() -> argparse.ArgumentParser:
     profile.add_argument("--threshold", type=_positive_float, default=0.01)
     profile.add_argument("--method", choices=("saliency", "grad_x_input"), default="saliency")
     profile.add_argument("--no-verify", action="store_true", help="skip the faithfulness check")
-    profile.add_argument("--seed", type=int, default=0)
-    profile.add_argument("--threads", type=positive_int, default=None)
+    profile.add_argument("--seed", type=int, default=0, help="seed of the sampled contexts (default: 0)")
+    profile.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: every core)")
     profile.add_argument("--out", type=Path, default=Path("reach-profile"), help="output path without suffix (default: reach-profile)")
     profile.set_defaults(handler=_reach_profile)
 
@@ -454,7 +454,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="predict the next-word accuracy positions with these cache settings instead of the stored "
                                "ones (e.g. a lighter weight, to see what it does to top-k); compared with the model alone "
                                "position by position")
-    evaluate.add_argument("--threads", type=positive_int, default=None)
+    evaluate.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: every core)")
     evaluate.add_argument("--json", action="store_true", help="print JSON")
     evaluate.set_defaults(handler=_evaluate)
 
@@ -474,10 +474,11 @@ def build_parser() -> argparse.ArgumentParser:
     lab.add_argument("--clipping", nargs="+", default=None, metavar="MODE", help="clipping modes: off norm value (default: all)")
     lab.add_argument("--tokenizer", choices=("char", "subword"), default="char")
     lab.add_argument("--parameters", type=positive_int, default=None, help="parameter count every cell is sized to")
-    lab.add_argument("--embed-dim", type=positive_int, default=None)
+    lab.add_argument("--embed-dim", type=positive_int, default=None, help="embedding size of every run (default: 64; --quick: 16)")
     lab.add_argument("--samples", type=positive_int, default=None, help="reach-profile contexts per run")
-    lab.add_argument("--seed", type=int, default=1234)
-    lab.add_argument("--threads", type=positive_int, default=None)
+    lab.add_argument("--seed", type=int, default=1234, help="seed of every run's initialisation and batches, the sampled "
+                     "contexts and, with --task recall, the planted corpus (default: 1234)")
+    lab.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: every core)")
     lab.add_argument("--device", default="cpu",
                      help="where the runs train: cpu (default), auto, cuda, cuda:N or mps, as train.py --device; "
                           "the measurements (reach, recall, ablation) run on the CPU engine")
