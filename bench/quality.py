@@ -82,7 +82,7 @@ from corpora import load_corpus, normalize_line  # noqa: E402
 from lm.cli_support import collect_overrides, configure_logging  # noqa: E402
 from lm.config import ModelConfig, TokenizerConfig, TrainConfig, apply_preset  # noqa: E402
 from lm.eval.figures import EvalResult  # noqa: E402
-from lm.infer.accuracy import checkpoint_accuracy, next_word_accuracy, paired_accuracy, sampled_positions  # noqa: E402
+from lm.infer.accuracy import PairedAccuracy, checkpoint_accuracy, next_word_accuracy, paired_accuracy, sampled_positions  # noqa: E402
 from lm.infer.predictor import Predictor  # noqa: E402
 from lm.infer.query import word_at  # noqa: E402
 from lm.infer.reads import ContextState  # noqa: E402
@@ -525,9 +525,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{_accuracy(figures)} ({figures['accuracy']['positions']:,} positions, seed {args.seed}; "
               f"{figures['seconds']:.0f} s)", flush=True)
         for comparison in figures.get("cache_against_alone", []):
-            print(f"  top-{comparison['k']}: the cache finds the true word where the model alone misses it at "
-                  f"{comparison['gained']:,} positions, the reverse at {comparison['lost']:,} "
-                  f"(sign test p = {comparison['p_value']:.2g})", flush=True)
+            print(f"  {PairedAccuracy(**comparison).describe()}", flush=True)
     results += served
     if args.record:
         args.record.parent.mkdir(parents=True, exist_ok=True)

@@ -16,7 +16,7 @@ import json
 import math
 import os
 import sys
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from lm.cli_support import configure_logging, positive_int
@@ -218,8 +218,7 @@ def _evaluate(args: argparse.Namespace) -> int:
                                              progress=not args.json and sys.stderr.isatty(), keep_ranks=True)
         paired = paired_accuracy(alone_ranks, cached_accuracy.pop("ranks"))
         report["accuracy_with_cache"] = cached_accuracy
-        report["accuracy_cache"] = {"window": stored.window, "theta": stored.theta, "weight": stored.weight,
-                                    "given": args.predict_cache is not None}
+        report["accuracy_cache"] = {**asdict(stored), "given": args.predict_cache is not None}
         report["cache_against_alone"] = [comparison.as_dict() for comparison in paired]
     if adapted is not None:
         report["adapted"] = adapted.as_dict()
@@ -247,8 +246,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         print(f"next-word accuracy with {which}, same positions: top-1 {cached_accuracy['top1']:.2%}  "
               f"top-3 {cached_accuracy['top3']:.2%}  top-5 {cached_accuracy['top5']:.2%}")
         for comparison in paired:  # position by position: only where the two disagree does one do better
-            print(f"  top-{comparison.k}: the cache finds the true word where the model alone misses it at {comparison.gained:,} "
-                  f"positions, the reverse at {comparison.lost:,} (sign test p = {comparison.p_value:.2g})")
+            print(f"  {comparison.describe()}")
     print(f"evaluation: {HOW_STATE_FLOWS}")
     return 0
 

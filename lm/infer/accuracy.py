@@ -92,6 +92,11 @@ class PairedAccuracy(NamedTuple):
     def as_dict(self) -> dict:
         return self._asdict()
 
+    def describe(self, first: str = "the model alone", second: str = "the cache") -> str:
+        """One line: how many positions each finds that the other misses, and the test's p."""
+        return (f"top-{self.k}: {second} finds the true word where {first} misses it at {self.gained:,} positions, "
+                f"the reverse at {self.lost:,} (sign test p = {self.p_value:.2g})")
+
 
 def paired_accuracy(first: list[int], second: list[int], ks: tuple[int, ...] = (1, 3, 5)) -> list[PairedAccuracy]:
     """Compare two lists of ranks (`next_word_accuracy`'s "ranks", same positions) at each k.
