@@ -4,6 +4,7 @@
     python bench/quality.py --minutes 10 --recipe textbook
     python bench/quality.py --minutes 10 --recipe both [train.py options]
     python bench/quality.py --minutes 10 --recipe textbook --served runs/NAME [--positions 1000 --seed 0]
+    python bench/quality.py --minutes 0 --served runs/NAME --prompt-words 5,12,30,100,300,1000 --prompt-positions 300
 
 `--recipe reach` (the default) trains with `train.py`'s settings (the
 default preset unless options say otherwise). `--recipe textbook` is
@@ -30,7 +31,11 @@ instead of training Reach: the test split read through the predictor (its
 `Reads`, one engine step per unit, each row mixed with the stored continuous
 cache over the text read so far) for bpc and per-word perplexity, and
 `next_word_accuracy` (what `lm evaluate` runs) for next-word top-1/3/5 at
-`--positions` seeded word starts, each with and without the stored cache.
+`--positions` seeded word starts, each with and without the stored cache;
+then the served quality by prompt length (`--prompt-words`: at
+`--prompt-positions` seeded positions, the N words before each sent as a
+request, with the stored cache against the model alone, position by
+position; `lm evaluate --prompt-words` prints the same table).
 The textbook models are scored at the same positions against the same truth
 (the word `lm evaluate` scores there): is it among the model's k most
 probable next tokens? A truth outside a model's vocabulary is a miss.
@@ -82,7 +87,8 @@ from corpora import load_corpus, normalize_line  # noqa: E402
 from lm.cli_support import collect_overrides, configure_logging  # noqa: E402
 from lm.config import ModelConfig, TokenizerConfig, TrainConfig, apply_preset  # noqa: E402
 from lm.eval.figures import EvalResult  # noqa: E402
-from lm.infer.accuracy import PairedAccuracy, checkpoint_accuracy, next_word_accuracy, paired_accuracy, sampled_positions  # noqa: E402
+from lm.infer.accuracy import (PROMPT_WORDS, PairedAccuracy, checkpoint_accuracy, describe_prompt_lengths,  # noqa: E402
+                               next_word_accuracy, paired_accuracy, prompt_length_accuracy, sampled_positions)
 from lm.infer.predictor import Predictor  # noqa: E402
 from lm.infer.query import word_at  # noqa: E402
 from lm.infer.reads import ContextState  # noqa: E402
@@ -168,13 +174,13 @@ def unseen_split(logprobs: list[float], spans: list[tuple[int, int]], text: str,
     its first non-space character (a bare space piece to the word after it), as in attribution."""
     import re
 
-    from lm.infer.attribution import _unit_words, _words_of
+    from lm.infer.reach import unit_words, words_of
 
     core = lambda word: re.sub(r"^\W+|\W+$", "", word)  # noqa: E731
     known = {core(word) for word in train_text.split()}
-    words = _words_of(text)
+    words = words_of(text)
     unseen = [core(word) not in known and core(word) != "" for word, _, _ in words]
-    owners = _unit_words([(text[start:end], start, end) for start, end in spans], words)
+    owners = unit_words([(text[start:end], start, end) for start, end in spans], words)
     total = -sum(logprobs)
     unseen_total = -sum(logprob for logprob, owner in zip(logprobs, owners) if owner >= 0 and unseen[owner])
     return _split(total, unseen_total, len(words) - sum(unseen), sum(unseen))
@@ -415,9 +421,12 @@ def served_nll(predictor: Predictor, text: str, text_cache: bool = True, chunk: 
     return nll, len(ids)
 
 
-def run_served(run: Path, corpus_dir: str, positions: int, seed: int) -> list[dict]:
+def run_served(run: Path, corpus_dir: str, positions: int, seed: int, prompt_words: tuple[int, ...] = (),
+               prompt_positions: int = 300) -> list[dict]:
     """The served configuration of a Reach run or checkpoint: test bpc, per-word perplexity and next-word top-1/3/5
-    at `positions` seeded word starts, through the predictor, with the model alone and with its stored cache."""
+    at `positions` seeded word starts, through the predictor, with the model alone and with its stored cache; with
+    `prompt_words`, the last row also carries the served quality by prompt length ("by_prompt_length", at
+    `prompt_positions` positions: `prompt_length_accuracy`)."""
     from lm.checkpoint import load_checkpoint
 
     checkpoint = load_checkpoint(run)
@@ -440,6 +449,11 @@ def run_served(run: Path, corpus_dir: str, positions: int, seed: int) -> list[di
     ranks = [row["accuracy"].pop("ranks") for row in rows]
     if len(rows) == 2:  # the same positions, compared one by one (lm evaluate prints the same)
         rows[1]["cache_against_alone"] = [comparison.as_dict() for comparison in paired_accuracy(*ranks)]
+    if prompt_words:
+        begun = time.perf_counter()
+        rows[-1]["by_prompt_length"] = prompt_length_accuracy(predictor, split.text, prompt_words, prompt_positions, seed,
+                                                              progress=sys.stderr.isatty())
+        rows[-1]["by_prompt_length_seconds"] = time.perf_counter() - begun
     return rows
 
 
@@ -478,6 +492,10 @@ def main(argv: list[str] | None = None) -> int:
                              "instead of training Reach")
     parser.add_argument("--positions", type=int, default=1000, help="seeded test word starts for next-word accuracy")
     parser.add_argument("--seed", type=int, default=0, help="seed of those positions (lm evaluate's --seed)")
+    parser.add_argument("--prompt-words", default=",".join(map(str, PROMPT_WORDS)), metavar="N,N,...",
+                        help="with --served: also the served quality by prompt length, the N words before each position "
+                             "read as a request (default: %(default)s; empty: skip)")
+    parser.add_argument("--prompt-positions", type=int, default=300, help="seeded positions of the prompt-length table")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     parser.add_argument("--record", type=Path, default=None, help="append each recipe's figures and command as a JSON line")
     parser.add_argument("--label", default="", help="a name for this configuration in --record")
@@ -491,7 +509,8 @@ def main(argv: list[str] | None = None) -> int:
     positions = sampled_positions(load_corpus(args.corpus).test.text, args.positions, args.seed)
     results, served = [], []
     if args.served is not None:  # first: the figures of an existing model do not wait on training
-        served = run_served(args.served, args.corpus, args.positions, args.seed)
+        prompt_words = tuple(int(part) for part in args.prompt_words.split(",") if part)
+        served = run_served(args.served, args.corpus, args.positions, args.seed, prompt_words, args.prompt_positions)
         for figures in served:
             print(f"{figures['recipe']}: test bpc {figures['bpc']:.4f} per-word-ppl {figures['word_ppl']:.2f} "
                   f"{_accuracy(figures)} ({figures['seconds']:.0f} s)", flush=True)
@@ -526,6 +545,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{figures['seconds']:.0f} s)", flush=True)
         for comparison in figures.get("cache_against_alone", []):
             print(f"  {PairedAccuracy(**comparison).describe()}", flush=True)
+        if figures.get("by_prompt_length"):
+            print(describe_prompt_lengths(figures["by_prompt_length"]), flush=True)
     results += served
     if args.record:
         args.record.parent.mkdir(parents=True, exist_ok=True)

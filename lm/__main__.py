@@ -4,7 +4,8 @@
     generate       continue a text word by word, sampled from the model
     attribute      the next words with their gradient reach (and the cache's pointer reach), and the text as a heatmap
     reach-profile  reach over many held-out contexts, for one or several models, as JSON and PNG
-    evaluate       held-out bits per character, per-word perplexity, next-word accuracy
+    evaluate       held-out bits per character, per-word perplexity, next-word accuracy (also by prompt length)
+    tune-cache     tune the continuous cache's weight by prompt length and store it in the checkpoint
     lab            train cells, truncation lengths and clipping modes; write a report
     plot           draw a run's training curves to a PNG
 """
@@ -70,7 +71,7 @@ def _predicted(args: argparse.Namespace, command: str, work, print_json: bool = 
 def _predict(args: argparse.Namespace) -> int:
     done = _predicted(args, "predict", lambda predictor: predictor.predict(
         args.text, k=args.k, beam_width=args.beam_width, max_word_length=args.max_word_length, temperature=args.temperature,
-        text_cache=not args.no_cache), print_json=True)
+        text_cache=args.text_cache), print_json=True)
     if isinstance(done, int):
         return done
     _, result = done
@@ -90,7 +91,7 @@ def _generate(args: argparse.Namespace) -> int:
     def work(predictor):
         settings = GenerationSettings(words=args.words, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                                       stop_at_newline=args.stop_at_newline)
-        return generate(predictor, args.text, settings, seed=args.seed, text_cache=not args.no_cache)
+        return generate(predictor, args.text, settings, seed=args.seed, text_cache=args.text_cache)
 
     done = _predicted(args, "generate", work, print_json=True)
     if isinstance(done, int):
@@ -100,6 +101,17 @@ def _generate(args: argparse.Namespace) -> int:
     cache = "with the continuous cache over the text" if generation.text_cache else "the model alone"
     print(f"({len(generation.words)} words, seed {generation.seed}, stopped: {generation.stopped}; {cache})", file=sys.stderr)
     return 0
+
+
+def _text_cache_flags(parser: argparse.ArgumentParser, what: str) -> None:
+    """--text-cache / --no-text-cache (old name --no-cache): args.text_cache is True, False or None (the default:
+    on when the checkpoint's cache settings are tuned by prompt length, Predictor.uses_text_cache)."""
+    switch = parser.add_mutually_exclusive_group()
+    switch.add_argument("--text-cache", dest="text_cache", action="store_const", const=True, default=None,
+                        help=f"mix in {what} with the checkpoint's settings, even settings tuned only on a long stream "
+                             "(default: on when the checkpoint's settings are tuned by prompt length)")
+    switch.add_argument("--no-text-cache", "--no-cache", dest="text_cache", action="store_const", const=False,
+                        help=f"the model alone: do not mix in {what}")
 
 
 def _top_p(text: str) -> float:
@@ -115,7 +127,7 @@ def _attribute(args: argparse.Namespace) -> int:
 
     done = _predicted(args, "attribute", lambda predictor: attribute(
         predictor, args.text, k=args.k, method=args.method, threshold=args.threshold, verify=args.verify,
-        max_units=args.max_units, text_cache=not args.no_cache))
+        max_units=args.max_units, text_cache=args.text_cache))
     if isinstance(done, int):
         return done
     checkpoint, result = done
@@ -173,7 +185,7 @@ def _reach_profile(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from corpora import CorpusError
     from lm.eval.figures import HOW_STATE_FLOWS, evaluate_adapted, evaluate_text
-    from lm.infer.accuracy import next_word_accuracy, paired_accuracy
+    from lm.infer.accuracy import describe_prompt_lengths, next_word_accuracy, paired_accuracy, prompt_length_accuracy
     from lm.infer.predictor import Predictor
     from lm.train.run import set_threads
     from lm.train.tokens import cache_directory, load_streamed_corpus, token_ids
@@ -222,6 +234,12 @@ def _evaluate(args: argparse.Namespace) -> int:
         report["cache_against_alone"] = [comparison.as_dict() for comparison in paired]
     if adapted is not None:
         report["adapted"] = adapted.as_dict()
+    by_prompt = None
+    if args.prompt_words:  # served quality by prompt length: the N words before each position, read as a request is
+        by_prompt = prompt_length_accuracy(predictor, split.text, tuple(args.prompt_words), positions=args.positions or 200,
+                                           seed=args.seed, beam_width=args.beam_width,
+                                           progress=not args.json and sys.stderr.isatty(), text_cache=stored is not None)
+        report["by_prompt_length"] = by_prompt
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
@@ -247,8 +265,59 @@ def _evaluate(args: argparse.Namespace) -> int:
               f"top-3 {cached_accuracy['top3']:.2%}  top-5 {cached_accuracy['top5']:.2%}")
         for comparison in paired:  # position by position: only where the two disagree does one do better
             print(f"  {comparison.describe()}")
+    if by_prompt is not None:
+        print(describe_prompt_lengths(by_prompt))
     print(f"evaluation: {HOW_STATE_FLOWS}")
     return 0
+
+
+def _tune_cache(args: argparse.Namespace) -> int:
+    from corpora import CorpusError
+    from lm.checkpoint import update_metrics
+    from lm.train.run import set_threads, tune_text_cache
+    from lm.train.tokens import cache_directory, load_streamed_corpus, token_ids
+
+    set_threads(args.threads)
+    checkpoint = _load(args.model)
+    if checkpoint is None:
+        return 1
+    try:
+        corpus = load_streamed_corpus(args.corpus or checkpoint.train_config.corpus)  # the training split is not read
+    except CorpusError as error:
+        print(f"lm tune-cache: error: {error}", file=sys.stderr)
+        return 1
+    stored = checkpoint.cache_config
+    keep = None if args.all or stored is None else stored
+    heldout = {name: token_ids(corpus.split(name), checkpoint.tokenizer, cache_directory(None), progress=False).ids.tolist()
+               for name in ("valid", "test")}
+    tuned = tune_text_cache(checkpoint.model, checkpoint.tokenizer, corpus, heldout, keep)
+    if keep is not None:
+        tuned["chosen"] = f"{stored.window}, {stored.theta:g}, {stored.weight:g} as stored; the weight by memory size " \
+                          "tuned on prompts of the valid split (lm tune-cache)"
+    update_metrics(checkpoint.directory, {"cache": tuned})
+    if args.json:
+        print(json.dumps({"model": str(checkpoint.directory), "cache": tuned}, indent=2))
+        return 0
+    print(f"{checkpoint.directory}: continuous cache window {tuned['window']} units, theta {tuned['theta']:g}, "
+          f"stream weight {tuned['weight']:g} ({'as stored' if keep is not None else 'tuned on the valid split'})")
+    for row in tuned["size_tuning"]:
+        low, high = row["keys"]
+        print(f"  memory of {low:,}-{high - 1:,} keys: weight {row['weight']:g}  ({row['nats_per_unit']:.4f} nats per unit "
+              f"against {row['model_alone']:.4f} for the model alone, {row['positions']:,} positions)")
+    print(f"test with the cache: {tuned['test']['bpc']:.4f} bpc  per-word ppl {tuned['test']['word_ppl']:.2f}; "
+          f"predictions now mix it in by default")
+    return 0
+
+
+def _word_counts(value: str) -> list[int]:
+    """--prompt-words: a comma-separated list of positive word counts."""
+    try:
+        counts = [int(part) for part in value.split(",")]
+    except ValueError:
+        counts = []
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive word counts separated by commas, e.g. 5,12,30; not {value!r}")
+    return counts
 
 
 def _cache_setting(value: str):
@@ -375,8 +444,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--max-word-length", type=positive_int, default=24, help="longest word, in units (default: 24)")
     predict.add_argument("--temperature", type=_positive_float, default=1.0, help="divide logits by this (default: 1)")
     predict.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    predict.add_argument("--no-cache", action="store_true",
-                         help="the model alone: do not mix in the continuous cache over the text the checkpoint stores")
+    _text_cache_flags(predict, "the continuous cache over the text")
     predict.set_defaults(handler=_predict)
 
     generate = commands.add_parser("generate", help="continue a text word by word, sampled from the model (seeded)",
@@ -393,9 +461,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--seed", type=int, default=None, help="seed of the sampling (default: a random one, printed)")
     generate.add_argument("--stop-at-newline", action="store_true", help="stop before a line break")
     generate.add_argument("--json", action="store_true", help="print JSON: the continuation and each word with its probability")
-    generate.add_argument("--no-cache", action="store_true",
-                          help="the model alone: do not mix in the continuous cache over the text (the prompt and the words "
-                               "generated so far) that the checkpoint stores")
+    _text_cache_flags(generate, "the continuous cache over the text (the prompt and the words generated so far)")
     generate.set_defaults(handler=_generate)
 
     attribute = commands.add_parser("attribute", help="the next words with how far back their gradient influence (and the "
@@ -413,9 +479,7 @@ def build_parser() -> argparse.ArgumentParser:
     attribute.add_argument("--html", type=Path, default=None, metavar="FILE", help="also write a self-contained HTML page")
     attribute.add_argument("--color", action="store_true", help="colour even when not writing to a terminal")
     attribute.add_argument("--no-color", action="store_true", help="no colours (also when NO_COLOR is set)")
-    attribute.add_argument("--no-cache", action="store_true",
-                           help="the model alone: do not mix in the continuous cache the checkpoint stores (then no "
-                                "pointer reach; the gradient is the model's own)")
+    _text_cache_flags(attribute, "the continuous cache over the text (without it: no pointer, the gradient is the model's own)")
     attribute.set_defaults(handler=_attribute)
 
     profile = commands.add_parser("reach-profile", help="gradient reach over many held-out contexts (JSON and PNG)")
@@ -452,9 +516,29 @@ def build_parser() -> argparse.ArgumentParser:
                           help="predict the next-word accuracy positions with these cache settings instead of the stored "
                                "ones (e.g. a lighter weight, to see what it does to top-k); compared with the model alone "
                                "position by position")
+    evaluate.add_argument("--prompt-words", type=_word_counts, default=None, metavar="N,N,...",
+                          help="also measure served next-word quality by prompt length: at --positions seeded word "
+                               "starts (default 200) whose word has a letter or digit, the N words before each read as "
+                               "a request (e.g. 5,12,30,100,300,1000), plus the whole text before it as one stream; "
+                               "top-1/3/5 and log loss with the text cache against the model alone, position by position")
     evaluate.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: every core)")
     evaluate.add_argument("--json", action="store_true", help="print JSON")
     evaluate.set_defaults(handler=_evaluate)
+
+    tune = commands.add_parser("tune-cache", help="tune the continuous cache's weight by prompt length on the valid split "
+                                                  "and store it in the checkpoint",
+                               description="Tune how much the continuous cache over a request's text is trusted for "
+                                           "each amount of text its memory holds (prompts of the valid split read from "
+                                           "a zero state, as requests are), and store the settings in the checkpoint. "
+                                           "Training does this itself; checkpoints trained before it serve the model "
+                                           "alone by default until tuned here.")
+    tune.add_argument("--model", required=True, help="run or checkpoint directory (a run's best/ is updated)")
+    tune.add_argument("--corpus", default=None, help="corpus (default: the name the checkpoint stores, loaded again)")
+    tune.add_argument("--all", action="store_true", help="also tune the window, theta and stream weight again on the "
+                                                         "valid split (default: keep the stored ones)")
+    tune.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: every core)")
+    tune.add_argument("--json", action="store_true", help="print JSON")
+    tune.set_defaults(handler=_tune_cache)
 
     lab = commands.add_parser("lab", help="the BPTT lab: cells, truncation and clipping under one budget, with a report")
     lab.add_argument("--corpus", default="wiki-subset", help="corpus (default: wiki-subset: $REACH_CORPUS, else ../shared/corpora/wiki-subset beside the project, else the hub)")

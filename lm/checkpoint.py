@@ -112,7 +112,8 @@ class Checkpoint:
         if not stored:
             return None
         try:
-            return CacheConfig(int(stored["window"]), float(stored["theta"]), float(stored["weight"]))
+            return CacheConfig(int(stored["window"]), float(stored["theta"]), float(stored["weight"]),
+                               tuple((int(keys), float(weight)) for keys, weight in stored.get("size_weights", ())))
         except (KeyError, TypeError, ValueError) as error:
             raise CheckpointError(f"{str(self.directory)!r} has damaged cache settings ({error})") from error
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+import numpy as np
+
 from lm.cells import cell_names, get_cell
 
 __all__ = ["CacheConfig", "ModelConfig", "TokenizerConfig", "TrainConfig", "PRESETS", "apply_preset", "from_dict"]
@@ -158,11 +160,21 @@ class CacheConfig:
     """A continuous cache (Grave, Joulin and Usunier 2017): how it looks back and how much it is trusted.
 
     Evaluation (lm/eval/cache.py) tunes and scores it; a checkpoint stores the tuned settings
-    (`metrics["cache"]`) and prediction (lm/infer/textcache.py) applies them to a request's text."""
+    (`metrics["cache"]`) and prediction (lm/infer/textcache.py) applies them to a request's text.
+
+    How much the cache is trusted depends on how much text its memory holds. Over a few words its softmax still
+    sums to one over a handful of keys, so a fixed weight would copy a short prompt back at the mixture's full
+    share; `size_weights` gives the weight by memory size instead, tuned on the valid split read as prompts of
+    each length (`tune_size_weights`). Without it (settings stored before length tuning, or given by hand)
+    `weight` applies at every size.
+    """
 
     window: int = 4000  # earlier positions (units) the cache can point to
     theta: float = 4.0  # sharpness of the match between hidden states
-    weight: float = 0.5  # lambda: the cache's share of the mixture
+    weight: float = 0.5  # lambda: the cache's share of the mixture tuned on one long stream (every size without size_weights)
+    # lambda by the number of keys the memory holds: (keys, weight) anchors in increasing keys, the weight linear in
+    # log(keys) between them and held flat beyond the ends; 0 with no key. Empty: `weight` at every size.
+    size_weights: tuple[tuple[int, float], ...] = ()
 
     def __post_init__(self) -> None:
         if self.window < 1:
@@ -171,6 +183,27 @@ class CacheConfig:
             raise ValueError(f"cache theta must be positive, not {self.theta}")
         if not 0 <= self.weight < 1:
             raise ValueError(f"cache weight must be in [0, 1), not {self.weight}")
+        anchors = tuple((int(keys), float(weight)) for keys, weight in self.size_weights)
+        object.__setattr__(self, "size_weights", anchors)  # JSON gives lists: one form, hashable
+        for index, (keys, weight) in enumerate(anchors):
+            if keys < 1 or (index and keys <= anchors[index - 1][0]):
+                raise ValueError(f"cache size_weights must have increasing key counts of at least 1, not {list(anchors)}")
+            if not 0 <= weight < 1:
+                raise ValueError(f"cache size_weights must be in [0, 1), not {weight} at {keys} keys")
+
+    @property
+    def length_aware(self) -> bool:
+        """Whether the weight depends on how much text the memory holds (settings tuned for prompts of every length)."""
+        return bool(self.size_weights)
+
+    def weights(self, keys: np.ndarray) -> np.ndarray:
+        """The mixture weight (float64) for rows whose memory holds keys[i] visible keys (0 with none)."""
+        keys = np.asarray(keys)
+        if not self.size_weights:
+            return np.where(keys > 0, self.weight, 0.0)
+        sizes, values = zip(*self.size_weights)
+        interpolated = np.interp(np.log(np.maximum(keys, 1)), np.log(sizes), values)
+        return np.where(keys > 0, interpolated, 0.0)
 
 
 # Presets override the dataclass defaults above (which are the default

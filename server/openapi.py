@@ -23,25 +23,39 @@ def _schemas(limits: dict) -> dict:
         | {"threshold": _NUMBER},
         "description": "How far back influence reaches from the prediction point (the last unit read is at distance 1).",
     }
+    distance = {"type": "object", "required": ["tokens", "words", "chars"],
+                "properties": {"tokens": _INTEGER, "words": _INTEGER, "chars": _INTEGER}}
     pointer = {
         "type": "object", "nullable": True,
-        "required": ["reach", "copy_probability", "occurrences"],
+        "required": ["reach", "copy_probability", "entries", "own_share", "deletion_reach"],
         "properties": {
             "reach": {"type": "object", "required": ["tokens", "words", "chars", "threshold"],
                       "properties": {"tokens": _INTEGER, "words": _INTEGER, "chars": _INTEGER, "threshold": _NUMBER},
-                      "description": "distance back to the first unit of the farthest occurrence whose share is at least "
-                                    "threshold times the largest share (0: no occurrence)"},
+                      "description": "distance back to the farthest position whose share of the copies is at least "
+                                    "threshold times the largest share (0: the cache copies from nowhere in the text)"},
             "copy_probability": {"type": "number", "minimum": 0, "maximum": 1,
-                                 "description": "the sum over occurrences of the product of the cache's votes that "
-                                                "copy the word's units (and boundary) from that one occurrence"},
-            "occurrences": _INTEGER,
-            "positions": {"type": "array", "description": "only with attribution full; in text order",
+                                 "description": "the probability, given the word, that the mixture copied at least "
+                                                "one of its units (or the boundary after it) from the cache's memory"},
+            "entries": {"type": "integer", "minimum": 0,
+                        "description": "memory entries of the text that vote for one of the word's units"},
+            "own_share": {"type": "number", "minimum": 0, "maximum": 1,
+                          "description": "share of the copies made from the word's own earlier units"},
+            "deletion_reach": {
+                "type": "object", "required": ["99", "90"],
+                "properties": {level: {"allOf": [{"$ref": "#/components/schemas/Distance"}],
+                                       "properties": {"tolerance": _NUMBER}} for level in ("99", "90")},
+                "description": "exact: cutting the text to its last `tokens` units moves log P(word) through the cache "
+                               "by at most `tolerance` nats (0.01 for 99, 0.105 for 90), the model's own "
+                               "distributions held fixed"},
+            "positions": {"type": "array", "description": "only with attribution full; in text order: each unit the "
+                                                          "cache copies (at least 0.1% of the copies) with its share",
                           "items": {"type": "object", "required": ["text", "start", "end", "share"],
                                     "properties": {"text": _STRING, "start": _INTEGER, "end": _INTEGER,
                                                    "share": {"type": "number", "minimum": 0, "maximum": 1}}}},
         },
-        "description": "The continuous cache's pointer: the earlier occurrences of the word its votes copy it from, "
-                       "and how far back they reach; null when the cache is not mixed in.",
+        "description": "The continuous cache's pointer: where in the text the cache copies the word from, how "
+                       "likely it copied, and how far back cutting the text would change it; null when the cache "
+                       "is not mixed in.",
     }
     unit = {"type": "object", "required": ["text", "start", "end", "score", "word"],
             "properties": {"text": _STRING, "start": _INTEGER, "end": _INTEGER, "score": _NUMBER,
@@ -56,9 +70,16 @@ def _schemas(limits: dict) -> dict:
             "probability": {"type": "number", "minimum": 0, "maximum": 1},
             "logprob": _NUMBER,
             "remainder": {"type": "string", "description": "what is still to type when completing a word"},
-            "reach": {"$ref": "#/components/schemas/Reach"},
+            "reach": {"allOf": [{"$ref": "#/components/schemas/Reach"}],
+                      "description": "what holds for the prediction as served: the gradient's reach, widened by the "
+                                     "cache's exact deletion reach when the cache is mixed in"},
+            "gradient_reach": {"allOf": [{"$ref": "#/components/schemas/Reach"}],
+                               "description": "the gradient's reach alone"},
             "pointer": {"$ref": "#/components/schemas/Pointer"},
-            "faithfulness": {"type": "object", "properties": {"replaced_chars": _INTEGER, "logprob": _NUMBER, "logprob_change": _NUMBER}},
+            "faithfulness": {"type": "object", "properties": {
+                "replaced_chars": _INTEGER, "logprob": _NUMBER, "logprob_change": _NUMBER,
+                "cut": {"type": "object", "properties": {"removed_chars": _INTEGER, "logprob": _NUMBER,
+                                                         "logprob_change": _NUMBER}}}},
             "influence": {"type": "array", "items": {"$ref": "#/components/schemas/UnitInfluence"}},
             "word_influence": {"type": "array", "items": {"$ref": "#/components/schemas/WordInfluence"}},
             "profile": {"type": "array", "items": _NUMBER, "description": "influence by distance 1, 2, ... divided by its maximum"},
@@ -157,6 +178,7 @@ def _schemas(limits: dict) -> dict:
         "Prediction": prediction,
         "Reach": reach,
         "Pointer": pointer,
+        "Distance": distance,
         "UnitInfluence": unit,
         "WordInfluence": word,
         "ModelCard": {"type": "object", "required": ["name", "cell", "tokenizer", "parameters"],

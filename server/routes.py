@@ -43,10 +43,10 @@ def predict():
     query = parse_predict(request, limits)
     model = _served(query.model)
     if query.attribution == "none":
-        result = model.predictor.predict(query.text, k=query.k, text_cache=query.cache is not False)
+        result = model.predictor.predict(query.text, k=query.k, text_cache=query.cache)
         return jsonify(prediction_body(model.name, model.checkpoint.tokenizer, result))
     result = attribute(model.predictor, query.text, k=query.k, method=query.method, threshold=query.threshold,
-                       verify=query.verify, max_units=limits["max_context_units"], text_cache=query.cache is not False)
+                       verify=query.verify, max_units=limits["max_context_units"], text_cache=query.cache)
     return jsonify(attribution_body(model.name, model.checkpoint.tokenizer, result, full=query.attribution == "full"))
 
 
@@ -57,7 +57,7 @@ def generate():
     model = _served(query.model)
     settings = GenerationSettings(words=query.max_words, temperature=query.temperature, top_k=query.top_k,
                                   top_p=query.top_p, stop_at_newline=query.stop_at_newline)
-    generation = generate_text(model.predictor, query.text, settings, seed=query.seed, text_cache=query.cache is not False)
+    generation = generate_text(model.predictor, query.text, settings, seed=query.seed, text_cache=query.cache)
     return jsonify({"model": model.name, **generation.as_dict()})
 
 

@@ -14,6 +14,7 @@ from lm.checkpoint import load_checkpoint
 from lm.infer.context_grad import trace_context
 from lm.infer.predictor import PredictionResult, Predictor
 from lm.reports.views import render_html, render_terminal
+from lm.tokenizers import is_word_char
 
 TEXT = "The album was released in the United States in 1998, and it was "
 
@@ -315,7 +316,8 @@ def cached_predictor(tiny_run):
     from lm.config import CacheConfig
 
     checkpoint = load_checkpoint(tiny_run.out)
-    return Predictor(checkpoint.model, checkpoint.tokenizer, text_cache=CacheConfig(window=60, theta=2.0, weight=0.4))
+    return Predictor(checkpoint.model, checkpoint.tokenizer, text_cache=CacheConfig(window=60, theta=2.0, weight=0.4,
+                                                                                          size_weights=((1, 0.4),)))
 
 
 def _served_logprob(model, predictor, embeds, spellings, settings):
@@ -399,33 +401,35 @@ def test_without_the_cache_attribution_is_unchanged(char_predictor, cached_predi
     assert all(entry["pointer"] is None for entry in off.as_dict()["predictions"])
 
 
-def test_the_pointer_points_at_earlier_occurrences_of_the_word(cached_predictor):
+def test_the_pointer_copies_from_units_the_word_needs_and_the_reach_holds_for_the_mixture(cached_predictor):
     result = attribute(cached_predictor, CACHED_TEXT, k=5, threshold=0.01)
     context = result.result.query.context
     window_start = result.units[len(result.units) - cached_predictor.text_cache.window][1]
     checked = 0
     for entry in result.predictions:
-        word, pointer = entry.prediction.word, entry.pointer
-        # Every occurrence of its spelling inside the cache's window (a key there) with a boundary after it.
-        expected = [i for i in range(window_start, len(context) - len(word))
-                    if context.startswith(word, i) and not context[i + len(word)].isalnum()]
-        assert [p.start for p in pointer.positions] == expected
-        assert all(context[p.start:p.end] == p.text == word for p in pointer.positions)
-        if not expected:
-            assert pointer.tokens == 0 and pointer.copy_probability == 0
+        word, pointer, gradient = entry.prediction.word, entry.pointer, entry.gradient_reach
+        # Each listed position is a unit inside the window that one of the word's units (or a boundary) copies.
+        assert all(p.start >= window_start and context[p.start:p.end] == p.text
+                   and (p.text in word or not is_word_char(p.text)) for p in pointer.positions)
+        deletion99, deletion90 = pointer.deletion["99"]["tokens"], pointer.deletion["90"]["tokens"]
+        assert entry.reach.mass99_tokens == max(gradient.mass99_tokens, deletion99)
+        assert entry.reach.mass90_tokens == max(gradient.mass90_tokens, deletion90) and deletion90 <= deletion99
+        assert entry.reach.tokens >= gradient.tokens
+        if not pointer.positions:
+            assert pointer.tokens == 0
             continue
         checked += 1
-        assert sum(p.share for p in pointer.positions) == pytest.approx(1.0)
-        assert 0 < pointer.copy_probability < 1
+        assert 0 < pointer.copy_probability < 1 and sum(p.share for p in pointer.positions) <= 1 + 1e-9
         top = max(p.share for p in pointer.positions)
         farthest = min(p.start for p in pointer.positions if p.share >= 0.01 * top)
         assert pointer.chars == len(context) - farthest
         assert pointer.tokens == len(context) - farthest  # one unit per character
-        assert pointer.words == len(context[farthest:].split())
-        body = result.as_dict(full=True)["predictions"][result.predictions.index(entry)]["pointer"]
-        assert body["reach"] == {"tokens": pointer.tokens, "words": pointer.words, "chars": pointer.chars,
-                                 "threshold": 0.01}
-        assert [(p["text"], p["start"]) for p in body["positions"]] == [(word, i) for i in expected]
+        body = result.as_dict(full=True)["predictions"][result.predictions.index(entry)]
+        assert body["pointer"]["reach"] == {"tokens": pointer.tokens, "words": pointer.words, "chars": pointer.chars,
+                                           "threshold": 0.01}
+        assert body["pointer"]["entries"] == pointer.entries >= len(pointer.positions)
+        assert body["gradient_reach"] == gradient.as_dict() and body["reach"] == entry.reach.as_dict()
+        assert [(p["text"], p["start"]) for p in body["pointer"]["positions"]] == [(p.text, p.start) for p in pointer.positions]
         assert "positions" not in result.as_dict(full=False)["predictions"][0]["pointer"]
     assert checked >= 2  # " the", "cat" or "dog": words of the text are among the predictions
 
@@ -450,7 +454,7 @@ def test_cached_healed_subword_gradients_are_per_word_and_of_the_served_probabil
     from lm.config import CacheConfig
 
     cached = Predictor(subword_predictor.model, subword_predictor.tokenizer,
-                       text_cache=CacheConfig(window=30, theta=1.0, weight=0.3))
+                       text_cache=CacheConfig(window=30, theta=1.0, weight=0.3, size_weights=((1, 0.3),)))
     text = "The album was released, and the album was rel"
     result = attribute(cached, text, k=3)
     assert result.result.text_cache and result.result.query.required
@@ -466,30 +470,3 @@ def test_cached_healed_subword_gradients_are_per_word_and_of_the_served_probabil
         torch.testing.assert_close(batched[row], single[0], rtol=1e-4, atol=1e-7)
     plain = attribute(subword_predictor, text, k=3)
     assert not np.allclose(plain.predictions[0].influence, result.predictions[0].influence, rtol=1e-2)
-
-
-
-def test_the_pointer_of_a_word_in_several_pieces_needs_all_of_them(subword_predictor):
-    from lm.config import CacheConfig
-    from lm.infer.attribution import cache_pointer
-    from lm.infer.predictor import WordPrediction
-    from lm.infer.textcache import read_memory
-
-    cached = Predictor(subword_predictor.model, subword_predictor.tokenizer,
-                       text_cache=CacheConfig(window=100, theta=1.0, weight=0.3))
-    tokenizer = cached.tokenizer
-    context = "The albums sold, the album was released, and the album was "
-    ids, spans = tokenizer.encode_with_offsets(context)
-    trace = trace_context(cached.model, torch.tensor([tokenizer.newline_id, *ids]))
-    memory = read_memory(None, None, trace.outputs[-1], [tokenizer.newline_id, *ids], 100)
-    pieces = tuple(tokenizer.encode("album"))  # as the text spells it after a space: the word's boundary piece first
-    assert len(pieces) > 2  # spelled over several units
-    word = WordPrediction("album", -1.0, "album", [(pieces, True)])
-    owners = unit_words([(context[a:b], a, b) for a, b in spans], words_of(context))
-    pointer = cache_pointer(cached, trace.final, memory, word, context, spans, owners, 0.01)
-    # "albums" starts with the same pieces but no boundary follows them there: only the two whole words count.
-    assert [p.text.strip() for p in pointer.positions] == ["album", "album"]
-    first, second = context.index(" album was"), context.rindex(" album was")
-    assert [p.end for p in pointer.positions] == [first + len(" album"), second + len(" album")]
-    assert sum(p.share for p in pointer.positions) == pytest.approx(1.0) and pointer.copy_probability > 0
-    assert pointer.tokens in {len(ids) - p.first_unit for p in pointer.positions}

@@ -6,7 +6,10 @@ import pytest
 import torch
 
 from lm.__main__ import main as lm_main
-from lm.eval.cache import CacheConfig, StreamScores, cache_logprobs, mixed_nll, score_stream, tune_cache
+import numpy as np
+
+from lm.eval.cache import (CacheConfig, StreamScores, cache_logprobs, mixed_nll, score_prompts, score_stream,
+                           stream_weights, tune_cache, tune_size_weights, word_starts)
 from lm.eval.figures import evaluate_ids, evaluate_text
 from conftest import make_model
 
@@ -55,7 +58,9 @@ def test_the_mixture_and_evaluation_with_a_cache(char_tokenizer, corpus):
     assert mixed_nll(scores, cache_logprobs(scores, 100, 1.0), 0.0) == scores.model_nll
     config = CacheConfig(window=500, theta=2.0, weight=0.3)
     cached = cache_logprobs(scores, 500, 2.0)
-    by_hand = -sum(math.log(0.7 * math.exp(m) + 0.3 * math.exp(c)) for m, c in zip(scores.model_logprobs.tolist(), cached.tolist()))
+    # The first position sees no key: the model alone there (a weight of 0 without keys).
+    by_hand = -sum(math.log(0.7 * math.exp(m) + 0.3 * math.exp(c)) if t else m
+                   for t, (m, c) in enumerate(zip(scores.model_logprobs.tolist(), cached.tolist())))
     result = evaluate_text(model, char_tokenizer, text, raw_words=500, cache=config)
     assert result.nll == pytest.approx(by_hand, rel=1e-6) and result.units == units
 
@@ -78,3 +83,64 @@ def test_evaluate_cli_reports_the_cache_row(tiny_run, corpus_dir, capsys):
     with pytest.raises(SystemExit):
         lm_main(["evaluate", "--model", str(tiny_run.out), "--cache", "500,2"])
     assert "WINDOW,THETA,WEIGHT" in capsys.readouterr().err
+
+
+def test_the_weight_by_memory_size_interpolates_in_log_keys_and_is_zero_without_keys():
+    settings = CacheConfig(window=100, theta=1.0, weight=0.5, size_weights=[[4, 0.0], [16, 0.2], [64, 0.4]])
+    assert settings.length_aware and settings.size_weights == ((4, 0.0), (16, 0.2), (64, 0.4))  # JSON lists, one form
+    got = settings.weights(np.array([0, 1, 4, 8, 16, 32, 64, 1000]))
+    np.testing.assert_allclose(got, [0.0, 0.0, 0.0, 0.1, 0.2, 0.3, 0.4, 0.4])
+    plain = CacheConfig(window=100, theta=1.0, weight=0.5)
+    assert not plain.length_aware and plain.weights(np.array([0, 1, 99])).tolist() == [0.0, 0.5, 0.5]
+    torch.testing.assert_close(stream_weights(settings, 5), torch.tensor([0.0, 0.0, 0.0, 0.0, 0.0], dtype=torch.float64))
+    with pytest.raises(ValueError, match="increasing"):
+        CacheConfig(size_weights=((16, 0.1), (4, 0.2)))
+    with pytest.raises(ValueError, match=r"\[0, 1\)"):
+        CacheConfig(size_weights=((16, 1.0),))
+
+
+def test_prompt_scores_read_each_prompt_from_a_zero_state_and_its_own_keys(char_tokenizer, corpus):
+    model = make_model("lstm", vocab_size=char_tokenizer.vocab_size, num_layers=1).eval()
+    ids = char_tokenizer.encode(corpus.valid.text[:400])
+    length, window, theta = 16, 10, 1.5
+    scores = score_prompts(model, ids, char_tokenizer.newline_id, length, window, theta, prompts=3)
+    assert len(scores.sizes) == 3 * length and scores.sizes.tolist()[:length] == [min(t, window) for t in range(length)]
+    starts = torch.linspace(0, len(ids) - length, 3).long().tolist()  # spread over the ids
+    for number, start in enumerate(starts):
+        prompt = ids[start : start + length]
+        alone = score_stream(model, prompt, char_tokenizer.newline_id)  # one prompt, read from a zero state
+        row = slice(number * length, (number + 1) * length)
+        torch.testing.assert_close(scores.model_logprobs[row], alone.model_logprobs, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(scores.cache_logprobs[row], cache_logprobs(alone, window, theta), rtol=1e-5, atol=1e-6)
+        assert scores.targets[row].tolist() == prompt and scores.previous[row].tolist()[0] == char_tokenizer.newline_id
+
+
+def test_word_starts_are_where_a_word_begins_for_both_tokenizers(char_tokenizer, subword_tokenizer):
+    text = "The cat, the dog"
+    for tokenizer in (char_tokenizer, subword_tokenizer):
+        ids, spans = tokenizer.encode_with_offsets(text)
+        previous = torch.tensor([tokenizer.newline_id, *ids[:-1]])
+        starts = word_starts(tokenizer, previous, torch.tensor(ids))
+        # a unit begins a word when its first word character is the first of a word of the text
+        firsts = {0, text.index("cat"), text.index("the"), text.index("dog")}
+        for (start, end), begins in zip(spans, starts.tolist()):
+            piece = text[start:end]
+            letter = start + len(piece) - len(piece.lstrip())
+            assert begins == (letter in firsts and letter < end), (tokenizer.kind, piece)
+
+
+def test_tuning_by_memory_size_picks_each_ranges_best_weight_anchored_inside_it(char_tokenizer, corpus):
+    model = make_model("lstm", vocab_size=char_tokenizer.vocab_size, num_layers=1).eval()
+    ids = char_tokenizer.encode(corpus.valid.text[:6000])
+    settings, report = tune_size_weights(model, ids, char_tokenizer, CacheConfig(window=200, theta=1.0, weight=0.3),
+                                         edges=(1, 4, 16, 64, 256), weights=(0.0, 0.1, 0.3), positions=2000)
+    assert [row["keys"] for row in report] == [[1, 4], [4, 16], [16, 64], [64, 256]]
+    assert settings.size_weights == tuple((row["anchor"], row["weight"]) for row in report)
+    assert [row["anchor"] for row in report] == [2, 8, 32, 113]  # the last range ends at the window (200 keys)
+    for row in report:
+        over_units = min(row["trials"], key=lambda trial: trial["nll"])["weight"]
+        at_starts = min(row["trials"], key=lambda trial: trial["word_start_nll"])["weight"]
+        assert (row["weight_over_units"], row["weight_at_word_starts"]) == (over_units, at_starts)
+        assert row["weight"] == min(over_units, at_starts)  # trusted only as far as both want it
+        assert 0 < row["word_starts"] < row["positions"]
+    assert (settings.window, settings.theta, settings.weight) == (200, 1.0, 0.3)

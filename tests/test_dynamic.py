@@ -51,7 +51,7 @@ def test_evaluate_cli_reports_dynamic_evaluation(tiny_run, corpus_dir, capsys):
     import json
 
     adapted = json.loads(capsys.readouterr().out)["adapted"]
-    assert adapted["dynamic_lr"] == 0.5 and adapted["cache"] == {"window": 500, "theta": 2.0, "weight": 0.3}
+    assert adapted["dynamic_lr"] == 0.5 and adapted["cache"] == {"window": 500, "theta": 2.0, "weight": 0.3, "size_weights": []}
     assert adapted["chosen"] == "as given" and adapted["bpc"] > 0
     with pytest.raises(SystemExit):
         lm_main(["evaluate", "--model", str(tiny_run.out), "--dynamic", "-1"])

@@ -55,7 +55,8 @@ def test_generation_mixes_the_stored_cache_in_and_can_be_switched_off(cached_pre
 
 def test_a_cache_of_weight_zero_generates_what_the_model_alone_does(tiny_run, predictor):
     checkpoint = load_checkpoint(str(tiny_run.out))
-    zero = Predictor(checkpoint.model, checkpoint.tokenizer, text_cache=replace(checkpoint.cache_config, weight=0.0))
+    zero = Predictor(checkpoint.model, checkpoint.tokenizer, text_cache=replace(checkpoint.cache_config, weight=0.0,
+                                                                                        size_weights=((1, 0.0),)))
     settings = GenerationSettings(words=10)
     mixed, alone = generate(zero, REPEATED, settings, seed=5), generate(predictor, REPEATED, settings, seed=5)
     assert mixed.text_cache and mixed.continuation == alone.continuation

@@ -314,7 +314,7 @@ def test_evaluate_cli_reports_bpc_perplexity_and_accuracy(tiny_run, corpus_dir, 
     assert lm_main(["evaluate", "--model", str(tiny_run.out), "--corpus", str(corpus_dir), "--positions", "20",
                     "--predict-cache", "300,2,0.05", "--json"]) == 0
     lighter = json.loads(capsys.readouterr().out)
-    assert lighter["accuracy_cache"] == {"window": 300, "theta": 2.0, "weight": 0.05, "given": True}
+    assert lighter["accuracy_cache"] == {"window": 300, "theta": 2.0, "weight": 0.05, "size_weights": [], "given": True}
     assert lighter["stored_cache"]["weight"] != 0.05 and len(lighter["cache_against_alone"]) == 3
     assert lm_main(["evaluate", "--model", str(tiny_run.out), "--corpus", str(corpus_dir), "--positions", "20",
                     "--predict-cache", "300,2,0.05"]) == 0
@@ -402,7 +402,7 @@ def _mixed_logprobs(model, inputs, settings):
 def test_the_text_cache_mixes_every_unit_distribution_and_words_equal_a_brute_force(window):
     from lm.config import CacheConfig
 
-    settings = CacheConfig(window=window, theta=2.0, weight=0.4)
+    settings = CacheConfig(window=window, theta=2.0, weight=0.4, size_weights=((1, 0.4),))  # 0.4 at every size, served
     tokenizer = CharTokenizer(list("ab ,\n"))
     model = _model(tokenizer.vocab_size)
     predictor = Predictor(model, tokenizer, text_cache=settings)
@@ -432,7 +432,7 @@ def test_the_text_cache_mixes_every_unit_distribution_and_words_equal_a_brute_fo
 def test_the_text_cache_sums_spellings_and_divides_the_healed_part_by_hand():
     from lm.config import CacheConfig
 
-    settings = CacheConfig(window=100, theta=3.0, weight=0.3)
+    settings = CacheConfig(window=100, theta=3.0, weight=0.3, size_weights=((1, 0.3),))
     tokenizer = PieceTokenizer()
     model = _model(tokenizer.vocab_size, seed=5)
     predictor = Predictor(model, tokenizer, text_cache=settings)
@@ -465,7 +465,8 @@ def test_the_text_cache_raises_a_word_the_text_repeats(tiny_run):
     checkpoint = load_checkpoint(tiny_run.out)
     text = "Mr. Qwixby spoke. Mr. Qwixby left. Mr. Qwixby came back. Mr. Qwi"  # a name the model never saw
     alone = Predictor(checkpoint.model, checkpoint.tokenizer)
-    cached = Predictor(checkpoint.model, checkpoint.tokenizer, text_cache=CacheConfig(window=2000, theta=1.0, weight=0.5))
+    cached = Predictor(checkpoint.model, checkpoint.tokenizer, text_cache=CacheConfig(window=2000, theta=1.0, weight=0.5,
+                                                                                        size_weights=((1, 0.5),)))
     assert cached.score_word(text, "Qwixby") > alone.score_word(text, "Qwixby") + 5.0  # e^5 times more probable
     off, before = cached.predict(text, k=3, text_cache=False), alone.predict(text, k=3)
     assert not off.text_cache and [p.word for p in off.predictions] == [p.word for p in before.predictions]
@@ -478,7 +479,8 @@ def test_with_the_text_cache_warm_predictions_equal_cold_ones(tiny_subword_run):
     from lm.checkpoint import load_checkpoint
 
     checkpoint = load_checkpoint(tiny_subword_run.out)
-    predictor = Predictor(checkpoint.model, checkpoint.tokenizer, text_cache=CacheConfig(window=40, theta=1.0, weight=0.3))
+    predictor = Predictor(checkpoint.model, checkpoint.tokenizer, text_cache=CacheConfig(window=40, theta=1.0, weight=0.3,
+                                                                                                size_weights=((1, 0.3),)))
     words = "The film was released in the United States and the film was a success in the United".split()
     for count in range(1, len(words)):
         text = " ".join(words[:count]) + " "
@@ -493,7 +495,7 @@ def test_the_prefix_cache_is_bounded_in_bytes_and_keeps_the_latest_context(tiny_
     from lm.checkpoint import load_checkpoint
 
     checkpoint = load_checkpoint(tiny_subword_run.out)
-    settings = CacheConfig(window=400, theta=1.0, weight=0.3)
+    settings = CacheConfig(window=400, theta=1.0, weight=0.3, size_weights=((1, 0.3),))
     texts = [f"The film number {n} was released in the United States and " * 3 for n in range(6)]
     roomy = Predictor(checkpoint.model, checkpoint.tokenizer, cache_size=64, text_cache=settings)
     for text in texts:

@@ -29,10 +29,9 @@ def test_the_served_path_scores_a_text_as_evaluation_does(tiny_run, corpus):
     mixed, _ = quality.served_nll(predictor, text, chunk=40)
     assert units == len(checkpoint.tokenizer.encode(text))
     assert alone == pytest.approx(evaluate_text(checkpoint.model, checkpoint.tokenizer, text, 100).nll, rel=1e-5)
-    # One convention differs: the text's first unit has no earlier position. Serving predicts it with the model
-    # alone (docs/PREDICTION.md); evaluation mixes in an empty cache, paying -log(1 - weight) more there.
+    # The text's first unit has no earlier position: serving and evaluation both predict it with the model alone.
     evaluated = evaluate_text(checkpoint.model, checkpoint.tokenizer, text, 100, cache=settings).nll
-    assert mixed == pytest.approx(evaluated + math.log(1 - settings.weight), rel=1e-5)
+    assert mixed == pytest.approx(evaluated, rel=1e-5)
     assert abs(mixed - alone) > 1  # the cache does move the figure
 
 

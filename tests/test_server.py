@@ -78,17 +78,22 @@ def test_the_text_cache_is_on_by_default_and_can_be_turned_off(client):
     assert [p["word"] for p in plain["predictions"]] == [p["word"] for p in alone["predictions"]]
 
 
-def test_the_pointer_points_at_the_earlier_occurrences_of_the_word(client):
+def test_the_pointer_points_at_the_units_the_cache_copies_the_word_from(client):
     text = "The end of the war and the start of the year, the last of "
     body = _post(client, {"text": text, "k": 3, "attribution": "full"}).get_json()
     first = body["predictions"][0]
     assert body["cache"] is True and first["word"] == "the"
     pointer = first["pointer"]
-    occurrences = [i for i in range(len(text)) if text.startswith("the ", i)]  # "the" followed by a boundary
-    assert [(p["text"], p["start"], p["end"]) for p in pointer["positions"]] == [("the", i, i + 3) for i in occurrences]
-    assert pointer["occurrences"] == 4 and sum(p["share"] for p in pointer["positions"]) == pytest.approx(1.0)
+    assert 0 < pointer["copy_probability"] < 1 and pointer["entries"] >= len(pointer["positions"]) > 0
+    # Every listed position is a unit of the text that "the" (or the boundary after it) copies: t, h, e or a boundary.
+    assert all(p["text"] == text[p["start"]:p["end"]] and (p["text"] in "the" or not p["text"].isalnum())
+               for p in pointer["positions"])
+    assert sum(p["share"] for p in pointer["positions"]) + pointer["own_share"] <= 1 + 1e-9
     strong = [p["start"] for p in pointer["positions"] if p["share"] >= 0.01 * max(q["share"] for q in pointer["positions"])]
     assert pointer["reach"]["chars"] == len(text) - min(strong) and pointer["reach"]["threshold"] == 0.01
+    deletion = pointer["deletion_reach"]
+    assert deletion["90"]["tokens"] <= deletion["99"]["tokens"] <= len(text)
+    assert first["reach"]["mass99_tokens"] == max(first["gradient_reach"]["mass99_tokens"], deletion["99"]["tokens"])
     summary = _post(client, {"text": text, "k": 3}).get_json()["predictions"][0]["pointer"]
     assert "positions" not in summary and summary["reach"] == pointer["reach"]
 
@@ -135,7 +140,7 @@ def test_models_card(client):
     assert 0 <= card["heldout"]["next_word_accuracy"]["top1"] <= 1
     cache = card["cache"]  # tuned at the end of training
     assert cache["window"] >= 1 and cache["theta"] > 0 and 0 <= cache["weight"] < 1
-    assert cache["test"]["bpc"] > 0 and cache["valid"]["word_ppl"] > 0 and cache["chosen"] == "tuned on the valid split"
+    assert cache["test"]["bpc"] > 0 and cache["valid"]["word_ppl"] > 0 and cache["chosen"] == "tuned on the valid split, the weight by memory size on prompts of it"
 
 
 def test_health_and_readiness(client):

@@ -6,7 +6,9 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 
+import numpy as np
 import pytest
 
 import train
@@ -38,8 +40,12 @@ def test_the_end_of_training_tunes_the_cache_on_valid_and_stores_it_with_the_fig
     best = load_checkpoint(tiny_run.out)
     stored = best.metrics["cache"]
     expected, _, _ = tune_cache(score_stream(best.model, best.tokenizer.encode(corpus.valid.text), best.tokenizer.newline_id))
-    assert best.cache_config == expected  # as `lm evaluate --cache tune` picks it
-    assert stored["chosen"] == "tuned on the valid split"
+    settings = best.cache_config
+    assert replace(settings, size_weights=()) == expected  # window, theta, stream weight: as `lm evaluate --cache tune`
+    assert settings.length_aware and stored["chosen"] == "tuned on the valid split, the weight by memory size on prompts of it"
+    # Then the weight by memory size, on prompts of the valid split: none over the first few keys.
+    assert [row["anchor"] for row in stored["size_tuning"]] == [keys for keys, _ in settings.size_weights]
+    assert settings.weights(np.array([1, 3])).tolist() == [0.0, 0.0]
     # The cache is tuned to lower the valid loss; the plain figures stay beside the cached ones.
     assert stored["valid"]["bpc"] <= best.metrics["valid"]["bpc"] + 1e-12
     assert stored["test"]["words"] == best.metrics["test"]["words"] and stored["test"]["bpc"] > 0

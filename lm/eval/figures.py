@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 import numpy
 import torch
 
-from lm.eval.cache import CacheConfig, cache_logprobs, mixed_nll, score_stream, tune_cache
+from lm.eval.cache import CacheConfig, cache_logprobs, mixed_nll, score_stream, stream_weights, tune_cache
 from lm.eval.dynamic import score_stream_dynamic, tune_dynamic
 from lm.model import RNNLanguageModel
 from lm.tokenizers import Tokenizer
@@ -109,7 +109,8 @@ def evaluate_text(model: RNNLanguageModel, tokenizer: Tokenizer, text: str, raw_
         scores = score_stream_dynamic(model, ids, tokenizer.newline_id, dynamic_lr)
     else:
         scores = score_stream(model, ids, tokenizer.newline_id, keep_features=cache is not None)
-    nll = scores.model_nll if cache is None else mixed_nll(scores, cache_logprobs(scores, cache.window, cache.theta), cache.weight)
+    nll = scores.model_nll if cache is None else mixed_nll(scores, cache_logprobs(scores, cache.window, cache.theta),
+                                                           stream_weights(cache, len(scores.targets)))
     return EvalResult(nll=nll, units=len(ids), chars=len(text), words=words, words_estimated=estimated)
 
 

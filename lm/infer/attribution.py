@@ -24,20 +24,23 @@ and differentiated under the served mixture: the word paths' distributions
 are the mixed ones, autograd also gives each word's gradient on the cache's
 keys (the top-layer outputs of the text), and the backward pass injects
 those at their positions. Each prediction then also reports the cache's
-pointer: the earlier occurrences of the word the cache copies it from, and
-the pointer reach (see `Pointer` and docs/REACH.md).
+pointer (lm/infer/pointer.py): the memory entries the cache copies the word
+from, its copy probability, and its exact deletion reach.
 
-Reach figures count back from the prediction point (the last unit read is
-at distance 1), in units, words and characters:
-- threshold reach: the farthest position whose influence is at least
-  `threshold` times the largest;
-- mass reach: the smallest distance covering 90% (99%) of the total influence;
-- the decay profile: influence by distance, divided by its maximum.
+Reach figures (lm/infer/reach.py) count back from the prediction point (the
+last unit read is at distance 1), in units, words and characters: the
+threshold reach, the 90% and 99% mass reach, and the decay profile
+(influence by distance, divided by its maximum). The gradient is a
+first-order view of the cache, whose entries are an explicit sum that
+removing text changes by a finite amount; so with the cache the reported
+`reach` is the wider of the gradient's (`gradient_reach`) and the cache's
+exact deletion reach (the threshold reach with its tolerance
+-log(1 - threshold), the 90%/99% mass reach with 0.105/0.01 nats): beyond it,
+neither the gradient nor the cache's own arithmetic says the text matters.
 """
 
 from __future__ import annotations
 
-import bisect
 import math
 from dataclasses import dataclass, field
 
@@ -49,9 +52,13 @@ from lm.infer.context_grad import ContextTrace, backward_context, trace_context
 from lm.infer.engine import StepEngine
 from lm.infer.predictor import PredictionResult, Predictor, WordPrediction
 from lm.infer.query import make_query
+from lm.infer.pointer import Pointer, PointerPosition, cache_pointer, deletion_reach, explain_cache
+from lm.infer.reach import Reach, distance_in, reach_figures, unit_words, widest, words_of
 from lm.infer.textcache import Memory, cache_votes, mix_distributions, read_memory
 
-__all__ = ["Attribution", "AttributedPrediction", "CacheMix", "METHODS", "Pointer", "PointerPosition", "Reach", "attribute", "cache_pointer", "distance_in", "hidden_jacobian_norms", "path_logprobs", "prediction_gradients", "reach_figures", "FILLER", "unit_words", "words_of"]
+__all__ = ["Attribution", "AttributedPrediction", "CacheMix", "METHODS", "Pointer", "PointerPosition", "Reach", "attribute",
+           "distance_in", "hidden_jacobian_norms", "path_logprobs", "prediction_gradients", "reach_figures", "FILLER",
+           "unit_words", "words_of"]
 
 METHODS = ("saliency", "grad_x_input")
 HOW = {
@@ -64,76 +71,14 @@ HOW = {
 FILLER = "the of and in to a was is for on as by with at from that it "
 
 
-@dataclass(frozen=True)
-class Reach:
-    """How far back influence reaches, counted from the prediction point."""
-
-    tokens: int
-    words: int
-    chars: int
-    mass90_tokens: int
-    mass99_tokens: int
-    mass90_words: int
-    mass99_words: int
-    mass90_chars: int
-    mass99_chars: int
-    threshold: float
-
-    def as_dict(self) -> dict:
-        return dict(self.__dict__)
-
-
-@dataclass(frozen=True)
-class PointerPosition:
-    """One earlier occurrence of a spelling of the predicted word that the cache points to."""
-
-    text: str
-    start: int  # character offsets into the context
-    end: int
-    first_unit: int  # index of its first unit among the context's units
-    share: float  # its part of the word's copy probability
-
-
-@dataclass(frozen=True)
-class Pointer:
-    """Where the continuous cache's votes for a predicted word come from, and how far back that reaches.
-
-    Position i copies a spelling u_1..u_m (and the boundary after it) when the
-    cache, queried after the context and after each unit of the spelling,
-    votes for the key before u_1 at position i, then for the key before u_2
-    at i + 1, ... (and for the boundary unit after the occurrence, where the
-    spelling needs one): its copy probability is the product of those m (or
-    m + 1) votes, the chance that the cache alone spells the word by
-    following that one earlier occurrence unit after unit. A position's
-    share is its product over the sum of all of them. The pointer reach
-    counts back to the first unit of the farthest occurrence whose share is
-    at least `threshold` times the largest share, in units, words and
-    characters, as the gradient reach does.
-    """
-
-    positions: list[PointerPosition]  # in text order
-    copy_probability: float  # the sum of the products over every occurrence
-    tokens: int
-    words: int
-    chars: int
-    threshold: float
-
-    def as_dict(self, full: bool = True) -> dict:
-        """The HTTP API's structure (`full` adds the positions)."""
-        body = {"reach": {"tokens": self.tokens, "words": self.words, "chars": self.chars, "threshold": self.threshold},
-                "copy_probability": self.copy_probability, "occurrences": len(self.positions)}
-        if full:
-            body["positions"] = [{"text": p.text, "start": p.start, "end": p.end, "share": p.share} for p in self.positions]
-        return body
-
-
 @dataclass
 class AttributedPrediction:
     """A prediction with its influence over the text and its reach (and, with the cache, its pointer)."""
 
     prediction: WordPrediction
     influence: np.ndarray  # (n,) per context unit, in text order
-    reach: Reach
+    reach: Reach  # what holds for the prediction as served: the gradient's, widened by the cache's deletion reach
+    gradient_reach: Reach  # the gradient's alone
     faithfulness: dict | None = None
     pointer: Pointer | None = None
 
@@ -172,7 +117,7 @@ class Attribution:
         """The HTTP API's structure (`full` adds per-unit and per-word influence and the decay profile)."""
         predictions = []
         for item in self.predictions:
-            entry = {**item.prediction.as_dict(), "reach": item.reach.as_dict(),
+            entry = {**item.prediction.as_dict(), "reach": item.reach.as_dict(), "gradient_reach": item.gradient_reach.as_dict(),
                      "pointer": item.pointer.as_dict(full) if item.pointer is not None else None}
             if item.faithfulness is not None:
                 entry["faithfulness"] = item.faithfulness
@@ -224,8 +169,8 @@ class CacheMix:
             count = len(chosen)
             votes, values = cache_votes(self.settings, queries[chosen], Memory(self.keys[row], self.values),
                                         path_keys[chosen], path_values[chosen], torch.full((count,), depth))
-            has_keys = torch.full((count,), depth + len(self.values) > 0)
-            pieces.append(torch.log(mix_distributions(self.settings, scaled[chosen], votes, values, has_keys)))
+            sizes = torch.full((count,), min(depth + len(self.values), self.settings.window))  # the keys each row sees
+            pieces.append(torch.log(mix_distributions(self.settings, scaled[chosen], votes, values, sizes)))
             order.append(chosen)
         return torch.cat(pieces)[torch.argsort(torch.cat(order))]
 
@@ -250,113 +195,6 @@ class CacheMix:
         path_keys = torch.stack(columns, dim=1)  # (M, d, H)
         path_values = torch.tensor([prefix for _, prefix in keys], dtype=torch.long)  # (M, d)
         return self.logprobs(scaled, level_states[depth - 1][-1, :, : self.hidden], path_keys, path_values, rows)
-
-
-def words_of(text: str) -> list[tuple[str, int, int]]:
-    """The whitespace-separated words of `text`, each (word, start, end)."""
-    words, start = [], None
-    for index, char in enumerate(text + " "):
-        if char.isspace():
-            if start is not None:
-                words.append((text[start:index], start, index))
-                start = None
-        elif start is None:
-            start = index
-    return words
-
-
-def unit_words(units: list[tuple[str, int, int]], words: list[tuple[str, int, int]]) -> list[int]:
-    """The word each unit belongs to: the word of its first non-space character; spaces go to the next word."""
-    owner = []
-    starts = [start for _, start, _ in words]
-    for text, start, end in units:
-        position = start + (len(text) - len(text.lstrip())) if text else start
-        index = bisect.bisect_right(starts, position) - 1
-        if index >= 0 and position < words[index][2]:
-            owner.append(index)
-        elif index + 1 < len(words):
-            owner.append(index + 1)  # whitespace before a word
-        else:
-            owner.append(len(words) - 1 if words else -1)
-    return owner
-
-
-def reach_figures(influence: np.ndarray, unit_spans: list[tuple[int, int]], unit_word: list[int], text_length: int,
-                  word_count: int, threshold: float = 0.01) -> Reach:
-    """Reach in units, words and characters from per-unit influence (text order; the last unit is distance 1)."""
-    n = influence.size
-    if n == 0 or not np.isfinite(influence).all() or influence.max() <= 0:
-        return Reach(0, 0, 0, 0, 0, 0, 0, 0, 0, threshold)
-    by_distance = influence[::-1]  # index d-1 holds distance d
-    strong = np.nonzero(by_distance >= threshold * by_distance.max())[0]
-    far = int(strong.max()) + 1
-    cumulative = np.cumsum(by_distance) / by_distance.sum()
-    mass90 = int(np.searchsorted(cumulative, 0.9 - 1e-12)) + 1
-    mass99 = int(np.searchsorted(cumulative, 0.99 - 1e-12)) + 1
-
-    def in_words(distance: int) -> int:
-        return distance_in(distance, unit_spans, unit_word, text_length)[0]
-
-    def in_chars(distance: int) -> int:
-        return distance_in(distance, unit_spans, unit_word, text_length)[1]
-
-    return Reach(far, in_words(far), in_chars(far), min(mass90, n), min(mass99, n), in_words(min(mass90, n)),
-                 in_words(min(mass99, n)), in_chars(min(mass90, n)), in_chars(min(mass99, n)), threshold)
-
-
-def distance_in(distance: int, unit_spans: list[tuple[int, int]], unit_word: list[int], text_length: int) -> tuple[int, int]:
-    """A distance in units back from the prediction point (the last unit is 1) in words and in characters."""
-    n = len(unit_spans)
-    last_word = max(unit_word[-1], 0) if unit_word else 0
-    word = unit_word[n - distance]
-    return (last_word - word + 1 if word >= 0 else 0), text_length - unit_spans[n - distance][0]
-
-
-def cache_pointer(predictor: Predictor, final: torch.Tensor, memory: Memory, prediction: WordPrediction,
-                  context: str, spans: list[tuple[int, int]], unit_word: list[int], threshold: float) -> Pointer:
-    """The continuous cache's pointer for one predicted word (see `Pointer`), from the state (L, 1, S) after the
-    context and the cache's memory over it."""
-    settings, engine = predictor.text_cache, predictor.engine
-    assert settings is not None
-    hidden, ends = predictor.model.config.hidden_dim, predictor.units.ends
-    size = len(memory.values)
-    units = memory.values.tolist()  # units[j] followed key j; key j is context unit `offset + j`
-    offset = len(spans) - size
-    where: dict[int, list[int]] = {}
-    for place, unit in enumerate(units):
-        where.setdefault(unit, []).append(place)
-    found: list[tuple[int, int, float]] = []  # (first key, last key, product)
-    with torch.inference_mode():
-        for spelling, boundary in prediction.paths:
-            m = len(spelling)
-            if not m:  # the text already spells the word: nothing to copy but the boundary
-                continue
-            starts = [i for i in where.get(spelling[0], []) if tuple(units[i : i + m]) == spelling
-                      and (not boundary or (i + m < size and ends[units[i + m]]))]
-            if not starts:
-                continue
-            steps = m + 1 if boundary else m  # the cache's queries: after the context and after each unit but the last
-            outputs, state = [final[-1, 0, :hidden]], final
-            for unit in spelling[: steps - 1]:
-                _, state = engine.step(torch.tensor([unit]), state)
-                outputs.append(state[-1, 0, :hidden])
-            queries = torch.stack(outputs)  # (steps, H): query d sees the path's first d keys (the outputs before it)
-            path_keys = queries[: steps - 1][None].expand(steps, -1, -1)  # (steps, steps - 1, H)
-            path_values = torch.tensor(spelling[: steps - 1], dtype=torch.long)[None].expand(steps, -1)
-            votes, _ = cache_votes(settings, queries, memory, path_keys, path_values, torch.arange(steps))
-            columns = torch.tensor(starts)[:, None] + torch.arange(steps)[None, :]  # (occurrences, steps): keys followed
-            products = votes[torch.arange(steps)[None, :], columns].prod(dim=1)
-            found.extend((i, i + m - 1, float(product)) for i, product in zip(starts, products))
-    total = sum(product for _, _, product in found)
-    if not total > 0:
-        return Pointer([], 0.0, 0, 0, 0, threshold)
-    found.sort()
-    positions = [PointerPosition(context[spans[offset + first][0] : spans[offset + last][1]], spans[offset + first][0],
-                                 spans[offset + last][1], offset + first, product / total) for first, last, product in found]
-    top = max(position.share for position in positions)
-    far = min(position.first_unit for position in positions if position.share >= threshold * top)
-    tokens = len(spans) - far
-    return Pointer(positions, total, tokens, *distance_in(tokens, spans, unit_word, len(context)), threshold)
 
 
 def path_logprobs(engine: StepEngine, states: torch.Tensor, first_logprobs: torch.Tensor, rows: list[int],
@@ -438,9 +276,9 @@ def path_logprobs(engine: StepEngine, states: torch.Tensor, first_logprobs: torc
 
 def attribute(predictor: Predictor, text: str, k: int = 5, method: str = "saliency", threshold: float = 0.01,
               verify: bool = False, max_units: int | None = None, beam_width: int = 16, temperature: float = 1.0,
-              text_cache: bool = True) -> Attribution:
+              text_cache: bool | None = None) -> Attribution:
     """Predict the next words after `text` and attribute each to the text's positions (see the module docstring);
-    `text_cache`: predict and differentiate the mixture with the continuous cache when the predictor has settings."""
+    `text_cache`: predict and differentiate the mixture with the continuous cache (see `Predictor.uses_text_cache`)."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}, not {method!r}")
     if not 0 < threshold < 1:
@@ -459,7 +297,7 @@ def attribute(predictor: Predictor, text: str, k: int = 5, method: str = "salien
     units = tuple(ids)
     # One read of the text serves the prediction and the gradients (see lm/infer/context_grad.py).
     trace = trace_context(model, torch.tensor([tokenizer.newline_id, *units], dtype=torch.long))
-    settings = predictor.text_cache if text_cache else None
+    settings = predictor.text_cache if predictor.uses_text_cache(text_cache) else None
     memory = None
     if settings is not None:  # the cache's keys are the read's top-layer outputs, as a served prediction's are
         memory = read_memory(None, None, trace.outputs[-1], [tokenizer.newline_id, *units], settings.window)
@@ -480,13 +318,16 @@ def attribute(predictor: Predictor, text: str, k: int = 5, method: str = "salien
         else:
             influence = (grad * embeddings).sum(-1).abs()
         influence_np = influence.double().numpy()
-        reach = reach_figures(influence_np, spans, unit_word, len(query.context), len(words), threshold)
-        item = AttributedPrediction(prediction, influence_np, reach)
+        gradient_reach = reach_figures(influence_np, spans, unit_word, len(query.context), len(words), threshold)
+        item = AttributedPrediction(prediction, influence_np, gradient_reach, gradient_reach)
         if result.text_cache:
-            item.pointer = cache_pointer(predictor, trace.final, memory, prediction, query.context, spans, unit_word,
-                                         threshold)
+            explanation = explain_cache(predictor, result, prediction, spans, query.context, temperature)
+            item.pointer = cache_pointer(explanation, spans, unit_word, len(query.context), threshold)
+            item.reach = widest(gradient_reach, deletion_reach(explanation.logprob_change, -math.log1p(-threshold)),
+                                item.pointer.deletion_tokens("90"), item.pointer.deletion_tokens("99"), spans, unit_word,
+                                len(query.context))
         if verify:
-            item.faithfulness = _faithfulness(predictor, query, spans, reach, prediction, temperature, result.text_cache)
+            item.faithfulness = _faithfulness(predictor, query, spans, item.reach, prediction, temperature, result.text_cache)
         attribution.predictions.append(item)
     return attribution
 
@@ -553,11 +394,14 @@ def prediction_gradients(predictor: Predictor, trace: ContextTrace, result: Pred
 
 def _faithfulness(predictor: Predictor, query, spans, reach: Reach, prediction: WordPrediction, temperature: float,
                   text_cache: bool) -> dict:
-    """Replace the text beyond the 99% mass reach by neutral filler; how far does log P(word) move?"""
+    """How far log P(word) moves when the text beyond the 99% mass reach is replaced by neutral filler of the same
+    length (`logprob_change`), and when it is cut off, the rest read from a zero state as if only it had been sent
+    (`cut`). Both scored as the word was (with the text cache when it was)."""
     n = len(spans)
     keep_from = spans[n - reach.mass99_tokens][0] if reach.mass99_tokens else len(query.context)
     if keep_from <= 0:
-        return {"replaced_chars": 0, "logprob": prediction.logprob, "logprob_change": 0.0}
+        return {"replaced_chars": 0, "logprob": prediction.logprob, "logprob_change": 0.0,
+                "cut": {"removed_chars": 0, "logprob": prediction.logprob, "logprob_change": 0.0}}
     kept = query.text[keep_from:]
     head = query.text[:keep_from]
     filler = (FILLER * (len(head) // len(FILLER) + 1))[: len(head)]
@@ -566,7 +410,9 @@ def _faithfulness(predictor: Predictor, query, spans, reach: Reach, prediction: 
     if kept and not kept[0].isspace() and filler and not filler[-1].isspace():
         filler = filler[:-1] + " "
     changed = predictor.score_word(filler + kept, prediction.word, temperature, text_cache)  # as the word was scored
-    return {"replaced_chars": keep_from, "logprob": changed, "logprob_change": changed - prediction.logprob}
+    cut = predictor.score_word(kept, prediction.word, temperature, text_cache)
+    return {"replaced_chars": keep_from, "logprob": changed, "logprob_change": changed - prediction.logprob,
+            "cut": {"removed_chars": keep_from, "logprob": cut, "logprob_change": cut - prediction.logprob}}
 
 
 def hidden_jacobian_norms(predictor: Predictor, text: str, probes: int = 8, seed: int = 0, max_units: int | None = None) -> dict:

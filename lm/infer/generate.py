@@ -160,7 +160,7 @@ class _FirstCharacters:
 
 
 def generate(predictor: Predictor, text: str, settings: GenerationSettings | None = None,
-             seed: int | None = None, text_cache: bool = True) -> Generation:
+             seed: int | None = None, text_cache: bool | None = None) -> Generation:
     """Continue `text` word by word (see the module docstring for what is sampled and what is reported); with the
     continuous cache over the text when `text_cache` and the predictor has settings."""
     settings = settings or GenerationSettings()
@@ -169,7 +169,7 @@ def generate(predictor: Predictor, text: str, settings: GenerationSettings | Non
     rng = random.Random(seed)
     tokenizer = predictor.tokenizer
     query = make_query(text, tokenizer)
-    text_cache = text_cache and predictor.text_cache is not None
+    text_cache = predictor.uses_text_cache(text_cache)
     generation = Generation(query.text, seed, settings, text_cache=text_cache)
     so_far = query.text
     firsts = _FirstCharacters(predictor)

@@ -96,6 +96,10 @@ class PredictionResult:
     required_logprob: float  # log P(continuation spells query.required); 0 without healing
     required_paths: list[Path]  # the required part's spellings, as in WordPrediction.paths
     text_cache: bool = False  # whether the continuous cache over the text was mixed in
+    # What the prediction read after the context (every row mixed as served): scoring more words after the same
+    # text (`Predictor.score_more`) and explaining the mixture reuse it. Not part of the answer.
+    reads: Reads | None = field(default=None, repr=False, compare=False)
+    line_start: bool = False  # whether the context ends at a line start
 
     @property
     def completing(self) -> bool:
@@ -136,6 +140,14 @@ class Predictor:
         # weighed), its state is already known and the text needs no model step at all.
         self._lookahead: Reads | None = None
         self._lock = threading.Lock()
+
+    def uses_text_cache(self, asked: bool | None = None) -> bool:
+        """Whether a prediction mixes in the text cache: when asked (True) and the predictor has settings; by default
+        (None) only when its settings are length-aware (tuned for prompts of every length, `CacheConfig.size_weights`):
+        settings tuned on one long stream alone copy a short prompt back, so they serve only when asked for."""
+        if self.text_cache is None or asked is False:
+            return False
+        return asked is True or self.text_cache.length_aware
 
     # Context -----------------------------------------------------------
 
@@ -256,12 +268,12 @@ class Predictor:
         return last_unit is None or self.tokenizer.unit_text(last_unit) == "\n"
 
     def predict_many(self, texts: list[str], k: int = 5, beam_width: int = 16, max_word_length: int = 24,
-                     temperature: float = 1.0, text_cache: bool = True) -> list[PredictionResult]:
+                     temperature: float = 1.0, text_cache: bool | None = None) -> list[PredictionResult]:
         """Predict after many texts: their contexts are read together in one padded batch (one by one when the
         text cache is applied: each context's memory needs every position's output)."""
-        if text_cache and self.text_cache is not None:
+        if self.uses_text_cache(text_cache):
             return [self.predict(text, k=k, beam_width=beam_width, max_word_length=max_word_length,
-                                 temperature=temperature, use_cache=False) for text in texts]
+                                 temperature=temperature, use_cache=False, text_cache=True) for text in texts]
         queries = [make_query(text, self.tokenizer) for text in texts]
         rows = [[self.tokenizer.newline_id, *self.tokenizer.encode(q.context)] for q in queries]
         lengths = torch.tensor([len(row) for row in rows])
@@ -338,30 +350,36 @@ class Predictor:
 
     # Scoring and prediction ------------------------------------------------
 
-    def score_word(self, text: str, word: str, temperature: float = 1.0, text_cache: bool = True) -> float:
+    def score_word(self, text: str, word: str, temperature: float = 1.0, text_cache: bool | None = None) -> float:
         """Exact log P(word | text): every unit sequence that spells it, followed by a boundary."""
         query = make_query(text, self.tokenizer)
         context = self.context_state(tuple(self.tokenizer.encode(query.context)))
-        (exact,), _ = score_words(self.units, self.reads_after(context, temperature, text_cache), context.line_start,
+        return self.score_word_from(context, query, word, temperature, text_cache)
+
+    def score_word_from(self, context: ContextState, query: Query, word: str, temperature: float = 1.0,
+                        text_cache: bool | None = None) -> float:
+        """Exact log P(word | text) after an already-read context, as `predict_from` would score it."""
+        (exact,), _ = score_words(self.units, self.reads_after(context, temperature, self.uses_text_cache(text_cache)),
+                                  context.line_start,
                                   query, [word])
         return exact.logprob
 
     def predict(self, text: str, k: int = 5, beam_width: int = 16, max_word_length: int = 24,
-                temperature: float = 1.0, use_cache: bool = True, text_cache: bool = True) -> PredictionResult:
+                temperature: float = 1.0, use_cache: bool = True, text_cache: bool | None = None) -> PredictionResult:
         """The k most probable next words (or completions of the unfinished word) after `text`; `use_cache`: reuse
-        the prefix cache; `text_cache`: mix in the continuous cache over the text when the predictor has settings."""
+        the prefix cache; `text_cache`: mix in the continuous cache over the text (see `uses_text_cache`)."""
         query = make_query(text, self.tokenizer)
         context = self.context_state(tuple(self.tokenizer.encode(query.context)), use_cache=use_cache)
         return self.predict_from(context, query, k=k, beam_width=beam_width, max_word_length=max_word_length,
                                  temperature=temperature, text_cache=text_cache)
 
     def predict_from(self, context: ContextState, query: Query, k: int = 5, beam_width: int = 16,
-                     max_word_length: int = 24, temperature: float = 1.0, text_cache: bool = True) -> PredictionResult:
-        """Predict after an already-read context (see `context_state`); with the text cache when asked, the
-        predictor has settings and the context kept its memory (the result's `text_cache` says which)."""
+                     max_word_length: int = 24, temperature: float = 1.0, text_cache: bool | None = None) -> PredictionResult:
+        """Predict after an already-read context (see `context_state`); with the text cache when `uses_text_cache`
+        says so and the context kept its memory (the result's `text_cache` says which)."""
         if k < 1 or beam_width < 1 or max_word_length < 1 or not temperature > 0:
             raise ValueError("k, beam_width and max_word_length must be at least 1 and temperature positive")
-        known = self.reads_after(context, temperature, text_cache)  # what the beam reads, exact scoring reuses
+        known = self.reads_after(context, temperature, self.uses_text_cache(text_cache))  # what the beam reads, exact scoring reuses
         words = beam_search(self.units, known, context.line_start, query, k, beam_width, max_word_length)
         # Other spellings (segmentations, a leading space) may have been
         # pruned from the beam: score the leaders exactly, all in one pass.
@@ -377,4 +395,13 @@ class Predictor:
                 continue
             remainder = word[len(query.partial):] if query.completing else word
             predictions.append(WordPrediction(word, spelling.logprob, remainder, spelling.paths))
-        return PredictionResult(query, predictions, context.length, required.logprob, required.paths, known.cache is not None)
+        return PredictionResult(query, predictions, context.length, required.logprob, required.paths, known.cache is not None,
+                                known, context.line_start)
+
+    def score_more(self, result: PredictionResult, words: list[str]) -> list[float]:
+        """Exact log P(word | text) of other words after a prediction's text, as it scored its own (same mixture),
+        reusing what it read."""
+        if result.reads is None:
+            raise ValueError("this prediction kept no reads to score more words with")
+        exact, _ = score_words(self.units, result.reads, result.line_start, result.query, words)
+        return [spelling.logprob for spelling in exact]

@@ -7,7 +7,11 @@ units that followed them; a distribution read at a state with top-layer
 output q becomes
 
     p_cache(u) = sum over visible keys i with value u of softmax_i(theta * q . h_i)
-    p(u)       = (1 - weight) * p_model(u) + weight * p_cache(u)
+    p(u)       = (1 - weight(n)) * p_model(u) + weight(n) * p_cache(u)
+
+where n is the number of keys the row sees and weight(n) the weight tuned
+for memories of that size (`CacheConfig.weights`: small over a short prompt,
+whose few keys would otherwise take the mixture's whole share).
 
 The text is read as a stream, as evaluation reads a split: a unit sequence
 that the beam search or exact scoring reads past the context (the units that
@@ -204,7 +208,8 @@ class TextCache:
         totals = votes.sum(axis=1, dtype=np.float64)
         if some_without:
             totals[~has_keys] = 1.0
-        weight = has_keys * settings.weight  # (N,) float64: 0 where no key is visible
+        # (N,) float64: the weight for the keys each row sees (settings.weights: by memory size), 0 where none is visible
+        weight = settings.weights(np.minimum(size + depths, settings.window))
         # The mixed model's normaliser: log P(u) = scaled[u] - normaliser for a unit outside the support.
         normalisers = rows.normalisers - np.log1p(-weight)
         # On the support: (1 - weight) p_model + weight p_cache, p_cache from each row's votes summed by the
@@ -253,12 +258,12 @@ def cache_votes(settings: CacheConfig, queries: Tensor, memory: Memory, path_key
     return votes, values
 
 
-def mix_distributions(settings: CacheConfig, scaled: Tensor, votes: Tensor, values: Tensor, has_keys: Tensor) -> Tensor:
+def mix_distributions(settings: CacheConfig, scaled: Tensor, votes: Tensor, values: Tensor, sizes: Tensor) -> Tensor:
     """(1 - weight) p_model + weight p_cache (N, V) float64, from tempered logits (N, V), votes and their values
-    (N, K) (see `cache_votes`); rows where has_keys (N,) is false are p_model."""
+    (N, K) (see `cache_votes`), the weight for the number of keys each row sees, sizes (N,) (0: p_model)."""
     # p_model as in Predictor._normalized (exponentials in the logits' precision, within an ulp), normalised in float64.
     model = (scaled - scaled.amax(dim=-1, keepdim=True)).exp().double()
     model = model / model.sum(dim=-1, keepdim=True)  # (N, V) p_model
     cached = torch.zeros_like(model).scatter_add(1, values, votes)  # (N, V) p_cache
-    weight = has_keys.double()[:, None] * settings.weight  # (N, 1): 0 where no key is visible
+    weight = torch.from_numpy(settings.weights(sizes.numpy()))[:, None]  # (N, 1): 0 where no key is visible
     return model * (1 - weight) + cached * weight

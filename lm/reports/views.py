@@ -36,16 +36,18 @@ def _reach_line(entry) -> str:
         line += f";  {_pointer_line(entry.pointer)}"
     if entry.faithfulness:
         f = entry.faithfulness
-        line += f";  filler beyond the 99% reach moves log P by {f['logprob_change']:+.3f}"
+        line += (f";  beyond the 99% reach, filler moves log P by {f['logprob_change']:+.3f} and cutting the text by "
+                 f"{f['cut']['logprob_change']:+.3f}")
     return line
 
 
 def _pointer_line(pointer) -> str:
-    """The cache's pointer reach in a few words."""
-    if not pointer.positions:
-        return "pointer reach 0 (no earlier occurrence)"
-    return (f"pointer reach {pointer.tokens} units / {pointer.words} words / {pointer.chars} chars "
-            f"({len(pointer.positions)} earlier occurrences)")
+    """The cache's pointer in a few words."""
+    if not pointer.entries:
+        return "the cache copies none of the word's units from the text"
+    return (f"the cache copied part of the word with probability {pointer.copy_probability:.2%} from "
+            f"{pointer.entries} places; pointer reach {pointer.tokens} units / {pointer.words} words / {pointer.chars} "
+            f"chars; the cache's part is within 1% once the text is cut to its last {pointer.deletion['99']['words']} words")
 
 
 def _pointed(attribution: Attribution, entry) -> set[int]:
@@ -174,7 +176,7 @@ small {{ color: #666; font-weight: normal; }}
 <p>Model {html.escape(model_name)}; method {attribution.method}; context {summary['tokens']} units, {summary['words']} words,
 {summary['chars']} characters{' (truncated)' if summary['truncated'] else ''}. Colour: log10 of each unit's influence relative to the
 strongest, over {DECADES} decades. The model reads the text in evaluation mode from a zero state.
-<span class="pointer">Boxed</span>: the earlier occurrences the continuous cache's pointer copies the word from.</p>
+<span class="pointer">Boxed</span>: the units of the text the continuous cache copies the word from (its pointer).</p>
 {''.join(sections)}
 </body></html>
 """

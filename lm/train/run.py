@@ -14,24 +14,24 @@ import random
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import numpy
 import torch
 
 from corpora import Corpus
 from lm.checkpoint import Checkpoint, CheckpointError, load_checkpoint, read_meta, resolve_checkpoint, restore_training, save_checkpoint, update_metrics
-from lm.config import ModelConfig, TokenizerConfig, TrainConfig, from_dict
+from lm.config import CacheConfig, ModelConfig, TokenizerConfig, TrainConfig, from_dict
 from lm.train.devices import accelerator_rng_state, set_accelerator_rng_state
 from lm.train.distributed import Distributed
-from lm.eval.cache import score_stream, tune_cache
+from lm.eval.cache import score_stream, tune_cache, tune_size_weights
 from lm.eval.figures import HOW_STATE_FLOWS, EvalResult, evaluate_text
 from lm.model import RNNLanguageModel, count_parameters
 from lm.tokenizers import Tokenizer, load_tokenizer
 from lm.train.loop import Hooks, MetricsLog, TrainingState, batchify, build_optimizer, fit
 from lm.train.tokens import TokenIds, cache_directory, cached_tokenizer, corpus_fingerprint, load_streamed_corpus, token_ids
 
-__all__ = ["RunResult", "resume_configs", "seed_everything", "set_threads", "train_run", "BUDGET_FIELDS"]
+__all__ = ["RunResult", "resume_configs", "seed_everything", "set_threads", "train_run", "tune_text_cache", "BUDGET_FIELDS"]
 
 log = logging.getLogger(__name__)
 
@@ -242,7 +242,7 @@ def train_run(
     scored = best.model.to(device)
     valid = evaluate_text(scored, best.tokenizer, corpus.valid.text, corpus.valid.raw_words, ids=heldout["valid"])
     test = evaluate_text(scored, best.tokenizer, corpus.test.text, corpus.test.raw_words, ids=heldout["test"])
-    cache = _tuned_cache(scored, best.tokenizer, corpus, heldout) if train_config.tune_cache else None
+    cache = tune_text_cache(scored, best.tokenizer, corpus, heldout) if train_config.tune_cache else None
     best.model.cpu()  # the accuracy reads words with the CPU engine
     figures = None
     if train_config.accuracy_positions and accuracy is not None:
@@ -255,17 +255,26 @@ def train_run(
                      model_config, figures)
 
 
-def _tuned_cache(model: RNNLanguageModel, tokenizer: Tokenizer, corpus: Corpus, heldout: _HeldOut) -> dict[str, Any]:
-    """A continuous cache (Grave et al. 2017) tuned on the whole valid split as `lm evaluate --cache tune` does, with
-    the valid and test figures it gives: what `metrics["cache"]` stores and the predictor applies."""
-    scores = score_stream(model, heldout["valid"], tokenizer.newline_id)
-    settings, _, _ = tune_cache(scores)
-    del scores  # the valid split's features: the largest thing held here
+def tune_text_cache(model: RNNLanguageModel, tokenizer: Tokenizer, corpus: Corpus, heldout: Mapping[str, list[int]],
+                    settings: CacheConfig | None = None) -> dict[str, Any]:
+    """The continuous cache (Grave et al. 2017) tuned on the whole valid split as `lm evaluate --cache tune` does
+    (unless `settings` gives its window, theta and stream weight), its weight then tuned by memory size on prompts
+    of the valid split, with the valid and test figures it gives: what `metrics["cache"]` stores and the predictor
+    applies. `heldout` maps "valid" and "test" to their ids."""
+    if settings is None:
+        scores = score_stream(model, heldout["valid"], tokenizer.newline_id)
+        settings, _, _ = tune_cache(scores)
+        del scores  # the valid split's features: the largest thing held here
+    # The weight again by how much text the memory holds: requests are prompts, not one long stream.
+    settings, by_size = tune_size_weights(model, heldout["valid"], tokenizer, replace(settings, size_weights=()))
     valid = evaluate_text(model, tokenizer, corpus.valid.text, corpus.valid.raw_words, cache=settings, ids=heldout["valid"])
     test = evaluate_text(model, tokenizer, corpus.test.text, corpus.test.raw_words, cache=settings, ids=heldout["test"])
-    log.info("continuous cache tuned on valid: window %d, theta %g, weight %g (test %.4f bpc)",
-             settings.window, settings.theta, settings.weight, test.bpc)
-    return {**asdict(settings), "chosen": "tuned on the valid split", "valid": valid.as_dict(), "test": test.as_dict()}
+    log.info("continuous cache tuned on valid: window %d, theta %g, weight %g; by memory size %s (test %.4f bpc)",
+             settings.window, settings.theta, settings.weight,
+             ", ".join(f"{keys} keys {weight:g}" for keys, weight in settings.size_weights), test.bpc)
+    return {**asdict(settings), "chosen": "tuned on the valid split, the weight by memory size on prompts of it",
+            "size_tuning": [{key: value for key, value in row.items() if key != "trials"} for row in by_size],
+            "valid": valid.as_dict(), "test": test.as_dict()}
 
 
 def _restore(directory: Path, model: RNNLanguageModel, optimizer: torch.optim.Optimizer, ranks: Distributed,

@@ -141,11 +141,13 @@ function renderHeatmap() {
   $("reach").textContent = `reach ${r.tokens} units / ${r.words} words / ${r.chars} characters (threshold ${r.threshold}); ` +
     `90% of influence within ${r.mass90_words} words, 99% within ${r.mass99_words}`;
   const pointer = p.pointer;
+  const copyPercent = pointer ? 100 * pointer.copy_probability : 0;
   $("pointer").textContent = !pointer ? "no continuous cache: predictions and influence are the model's alone"
-    : pointer.occurrences === 0 ? "the cache's pointer finds no earlier occurrence of this word"
-    : `pointer reach ${pointer.reach.tokens} units / ${pointer.reach.words} words / ${pointer.reach.chars} characters ` +
-      `(${pointer.occurrences} earlier occurrences; the cache alone copies the word with probability ` +
-      `${(100 * pointer.copy_probability).toPrecision(2)}%)`;
+    : pointer.entries === 0 ? "the cache copies none of this word's units from the text"
+    : `the cache copied part of this word with probability ${copyPercent < 0.01 ? "under 0.01" : copyPercent.toPrecision(2)}%, ` +
+      `from ${pointer.entries} places in the text; pointer reach ${pointer.reach.tokens} units / ` +
+      `${pointer.reach.words} words; cutting the text beyond ${pointer.deletion_reach["99"].words} words changes ` +
+      `the cache's part by under 1%`;
   const positions = (pointer && pointer.positions) || [];
   const pointedAt = (u) => positions.find((q) => q.start <= u.start && u.end <= q.end);
   const text = body.text.slice(0, body.context.chars);
@@ -169,10 +171,10 @@ function renderHeatmap() {
     span.title = u.score.toExponential(2);
     const copied = pointedAt(u);
     if (copied) {
-      span.classList.add("pointer");  // one box around each occurrence: its first and last units close it
+      span.classList.add("pointer");  // one box around each copied unit: its first and last units close it
       if (u.start <= copied.start) span.classList.add("pointer-first");
       if (u.end >= copied.end) span.classList.add("pointer-last");
-      span.title += ` · cache pointer: ${(100 * copied.share).toFixed(1)}% of the copy mass`;
+      span.title += ` · cache pointer: ${(100 * copied.share).toFixed(1)}% of the copies`;
     }
     heatmap.appendChild(span);
     cursor = Math.max(cursor, u.end);

@@ -1,0 +1,298 @@
+"""The text cache's part of one predicted word, exactly: which memory entries it copies from, and how far back
+removing entries would change it.
+
+Under the mixture (lm/infer/textcache.py) every unit of a word's spelling,
+and the boundary after it, is drawn from one row's distribution
+
+    p_r(u) = (1 - weight_r) m_r(u) + sum over entries i visible to row r of C_ri(u),
+    C_ri(u) = weight_r * softmax_i(theta * q_r . k_i) * [entry i was followed by u],
+
+read generatively: the row draws from the model with probability 1 - weight_r,
+or the cache picks entry i by its vote and copies the unit that followed it.
+The word's probability is the sum over its spellings of the product of
+their rows' factors. Two exact statements follow, and this module computes
+both (no gradient, no approximation beyond float64 arithmetic):
+
+- The pointer. `copy_probability` is the probability that at least one of
+  the spelled units (or the boundary) was copied, given the word:
+  1 - sum over spellings of prod_r (1 - weight_r) m_r(u_r), over P(word).
+  An entry's `share` is its part of the expected number of copies:
+  sum over spellings of P(spelling) sum_r C_ri(u_r) / p_r(u_r), over the
+  same sum for every entry. Every entry that votes is counted: the context's
+  (its positions in the text) and the keys read along the word's own
+  spelling (`own_share`: the cache copying from the word itself).
+- The deletion curve. Cutting the text to its last d units leaves the
+  memory the entries of those d units: each row's softmax is renormalised
+  over them and its weight is the one for that many keys. For every d at
+  once (cumulative sums from the nearest entry back), `logprob_change[d]`
+  is log P(word) with only those entries, minus log P(word) as served,
+  the model's own distributions held fixed (the gradient speaks for them).
+  The deletion reach at tolerance t is the smallest d from which no deeper
+  cut moves log P(word) by more than t nats.
+
+Both are computed from what the prediction read (`PredictionResult.reads`):
+the rows' states, logits and the context's memory, so the probabilities are
+the served ones.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from lm.config import CacheConfig
+from lm.infer.predictor import PredictionResult, Predictor, WordPrediction
+from lm.infer.reach import distance_in
+from lm.infer.scoring import Path
+
+__all__ = ["CacheExplanation", "CacheRow", "DELETION_TOLERANCES", "Pointer", "PointerPosition", "cache_pointer",
+           "deletion_reach", "explain_cache"]
+
+# log P moves by at most this when the text beyond the deletion reach is cut: about 1% (the 99% figure) and 10%.
+DELETION_TOLERANCES = {"99": -math.log(0.99), "90": -math.log(0.90)}
+# Pointer positions with less than this share of the expected copies are counted but not listed.
+LISTED_SHARE = 1e-3
+
+
+@dataclass(frozen=True)
+class PointerPosition:
+    """A context entry the cache copies the word from: the unit that followed it, and its share of the copies."""
+
+    text: str
+    start: int  # character offsets into the context
+    end: int
+    unit: int  # the unit's index among the context's units
+    share: float
+
+
+@dataclass
+class CacheRow:
+    """One row of a spelling (its state after the context and a prefix of the spelling), as the mixture saw it."""
+
+    depth: int  # units of the spelling read before this row
+    model: np.ndarray  # (V,) float64 model probabilities (tempered)
+    weight: float  # the cache's share at this row (for its number of visible keys)
+    votes: np.ndarray  # (size,) float64 each context entry's vote, 0 beyond the window
+    own_votes: np.ndarray  # (depth,) float64 the votes of the keys read along the spelling
+    own_values: np.ndarray  # (depth,) the units that followed those keys
+    window_start: int  # the first context entry this row can see
+    settings: CacheConfig
+
+
+@dataclass(frozen=True)
+class CacheExplanation:
+    """The cache's part of one word: the pointer and the deletion curve (see the module docstring)."""
+
+    copy_probability: float
+    positions: list[PointerPosition]  # context entries with at least LISTED_SHARE of the copies, in text order
+    entries: int  # context entries that vote for one of the word's units
+    own_share: float  # the share of the copies from keys read along the word's own spelling
+    logprob_change: np.ndarray  # (size + 1,) log P(word) with the last d context entries only, minus as served
+    size: int  # context entries in the memory (the last `window` units of the text at most)
+    logprob: float  # log P(word) as served, computed again from the rows (checks the rows are the served ones)
+
+
+def explain_cache(predictor: Predictor, result: PredictionResult, prediction: WordPrediction, spans: list[tuple[int, int]],
+                  context: str, temperature: float = 1.0) -> CacheExplanation:
+    """The pointer and the deletion curve of `prediction`, one of `result`'s (predicted with the text cache), whose
+    context's units span `spans` of `context`."""
+    reads = result.reads
+    if reads is None or reads.cache is None:
+        raise ValueError("the prediction was not mixed with the text cache")
+    cache = reads.cache
+    memory = cache.memory
+    size = len(memory.values)
+    keys = memory.keys.double().numpy()  # (n, H)
+    values = memory.values.numpy()
+    hidden = cache.hidden_dim
+    ends = predictor.units.ends
+    rows: dict[tuple[int, ...], CacheRow] = {}
+
+    def row(prefix: tuple[int, ...]) -> CacheRow:
+        found = rows.get(prefix)
+        if found is None:
+            found = rows[prefix] = _row(predictor, reads, prefix, keys, hidden, temperature)
+        return found
+
+    word = _paths_curve(prediction.paths, row, values, ends, size)
+    required = _paths_curve(result.required_paths, row, values, ends, size) if result.query.required else None
+    change = word.logprob - word.logprob[-1]
+    logprob = float(word.logprob[-1])
+    if required is not None:
+        change = change - (required.logprob - required.logprob[-1])
+        logprob -= float(required.logprob[-1])
+    offset = len(spans) - size  # context entry i is followed by context unit offset + i
+    total_copies = word.copies.sum() + word.own_copies
+    positions = []
+    if total_copies > 0:
+        for i in np.flatnonzero(word.copies / total_copies >= LISTED_SHARE):
+            start, end = spans[offset + i]
+            positions.append(PointerPosition(context[start:end], start, end, offset + int(i),
+                                             float(word.copies[i] / total_copies)))
+    copy_probability = 1.0 - math.exp(word.model_only - word.logprob[-1]) if word.logprob[-1] > -math.inf else 0.0
+    return CacheExplanation(max(0.0, copy_probability), positions, int(np.count_nonzero(word.copies)),
+                            float(word.own_copies / total_copies) if total_copies > 0 else 0.0, change, size, logprob)
+
+
+@dataclass(frozen=True)
+class Pointer:
+    """Where the text cache's copies of a predicted word come from, and how far back cutting the text changes it.
+
+    `positions`, `copy_probability` and `own_share` as in `CacheExplanation`.
+    The pointer reach counts back to the farthest listed entry whose share
+    is at least `threshold` times the largest. The deletion reach (`deletion`)
+    is the exact statement: cutting the text to its last `tokens` units
+    moves log P(word) through the cache by at most `tolerance` nats (model
+    distributions held fixed), for the 99% (0.01 nats) and 90% (0.105 nats)
+    tolerances.
+    """
+
+    positions: list[PointerPosition]  # in text order
+    copy_probability: float
+    entries: int
+    own_share: float
+    tokens: int
+    words: int
+    chars: int
+    threshold: float
+    deletion: dict[str, dict[str, float | int]]  # "99" / "90" -> tolerance (nats), tokens, words, chars
+
+    def as_dict(self, full: bool = True) -> dict:
+        """The HTTP API's structure (`full` adds the positions)."""
+        body = {"reach": {"tokens": self.tokens, "words": self.words, "chars": self.chars, "threshold": self.threshold},
+                "copy_probability": self.copy_probability, "entries": self.entries, "own_share": self.own_share,
+                "deletion_reach": self.deletion}
+        if full:
+            body["positions"] = [{"text": p.text, "start": p.start, "end": p.end, "share": p.share} for p in self.positions]
+        return body
+
+    def deletion_tokens(self, level: str) -> int:
+        """The deletion reach in units at a level ("99" or "90")."""
+        return int(self.deletion[level]["tokens"])
+
+
+def cache_pointer(explanation: CacheExplanation, spans: list[tuple[int, int]], unit_word: list[int], text_length: int,
+                  threshold: float) -> Pointer:
+    """The pointer of a word from its cache explanation: its threshold reach over the positions' shares and its
+    deletion reach at each tolerance, in units, words and characters."""
+    n = len(spans)
+
+    def figures(tokens: int) -> dict[str, int]:
+        words, chars = distance_in(tokens, spans, unit_word, text_length) if tokens else (0, 0)
+        return {"tokens": tokens, "words": words, "chars": chars}
+
+    top = max((p.share for p in explanation.positions), default=0.0)
+    strong = [p.unit for p in explanation.positions if top > 0 and p.share >= threshold * top]
+    reach = figures(n - min(strong) if strong else 0)
+    deletion = {level: {"tolerance": tolerance, **figures(deletion_reach(explanation.logprob_change, tolerance))}
+                for level, tolerance in DELETION_TOLERANCES.items()}
+    return Pointer(explanation.positions, explanation.copy_probability, explanation.entries, explanation.own_share,
+                   reach["tokens"], reach["words"], reach["chars"], threshold, deletion)
+
+
+def deletion_reach(change: np.ndarray, tolerance: float) -> int:
+    """The smallest d (context entries kept) from which no deeper cut, d' >= d, moves log P by more than `tolerance`."""
+    moved = np.flatnonzero(~(np.abs(change) <= tolerance))  # nan counts as moved
+    return int(moved.max()) + 1 if moved.size else 0
+
+
+@dataclass
+class _Curve:
+    """Over a set of spellings: log P for every number d of context entries kept, (size + 1,); log P with every unit
+    drawn from the model; each context entry's expected copies times P (size,), and the keys along the spellings'."""
+
+    logprob: np.ndarray
+    model_only: float
+    copies: np.ndarray
+    own_copies: float
+
+
+def _paths_curve(paths: list[Path], row, values: np.ndarray, ends: np.ndarray, size: int) -> _Curve:
+    """The deletion curve, the model-only probability and the expected copies of a set of spellings."""
+    logprobs, model_only, copies, own = [], [], np.zeros(size), 0.0
+    for units, boundary in paths:
+        factors = [(row(units[:depth]), np.array([units[depth]])) for depth in range(len(units))]
+        if boundary:
+            factors.append((row(units), np.flatnonzero(ends)))
+        curve = np.zeros(size + 1)  # log P(spelling) with the last d entries, d = 0..size
+        full, alone = 0.0, 0.0
+        entry_parts, own_parts = [], 0.0  # sum over rows of C_ri / p_r, per entry
+        for cache_row, targets in factors:
+            mass, part_of_entries, own_part, alone_mass = _factor(cache_row, targets, values, size)
+            curve += np.log(mass)
+            full += math.log(mass[-1])
+            alone += math.log(alone_mass)
+            entry_parts.append(part_of_entries / mass[-1])
+            own_parts += own_part / mass[-1]
+        logprobs.append(curve)
+        model_only.append(alone)
+        probability = math.exp(full)
+        if entry_parts:
+            copies += probability * np.sum(entry_parts, axis=0)
+        own += probability * own_parts
+    if not logprobs:
+        return _Curve(np.full(size + 1, -math.inf), -math.inf, copies, own)
+    stacked = np.array(logprobs)  # (paths, size + 1)
+    top = stacked.max(axis=0)
+    safe = np.where(np.isfinite(top), top, 0.0)
+    summed = safe + np.log(np.exp(stacked - safe).sum(axis=0))
+    alone_total = max(model_only) + math.log(sum(math.exp(a - max(model_only)) for a in model_only)) \
+        if max(model_only) > -math.inf else -math.inf
+    return _Curve(np.where(np.isfinite(top), summed, -math.inf), alone_total, copies, own)
+
+
+def _factor(cache_row: CacheRow, targets: np.ndarray, values: np.ndarray, size: int
+            ) -> tuple[np.ndarray, np.ndarray, float, float]:
+    """One row's factor for drawing one of `targets` (a unit, or the boundary units): its value with the last d
+    context entries for d = 0..size, (size + 1,); each entry's term C_ri at full memory, (size,); the spelling's own
+    keys' term; and the model's term (1 - weight) m(targets)."""
+    model = float(cache_row.model[targets].sum())
+    hit = np.isin(values, targets)  # (size,): entries followed by a target unit
+    own_hit = np.isin(cache_row.own_values, targets)
+    own_votes = float(cache_row.own_votes.sum())
+    own_numerator = float(cache_row.own_votes[own_hit].sum())
+    nearest_first = cache_row.votes[::-1]  # entry size-1 (distance 1) first
+    totals = np.concatenate([[0.0], np.cumsum(nearest_first)]) + own_votes  # (size + 1,) kept d = 0..size
+    numerators = np.concatenate([[0.0], np.cumsum(nearest_first * hit[::-1])]) + own_numerator
+    window = cache_row.window_start  # entries before it are beyond the window whatever is cut
+    kept = np.minimum(np.arange(size + 1), size - window)  # the context keys still visible with the last d kept
+    weights = _weights(cache_row, kept)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cached = np.where(totals > 0, numerators / totals, 0.0)
+    mass = (1 - weights) * model + weights * cached
+    full_total = totals[-1]
+    entry_terms = cache_row.weight * cache_row.votes * hit / full_total if full_total > 0 else np.zeros(size)
+    own_term = cache_row.weight * own_numerator / full_total if full_total > 0 else 0.0
+    return mass, entry_terms, own_term, (1 - cache_row.weight) * model
+
+
+def _weights(cache_row: CacheRow, kept: np.ndarray) -> np.ndarray:
+    """The row's weight when `kept` context keys are visible (its own keys always are)."""
+    return cache_row.settings.weights(kept + cache_row.depth)
+
+
+def _row(predictor: Predictor, reads, prefix: tuple[int, ...], keys: np.ndarray, hidden: int, temperature: float) -> CacheRow:
+    """The mixture's parts at the row after `prefix` (the context's own row for ()): as TextCache.mix computes them."""
+    cache = reads.cache
+    settings = cache.settings
+    size = len(keys)
+    state, logits = reads.after(prefix)
+    query = state[-1, 0, :hidden].double().numpy()  # (H,)
+    scaled = logits.double().numpy() / temperature
+    model = np.exp(scaled - scaled.max())
+    model /= model.sum()
+    depth = len(prefix)
+    own_keys = np.zeros((depth, hidden))  # the keys read along the spelling: the output after each shorter prefix
+    for j in range(depth):
+        own_keys[j] = reads.state(prefix[:j])[-1, :hidden].double().numpy()
+    window_start = max(0, size + depth - settings.window)  # older context keys are beyond the window
+    scores = settings.theta * (keys @ query)  # (n,)
+    own_scores = settings.theta * (own_keys @ query) if depth else np.zeros(0)
+    visible = np.arange(size) >= window_start
+    top = max(scores[visible].max(initial=-math.inf), own_scores.max(initial=-math.inf))
+    votes = np.where(visible, np.exp(scores - top), 0.0) if np.isfinite(top) else np.zeros(size)
+    own_votes = np.exp(own_scores - top) if np.isfinite(top) else np.zeros(depth)
+    weight = float(settings.weights(np.array([min(size + depth, settings.window)]))[0])
+    return CacheRow(depth, model, weight, votes, own_votes, np.array(prefix, dtype=np.int64), window_start, settings)
