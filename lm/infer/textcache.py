@@ -97,7 +97,8 @@ class TextCache:
 
     The arithmetic runs in numpy on the few hundred keys a request has: a
     mix is about fifteen small array operations, where torch's per-operation
-    cost would exceed the work. What `mix` assumes (and what keeps it fast):
+    cost would exceed the work; the one matrix product runs in torch (numpy's
+    BLAS would start threads of its own that compete with torch's). What `mix` assumes (and what keeps it fast):
     one request's keys and tens of rows at a time; every sequence read past
     the context was added through `extend` before its row is mixed; and the
     support (the units any key was followed by) only grows at its end, so
@@ -111,6 +112,7 @@ class TextCache:
         self.memory = memory  # the context's keys and values (the last `window` at most)
         self.hidden_dim = hidden_dim
         self.keys = memory.keys.numpy()  # (n, H) float32, not copied
+        self._keys_t = memory.keys.T  # (H, n): the products' right-hand side, a view
         self.values = memory.values.numpy()  # (n,)
         self.size = len(self.values)
         self.ends = ends_mask.numpy()  # (V,) float64: units that begin with a word boundary
@@ -126,6 +128,14 @@ class TextCache:
         self._path_columns = np.empty(16, dtype=np.int64)  # the entry's unit, as its place in the support
         self._path_depths = np.empty(16, dtype=np.int64)  # the entry's place along its path, from 1
         self._entries = 0
+        self._weights = settings.weights(np.minimum(self.size + np.arange(32), settings.window))  # by path depth
+
+    def _weight_at(self, depths: np.ndarray) -> np.ndarray:
+        """The mixture weight (float64) of rows at these path depths: looked up, as a row sees the context's keys
+        and its own path's (a depth beyond the table's is computed)."""
+        if depths.max(initial=0) >= len(self._weights):
+            self._weights = self.settings.weights(np.minimum(self.size + np.arange(2 * depths.max() + 1), self.settings.window))
+        return self._weights[depths]
 
     def extend(self, parents: list[CachePath], keys: np.ndarray, units: list[int]) -> list[CachePath]:
         """The paths of sequences one unit past `parents`: sequence i read units[i] after parents[i], whose
@@ -188,9 +198,12 @@ class TextCache:
             return rows
         queries = rows.states.numpy()[-1, :, : self.hidden_dim] * np.float32(settings.theta)  # (N, H)
         scores = np.empty((count, size + entries), dtype=np.float32)  # (N, n + E): theta q . h for every key
-        np.matmul(queries, self.keys.T, out=scores[:, :size])
+        # The products run in torch, on the model's own thread pool: numpy's BLAS keeps threads of its own that
+        # spin after each product and fight torch's for the cores (warm prediction ran 4-5x slower with them).
+        torch.mm(torch.from_numpy(queries), self._keys_t, out=torch.from_numpy(scores[:, :size]))
         if entries:
-            np.matmul(queries, self._path_keys[:entries].T, out=scores[:, size:])
+            torch.mm(torch.from_numpy(queries), torch.from_numpy(self._path_keys[:entries]).T,
+                     out=torch.from_numpy(scores[:, size:]))
             on_path = np.zeros((count, entries), dtype=bool)
             on_path[np.repeat(np.arange(count), depths),
                     np.fromiter(chain.from_iterable(path.entries for path in paths), dtype=np.int64, count=depths.sum())] = True
@@ -209,7 +222,7 @@ class TextCache:
         if some_without:
             totals[~has_keys] = 1.0
         # (N,) float64: the weight for the keys each row sees (settings.weights: by memory size), 0 where none is visible
-        weight = settings.weights(np.minimum(size + depths, settings.window))
+        weight = self._weight_at(depths)
         # The mixed model's normaliser: log P(u) = scaled[u] - normaliser for a unit outside the support.
         normalisers = rows.normalisers - np.log1p(-weight)
         # On the support: (1 - weight) p_model + weight p_cache, p_cache from each row's votes summed by the
@@ -221,7 +234,7 @@ class TextCache:
         flat = (np.arange(count)[:, None] * width + columns[None, :]).ravel()
         cached = np.bincount(flat, weights=votes.ravel(), minlength=count * width).reshape(count, width)
         cached *= (weight / totals)[:, None]  # weight p_cache
-        boundaries = np.log((1 - weight) * np.exp(rows.boundaries) + cached @ self._support_ends)
+        boundaries = np.log((1 - weight) * np.exp(rows.boundaries) + np.einsum("ns,s->n", cached, self._support_ends))
         mixed += cached
         overrides = np.log(mixed, out=mixed)
         return StepRows(rows.states, rows.logits, rows.scaled, normalisers, boundaries, self.support, overrides, self.columns)
