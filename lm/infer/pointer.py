@@ -41,6 +41,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from lm.config import CacheConfig
 from lm.infer.predictor import PredictionResult, Predictor, WordPrediction
@@ -288,8 +289,9 @@ def _row(predictor: Predictor, reads, prefix: tuple[int, ...], keys: np.ndarray,
     for j in range(depth):
         own_keys[j] = reads.state(prefix[:j])[-1, :hidden].double().numpy()
     window_start = max(0, size + depth - settings.window)  # older context keys are beyond the window
-    scores = settings.theta * (keys @ query)  # (n,)
-    own_scores = settings.theta * (own_keys @ query) if depth else np.zeros(0)
+    # Products in torch: numpy's BLAS would start threads of its own beside torch's (see TextCache).
+    scores = settings.theta * torch.from_numpy(keys).mv(torch.from_numpy(query)).numpy()  # (n,)
+    own_scores = settings.theta * torch.from_numpy(own_keys).mv(torch.from_numpy(query)).numpy() if depth else np.zeros(0)
     visible = np.arange(size) >= window_start
     top = max(scores[visible].max(initial=-math.inf), own_scores.max(initial=-math.inf))
     votes = np.where(visible, np.exp(scores - top), 0.0) if np.isfinite(top) else np.zeros(size)
