@@ -5,9 +5,11 @@ Needs Debian's chromium at /usr/bin/chromium (`.ci/run` installs it). Without
 it the test is skipped, except in CI (CI=true), where it fails.
 """
 
+import json
 import os
 import socket
 import threading
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -78,8 +80,8 @@ def test_type_see_predictions_select_one_see_the_heatmap_continue(page_server):
             assert "%" in page.get_attribute("#continuation .generated", "title")
             page.wait_for_function(f"document.querySelectorAll('#heatmap span.unit').length === {len(typed + generated)}",
                                    timeout=20_000)  # and the page predicts after the longer text
-            # The char model mixes in its continuous cache: the earlier occurrences its pointer copies the word
-            # from are boxed (apart from the influence colours), and the legend says so.
+            # The char model mixes in its continuous cache: the memory entries its pointer copies the word's units
+            # from are boxed (apart from the influence colours), one box per listed entry, as the API lists them.
             repeated = "The end of the war and the start of the year, the last of "
             page.fill("#text", repeated)
             page.wait_for_function(f"document.querySelectorAll('#heatmap span.unit').length === {len(repeated)}",
@@ -88,12 +90,22 @@ def test_type_see_predictions_select_one_see_the_heatmap_continue(page_server):
             assert "the" in words  # and the cache copies it from the text
             page.click(f"#predictions li:nth-child({words.index('the') + 1})")
             page.wait_for_function("document.querySelector('#chosen').textContent.includes('the')")
+            request = urllib.request.Request(page_server + "/v1/predict", headers={"Content-Type": "application/json"},
+                                             data=json.dumps({"text": repeated, "k": 5, "model": "char",
+                                                              "attribution": "full"}).encode())
+            with urllib.request.urlopen(request) as response:
+                answer = json.load(response)
+            pointer = next(p for p in answer["predictions"] if p["word"] == "the")["pointer"]
+            listed = sorted(pointer["positions"], key=lambda q: q["start"])
+            assert listed and pointer["entries"] >= len(listed)
             boxed = page.eval_on_selector_all("#heatmap span.pointer", "spans => spans.map(s => s.textContent).join('')")
-            assert boxed == "the" * 4  # each earlier "the", unit by unit ("The" is another word)
+            assert boxed == "".join(repeated[q["start"]:q["end"]] for q in listed)
+            assert boxed.count("the") >= 4  # each earlier "the" votes for the word's units
             assert page.eval_on_selector_all("#heatmap span.pointer", "spans => spans.every(s => "
                                              "getComputedStyle(s).boxShadow.includes('inset'))")  # boxed
-            assert page.locator("#heatmap span.pointer-first").count() == 4  # one box per occurrence
-            assert "pointer reach" in page.text_content("#pointer") and "4 earlier occurrences" in page.text_content("#pointer")
+            assert page.locator("#heatmap span.pointer-first").count() == len(listed)  # one box per entry
+            assert "pointer reach" in page.text_content("#pointer")
+            assert f"from {pointer['entries']} places" in page.text_content("#pointer")
             assert "pointer" in page.text_content(".legend") and page.locator(".legend .pointer-key").count() == 1
             # Switching the model re-predicts with the other one (no cache there: nothing boxed, and the page says why).
             page.select_option("#model", "subword")
