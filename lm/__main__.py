@@ -103,13 +103,14 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _text_cache_flags(parser: argparse.ArgumentParser, what: str) -> None:
+def _text_cache_flags(parser: argparse.ArgumentParser, what: str,
+                      default: str = "on when the checkpoint's settings are tuned by prompt length") -> None:
     """--text-cache / --no-text-cache (old name --no-cache): args.text_cache is True, False or None (the default:
-    on when the checkpoint's cache settings are tuned by prompt length, Predictor.uses_text_cache)."""
+    for predictions, on when the checkpoint's cache settings are tuned by prompt length, Predictor.uses_text_cache)."""
     switch = parser.add_mutually_exclusive_group()
     switch.add_argument("--text-cache", dest="text_cache", action="store_const", const=True, default=None,
                         help=f"mix in {what} with the checkpoint's settings, even settings tuned only on a long stream "
-                             "(default: on when the checkpoint's settings are tuned by prompt length)")
+                             f"(default: {default})")
     switch.add_argument("--no-text-cache", "--no-cache", dest="text_cache", action="store_const", const=False,
                         help=f"the model alone: do not mix in {what}")
 
@@ -461,7 +462,8 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--seed", type=int, default=None, help="seed of the sampling (default: a random one, printed)")
     generate.add_argument("--stop-at-newline", action="store_true", help="stop before a line break")
     generate.add_argument("--json", action="store_true", help="print JSON: the continuation and each word with its probability")
-    _text_cache_flags(generate, "the continuous cache over the text (the prompt and the words generated so far)")
+    _text_cache_flags(generate, "the continuous cache over the text (the prompt and the words generated so far)",
+                      default="off: with it, continuations repeat their own words several times as often")
     generate.set_defaults(handler=_generate)
 
     attribute = commands.add_parser("attribute", help="the next words with how far back their gradient influence (and the "

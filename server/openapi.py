@@ -102,7 +102,7 @@ def _schemas(limits: dict) -> dict:
                 "verify": {"type": "boolean", "default": False,
                            "description": "replace the text beyond the 99% mass reach by filler and report the change"},
                 "cache": {"type": "boolean", "description": "mix the continuous cache over the text into the predictions "
-                          "and their attribution (default: on when the model has cache settings)"},
+                          "and their attribution (default: on when the model's cache settings are tuned by prompt length)"},
             },
         },
         "PredictResponse": {
@@ -146,8 +146,8 @@ def _schemas(limits: dict) -> dict:
                 "stop_at_newline": {"type": "boolean", "default": False, "description": "stop before a line break"},
                 "model": {"type": "string", "nullable": True, "description": "a served model's name (default: the first)"},
                 "cache": {"type": "boolean", "description": "mix the continuous cache over the text (the prompt and the "
-                          "words generated so far) into every word's distribution (default: on when the model has cache "
-                          "settings)"},
+                          "words generated so far) into every word's distribution (default: off, the model alone: with "
+                          "the cache a continuation repeats its own words several times as often)"},
             },
         },
         "GenerateResponse": {

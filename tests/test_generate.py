@@ -35,13 +35,15 @@ def cached_predictor(tiny_run):
 REPEATED = "Mr. Qwixby spoke to Qwixby. Then Qwixby left, and Mr. "
 
 
-def test_generation_mixes_the_stored_cache_in_and_can_be_switched_off(cached_predictor, predictor):
+def test_generation_uses_the_model_alone_by_default_and_mixes_the_stored_cache_in_when_asked(cached_predictor, predictor):
     settings = GenerationSettings(words=10)
-    on = generate(cached_predictor, REPEATED, settings, seed=3)
+    on = generate(cached_predictor, REPEATED, settings, seed=3, text_cache=True)
     off = generate(cached_predictor, REPEATED, settings, seed=3, text_cache=False)
+    default = generate(cached_predictor, REPEATED, settings, seed=3)  # the cache repeats text: not by default
     alone = generate(predictor, REPEATED, settings, seed=3)  # a predictor without settings
     assert on.text_cache and on.as_dict()["cache"] is True
-    assert not off.text_cache and not alone.text_cache
+    assert not off.text_cache and not alone.text_cache and not default.text_cache
+    assert default.as_dict() == off.as_dict()
     # Off is the model alone (the context read through the fused layers' outputs there, its logits alone here).
     assert off.continuation == alone.continuation
     assert [w.logprob for w in off.words] == pytest.approx([w.logprob for w in alone.words], abs=1e-5)
@@ -58,23 +60,24 @@ def test_a_cache_of_weight_zero_generates_what_the_model_alone_does(tiny_run, pr
     zero = Predictor(checkpoint.model, checkpoint.tokenizer, text_cache=replace(checkpoint.cache_config, weight=0.0,
                                                                                         size_weights=((1, 0.0),)))
     settings = GenerationSettings(words=10)
-    mixed, alone = generate(zero, REPEATED, settings, seed=5), generate(predictor, REPEATED, settings, seed=5)
+    mixed, alone = generate(zero, REPEATED, settings, seed=5, text_cache=True), generate(predictor, REPEATED, settings, seed=5)
     assert mixed.text_cache and mixed.continuation == alone.continuation
     assert [w.logprob for w in mixed.words] == pytest.approx([w.logprob for w in alone.words], abs=1e-5)
 
 
 def test_with_the_cache_the_same_seed_gives_the_same_continuation(cached_predictor):
     settings = GenerationSettings(words=15)
-    first = generate(cached_predictor, REPEATED, settings, seed=7)
+    first = generate(cached_predictor, REPEATED, settings, seed=7, text_cache=True)
     cached_predictor.clear_cache()  # cold contexts rebuild the same memory
-    assert generate(cached_predictor, REPEATED, settings, seed=7).as_dict() == first.as_dict()
-    assert {generate(cached_predictor, REPEATED, settings, seed=seed).continuation for seed in (8, 9, 10)} - {first.continuation}
+    assert generate(cached_predictor, REPEATED, settings, seed=7, text_cache=True).as_dict() == first.as_dict()
+    assert {generate(cached_predictor, REPEATED, settings, seed=seed, text_cache=True).continuation
+            for seed in (8, 9, 10)} - {first.continuation}
 
 
 def test_with_the_cache_each_probability_is_the_mixed_models_over_the_text_generated_so_far(cached_predictor):
     # The cache reads the prompt and every word generated before each one: score_word with the cache over exactly
     # that text (its memory holds the generated words too) gives each reported figure; the model alone does not.
-    generation = generate(cached_predictor, REPEATED, GenerationSettings(words=20), seed=4)
+    generation = generate(cached_predictor, REPEATED, GenerationSettings(words=20), seed=4, text_cache=True)
     checked, moved = 0, 0
     for before, word in _prefixes(generation):
         if before[-1].isspace():
@@ -211,7 +214,7 @@ def test_cli_json_gives_each_word_with_its_probability(tiny_run, capsys):
     assert lm_main(argv) == 0
     body = json.loads(capsys.readouterr().out)
     assert body["seed"] == 5 and body["text"] == "The film was " and len(body["words"]) == 6
-    assert body["cache"] is True  # the run stores cache settings
+    assert body["cache"] is False  # the run stores cache settings, but generation uses the model alone by default
     assert body["continuation"] == "".join(word["text"] for word in body["words"])
     assert all(0 < word["probability"] <= 1 and word["word"] for word in body["words"])
     assert lm_main(argv) == 0
@@ -219,7 +222,9 @@ def test_cli_json_gives_each_word_with_its_probability(tiny_run, capsys):
     assert lm_main(argv[:-2] + ["The film was "]) == 0
     out = capsys.readouterr()
     assert out.out.strip() == (body["text"] + body["continuation"]).strip() and "seed 5" in out.err
-    assert "with the continuous cache" in out.err
+    assert "the model alone" in out.err
+    assert lm_main(argv[:-2] + ["--text-cache", "The film was "]) == 0
+    assert "with the continuous cache" in capsys.readouterr().err
 
 
 def test_cli_no_cache_generates_with_the_model_alone(tiny_run, predictor, capsys):
@@ -229,6 +234,8 @@ def test_cli_no_cache_generates_with_the_model_alone(tiny_run, predictor, capsys
     alone = generate(predictor, REPEATED, GenerationSettings(words=6), seed=5)
     assert body["cache"] is False and body["continuation"] == alone.continuation
     assert lm_main(argv[:-3] + ["--json", REPEATED]) == 0
+    assert json.loads(capsys.readouterr().out) == body  # the default
+    assert lm_main(argv[:-3] + ["--json", "--text-cache", REPEATED]) == 0
     assert json.loads(capsys.readouterr().out)["cache"] is True
 
 

@@ -36,8 +36,13 @@ of a prompt that ends inside a word, it is the completion's probability as
 `predict` reports it. The boundary stage's own choice (a space, a line
 break, "directly") is not part of any word's probability.
 
-With a continuous cache (`text_cache`, on by default when the predictor
-has settings: Grave, Joulin and Usunier 2017, lm/infer/textcache.py) both
+Generation uses the model alone by default. The continuous cache copies
+what the text has just said, and a continuation feeds its own words back
+into it: with the cache, seeded 50-word continuations of test prompts
+repeated 7-8 times as many of their word trigrams as the model alone's
+(bench/repetition.py, docs/BENCHMARKS.md), so it is mixed in only when
+asked. With the cache (`text_cache=True`: Grave, Joulin and Usunier 2017,
+lm/infer/textcache.py) both
 stages read the mixed model: the boundary's first-character masses come
 from the context's mixed next-unit row, the words from `predict_from` with
 the cache, and every reported probability is the mixed model's. The cache
@@ -162,14 +167,15 @@ class _FirstCharacters:
 def generate(predictor: Predictor, text: str, settings: GenerationSettings | None = None,
              seed: int | None = None, text_cache: bool | None = None) -> Generation:
     """Continue `text` word by word (see the module docstring for what is sampled and what is reported); with the
-    continuous cache over the text when `text_cache` and the predictor has settings."""
+    continuous cache over the text only when asked (`text_cache` True) and the predictor has settings: by default
+    (None) generation uses the model alone, whose text repeats itself far less (docs/BENCHMARKS.md)."""
     settings = settings or GenerationSettings()
     if seed is None:
         seed = random.SystemRandom().randrange(2**32)
     rng = random.Random(seed)
     tokenizer = predictor.tokenizer
     query = make_query(text, tokenizer)
-    text_cache = predictor.uses_text_cache(text_cache)
+    text_cache = bool(text_cache) and predictor.text_cache is not None
     generation = Generation(query.text, seed, settings, text_cache=text_cache)
     so_far = query.text
     firsts = _FirstCharacters(predictor)
