@@ -348,3 +348,30 @@ def test_device_and_precision_settings_are_checked():
                               ({"precision": "fp8"}, "precision must be one of fp32, bf16, fp16, not 'fp8'")]:
         with pytest.raises(ValueError, match=message):
             TrainConfig(**settings)
+
+
+def test_last_is_saved_on_the_clock_whatever_the_eval_interval(tmp_path):
+    """--checkpoint-minutes: without an evaluation in sight, "last" is saved as soon as that much training time has
+    passed since the previous save, and only then; 0 saves only at the end."""
+    saved = []
+    config = TrainConfig(max_steps=80, max_minutes=None, bptt=8, eval_interval=10**6, checkpoint_minutes=0.0002)  # 12 ms
+    state, records = _fit(tmp_path, make_model("gru"), config, Hooks(save=saved.append))
+    elapsed = {r["step"]: r["elapsed"] for r in records if r["kind"] == "step"}
+    timed = [r for r in records if r["kind"] == "checkpoint"]
+    assert len(timed) >= 2 and all(r["reason"] == "clock" for r in timed)
+    assert saved == ["last"] * (len(timed) + 1)  # the timed saves, then the one at the end
+    previous = 0.0
+    for record in timed:  # due after 12 ms of training since the previous save, and saved at the first step it was
+        assert record["elapsed"] == elapsed[record["step"]] and record["elapsed"] - previous >= 0.012
+        assert elapsed.get(record["step"] - 1, 0.0) - previous < 0.012
+        previous = record["elapsed"]
+    saved.clear()
+    (tmp_path / "off").mkdir()
+    _, records = _fit(tmp_path / "off", make_model("gru"), replace(config, checkpoint_minutes=0), Hooks(save=saved.append))
+    assert saved == ["last"] and not [r for r in records if r["kind"] == "checkpoint"]
+
+
+def test_checkpoint_minutes_must_not_be_negative():
+    assert TrainConfig(checkpoint_minutes=0).checkpoint_minutes == 0
+    with pytest.raises(ValueError, match="checkpoint_minutes must not be negative, not -1"):
+        TrainConfig(checkpoint_minutes=-1)

@@ -393,7 +393,9 @@ def fit(
     `model` may be wrapped in DistributedDataParallel; `data` then holds this
     rank's rows, and `world_size` scales the token counts to the whole job.
     Training runs on `data`'s device, where the model and `state.carried` must
-    already be, in `config.precision`.
+    already be, in `config.precision`. `hooks.save("last")` runs at every
+    evaluation, after `config.checkpoint_minutes` of training without one, and
+    at the end.
     """
     if not (config.max_steps or config.epochs or config.max_minutes):
         raise ValueError("set at least one budget: max_steps, epochs or max_minutes")
@@ -420,6 +422,10 @@ def fit(
         log.info("the time budget changed to %g minutes: the learning-rate schedule is re-planned to end at update %d "
                  "(it was planned for %d)", config.max_minutes, state.planned_steps, before)
         metrics.write({"kind": "plan", "step": state.step, "planned_steps": state.planned_steps, "replanned": True})
+    # The training time at the last save of "last": a checkpoint is also due on the clock (config.checkpoint_minutes),
+    # so a crash loses at most that much training whatever the eval interval. Training time, not the wall clock:
+    # every rank has the same (agreed at each step), so every rank joins the same saves.
+    saved_at = state.elapsed
     stop, _, _ = hooks.agree(hooks.should_stop(), state.elapsed, 0.0)
     while _progress(config, state, data.size(1)) < 1.0 and not stop:
         windows = iterate_windows(data, state.position, k1, k2, sampler if config.variable_bptt else None)
@@ -478,6 +484,12 @@ def fit(
                     if scaler is not None and state.grad_scaler is not None:
                         scaler.load_state_dict(state.grad_scaler)
                     break  # rolled back: restart the window iterator at the restored position
+            elif _checkpoint_due(config, state, saved_at) and hooks.save and not stop:
+                state.last_saved_step = state.step
+                hooks.save("last")
+                metrics.write({"kind": "checkpoint", "step": state.step, "elapsed": state.elapsed, "reason": "clock"})
+            if state.last_saved_step == state.step:
+                saved_at = state.elapsed
             if done or stop:
                 break
         else:
@@ -492,6 +504,11 @@ def fit(
         state.last_saved_step = state.step
         hooks.save("last")  # stopped early: keep every finished step
     return state
+
+
+def _checkpoint_due(config: TrainConfig, state: TrainingState, saved_at: float) -> bool:
+    """Whether `checkpoint_minutes` of training have passed since "last" was saved at training time `saved_at`."""
+    return bool(config.checkpoint_minutes) and state.elapsed - saved_at >= config.checkpoint_minutes * 60
 
 
 def _evaluate(config: TrainConfig, state: TrainingState, metrics: MetricsLog, hooks: Hooks) -> bool:
