@@ -471,7 +471,8 @@ def build_parser() -> argparse.ArgumentParser:
     attribute.add_argument("--model", required=True, help="run or checkpoint directory")
     attribute.add_argument("text", help="the text so far")
     attribute.add_argument("-k", type=positive_int, default=5, help="number of predictions (default: 5)")
-    attribute.add_argument("--method", choices=("saliency", "grad_x_input"), default="saliency")
+    attribute.add_argument("--method", choices=("saliency", "grad_x_input"), default="saliency",
+                           help="influence as the gradient's L2 norm, or as |gradient . embedding| (default: saliency)")
     attribute.add_argument("--threshold", type=_positive_float, default=0.01, help="threshold reach: influence (or a pointer position's share) >= this x the "
                                 "largest (default: 0.01)")
     attribute.add_argument("--verify", action="store_true", help="also replace text beyond the 99%% reach by filler and report the change")
@@ -484,14 +485,17 @@ def build_parser() -> argparse.ArgumentParser:
     _text_cache_flags(attribute, "the continuous cache over the text (without it: no pointer, the gradient is the model's own)")
     attribute.set_defaults(handler=_attribute)
 
-    profile = commands.add_parser("reach-profile", help="gradient reach over many held-out contexts (JSON and PNG)")
+    profile = commands.add_parser("reach-profile", help="gradient reach over many held-out contexts (JSON and PNG), of the "
+                                                              "model alone (the stored continuous cache is not mixed in)")
     profile.add_argument("--model", required=True, action="append", help="run or checkpoint directory (repeat to compare models)")
     profile.add_argument("--samples", type=positive_int, default=50, help="number of seeded contexts (default: 50)")
     profile.add_argument("--split", choices=("valid", "test"), default="test")
     profile.add_argument("--corpus", default=None, help="corpus (default: the name each model's checkpoint stores, loaded again)")
     profile.add_argument("--context-chars", type=positive_int, default=2000, help="characters of text before each prediction (default: 2000)")
-    profile.add_argument("--threshold", type=_positive_float, default=0.01)
-    profile.add_argument("--method", choices=("saliency", "grad_x_input"), default="saliency")
+    profile.add_argument("--threshold", type=_positive_float, default=0.01,
+                         help="threshold reach: influence >= this x the largest (default: 0.01)")
+    profile.add_argument("--method", choices=("saliency", "grad_x_input"), default="saliency",
+                         help="influence as the gradient's L2 norm, or as |gradient . embedding| (default: saliency)")
     profile.add_argument("--no-verify", action="store_true", help="skip the faithfulness check")
     profile.add_argument("--seed", type=int, default=0, help="seed of the sampled contexts (default: 0)")
     profile.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: every core)")
@@ -557,7 +561,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="truncation lengths of the truncation sweep (default: 8 32 128; recall: 16 512)")
     lab.add_argument("--clipping", nargs="+", default=None, metavar="MODE", help="clipping modes: off norm value (default: all)")
     lab.add_argument("--tokenizer", choices=("char", "subword"), default="char")
-    lab.add_argument("--parameters", type=positive_int, default=None, help="parameter count every cell is sized to")
+    lab.add_argument("--parameters", type=positive_int, default=None, help="parameter count every cell is sized to (default: 400000; --quick: 12000)")
     lab.add_argument("--embed-dim", type=positive_int, default=None, help="embedding size of every run (default: 64; --quick: 16)")
     lab.add_argument("--samples", type=positive_int, default=None, help="reach-profile contexts per run")
     lab.add_argument("--seed", type=int, default=1234, help="seed of every run's initialisation and batches, the sampled "
