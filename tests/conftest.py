@@ -1,4 +1,16 @@
-"""Shared fixtures: the local corpus, seeded tiny models and tiny trained runs on disk."""
+"""Shared fixtures: the local corpus, seeded tiny models and tiny trained runs on disk.
+
+The test corpus (`corpus_dir`, `CORPUS_DIR`) is, first found:
+
+1. the directory in `$REACH_CORPUS`;
+2. `../shared/corpora/wiki-subset` beside the project directory (this project's machines);
+3. `tests/data/wiki-excerpt`, shipped in the repository: 10 whole articles of the same text (235 KB), so a
+   fresh clone with no network passes the suite (`tests/data/README.md` says what was cut and how).
+
+The extra training text (`EXTRA_DIR`) is `wiki-extra` beside that corpus when there is one, else the shipped
+`tests/data/wiki-extra-excerpt`. Every test passes on each of them: figures that depend on the corpus are read
+from it, not written down.
+"""
 
 from __future__ import annotations
 
@@ -20,8 +32,22 @@ from lm.train.run import seed_everything, train_run
 from lm.tokenizers import CharTokenizer, SubwordTokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
-CORPUS_DIR = Path(os.environ.get("REACH_CORPUS", ROOT.parent / "shared" / "corpora" / "wiki-subset"))
-EXTRA_DIR = CORPUS_DIR.parent / "wiki-extra"
+SHARED_CORPORA = ROOT.parent / "shared" / "corpora"
+EXCERPT_DIR = ROOT / "tests" / "data" / "wiki-excerpt"
+EXTRA_EXCERPT_DIR = ROOT / "tests" / "data" / "wiki-extra-excerpt"
+
+
+def _test_corpus() -> Path:
+    """$REACH_CORPUS, else the shared subset beside the project, else the shipped excerpt."""
+    if os.environ.get("REACH_CORPUS"):
+        return Path(os.environ["REACH_CORPUS"])
+    if (SHARED_CORPORA / "wiki-subset" / "train.txt").is_file():
+        return SHARED_CORPORA / "wiki-subset"
+    return EXCERPT_DIR
+
+
+CORPUS_DIR = _test_corpus()
+EXTRA_DIR = CORPUS_DIR.parent / "wiki-extra" if (CORPUS_DIR.parent / "wiki-extra" / "train.txt").is_file() else EXTRA_EXCERPT_DIR
 
 
 # A URL with a scheme or a protocol-relative one, where a page would fetch it: src=, href=, url(), @import.

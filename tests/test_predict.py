@@ -287,10 +287,10 @@ def test_cli_refuses_a_missing_model_in_one_line(tmp_path, capsys):
     assert err.count("\n") == 1 and "does not exist" in err
 
 
-def test_evaluate_cli_reports_bpc_perplexity_and_accuracy(tiny_run, corpus_dir, capsys):
+def test_evaluate_cli_reports_bpc_perplexity_and_accuracy(tiny_run, corpus_dir, corpus, capsys):
     assert lm_main(["evaluate", "--model", str(tiny_run.out), "--corpus", str(corpus_dir), "--positions", "60", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert report["words"] == 21_812 and report["bpc"] == pytest.approx(tiny_run.test.bpc, rel=1e-6)
+    assert report["words"] == corpus.test.raw_words and report["bpc"] == pytest.approx(tiny_run.test.bpc, rel=1e-6)
     accuracy = report["accuracy"]
     assert accuracy["positions"] == 60 and 0 < accuracy["top1"] <= accuracy["top3"] <= accuracy["top5"] <= 1
     assert accuracy["cache"] is False and report["accuracy_with_cache"]["cache"] is True
@@ -467,7 +467,8 @@ def test_the_text_cache_raises_a_word_the_text_repeats(tiny_run):
     alone = Predictor(checkpoint.model, checkpoint.tokenizer)
     cached = Predictor(checkpoint.model, checkpoint.tokenizer, text_cache=CacheConfig(window=2000, theta=1.0, weight=0.5,
                                                                                         size_weights=((1, 0.5),)))
-    assert cached.score_word(text, "Qwixby") > alone.score_word(text, "Qwixby") + 5.0  # e^5 times more probable
+    # e^4 (55) times more probable: e^4.8 for the model trained on the shipped excerpt, more on the whole subset.
+    assert cached.score_word(text, "Qwixby") > alone.score_word(text, "Qwixby") + 4.0
     off, before = cached.predict(text, k=3, text_cache=False), alone.predict(text, k=3)
     assert not off.text_cache and [p.word for p in off.predictions] == [p.word for p in before.predictions]
     # The context is read through the fused layers' outputs here, not its last logits alone: float32 rounding apart.

@@ -22,13 +22,13 @@ def _losses(run_dir):
     return [r["loss"] for r in records if r["kind"] == "step"]
 
 
-def test_a_tiny_model_lowers_its_validation_loss(tiny_run):
+def test_a_tiny_model_lowers_its_validation_loss(tiny_run, corpus):
     records = [json.loads(line) for line in (tiny_run.out / "metrics.jsonl").read_text().splitlines()]
     evals = [r for r in records if r["kind"] == "eval" and r["split"] == "valid"]
     assert len(evals) >= 2 and evals[-1]["loss"] < evals[0]["loss"]
     # A uniform guess over ~120 characters costs 6.9 bpc, their unigram frequencies about 4.4.
     assert tiny_run.valid.bpc < 3.5
-    assert tiny_run.test.words == 21_812 and tiny_run.test.chars == 112_121
+    assert (tiny_run.test.words, tiny_run.test.chars) == (corpus.test.raw_words, len(corpus.test.text))
     steps = [r for r in records if r["kind"] == "step"]
     assert {"step", "loss", "grad_norm", "clipped", "lr", "tokens_per_s"} <= set(steps[0])
 
