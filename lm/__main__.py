@@ -71,13 +71,14 @@ def _predicted(args: argparse.Namespace, command: str, work, print_json: bool = 
 def _predict(args: argparse.Namespace) -> int:
     done = _predicted(args, "predict", lambda predictor: predictor.predict(
         args.text, k=args.k, beam_width=args.beam_width, max_word_length=args.max_word_length, temperature=args.temperature,
-        text_cache=args.text_cache), print_json=True)
+        text_cache=args.text_cache, max_units=args.max_units), print_json=True)
     if isinstance(done, int):
         return done
     _, result = done
     what = f"completing {result.query.partial!r}" if result.completing else "next word"
     cache = "with the continuous cache over the text" if result.text_cache else "the model alone"
-    print(f"{result.query.text!r} ({what}; {result.context_units} units of context; {cache}; on the CPU engine)")
+    unread = f" (the first {result.cut.chars} characters not read)" if result.cut.truncated else ""
+    print(f"{result.query.text!r} ({what}; {result.context_units} units of context{unread}; {cache}; on the CPU engine)")
     print(f"  {'#':>2}  {'word':<20} {'probability':>11}  {'logprob':>8}" + ("  to type" if result.completing else ""))
     for rank, prediction in enumerate(result.predictions, 1):
         rest = f"  {prediction.remainder}" if result.completing else ""
@@ -444,6 +445,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--beam-width", type=positive_int, default=16, help="beam width of the search (default: 16)")
     predict.add_argument("--max-word-length", type=positive_int, default=24, help="longest word, in units (default: 24)")
     predict.add_argument("--temperature", type=_positive_float, default=1.0, help="divide logits by this (default: 1)")
+    predict.add_argument("--max-units", type=positive_int, default=None,
+                         help="read at most the last N units, as lm attribute --max-units and the server's "
+                              "REACH_MAX_CONTEXT_UNITS do (reported; default: the whole text)")
     predict.add_argument("--json", action="store_true", help="print JSON instead of a table")
     _text_cache_flags(predict, "the continuous cache over the text")
     predict.set_defaults(handler=_predict)

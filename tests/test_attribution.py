@@ -156,7 +156,7 @@ def test_units_map_to_words_and_offsets(subword_predictor):
 def test_response_states_how_the_model_ran_and_uses_the_api_names(char_predictor):
     payload = attribute(char_predictor, TEXT, k=2, verify=True).as_dict(full=True)
     assert payload["attribution"]["model_mode"].startswith("evaluation") and "zero state" in payload["attribution"]["initial_state"]
-    assert payload["context"] == {"tokens": len(TEXT), "words": len(TEXT.split()), "chars": len(TEXT), "truncated": False, "dropped_chars": 0}
+    assert payload["context"] == {"tokens": len(TEXT), "words": len(TEXT.split()), "chars": len(TEXT), "truncated": False, "dropped_chars": 0, "dropped_units": 0}
     entry = payload["predictions"][0]
     assert {"word", "probability", "logprob", "reach", "influence", "word_influence", "profile", "faithfulness"} <= set(entry)
     assert set(entry["reach"]) >= {"tokens", "words", "chars", "mass90_tokens", "mass99_tokens", "threshold"}
@@ -168,6 +168,24 @@ def test_an_input_limit_is_applied_and_reported(char_predictor):
     result = attribute(char_predictor, TEXT * 4, k=1, max_units=50)
     summary = result.context_summary()
     assert summary["truncated"] and summary["tokens"] <= 50 and summary["dropped_chars"] > 0
+
+
+def test_a_limited_text_is_read_as_prediction_reads_it_and_offsets_index_the_whole_text(cached_predictor):
+    text = TEXT * 4
+    result = attribute(cached_predictor, text, k=3, max_units=50, text_cache=True)
+    predicted = cached_predictor.predict(text, k=3, max_units=50, text_cache=True)
+    assert result.result.text_cache and predicted.text_cache
+    assert result.result.cut == predicted.cut and predicted.cut.truncated
+    assert [p.prediction.word for p in result.predictions] == [p.word for p in predicted.predictions]
+    assert [p.prediction.logprob for p in result.predictions] == pytest.approx([p.logprob for p in predicted.predictions], abs=1e-5)
+    payload = result.as_dict(full=True)
+    dropped = payload["context"]["dropped_chars"]
+    assert payload["text"] == text and payload["context"]["dropped_units"] == dropped == len(text) - 50  # one unit a character
+    entry = payload["predictions"][0]
+    assert [u["start"] for u in entry["influence"]] == list(range(dropped, len(text)))
+    assert all(u["text"] == text[u["start"]:u["end"]] for u in entry["influence"])
+    assert all(w["text"] == text[w["start"]:w["end"]] for w in entry["word_influence"])
+    assert all(p["text"] == text[p["start"]:p["end"]] for p in entry["pointer"]["positions"])
 
 
 def test_the_faithfulness_check_replaces_only_text_beyond_the_reach(char_predictor):

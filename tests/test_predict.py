@@ -11,7 +11,7 @@ from lm.__main__ import main as lm_main
 from lm.config import ModelConfig
 from lm.model import RNNLanguageModel
 from lm.infer.predictor import Predictor
-from lm.infer.query import make_query, word_at
+from lm.infer.query import keep_last_units, make_query, word_at
 from lm.infer.scoring import spell_many, word_targets
 from lm.tokenizers import CharTokenizer, is_word_char
 
@@ -279,6 +279,64 @@ def test_predict_cli_prints_a_table_and_json(tiny_run, capsys):
     assert json.loads(capsys.readouterr().out)["cache"] is False
     assert lm_main(["predict", "--model", str(tiny_run.out), "--no-cache", "In the "]) == 0
     assert "the model alone" in capsys.readouterr().out.splitlines()[0]
+
+
+class OffsetPieceTokenizer(PieceTokenizer):
+    """PieceTokenizer with offsets: the line start's missing space makes a suffix spell its start differently."""
+
+    def encode_with_offsets(self, text):
+        ids, spans, position, line_start = [], [], 0, True
+        for unit in self.encode(text):
+            surface = self.unit_text(unit, line_start) or text[position]
+            ids.append(unit)
+            spans.append((position, position + len(surface)))
+            position += len(surface)
+            line_start = surface == "\n"
+        return ids, spans
+
+
+@pytest.mark.parametrize("text", ["a ab ab b, ab a b ", "ab, b a ab", " ab ab a"])
+def test_a_limit_keeps_a_suffix_of_at_most_that_many_units(text):
+    tokenizer = OffsetPieceTokenizer()
+    whole = make_query(text, tokenizer)
+    units = len(tokenizer.encode(whole.context))
+    for max_units in range(1, units + 2):
+        kept, cut = keep_last_units(text, tokenizer, max_units)
+        assert cut.text == whole.text and kept.text == whole.text[cut.chars:]  # the read text is the whole text's end
+        assert len(tokenizer.encode(kept.context)) <= max_units
+        assert cut.truncated == (max_units < units) and cut.units >= units - max_units
+        assert (kept.partial, kept.required) == (whole.partial, whole.required)
+    assert keep_last_units(text, tokenizer, None) == (whole, keep_last_units(text, tokenizer, units)[1])
+
+
+def test_predict_with_a_limit_reads_the_suffix_and_says_what_it_left_unread(tiny_subword_run, capsys):
+    from lm.checkpoint import load_checkpoint
+
+    checkpoint = load_checkpoint(tiny_subword_run.out)
+    predictor = Predictor(checkpoint.model, checkpoint.tokenizer, text_cache=checkpoint.cache_config)
+    text = "The album was released in the United States in 1998, and it was a success in the United "
+    result = predictor.predict(text, k=3, max_units=12)
+    cut = result.cut
+    assert cut.truncated and cut.text == make_query(text, predictor.tokenizer).text and 0 < cut.chars < len(text)
+    assert result.context_units <= 12 and result.query.text == cut.text[cut.chars:]
+    units = tuple(predictor.tokenizer.encode(result.query.context))
+    suffix = predictor.predict_from(predictor.context_state(units, use_cache=False), result.query, k=3)  # read cold
+    assert [p.word for p in suffix.predictions] == [p.word for p in result.predictions]
+    assert [p.logprob for p in suffix.predictions] == pytest.approx([p.logprob for p in result.predictions], abs=1e-9)
+    assert result.as_dict()["context"] == {"tokens": result.context_units, "words": len(result.query.context.split()),
+                                           "chars": len(result.query.context), "truncated": True,
+                                           "dropped_chars": cut.chars, "dropped_units": cut.units}
+    assert not predictor.predict(text, k=3).cut.truncated  # no limit: the whole text
+
+
+def test_predict_cli_reads_at_most_max_units(tiny_run, capsys):
+    text = "The album was released in the United States in 1998, and it was "
+    assert lm_main(["predict", "--model", str(tiny_run.out), "--json", "--max-units", "20", text]) == 0
+    payload = json.loads(capsys.readouterr().out)
+    assert payload["text"] == text and payload["context"]["tokens"] == 20
+    assert payload["context"]["dropped_chars"] == len(text) - 20 and payload["context"]["truncated"] is True
+    assert lm_main(["predict", "--model", str(tiny_run.out), "--max-units", "20", text]) == 0
+    assert f"the first {len(text) - 20} characters not read" in capsys.readouterr().out.splitlines()[0]
 
 
 def test_cli_refuses_a_missing_model_in_one_line(tmp_path, capsys):

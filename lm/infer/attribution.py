@@ -10,7 +10,10 @@ spelling of the word summed, the healed part of the text divided out):
 
 Gradients flow through the whole text, from a zero state at its start, with
 the model in evaluation mode (no dropout); nothing is truncated except by an
-explicit input limit, which is then reported. The k predictions of one text
+explicit input limit (`max_units`), which is then reported. The limit is
+applied as `Predictor.predict` applies it (lm/infer/query.py:
+`keep_last_units`), so a text is read one way whether or not it is
+attributed: the same suffix, the same predictions. The k predictions of one text
 are differentiated together: the text is read once (the same read serves the
 prediction), autograd differentiates the k words' unit paths from the state
 after the text, one row per word, and a hand-written backward pass carries
@@ -51,7 +54,7 @@ from lm.config import CacheConfig
 from lm.infer.context_grad import ContextTrace, backward_context, trace_context
 from lm.infer.engine import StepEngine
 from lm.infer.predictor import PredictionResult, Predictor, WordPrediction
-from lm.infer.query import make_query
+from lm.infer.query import keep_last_units, make_query
 from lm.infer.pointer import Pointer, PointerPosition, cache_pointer, deletion_reach, explain_cache
 from lm.infer.reach import Reach, distance_in, reach_figures, unit_words, widest, words_of
 from lm.infer.textcache import Memory, cache_votes, mix_distributions, read_memory
@@ -95,16 +98,15 @@ class Attribution:
     result: PredictionResult
     method: str
     threshold: float
-    units: list[tuple[str, int, int]]  # (text, start, end) of each context unit, offsets into result.query.text
+    units: list[tuple[str, int, int]]  # (text, start, end) of each context unit, offsets into the read text (result.query.text)
     words: list[tuple[str, int, int]]  # whitespace-separated words of the context
     unit_word: list[int]  # the word of each unit
-    truncated: bool
-    dropped_chars: int
     predictions: list[AttributedPrediction] = field(default_factory=list)
 
     def context_summary(self) -> dict:
+        """What was read: units, words and characters of the context, and what an input limit left unread."""
         return {"tokens": len(self.units), "words": len(self.words), "chars": len(self.result.query.context),
-                "truncated": self.truncated, "dropped_chars": self.dropped_chars}
+                **self.result.cut.as_dict()}
 
     def word_scores(self, influence: np.ndarray) -> list[float]:
         scores = [0.0] * len(self.words)
@@ -114,26 +116,28 @@ class Attribution:
         return scores
 
     def as_dict(self, full: bool = True) -> dict:
-        """The HTTP API's structure (`full` adds per-unit and per-word influence and the decay profile)."""
+        """The HTTP API's structure (`full` adds per-unit and per-word influence and the decay profile). Its `text`
+        is the whole text and its offsets index into it, also when an input limit left its start unread."""
+        shift = self.result.cut.chars  # offsets here are into the read text, which starts there in the whole text
         predictions = []
         for item in self.predictions:
             entry = {**item.prediction.as_dict(), "reach": item.reach.as_dict(), "gradient_reach": item.gradient_reach.as_dict(),
-                     "pointer": item.pointer.as_dict(full) if item.pointer is not None else None}
+                     "pointer": item.pointer.as_dict(full, shift) if item.pointer is not None else None}
             if item.faithfulness is not None:
                 entry["faithfulness"] = item.faithfulness
             if full:
                 entry["influence"] = [
-                    {"text": text, "start": start, "end": end, "score": float(score), "word": word}
+                    {"text": text, "start": start + shift, "end": end + shift, "score": float(score), "word": word}
                     for (text, start, end), score, word in zip(self.units, item.influence, self.unit_word)
                 ]
                 entry["word_influence"] = [
-                    {"text": text, "start": start, "end": end, "score": score}
+                    {"text": text, "start": start + shift, "end": end + shift, "score": score}
                     for (text, start, end), score in zip(self.words, self.word_scores(item.influence))
                 ]
                 entry["profile"] = item.profile()
             predictions.append(entry)
         return {
-            "text": self.result.query.text,
+            "text": self.result.cut.text,
             "context": self.context_summary(),
             "completing": self.result.completing,
             "partial": self.result.query.partial,
@@ -284,16 +288,9 @@ def attribute(predictor: Predictor, text: str, k: int = 5, method: str = "salien
     if not 0 < threshold < 1:
         raise ValueError(f"threshold must be between 0 and 1, not {threshold}")
     tokenizer, model = predictor.tokenizer, predictor.model
-    query = make_query(text, tokenizer)
+    # The input limit: the model reads only the last max_units units, exactly as Predictor.predict does with it.
+    query, cut = keep_last_units(text, tokenizer, max_units)
     ids, spans = tokenizer.encode_with_offsets(query.context)
-    truncated, dropped = False, 0
-    if max_units is not None and len(ids) > max_units:
-        # The input limit: the model reads only the last max_units units.
-        keep = len(ids) - max_units
-        dropped = spans[keep][0]
-        truncated = True
-        query = make_query(query.text[dropped:], tokenizer, normalized=True)
-        ids, spans = tokenizer.encode_with_offsets(query.context)
     units = tuple(ids)
     # One read of the text serves the prediction and the gradients (see lm/infer/context_grad.py).
     trace = trace_context(model, torch.tensor([tokenizer.newline_id, *units], dtype=torch.long))
@@ -304,10 +301,11 @@ def attribute(predictor: Predictor, text: str, k: int = 5, method: str = "salien
     context = predictor.context_from(units, trace.final, trace.logits, memory)
     result = predictor.predict_from(context, query, k=k, beam_width=beam_width, temperature=temperature,
                                     text_cache=settings is not None)
+    result.cut = cut
     unit_list = [(query.context[s:e], s, e) for s, e in spans]
     words = words_of(query.context)
     unit_word = unit_words(unit_list, words)
-    attribution = Attribution(result, method, threshold, unit_list, words, unit_word, truncated, dropped)
+    attribution = Attribution(result, method, threshold, unit_list, words, unit_word)
     if not result.predictions:
         return attribution
     gradients, embeddings = prediction_gradients(predictor, trace, result, temperature)

@@ -50,7 +50,7 @@ import torch
 
 from corpora import normalize_line
 from lm.infer.engine import StepEngine
-from lm.infer.query import Query, make_query
+from lm.infer.query import Cut, Query, keep_last_units, make_query
 from lm.infer.reads import ContextState, Reads, StepRows
 from lm.infer.scoring import NEG, Path, score_words
 from lm.infer.search import beam_search
@@ -100,14 +100,27 @@ class PredictionResult:
     # text (`Predictor.score_more`) and explaining the mixture reuse it. Not part of the answer.
     reads: Reads | None = field(default=None, repr=False, compare=False)
     line_start: bool = False  # whether the context ends at a line start
+    # The whole text and what an input limit left unread of it; query is the read part's (the whole text, or a
+    # suffix: cut.text[cut.chars:] == query.text). None on construction: nothing was cut.
+    cut: Cut | None = None
+
+    def __post_init__(self):
+        if self.cut is None:
+            self.cut = Cut(self.query.text)
 
     @property
     def completing(self) -> bool:
         return self.query.completing
 
+    def context_summary(self) -> dict:
+        """What was read: units, words and characters of the context, and what an input limit left unread."""
+        context = self.query.context
+        return {"tokens": self.context_units, "words": len(context.split()), "chars": len(context), **self.cut.as_dict()}
+
     def as_dict(self) -> dict:
         return {
-            "text": self.query.text,
+            "text": self.cut.text,
+            "context": self.context_summary(),
             "completing": self.query.completing,
             "partial": self.query.partial,
             "predictions": [{**p.as_dict(), "completing": self.query.completing} for p in self.predictions],
@@ -365,13 +378,18 @@ class Predictor:
         return exact.logprob
 
     def predict(self, text: str, k: int = 5, beam_width: int = 16, max_word_length: int = 24,
-                temperature: float = 1.0, use_cache: bool = True, text_cache: bool | None = None) -> PredictionResult:
+                temperature: float = 1.0, use_cache: bool = True, text_cache: bool | None = None,
+                max_units: int | None = None) -> PredictionResult:
         """The k most probable next words (or completions of the unfinished word) after `text`; `use_cache`: reuse
-        the prefix cache; `text_cache`: mix in the continuous cache over the text (see `uses_text_cache`)."""
-        query = make_query(text, self.tokenizer)
+        the prefix cache; `text_cache`: mix in the continuous cache over the text (see `uses_text_cache`);
+        `max_units`: read only the last that many units of the context, as attribution does (`result.cut` says
+        what was left unread)."""
+        query, cut = keep_last_units(text, self.tokenizer, max_units)
         context = self.context_state(tuple(self.tokenizer.encode(query.context)), use_cache=use_cache)
-        return self.predict_from(context, query, k=k, beam_width=beam_width, max_word_length=max_word_length,
-                                 temperature=temperature, text_cache=text_cache)
+        result = self.predict_from(context, query, k=k, beam_width=beam_width, max_word_length=max_word_length,
+                                   temperature=temperature, text_cache=text_cache)
+        result.cut = cut
+        return result
 
     def predict_from(self, context: ContextState, query: Query, k: int = 5, beam_width: int = 16,
                      max_word_length: int = 24, temperature: float = 1.0, text_cache: bool | None = None) -> PredictionResult:

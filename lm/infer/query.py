@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from corpora import normalize
 from lm.tokenizers import Tokenizer, is_word_char
 
-__all__ = ["Query", "advance", "line_start_after", "make_query", "word_at"]
+__all__ = ["Cut", "Query", "advance", "keep_last_units", "line_start_after", "make_query", "word_at"]
 
 
 def advance(phase: tuple, text: str) -> tuple:
@@ -92,6 +92,43 @@ def make_query(text: str, tokenizer: Tokenizer, normalized: bool = False) -> Que
     return Query(text=norm, context=norm[:cut], required=required, start=start, completing=completing, partial=partial)
 
 
+@dataclass(frozen=True)
+class Cut:
+    """What the input limit left unread: the first `chars` characters of the normalised `text` (`units` units of
+    its context as the whole text is segmented). The read text is text[chars:], so `chars` is also where it starts
+    in `text`."""
+
+    text: str  # the whole normalised text, as sent
+    chars: int = 0
+    units: int = 0
+
+    @property
+    def truncated(self) -> bool:
+        return self.units > 0
+
+    def as_dict(self) -> dict:
+        return {"truncated": self.truncated, "dropped_chars": self.chars, "dropped_units": self.units}
+
+
+def keep_last_units(text: str, tokenizer: Tokenizer, max_units: int | None) -> tuple[Query, Cut]:
+    """The query of `text` read from the start of the last `max_units` units of its context (None: all of it), and
+    what was cut. Every reading of a text (predictions, attribution) goes through here, so that one text is read
+    one way: the kept suffix is read from a zero state, as if only it had been sent."""
+    query = make_query(text, tokenizer)
+    if max_units is None:
+        return query, Cut(query.text)
+    ids = tokenizer.encode(query.context)
+    if len(ids) <= max_units:
+        return query, Cut(query.text)
+    _, spans = tokenizer.encode_with_offsets(query.context)
+    # The suffix is segmented afresh: a subword model can spell its start in more units than the whole text did
+    # there (a line start's "▁"), so it starts one unit later until it fits (with every unit dropped, it reads none).
+    for dropped_units in range(len(spans) - max_units, len(spans) + 1):
+        dropped_chars = spans[dropped_units][0] if dropped_units < len(spans) else len(query.context)
+        kept = make_query(query.text[dropped_chars:], tokenizer, normalized=True)
+        if len(tokenizer.encode(kept.context)) <= max_units:
+            break
+    return kept, Cut(query.text, dropped_chars, dropped_units)
 
 
 def line_start_after(text: str | None, line_start: bool) -> bool:
