@@ -16,7 +16,7 @@ LIMIT_FLAGS = (
     ("--max-text-chars", "REACH_MAX_TEXT_CHARS", "REACH_MAX_TEXT_CHARS", "longest 'text' in characters"),
     ("--max-k", "REACH_MAX_K", "REACH_MAX_K", "largest 'k'"),
     ("--max-generate-words", "REACH_MAX_GENERATE_WORDS", "REACH_MAX_GENERATE_WORDS", "largest 'max_words' of /v1/generate"),
-    ("--max-context-units", "REACH_MAX_CONTEXT_UNITS", "REACH_MAX_CONTEXT_UNITS", "units read for attribution"),
+    ("--max-context-units", "REACH_MAX_CONTEXT_UNITS", "REACH_MAX_CONTEXT_UNITS", "units of context read, with or without attribution"),
     ("--cache-size", "REACH_CACHE_SIZE", "REACH_CACHE_SIZE", "prefix-cache entries per model"),
     ("--cache-mb", "REACH_CACHE_MB", "REACH_CACHE_MB", "prefix-cache megabytes per model (the latest context is always kept)"),
     ("--max-content-length", "MAX_CONTENT_LENGTH", "REACH_MAX_CONTENT_LENGTH", "largest request body"),

@@ -48,7 +48,8 @@ def _schemas(limits: dict) -> dict:
                                "by at most `tolerance` nats (0.01 for 99, 0.105 for 90), the model's own "
                                "distributions held fixed"},
             "positions": {"type": "array", "description": "only with attribution full; in text order: each unit the "
-                                                          "cache copies (at least 0.1% of the copies) with its share",
+                                                          "cache copies (at least 0.1% of the copies) with its share; "
+                                                          "offsets index into the response's text",
                           "items": {"type": "object", "required": ["text", "start", "end", "share"],
                                     "properties": {"text": _STRING, "start": _INTEGER, "end": _INTEGER,
                                                    "share": {"type": "number", "minimum": 0, "maximum": 1}}}},
@@ -58,9 +59,11 @@ def _schemas(limits: dict) -> dict:
                        "is not mixed in.",
     }
     unit = {"type": "object", "required": ["text", "start", "end", "score", "word"],
+            "description": "a unit read, with its character offsets into the response's text",
             "properties": {"text": _STRING, "start": _INTEGER, "end": _INTEGER, "score": _NUMBER,
                            "word": {"type": "integer", "description": "index into word_influence"}}}
     word = {"type": "object", "required": ["text", "start", "end", "score"],
+            "description": "a word read, with its character offsets into the response's text",
             "properties": {"text": _STRING, "start": _INTEGER, "end": _INTEGER, "score": _NUMBER}}
     prediction = {
         "type": "object",
@@ -76,7 +79,8 @@ def _schemas(limits: dict) -> dict:
             "gradient_reach": {"allOf": [{"$ref": "#/components/schemas/Reach"}],
                                "description": "the gradient's reach alone"},
             "pointer": {"$ref": "#/components/schemas/Pointer"},
-            "faithfulness": {"type": "object", "properties": {
+            "faithfulness": {"type": "object", "description": "replaced_chars and removed_chars count from the "
+                             "start of the text read (context.dropped_chars)", "properties": {
                 "replaced_chars": _INTEGER, "logprob": _NUMBER, "logprob_change": _NUMBER,
                 "cut": {"type": "object", "properties": {"removed_chars": _INTEGER, "logprob": _NUMBER,
                                                          "logprob_change": _NUMBER}}}},
@@ -110,10 +114,22 @@ def _schemas(limits: dict) -> dict:
             "required": ["model", "text", "context", "completing", "predictions"],
             "properties": {
                 "model": _STRING,
-                "text": {"type": "string", "description": "the text as normalised and read by the model"},
-                "context": {"type": "object", "required": ["tokens", "words", "chars", "truncated"],
-                            "properties": {"tokens": _INTEGER, "words": _INTEGER, "chars": _INTEGER, "truncated": _BOOLEAN,
-                                           "dropped_chars": _INTEGER,
+                "text": {"type": "string", "description": "the whole text as normalised, also when its start was not "
+                                                          "read (context.dropped_chars); every offset indexes into it"},
+                "context": {"type": "object",
+                            "required": ["tokens", "words", "chars", "truncated", "dropped_chars", "dropped_units"],
+                            "description": "what the model read: the same in every attribution mode, so predictions "
+                                           f"are too. A context over {limits['max_context_units']} units "
+                                           "(REACH_MAX_CONTEXT_UNITS) is read from the start of its last that many "
+                                           "units, from a zero state",
+                            "properties": {"tokens": _INTEGER, "words": _INTEGER, "chars": _INTEGER,
+                                           "truncated": {"type": "boolean", "description": "whether the input limit "
+                                                         "left the start of the text unread"},
+                                           "dropped_chars": {"type": "integer", "minimum": 0, "description": "characters "
+                                                             "of text not read, from its start: the read text is "
+                                                             "text[dropped_chars:]"},
+                                           "dropped_units": {"type": "integer", "minimum": 0, "description": "units of "
+                                                             "the whole text's context not read"},
                                            "unknown_units": {"type": "integer", "description": "units of the context read as "
                                                              "the unknown unit or spelled as UTF-8 byte pieces"},
                                            "unknown_chars": {"type": "integer", "description": "characters of text the model "

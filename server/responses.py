@@ -26,10 +26,9 @@ def prediction_body(model: str, tokenizer: Tokenizer, result: PredictionResult) 
     context = result.query.context
     return {
         "model": model,
-        "text": result.query.text,
-        "context": {"tokens": result.context_units, "words": len(context.split()), "chars": len(context),
-                    "truncated": False, "unknown_units": _unknown(tokenizer, context),
-                    "unknown_chars": _unknown_chars(tokenizer, result.query.text)},
+        "text": result.cut.text,
+        "context": {**result.context_summary(), "unknown_units": _unknown(tokenizer, context),
+                    "unknown_chars": _unknown_chars(tokenizer, result.cut.text)},
         "completing": result.completing,
         "partial": result.query.partial,
         "predictions": [p.as_dict() for p in result.predictions],
@@ -41,5 +40,5 @@ def attribution_body(model: str, tokenizer: Tokenizer, attribution: Attribution,
     """The body for `"attribution": "summary"` or `"full"`."""
     body = {"model": model, **attribution.as_dict(full=full)}
     body["context"]["unknown_units"] = _unknown(tokenizer, attribution.result.query.context)
-    body["context"]["unknown_chars"] = _unknown_chars(tokenizer, attribution.result.query.text)
+    body["context"]["unknown_chars"] = _unknown_chars(tokenizer, attribution.result.cut.text)
     return body

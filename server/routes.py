@@ -42,8 +42,8 @@ def predict():
     limits = _limits()
     query = parse_predict(request, limits)
     model = _served(query.model)
-    if query.attribution == "none":
-        result = model.predictor.predict(query.text, k=query.k, text_cache=query.cache)
+    if query.attribution == "none":  # read as attribution reads it: the same units, the same predictions
+        result = model.predictor.predict(query.text, k=query.k, text_cache=query.cache, max_units=limits["max_context_units"])
         return jsonify(prediction_body(model.name, model.checkpoint.tokenizer, result))
     result = attribute(model.predictor, query.text, k=query.k, method=query.method, threshold=query.threshold,
                        verify=query.verify, max_units=limits["max_context_units"], text_cache=query.cache)

@@ -19,7 +19,7 @@ DEFAULTS: dict[str, Any] = {
     "REACH_MAX_TEXT_CHARS": 20_000,  # characters of "text"
     "REACH_MAX_K": 20,
     "REACH_MAX_GENERATE_WORDS": 50,  # largest "max_words" of /v1/generate
-    "REACH_MAX_CONTEXT_UNITS": 8_000,  # units read for attribution; beyond this the text is truncated (reported)
+    "REACH_MAX_CONTEXT_UNITS": 8_000,  # units of context read in every attribution mode; beyond, the text is cut (reported)
     "REACH_CACHE_SIZE": 64,  # prefix-cache entries per model
     "REACH_CACHE_MB": 256,  # prefix-cache megabytes per model (a context's text-cache memory can be MBs)
     "REACH_THREADS": None,  # torch threads per process (default: cores / workers is the operator's choice)

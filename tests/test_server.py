@@ -34,7 +34,7 @@ def test_predict_summary_has_reach_for_every_prediction(client):
     assert response.status_code == 200
     body = response.get_json()
     assert body["model"] == "char" and body["completing"] is False
-    assert body["context"] == {"tokens": len(TEXT), "words": len(TEXT.split()), "chars": len(TEXT), "truncated": False, "dropped_chars": 0, "unknown_units": 0, "unknown_chars": 0}
+    assert body["context"] == {"tokens": len(TEXT), "words": len(TEXT.split()), "chars": len(TEXT), "truncated": False, "dropped_chars": 0, "dropped_units": 0, "unknown_units": 0, "unknown_chars": 0}
     assert len(body["predictions"]) == 5
     for prediction in body["predictions"]:
         assert set(prediction["reach"]) >= {"tokens", "words", "chars", "mass90_tokens", "mass99_tokens", "threshold"}
@@ -96,6 +96,63 @@ def test_the_pointer_points_at_the_units_the_cache_copies_the_word_from(client):
     assert first["reach"]["mass99_tokens"] == max(first["gradient_reach"]["mass99_tokens"], deletion["99"]["tokens"])
     summary = _post(client, {"text": text, "k": 3}).get_json()["predictions"][0]["pointer"]
     assert "positions" not in summary and summary["reach"] == pointer["reach"]
+
+
+LONG = ("The album was released in the United States in 1998. Mr. Qwixby spoke of the album, and Mr. Qwixby "
+        "left. The album sold well in the United States, and Mr. Qwi")
+
+
+@pytest.fixture(scope="module")
+def limited(tiny_run, tiny_subword_run):
+    """A client whose input limit (40 units) is shorter than LONG in both models."""
+    return create_app({"TESTING": True, "REACH_MAX_CONTEXT_UNITS": 40,
+                       "REACH_MODELS": {"char": str(tiny_run.out), "subword": str(tiny_subword_run.out / "best")}}).test_client()
+
+
+@pytest.mark.parametrize("model", ["char", "subword"])
+def test_a_text_over_the_limit_is_read_the_same_way_in_every_attribution_mode(limited, model):
+    bodies = {mode: _post(limited, {"text": LONG, "k": 3, "model": model, "attribution": mode}).get_json()
+              for mode in ("none", "summary", "full")}
+    none = bodies["none"]
+    context = none["context"]
+    assert context["truncated"] is True and 0 < context["tokens"] <= 40 and context["dropped_units"] > 0
+    assert 0 < context["dropped_chars"] < len(LONG) and none["text"] == LONG  # the whole text comes back
+    assert context["chars"] <= len(LONG) - context["dropped_chars"]
+    for body in bodies.values():
+        assert body["text"] == LONG and body["context"] == context and body["cache"] is (model == "char")  # tuned settings
+        assert [p["word"] for p in body["predictions"]] == [p["word"] for p in none["predictions"]]
+        assert [p["probability"] for p in body["predictions"]] == pytest.approx(
+            [p["probability"] for p in none["predictions"]], rel=1e-5)
+    # Offsets index into the text sent: the units read are exactly its text from dropped_chars on.
+    first = bodies["full"]["predictions"][0]
+    units = first["influence"]
+    assert all(u["text"] == LONG[u["start"]:u["end"]] for u in units)
+    assert units[0]["start"] >= context["dropped_chars"] and units[-1]["end"] == context["dropped_chars"] + context["chars"]
+    assert all(w["text"] == LONG[w["start"]:w["end"]] for w in first["word_influence"])
+    positions = first["pointer"]["positions"] if first["pointer"] else []
+    assert positions or model == "subword"  # the char model's cache copies "Qwixby" from the part read
+    assert all(p["text"] == LONG[p["start"]:p["end"]] and p["start"] >= context["dropped_chars"] for p in positions)
+
+
+def test_the_kept_suffix_is_read_as_if_only_it_had_been_sent(limited, client):
+    cut = _post(limited, {"text": LONG, "k": 3, "attribution": "none"}).get_json()
+    suffix = LONG[cut["context"]["dropped_chars"]:]
+    alone = _post(client, {"text": suffix, "k": 3, "attribution": "none"}).get_json()
+    assert alone["context"]["truncated"] is False and alone["text"] == suffix
+    assert [p["word"] for p in alone["predictions"]] == [p["word"] for p in cut["predictions"]]
+    assert [p["probability"] for p in alone["predictions"]] == pytest.approx([p["probability"] for p in cut["predictions"]], rel=1e-6)
+    whole = _post(client, {"text": LONG, "k": 3, "attribution": "none"}).get_json()  # the default limit: all of it read
+    assert whole["context"]["dropped_chars"] == 0 and whole["context"]["tokens"] > cut["context"]["tokens"]
+
+
+@pytest.mark.parametrize("attribution", ["none", "summary", "full"])
+def test_a_text_under_the_limit_reports_nothing_dropped(limited, attribution):
+    body = _post(limited, {"text": "The album was ", "attribution": attribution}).get_json()
+    assert body["text"] == "The album was "
+    assert {key: body["context"][key] for key in ("truncated", "dropped_chars", "dropped_units")} == \
+        {"truncated": False, "dropped_chars": 0, "dropped_units": 0}
+    if attribution == "full":
+        assert body["predictions"][0]["influence"][0]["start"] == 0
 
 
 def test_threshold_method_and_verify_are_honoured(client):

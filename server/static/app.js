@@ -61,7 +61,8 @@ async function predict() {
     }
     latest = body;
     selected = 0;
-    setStatus(`${body.context.tokens} units read${body.context.truncated ? " (truncated)" : ""}`);
+    setStatus(`${body.context.tokens} units read` +
+              (body.context.truncated ? ` (the first ${body.context.dropped_chars} characters were not read)` : ""));
     render();
   } catch (error) {
     if (mine === sequence) setStatus(`request failed: ${error}`, true);
@@ -150,11 +151,20 @@ function renderHeatmap() {
       `the cache's part by under 1%`;
   const positions = (pointer && pointer.positions) || [];
   const pointedAt = (u) => positions.find((q) => q.start <= u.start && u.end <= q.end);
-  const text = body.text.slice(0, body.context.chars);
+  // Offsets index into the whole text; an input limit may have left its first dropped_chars characters unread.
+  const unread = body.context.dropped_chars || 0;
+  const text = body.text.slice(0, unread + body.context.chars);
   const units = p.influence || [];
   const top = Math.max(0, ...units.map((u) => u.score));
   const reachUnit = r.tokens ? units.length - r.tokens : -1;
-  let cursor = 0;
+  if (unread > 0) {
+    const skipped = document.createElement("span");
+    skipped.className = "unread";
+    skipped.textContent = text.slice(0, unread);
+    skipped.title = `not read: the model reads the last ${body.context.tokens} units`;
+    heatmap.appendChild(skipped);
+  }
+  let cursor = unread;
   units.forEach((u, index) => {
     if (u.start > cursor) heatmap.appendChild(document.createTextNode(text.slice(cursor, u.start)));
     if (index === reachUnit) {
