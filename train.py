@@ -3,13 +3,16 @@
     python train.py --corpus ../shared/corpora/wiki-subset --tokenizer char --cell lstm --out runs/char-lstm
     python train.py --preset small --out runs/small          # about two minutes
     python train.py --resume runs/small --max-minutes 5      # continue a stopped run
+    python train.py --preset small --out runs/small --overwrite   # start runs/small over, deleting its previous run
     python train.py --preset small --device cuda --precision bf16   # on a GPU, autocast to bfloat16
     torchrun --nproc_per_node=2 train.py --preset small      # several processes (DDP), see docs/DEPLOY.md
 
 Every flag below is a field of `lm.config` (TokenizerConfig, ModelConfig,
 TrainConfig) with the same name; a preset fills in several at once and
 explicit flags win. Writes runs/NAME/{best,last}/ checkpoints and
-runs/NAME/metrics.jsonl (plot it with `python -m lm plot runs/NAME`).
+runs/NAME/metrics.jsonl (plot it with `python -m lm plot runs/NAME`); a
+directory that already holds a run is refused unless --resume continues it
+or --overwrite deletes it first.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from lm.checkpoint import CheckpointError
 from lm.cli_support import GracefulStop, ProgressBar, add_dataclass_flags, collect_overrides, configure_logging
 from lm.config import PRESETS, ModelConfig, TokenizerConfig, TrainConfig, apply_preset
 from lm.eval.figures import HOW_STATE_FLOWS
+from lm.train.run_directory import previous_run
 from lm.tokenizers import TokenizerError
 
 log = logging.getLogger("train")
@@ -52,11 +56,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                "the project when present, else rebuilt from the Hugging Face hub.",
     )
     parser.add_argument("--preset", choices=sorted(PRESETS), default=None, help="a set of defaults (default: base, the 10-minute preset)")
-    parser.add_argument("--out", type=Path, default=None, help="run directory for checkpoints and metrics (default: runs/<preset>-<tokenizer>-<cell>)")
-    parser.add_argument("--resume", type=Path, default=None, metavar="DIR",
-                        help="continue the run in DIR from its last checkpoint with its settings; only budget flags "
-                             "(--max-minutes, --max-steps, --epochs, --eval-interval, --threads, --accuracy-positions) "
-                             "and --device may change, and budgets count the whole run; other flags are ignored (with a warning)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="run directory for checkpoints and metrics (default: runs/<preset>-<tokenizer>-<cell>); one that "
+                             "already holds a run (best/, last/ or metrics.jsonl) is refused unless --overwrite or --resume is given")
+    existing = parser.add_mutually_exclusive_group()
+    existing.add_argument("--resume", type=Path, default=None, metavar="DIR",
+                          help="continue the run in DIR from its last checkpoint with its settings; only budget flags "
+                               "(--max-minutes, --max-steps, --epochs, --eval-interval, --checkpoint-minutes, --threads, "
+                               "--accuracy-positions), --device and --token-cache may change, and budgets count the whole "
+                               "run; other flags are ignored (with a warning)")
+    existing.add_argument("--overwrite", action="store_true",
+                          help="start a new run in --out even if it holds one: its best/, last/ and metrics.jsonl are "
+                               "deleted first (other files there are kept)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar or log lines; only the final figures")
     add_dataclass_flags(parser, TokenizerConfig, "tokenizer", defaults=PRESETS[preset])
     add_dataclass_flags(parser, ModelConfig, "model", skip=("vocab_size",), defaults=PRESETS[preset])
@@ -90,6 +101,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"train.py: error: {error}", file=sys.stderr)
         return 2
     out = args.resume or args.out or Path("runs") / f"{args.preset}-{tokenizer_config.tokenizer}-{model_config.cell}"
+    is_main = int(os.environ.get("RANK", "0")) == 0  # torchrun's global rank, known before the group is joined
+    if args.resume is None and not args.overwrite and (found := previous_run(out)):
+        # Starting over silently would serve the old best/ until the new run's first evaluation replaced it.
+        # Every process refuses (none has joined the group yet); rank 0 says why.
+        if is_main:
+            print(f"train.py: error: {out} already holds a run ({', '.join(found)}); continue it with --resume {out}, "
+                  f"or add --overwrite to delete it and start over", file=sys.stderr)
+        return 2
 
     # Entry point duties: devices, processes, threads and seeds (imported late: torch is slow to import).
     from lm.infer.accuracy import checkpoint_accuracy
@@ -97,7 +116,6 @@ def main(argv: list[str] | None = None) -> int:
     from lm.train.distributed import init_distributed, local_rank, shutdown
     from lm.train.run import BUDGET_FIELDS, resume_configs, seed_everything, set_threads, train_run
 
-    is_main = int(os.environ.get("RANK", "0")) == 0  # torchrun's global rank, known before the group is joined
     if is_main and args.resume is not None and (ignored := _ignored_on_resume(args, overrides)):
         print(f"train.py: warning: --resume keeps the run's own settings; ignoring {', '.join(ignored)}", file=sys.stderr)
     try:

@@ -29,6 +29,7 @@ from lm.eval.figures import HOW_STATE_FLOWS, EvalResult, evaluate_text
 from lm.model import RNNLanguageModel, count_parameters
 from lm.tokenizers import Tokenizer, load_tokenizer
 from lm.train.loop import Hooks, MetricsLog, TrainingState, batchify, build_optimizer, fit
+from lm.train.run_directory import clear_run
 from lm.train.tokens import TokenIds, cache_directory, cached_tokenizer, corpus_fingerprint, load_streamed_corpus, token_ids
 
 __all__ = ["RunResult", "resume_configs", "seed_everything", "set_threads", "train_run", "tune_text_cache", "BUDGET_FIELDS"]
@@ -39,7 +40,9 @@ log = logging.getLogger(__name__)
 # The device is one of them: where a run continues changes its speed, not what it learns (a run trained on a GPU
 # may go on on the CPU); its precision is not, since it changes the arithmetic.
 # So is the token cache's directory: where the encoded corpus is kept changes nothing of what is read from it.
-BUDGET_FIELDS = ("max_steps", "max_minutes", "epochs", "eval_interval", "threads", "accuracy_positions", "device", "token_cache")
+# How often last/ is saved on the clock changes only what a crash would lose.
+BUDGET_FIELDS = ("max_steps", "max_minutes", "epochs", "eval_interval", "checkpoint_minutes", "threads", "accuracy_positions",
+                 "device", "token_cache")
 
 
 def seed_everything(seed: int) -> None:
@@ -112,6 +115,11 @@ def train_run(
 ) -> RunResult | None:
     """Train (or resume) a run in `out`, then score the best checkpoint on valid and test.
 
+    A new run (not `resume`) first deletes what a previous run left in `out`
+    (best/, last/, metrics.jsonl: lm/train/run_directory.py), so that nothing
+    of it is served, scored or restored; `train.py` refuses such a directory
+    unless given --overwrite.
+
     When resuming, the settings come from the checkpoint, except the
     `budget` ones given (see BUDGET_FIELDS). Under torchrun (`distributed`
     with several ranks) every rank trains its share of the streams; rank 0
@@ -138,6 +146,8 @@ def train_run(
     ranks = distributed or Distributed()
     if resume:
         tokenizer_config, model_config, train_config = resume_configs(out, budget or {})
+    elif ranks.is_main and (removed := clear_run(out)):
+        log.info("starting a new run in %s: deleted the previous run's %s", out, ", ".join(removed))
     corpus = corpus or load_streamed_corpus(train_config.corpus, train_config.extra_train, train_config.token_cache)
     cache = cache_directory(train_config.token_cache)
     fingerprint = corpus_fingerprint(corpus.train, cache)  # once: it keys both the cached tokenizer and the cached ids
@@ -161,9 +171,7 @@ def train_run(
             MetricsLog.truncate_after(metrics_path, state.step)
         log.info("resuming %s at step %d (epoch %d, position %d)", out, state.step, state.epoch, state.position)
     else:
-        state = TrainingState()
-        if ranks.is_main and metrics_path.exists():
-            metrics_path.unlink()
+        state = TrainingState()  # the previous run's metrics.jsonl is gone (clear_run above)
         if ranks.enabled:
             torch.manual_seed(train_config.seed + ranks.rank)  # each rank's rows get their own dropout masks
     state.world_size = ranks.world_size
