@@ -13,6 +13,7 @@ import pytest
 
 import train
 from conftest import ROOT, train_tiny
+from lm.checkpoint import CheckpointError, read_meta, resolve_checkpoint
 from lm.train.run import seed_everything, train_run
 from lm.config import apply_preset
 
@@ -189,3 +190,72 @@ def test_token_cache_flag_keeps_the_encoded_corpus_there_for_the_next_run(tmp_pa
     first, second = run("first"), run("second")
     assert not first["reused"] and second["reused"] and first["path"] == second["path"]
     assert first["path"].startswith(str(tmp_path / "cache")) and (tmp_path / "cache" / "tokenizers").is_dir()
+
+
+def test_resume_help_names_every_flag_it_honours(capsys, monkeypatch):
+    from lm.train.run import BUDGET_FIELDS
+
+    monkeypatch.setenv("COLUMNS", "1000")  # argparse would break --max-steps at its hyphen
+    text = _help(capsys)
+    resume = text[text.index("--resume DIR continue"):text.index("--overwrite start")]
+    for name in BUDGET_FIELDS:
+        assert "--" + name.replace("_", "-") in resume, name
+
+
+def _saved_step(out):
+    """The step of the run's last/ checkpoint (or of last.old/, where a save was cut between its two renames)."""
+    for _ in range(100):
+        try:
+            return read_meta(resolve_checkpoint(out / "last"))["metrics"]["steps"]
+        except CheckpointError:  # a save renamed the directory while it was read: read the new one
+            time.sleep(0.05)
+    raise AssertionError(f"no readable last/ checkpoint in {out}")
+
+
+@pytest.mark.slow
+def test_a_run_killed_after_a_timed_save_resumes_exactly_from_it(tmp_path, corpus_dir, capsys):
+    """--checkpoint-minutes saves last/ on the clock with no evaluation in sight; SIGKILL (no chance to save) loses only
+    what came after, and --resume repeats the killed run's own later steps exactly."""
+    out = tmp_path / "run"
+    command = [sys.executable, str(ROOT / "train.py"), "--preset", "tiny", "--corpus", str(corpus_dir), "--out", str(out),
+               "--max-minutes", "none", "--max-steps", "1000000", "--schedule", "constant", "--eval-interval", "1000000",
+               "--checkpoint-minutes", "0.02", "--no-tune-cache", "--accuracy-positions", "0", "--threads", "2", "--quiet"]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+    def steps_logged():
+        text = (out / "metrics.jsonl").read_text() if (out / "metrics.jsonl").exists() else ""
+        return [json.loads(line) for line in text.splitlines() if '"kind": "step"' in line and line.endswith("}")]
+
+    try:
+        deadline = time.time() + 120
+        while not (out / "last" / "config.json").is_file() and time.time() < deadline and process.poll() is None:
+            time.sleep(0.05)
+        if process.poll() is not None:
+            pytest.fail(f"train.py ended before a timed save: {process.communicate()[1]}")
+        first = _saved_step(out)  # after 1.2 s of training
+        while len(steps_logged()) < first + 20 and time.time() < deadline:  # go on past it (well before the next save)
+            time.sleep(0.05)
+    finally:
+        process.kill()  # SIGKILL
+        _, stderr = process.communicate(timeout=60)
+    assert process.returncode == -signal.SIGKILL, stderr
+    killed = {record["step"]: record for record in steps_logged()}
+    saved = _saved_step(out)
+    timed = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()
+             if '"kind": "checkpoint"' in line and line.endswith("}")]  # not a line the kill cut short
+    assert saved in [record["step"] for record in timed] and not (out / "best").exists()  # saved on the clock alone
+    after = [step for step in killed if step > saved]
+    assert after, "the run was killed right at a save: nothing to compare"
+
+    assert train.main(["--resume", str(out), "--max-steps", str(saved + 20), "--quiet"]) == 0
+    capsys.readouterr()
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    steps = [record for record in records if record["kind"] == "step"]
+    assert [record["step"] for record in steps] == list(range(1, saved + 21))  # the count continues from the save
+    resumed = {record["step"]: record for record in steps if record["step"] > saved}
+    compared = [step for step in after if step in resumed]
+    # The resumed steps repeat the killed run's: same window, same state, same weights, so the same loss and norm.
+    assert [resumed[step]["loss"] for step in compared] == pytest.approx([killed[step]["loss"] for step in compared], rel=1e-6, abs=1e-7)
+    assert [resumed[step]["grad_norm"] for step in compared] == pytest.approx([killed[step]["grad_norm"] for step in compared], rel=1e-5)
+    assert [resumed[step]["position"] for step in compared] == [killed[step]["position"] for step in compared]
+    assert json.loads((out / "last" / "config.json").read_text())["train"]["checkpoint_minutes"] == 0.02  # kept with the run

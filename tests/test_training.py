@@ -375,3 +375,11 @@ def test_checkpoint_minutes_must_not_be_negative():
     assert TrainConfig(checkpoint_minutes=0).checkpoint_minutes == 0
     with pytest.raises(ValueError, match="checkpoint_minutes must not be negative, not -1"):
         TrainConfig(checkpoint_minutes=-1)
+
+
+def test_resuming_drops_the_later_steps_and_a_line_torn_by_a_crash(tmp_path, caplog):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"kind": "run", "step": 0}\n{"kind": "step", "step": 1}\n{"kind": "step", "step": 2}\n{"kind": "st')
+    MetricsLog.truncate_after(path, 1)
+    assert path.read_text() == '{"kind": "run", "step": 0}\n{"kind": "step", "step": 1}\n'
+    assert "cut short by a crash" in caplog.text

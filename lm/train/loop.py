@@ -314,10 +314,22 @@ class MetricsLog:
 
     @staticmethod
     def truncate_after(path: Path, step: int) -> None:
-        """Drop records of steps after `step` (written after the checkpoint a run resumes from)."""
+        """Drop records of steps after `step` (written after the checkpoint a run resumes from), and a last line
+        torn by a crash while it was written."""
         if not path.exists():
             return
-        kept = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip() and json.loads(line).get("step", 0) <= step]
+        lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        kept = []
+        for number, line in enumerate(lines):
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                if number < len(lines) - 1:
+                    raise
+                log.warning("%s: dropped a last line cut short by a crash", path)
+                continue
+            if record.get("step", 0) <= step:
+                kept.append(line)
         path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
 
 
@@ -485,9 +497,11 @@ def fit(
                         scaler.load_state_dict(state.grad_scaler)
                     break  # rolled back: restart the window iterator at the restored position
             elif _checkpoint_due(config, state, saved_at) and hooks.save and not stop:
+                # Written first: a crash during the save leaves the record of a later step than the checkpoint's,
+                # which resuming drops with the other records after it.
+                metrics.write({"kind": "checkpoint", "step": state.step, "elapsed": state.elapsed, "reason": "clock"})
                 state.last_saved_step = state.step
                 hooks.save("last")
-                metrics.write({"kind": "checkpoint", "step": state.step, "elapsed": state.elapsed, "reason": "clock"})
             if state.last_saved_step == state.step:
                 saved_at = state.elapsed
             if done or stop:
