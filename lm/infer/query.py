@@ -113,7 +113,7 @@ class Cut:
 def keep_last_units(text: str, tokenizer: Tokenizer, max_units: int | None) -> tuple[Query, Cut]:
     """The query of `text` read from the start of the last `max_units` units of its context (None: all of it), and
     what was cut. Every reading of a text (predictions, attribution) goes through here, so that one text is read
-    one way: the kept suffix is read from a zero state, as if only it had been sent."""
+    one way: the kept suffix is read from a zero state, as a text of its own (already normalised)."""
     query = make_query(text, tokenizer)
     if max_units is None:
         return query, Cut(query.text)
