@@ -109,7 +109,8 @@ def test_the_pointer_counts_every_entry_that_votes_as_brute_force_does(cached):
         total, copied, copies, own = _brute_force(cached, text, prediction.paths)
         copying += explanation.copy_probability > 0.01
         assert math.log(total) == pytest.approx(prediction.logprob, abs=1e-5)
-        assert explanation.logprob == pytest.approx(prediction.logprob, abs=1e-6)
+        # The same mixture computed twice, float32 rounding apart (1.1e-6 for the model trained on the shipped excerpt).
+        assert explanation.logprob == pytest.approx(prediction.logprob, abs=1e-5)
         assert explanation.copy_probability == pytest.approx(copied / total, abs=1e-6)
         expected = sum(copies.values()) + own
         if expected == 0:  # nothing in the memory votes for this word's units

@@ -51,7 +51,8 @@ def test_buckets_and_truthfulness_count_what_was_measured(tiny_run, corpus):
 def test_questions_closer_than_the_first_bucket_are_counted(tiny_run, corpus):
     checkpoint = load_checkpoint(tiny_run.out)
     predictor = Predictor(checkpoint.model, checkpoint.tokenizer)
-    examples = planted_examples(corpus.test.text, 8, seed=5, min_distance=34, max_distance=45)
+    # 12 examples: 8 drawn from the shipped excerpt's test article all land at 40 characters or more.
+    examples = planted_examples(corpus.test.text, 12, seed=5, min_distance=34, max_distance=45)
     measures = measure_recall(predictor, examples, ablate=False)
     assert min(m.distance for m in measures) < 40
     rows = recall_by_distance(measures)
