@@ -50,6 +50,7 @@ __all__ = [
     "Resumed",
     "FORMAT",
     "FORMAT_VERSION",
+    "OLD_SUFFIX",
     "load_checkpoint",
     "read_meta",
     "resolve_checkpoint",
@@ -62,7 +63,7 @@ log = logging.getLogger(__name__)
 
 FORMAT = "reach-checkpoint"
 FORMAT_VERSION = 1
-_OLD_SUFFIX = ".old"
+OLD_SUFFIX = ".old"  # a save moves the previous checkpoint aside to this name until the new one is in place
 
 
 class CheckpointError(Exception):
@@ -237,7 +238,7 @@ def save_checkpoint(
 
 def _swap_into_place(temporary: Path, directory: Path) -> None:
     """Rename `temporary` to `directory`; the old one is moved aside first and removed last."""
-    old = directory.with_name(directory.name + _OLD_SUFFIX)
+    old = directory.with_name(directory.name + OLD_SUFFIX)
     if old.exists():
         shutil.rmtree(old)
     if directory.exists():
@@ -262,11 +263,11 @@ def resolve_checkpoint(path: Path | str) -> Path:
     path = Path(path)
     if (path / "config.json").is_file():
         return path
-    old = path.with_name(path.name + _OLD_SUFFIX)
+    old = path.with_name(path.name + OLD_SUFFIX)
     if not path.exists() and (old / "config.json").is_file():
         return old  # a crash between the two renames of a save
     for name in ("best", "last"):
-        for candidate in (path / name, path / (name + _OLD_SUFFIX)):
+        for candidate in (path / name, path / (name + OLD_SUFFIX)):
             if (candidate / "config.json").is_file():
                 return candidate
     if not path.exists():

@@ -18,7 +18,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from lm.checkpoint import _OLD_SUFFIX  # the name a save moves the previous checkpoint aside to
+from lm.checkpoint import OLD_SUFFIX  # the name a save moves the previous checkpoint aside to
 
 __all__ = ["RUN_ENTRIES", "clear_run", "previous_run"]
 
@@ -32,7 +32,7 @@ def previous_run(out: Path) -> list[str]:
     out = Path(out)
     found = []
     for name in RUN_ENTRIES:
-        candidates = [out / name] + ([out / (name + _OLD_SUFFIX)] if name in _CHECKPOINTS else [])
+        candidates = [out / name] + ([out / (name + OLD_SUFFIX)] if name in _CHECKPOINTS else [])
         if any(path.exists() for path in candidates):
             found.append(name + "/" if name in _CHECKPOINTS else name)
     return found
@@ -48,7 +48,7 @@ def clear_run(out: Path) -> list[str]:
     if not out.is_dir():
         return found
     for name in _CHECKPOINTS:
-        for path in [out / name, out / (name + _OLD_SUFFIX), *out.glob(f".{name}.tmp-*")]:
+        for path in [out / name, out / (name + OLD_SUFFIX), *out.glob(f".{name}.tmp-*")]:
             if path.is_dir() and not path.is_symlink():
                 shutil.rmtree(path)
             elif path.exists() or path.is_symlink():
