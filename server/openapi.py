@@ -97,7 +97,7 @@ def _schemas(limits: dict) -> dict:
             "properties": {
                 "text": {"type": "string", "maxLength": limits["max_text_chars"],
                          "description": "the text so far; a trailing space asks for the next word, none for completions"},
-                "k": {"type": "integer", "minimum": 1, "maximum": limits["max_k"], "default": 5},
+                "k": {"type": "integer", "minimum": 1, "maximum": limits["max_k"], "default": min(5, limits["max_k"])},
                 "model": {"type": "string", "nullable": True, "description": "a served model's name (default: the first)"},
                 "attribution": {"type": "string", "enum": ["summary", "full", "none"], "default": "summary"},
                 "threshold": {"type": "number", "exclusiveMinimum": True, "minimum": 0, "exclusiveMaximum": True,
