@@ -111,27 +111,31 @@ def limited(tiny_run, tiny_subword_run):
 
 @pytest.mark.parametrize("model", ["char", "subword"])
 def test_a_text_over_the_limit_is_read_the_same_way_in_every_attribution_mode(limited, model):
-    bodies = {mode: _post(limited, {"text": LONG, "k": 3, "model": model, "attribution": mode}).get_json()
+    # The char model completes "Qwi" (its cache copies "Qwixby"); the subword model predicts the next word after
+    # "Mr. ", since a small vocabulary may spell no completion of "Qwi" at all.
+    text = LONG if model == "char" else LONG.removesuffix("Qwi")
+    bodies = {mode: _post(limited, {"text": text, "k": 3, "model": model, "attribution": mode}).get_json()
               for mode in ("none", "summary", "full")}
     none = bodies["none"]
     context = none["context"]
     assert context["truncated"] is True and 0 < context["tokens"] <= 40 and context["dropped_units"] > 0
-    assert 0 < context["dropped_chars"] < len(LONG) and none["text"] == LONG  # the whole text comes back
-    assert context["chars"] <= len(LONG) - context["dropped_chars"]
+    assert 0 < context["dropped_chars"] < len(text) and none["text"] == text  # the whole text comes back
+    assert context["chars"] <= len(text) - context["dropped_chars"]
     for body in bodies.values():
-        assert body["text"] == LONG and body["context"] == context and body["cache"] is (model == "char")  # tuned settings
+        assert body["text"] == text and body["context"] == context and body["cache"] is (model == "char")  # tuned settings
         assert [p["word"] for p in body["predictions"]] == [p["word"] for p in none["predictions"]]
         assert [p["probability"] for p in body["predictions"]] == pytest.approx(
             [p["probability"] for p in none["predictions"]], rel=1e-5)
+    assert none["predictions"]
     # Offsets index into the text sent: the units read are exactly its text from dropped_chars on.
     first = bodies["full"]["predictions"][0]
     units = first["influence"]
-    assert all(u["text"] == LONG[u["start"]:u["end"]] for u in units)
+    assert all(u["text"] == text[u["start"]:u["end"]] for u in units)
     assert units[0]["start"] >= context["dropped_chars"] and units[-1]["end"] == context["dropped_chars"] + context["chars"]
-    assert all(w["text"] == LONG[w["start"]:w["end"]] for w in first["word_influence"])
+    assert all(w["text"] == text[w["start"]:w["end"]] for w in first["word_influence"])
     positions = first["pointer"]["positions"] if first["pointer"] else []
     assert positions or model == "subword"  # the char model's cache copies "Qwixby" from the part read
-    assert all(p["text"] == LONG[p["start"]:p["end"]] and p["start"] >= context["dropped_chars"] for p in positions)
+    assert all(p["text"] == text[p["start"]:p["end"]] and p["start"] >= context["dropped_chars"] for p in positions)
 
 
 def test_the_kept_suffix_is_read_as_if_only_it_had_been_sent(limited, client):
@@ -140,7 +144,7 @@ def test_the_kept_suffix_is_read_as_if_only_it_had_been_sent(limited, client):
     alone = _post(client, {"text": suffix, "k": 3, "attribution": "none"}).get_json()
     assert alone["context"]["truncated"] is False and alone["text"] == suffix
     assert [p["word"] for p in alone["predictions"]] == [p["word"] for p in cut["predictions"]]
-    assert [p["probability"] for p in alone["predictions"]] == pytest.approx([p["probability"] for p in cut["predictions"]], rel=1e-6)
+    assert [p["probability"] for p in alone["predictions"]] == pytest.approx([p["probability"] for p in cut["predictions"]], rel=1e-5)
     whole = _post(client, {"text": LONG, "k": 3, "attribution": "none"}).get_json()  # the default limit: all of it read
     assert whole["context"]["dropped_chars"] == 0 and whole["context"]["tokens"] > cut["context"]["tokens"]
 
