@@ -104,9 +104,9 @@ class Attribution:
     predictions: list[AttributedPrediction] = field(default_factory=list)
 
     def context_summary(self) -> dict:
-        """What was read: units, words and characters of the context, and what an input limit left unread."""
-        return {"tokens": len(self.units), "words": len(self.words), "chars": len(self.result.query.context),
-                **self.result.cut.as_dict()}
+        """What was read: units, words and characters of the context, and what an input limit left unread (the
+        prediction's own summary: the attribution reads the same units)."""
+        return self.result.context_summary()
 
     def word_scores(self, influence: np.ndarray) -> list[float]:
         scores = [0.0] * len(self.words)

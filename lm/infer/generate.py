@@ -39,7 +39,7 @@ break, "directly") is not part of any word's probability.
 Generation uses the model alone by default. The continuous cache copies
 what the text has just said, and a continuation feeds its own words back
 into it: with the cache, seeded 50-word continuations of test prompts
-repeated 7-8 times as many of their word trigrams as the model alone's
+repeated 5-8 times as many of their word trigrams as the model alone's
 (bench/repetition.py, docs/BENCHMARKS.md), so it is mixed in only when
 asked. With the cache (`text_cache=True`: Grave, Joulin and Usunier 2017,
 lm/infer/textcache.py) both
