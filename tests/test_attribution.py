@@ -8,8 +8,9 @@ import torch
 
 from conftest import external_references
 from lm.__main__ import main as lm_main
-from lm.infer.attribution import (attribute, hidden_jacobian_norms, path_logprobs, prediction_gradients, reach_figures,
-                                  unit_words, words_of)
+from lm.infer.attribution import attribute
+from lm.infer.reach import reach_figures, unit_words, words_of
+from lm.infer.word_gradients import path_logprobs, prediction_gradients
 from lm.checkpoint import load_checkpoint
 from lm.infer.context_grad import trace_context
 from lm.infer.predictor import PredictionResult, Predictor
@@ -200,24 +201,6 @@ def test_attribution_never_touches_parameter_gradients(char_predictor):
     assert all(p.grad is None for p in char_predictor.model.parameters())
 
 
-def test_hidden_jacobian_norms_decay_for_a_contracting_rnn():
-    from lm.config import ModelConfig
-    from lm.model import RNNLanguageModel
-    from lm.tokenizers import CharTokenizer
-
-    tokenizer = CharTokenizer(list("abc \n"))
-    torch.manual_seed(0)
-    model = RNNLanguageModel(ModelConfig(cell="rnn_tanh", vocab_size=tokenizer.vocab_size, embed_dim=4, hidden_dim=16,
-                                         num_layers=1, tie_weights=False)).eval()
-    with torch.no_grad():
-        model.layers[0].weight_hh_l0.mul_(0.3)  # a contraction: the recurrence forgets geometrically
-    diagnosis = hidden_jacobian_norms(Predictor(model, tokenizer), "abc cab bca abc ", probes=16)
-    norms = diagnosis["jacobian_norm"]
-    assert diagnosis["distance"][:3] == [1, 2, 3]
-    assert norms[0] > norms[4] > norms[9] > 0
-    assert all(p.grad is None for p in model.parameters())
-
-
 def test_views_show_the_heatmap_and_reach(char_predictor):
     result = attribute(char_predictor, TEXT, k=2, verify=True)
     colour = render_terminal(result, color=True)
@@ -256,7 +239,7 @@ def test_reach_profile_cli_compares_models(tiny_run, tiny_subword_run, corpus_di
 
 def test_path_logprobs_equal_a_path_by_path_sum(subword_predictor, monkeypatch):
     """The gathered path terms equal log-probabilities summed unit by unit, in value and in gradient."""
-    model, tokenizer, engine = subword_predictor.model, subword_predictor.tokenizer, subword_predictor.engine
+    model, tokenizer = subword_predictor.model, subword_predictor.tokenizer
     ends = torch.from_numpy(subword_predictor.units.ends)
     contexts = ["The album was", "In 1990 the band"]
     rows = [torch.tensor([[tokenizer.newline_id, *tokenizer.encode(text)]]) for text in contexts]
@@ -277,10 +260,10 @@ def test_path_logprobs_equal_a_path_by_path_sum(subword_predictor, monkeypatch):
         return state, first
 
     state, first = fresh()
-    stepped, step = [], engine.differentiable_step
-    monkeypatch.setattr(engine, "differentiable_step",
+    stepped, step = [], subword_predictor.differentiable_step
+    monkeypatch.setattr(subword_predictor, "differentiable_step",
                         lambda ids, *args, **kwargs: (stepped.append(ids.tolist()), step(ids, *args, **kwargs))[1])
-    gathered = path_logprobs(engine, state, first, path_rows, paths, ends)
+    gathered = path_logprobs(subword_predictor, state, first, path_rows, paths, ends)
     monkeypatch.undo()
     # One step per distinct prefix whose distribution is used: row 1's (a), (a, b), (a, b, c) and row 0's (b).
     assert stepped == [[a, b], [b], [c]]
@@ -306,9 +289,8 @@ def test_path_logprobs_equal_a_path_by_path_sum(subword_predictor, monkeypatch):
 def test_one_unit_spellings_do_not_run_the_model(subword_predictor, monkeypatch):
     """A required space has a spelling per unit that begins with one: those must cost no model pass."""
     calls = []
-    engine = subword_predictor.engine
-    step = engine.differentiable_step
-    monkeypatch.setattr(engine, "differentiable_step", lambda *args, **kwargs: (calls.append(args), step(*args, **kwargs))[1])
+    step = subword_predictor.differentiable_step
+    monkeypatch.setattr(subword_predictor, "differentiable_step", lambda *args, **kwargs: (calls.append(args), step(*args, **kwargs))[1])
     model = subword_predictor.model
     ends = torch.from_numpy(subword_predictor.units.ends)
     state = model.init_state(3).requires_grad_(True)
@@ -316,7 +298,7 @@ def test_one_unit_spellings_do_not_run_the_model(subword_predictor, monkeypatch)
     units = range(model.config.vocab_size)
     paths = [((unit,), False) for unit in units for _ in range(3)]
     rows = [row for _ in units for row in range(3)]
-    values = path_logprobs(engine, state, first, rows, paths, ends)
+    values = path_logprobs(subword_predictor, state, first, rows, paths, ends)
     assert not calls
     torch.testing.assert_close(values, first[torch.tensor(rows), torch.tensor([p[0][0] for p in paths])])
     (grad,) = torch.autograd.grad(values.sum(), state)
@@ -334,7 +316,7 @@ def cached_predictor(tiny_run):
     from lm.config import CacheConfig
 
     checkpoint = load_checkpoint(tiny_run.out)
-    return Predictor(checkpoint.model, checkpoint.tokenizer, text_cache=CacheConfig(window=60, theta=2.0, weight=0.4,
+    return Predictor(checkpoint.model, checkpoint.tokenizer, text_cache_settings=CacheConfig(window=60, theta=2.0, weight=0.4,
                                                                                           size_weights=((1, 0.4),)))
 
 
@@ -371,7 +353,7 @@ def _served_logprob(model, predictor, embeds, spellings, settings):
 
 
 def test_cached_gradients_equal_autograd_of_the_served_mixture_and_finite_differences(cached_predictor):
-    model, tokenizer, settings = cached_predictor.model, cached_predictor.tokenizer, cached_predictor.text_cache
+    model, tokenizer, settings = cached_predictor.model, cached_predictor.tokenizer, cached_predictor.text_cache_settings
     result = attribute(cached_predictor, CACHED_TEXT, k=3)
     assert result.result.text_cache and result.as_dict()["cache"] is True
     ids = torch.tensor([[tokenizer.newline_id, *tokenizer.encode(CACHED_TEXT)]])
@@ -422,7 +404,7 @@ def test_without_the_cache_attribution_is_unchanged(char_predictor, cached_predi
 def test_the_pointer_copies_from_units_the_word_needs_and_the_reach_holds_for_the_mixture(cached_predictor):
     result = attribute(cached_predictor, CACHED_TEXT, k=5, threshold=0.01)
     context = result.result.query.context
-    window_start = result.units[len(result.units) - cached_predictor.text_cache.window][1]
+    window_start = result.units[len(result.units) - cached_predictor.text_cache_settings.window][1]
     checked = 0
     for entry in result.predictions:
         word, pointer, gradient = entry.prediction.word, entry.pointer, entry.gradient_reach
@@ -472,7 +454,7 @@ def test_cached_healed_subword_gradients_are_per_word_and_of_the_served_probabil
     from lm.config import CacheConfig
 
     cached = Predictor(subword_predictor.model, subword_predictor.tokenizer,
-                       text_cache=CacheConfig(window=30, theta=1.0, weight=0.3, size_weights=((1, 0.3),)))
+                       text_cache_settings=CacheConfig(window=30, theta=1.0, weight=0.3, size_weights=((1, 0.3),)))
     text = "The album was released, and the album was rel"
     result = attribute(cached, text, k=3)
     assert result.result.text_cache and result.result.query.required

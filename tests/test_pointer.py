@@ -32,7 +32,7 @@ def cached(request, tiny_run, tiny_subword_run):
     """(a predictor with the text cache, the text it predicts after)."""
     kind, name = request.param
     checkpoint = load_checkpoint((tiny_run if kind == "char" else tiny_subword_run).out)
-    return (Predictor(checkpoint.model, checkpoint.tokenizer, text_cache=SETTINGS[name]),
+    return (Predictor(checkpoint.model, checkpoint.tokenizer, text_cache_settings=SETTINGS[name]),
             TEXT if kind == "char" else SUBWORD_TEXT)
 
 
@@ -40,7 +40,7 @@ def _rows(predictor: Predictor, text: str, units: tuple[int, ...]):
     """The mixture's parts written plainly: for each depth along `units` (and after them), the model's
     distribution, the weight, and every visible key's vote with the unit that followed it (None for the keys read
     along the spelling: they are the word's own)."""
-    model, tokenizer, settings = predictor.model, predictor.tokenizer, predictor.text_cache
+    model, tokenizer, settings = predictor.model, predictor.tokenizer, predictor.text_cache_settings
     hidden = model.config.hidden_dim
     ids = [tokenizer.newline_id, *tokenizer.encode(text)]
     with torch.no_grad():
@@ -130,7 +130,7 @@ def test_the_pointer_counts_every_entry_that_votes_as_brute_force_does(cached):
 def _logprob_with_last(predictor: Predictor, text: str, paths, keep: int) -> float:
     """log P(word) with only the last `keep` context entries in the memory (each row's softmax over them, its weight
     for that many keys), the model's distributions as they are: written plainly."""
-    settings = predictor.text_cache
+    settings = predictor.text_cache_settings
     ends = np.flatnonzero(predictor.units.ends)
     totals = []
     for units, boundary in paths:
@@ -168,7 +168,7 @@ def test_the_deletion_curve_equals_removing_the_entries_and_scoring_again(cached
     cached, text = cached
     result = cached.predict(text, k=2, text_cache=True)
     ids, spans = cached.tokenizer.encode_with_offsets(result.query.context)
-    size = min(len(ids), cached.text_cache.window)
+    size = min(len(ids), cached.text_cache_settings.window)
     for prediction in result.predictions:
         explanation = explain_cache(cached, result, prediction, spans, result.query.context)
         assert explanation.size == size and explanation.logprob_change[-1] == 0.0

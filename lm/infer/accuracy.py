@@ -7,7 +7,6 @@ import math
 import random
 from typing import Iterator, NamedTuple
 
-import torch
 from tqdm import tqdm
 
 from lm.checkpoint import Checkpoint
@@ -47,7 +46,7 @@ def next_word_accuracy(predictor: Predictor, text: str, positions: int | None = 
     chosen = sampled_positions(text, positions, seed)
     hits = {k: 0 for k in ks}
     ranks: list[int] = []
-    remember = text_cache and predictor.text_cache is not None  # mix in the continuous cache over the text read so far
+    remember = text_cache and predictor.text_cache_settings is not None  # mix in the continuous cache over the text read so far
     for position, context, query in _stream_contexts(predictor, text, chosen, remember, progress):
         result = predictor.predict_from(context, query, k=max(ks), beam_width=beam_width, text_cache=remember)
         truth = word_at(text, position)
@@ -64,14 +63,14 @@ def _stream_contexts(predictor: Predictor, text: str, chosen: list[int], text_ca
                      ) -> Iterator[tuple[int, ContextState, Query]]:
     """Walk `text` as one stream from a zero state, yielding at each chosen word start the context read so far (with
     the text cache's memory when `text_cache` and the predictor has settings) and the query there."""
-    tokenizer, model = predictor.tokenizer, predictor.model
+    tokenizer = predictor.tokenizer
     ids, spans = tokenizer.encode_with_offsets(text)
     ends = [end for _, end in spans]
-    state = model.init_state(1)
+    state = predictor.zero_state()
     read = 0  # units read so far (after the leading line break)
     pending = [tokenizer.newline_id]
     logits = None
-    remember = text_cache and predictor.text_cache is not None
+    remember = text_cache and predictor.text_cache_settings is not None
     memory = None
     for position in tqdm(chosen, disable=not progress, desc="next-word accuracy", unit="word", leave=False):
         query = make_query(text[:position], tokenizer, normalized=True)
@@ -83,9 +82,7 @@ def _stream_contexts(predictor: Predictor, text: str, chosen: list[int], text_ca
             state, logits, memory = predictor.read_remembering(pending, state, memory)
             pending = []
         elif pending:
-            with torch.inference_mode():
-                out, state = model(torch.tensor([pending], dtype=torch.long), state)
-                logits = out[0, -1].float()
+            state, logits = predictor.read(pending, state)
             pending = []
         assert logits is not None
         # The context's units are not kept (the stream is long): no lookahead, which this walk never uses.
@@ -141,7 +138,7 @@ def sign_test(wins: int, losses: int) -> float:
 def checkpoint_accuracy(checkpoint: Checkpoint, text: str, positions: int) -> dict:
     """`next_word_accuracy` of a checkpoint's model on `positions` seeded word starts of `text` (seed 0, no prefix
     cache): what a training run reports after training (`train_run`'s `accuracy`)."""
-    predictor = Predictor(checkpoint.model, checkpoint.tokenizer, cache_size=0)
+    predictor = Predictor(checkpoint.model, checkpoint.tokenizer, prefix_cache_size=0)
     return next_word_accuracy(predictor, text, positions=positions, seed=0)
 
 
@@ -188,7 +185,7 @@ def _outcome(predictor: Predictor, context: ContextState, query, truth: str, k: 
     return PromptOutcome(rank, float(logprob), repeats)
 
 
-def _bucket(name: str, words: int | None, alone: list[PromptOutcome], cached: list[PromptOutcome] | None,
+def _bucket(name: str, words: int | None, alone: list[PromptOutcome], mixed: list[PromptOutcome] | None,
             ks: tuple[int, ...]) -> dict:
     """One row of the prompt-length table: top-k and log loss of the model alone and (when given) with the text
     cache, compared position by position."""
@@ -200,11 +197,11 @@ def _bucket(name: str, words: int | None, alone: list[PromptOutcome], cached: li
                 "repeats_prompt_word": sum(o.repeats for o in outcomes) / count}
 
     row = {"prompt": name, "words": words, "positions": len(alone), "alone": figures(alone)}
-    if cached is not None:
-        row["text_cache"] = figures(cached)
+    if mixed is not None:
+        row["text_cache"] = figures(mixed)
         row["text_cache_against_alone"] = [c.as_dict() for c in paired_accuracy([o.rank for o in alone],
-                                                                                  [o.rank for o in cached], ks)]
-        gains = [float(c.logprob - a.logprob) for a, c in zip(alone, cached)
+                                                                                  [o.rank for o in mixed], ks)]
+        gains = [float(c.logprob - a.logprob) for a, c in zip(alone, mixed)
                  if math.isfinite(a.logprob) and math.isfinite(c.logprob)]
         better, worse = sum(1 for g in gains if g > 0), sum(1 for g in gains if g < 0)
         row["logprob_gain"] = {"mean": sum(gains) / max(len(gains), 1), "better": better, "worse": worse,
@@ -224,7 +221,7 @@ def prompt_length_accuracy(predictor: Predictor, text: str, lengths: tuple[int, 
     A prompt is predicted as a request would be (`Predictor.predict`: normalised, read from a zero state), the
     prefix cache shared between the two switches of one prompt (it keeps states, not answers)."""
     chosen = prompt_positions(text, positions, seed, min_words=max(lengths, default=0))
-    with_cache = text_cache and predictor.text_cache is not None
+    with_text_cache = text_cache and predictor.text_cache_settings is not None
     k = max(ks)
     rows = []
     tokenizer = predictor.tokenizer
@@ -232,7 +229,7 @@ def prompt_length_accuracy(predictor: Predictor, text: str, lengths: tuple[int, 
     total = len(lengths) * len(chosen)
     bar = tqdm(total=total, disable=not progress, desc="prompt lengths", unit="prompt", leave=False)
     for words in lengths:
-        alone, cached = [], []
+        alone, mixed = [], []
         for position in chosen:
             prompt = prompt_of(text, position, words, starts)
             truth = word_at(text, position)
@@ -240,15 +237,15 @@ def prompt_length_accuracy(predictor: Predictor, text: str, lengths: tuple[int, 
             context = predictor.context_state(tuple(tokenizer.encode(query.context)))
             seen = {word for word in query.context.split()}
             alone.append(_outcome(predictor, context, query, truth, k, beam_width, False, seen))
-            if with_cache:
-                cached.append(_outcome(predictor, context, query, truth, k, beam_width, True, seen))
+            if with_text_cache:
+                mixed.append(_outcome(predictor, context, query, truth, k, beam_width, True, seen))
             bar.update()
-        rows.append(_bucket(f"{words} words", words, alone, cached if with_cache else None, ks))
+        rows.append(_bucket(f"{words} words", words, alone, mixed if with_text_cache else None, ks))
     bar.close()
     if stream:
         alone_run = _stream_outcomes(predictor, text, chosen, k, beam_width, False, progress)
-        cached_run = _stream_outcomes(predictor, text, chosen, k, beam_width, True, progress) if with_cache else None
-        rows.append(_bucket("stream", None, alone_run, cached_run, ks))
+        mixed_run = _stream_outcomes(predictor, text, chosen, k, beam_width, True, progress) if with_text_cache else None
+        rows.append(_bucket("stream", None, alone_run, mixed_run, ks))
     return rows
 
 
@@ -267,8 +264,8 @@ def describe_prompt_lengths(rows: list[dict]) -> str:
     lines = [f"served next-word quality by prompt length ({rows[0]['positions'] if rows else 0} positions; "
              "with the text cache / the model alone):"]
     for row in rows:
-        alone, cached = row["alone"], row.get("text_cache")
-        if cached is None:
+        alone, mixed = row["alone"], row.get("text_cache")
+        if mixed is None:
             lines.append(f"  {row['prompt']:>10}: top-1 {alone['top1']:.1%}  top-5 {alone['top5']:.1%}  "
                          f"{alone['nats_per_word']:.3f} nats/word (model alone)")
             continue
@@ -276,8 +273,8 @@ def describe_prompt_lengths(rows: list[dict]) -> str:
         cells = []
         for k in (1, 5):
             c = paired[k]
-            cells.append(f"top-{k} {cached[f'top{k}']:.1%} / {alone[f'top{k}']:.1%} "
+            cells.append(f"top-{k} {mixed[f'top{k}']:.1%} / {alone[f'top{k}']:.1%} "
                          f"(+{c['gained']} -{c['lost']}, p {c['p_value']:.2g})")
-        lines.append(f"  {row['prompt']:>10}: {'  '.join(cells)}  {cached['nats_per_word']:.3f} / "
+        lines.append(f"  {row['prompt']:>10}: {'  '.join(cells)}  {mixed['nats_per_word']:.3f} / "
                      f"{alone['nats_per_word']:.3f} nats/word")
     return "\n".join(lines)

@@ -49,6 +49,7 @@ import numpy as np
 import torch
 
 from corpora import normalize_line
+from lm.infer.context_grad import ContextTrace, backward_context, trace_context
 from lm.infer.engine import StepEngine
 from lm.infer.query import Cut, Query, keep_last_units, make_query
 from lm.infer.reads import ContextState, Reads, StepRows
@@ -60,13 +61,13 @@ from lm.config import CacheConfig
 from lm.model import RNNLanguageModel
 from lm.tokenizers import Tokenizer
 
-__all__ = ["PredictionResult", "Predictor", "WordPrediction"]
+__all__ = ["DEFAULT_PREFIX_CACHE_BYTES", "PredictionResult", "Predictor", "WordPrediction"]
 
 # A cached context followed by at most this many new units is read with single cell steps (StepEngine.read_steps):
 # with the input table, steps beat the fused layer's set-up up to about seven units on the default model.
 STEPWISE_READ = 6
-# The prefix cache's default bound in bytes (Predictor's cache_bytes; the server's REACH_CACHE_MB).
-DEFAULT_CACHE_BYTES = 256 * 2**20
+# The prefix cache's default bound in bytes (Predictor's prefix_cache_bytes; the server's REACH_CACHE_MB).
+DEFAULT_PREFIX_CACHE_BYTES = 256 * 2**20
 
 
 @dataclass
@@ -129,25 +130,38 @@ class PredictionResult:
 
 
 class Predictor:
-    """Next-word predictions from one model; safe to share between threads."""
+    """Next-word predictions from one model; safe to share between threads.
 
-    def __init__(self, model: RNNLanguageModel, tokenizer: Tokenizer, cache_size: int = 64,
-                 text_cache: CacheConfig | None = None, cache_bytes: int = DEFAULT_CACHE_BYTES):
-        """`cache_size`: contexts the prefix cache keeps; `cache_bytes`: the most bytes their states, logits and
-        text-cache memories may hold together (the latest context is kept whatever its size); `text_cache`: the
-        continuous cache's settings (None: none)."""
+    Three things here are called a cache, and are named in full: the *prefix
+    cache* (read contexts kept between requests, least recently used first
+    out), the *text cache* (the continuous cache over a request's own text,
+    whose settings are `text_cache_settings`; the `text_cache` arguments
+    switch it on or off per call) and, in training only, the token cache.
+
+    What attribution, generation, accuracy and the lab need from the model's
+    steps goes through the methods of "Reading for others" (`zero_state`,
+    `read`, `step`, `trace`, `differentiable_step`, `output_from_state`,
+    `backward`); `step_engine` is the engine itself, for benchmarks that time
+    its parts.
+    """
+
+    def __init__(self, model: RNNLanguageModel, tokenizer: Tokenizer, prefix_cache_size: int = 64,
+                 text_cache_settings: CacheConfig | None = None, prefix_cache_bytes: int = DEFAULT_PREFIX_CACHE_BYTES):
+        """`prefix_cache_size`: contexts the prefix cache keeps; `prefix_cache_bytes`: the most bytes their states,
+        logits and text-cache memories may hold together (the latest context is kept whatever its size);
+        `text_cache_settings`: the continuous cache's settings (None: none)."""
         self.model = model.eval()
-        self.text_cache = text_cache
+        self.text_cache_settings = text_cache_settings
         self.tokenizer = tokenizer
-        self.engine = StepEngine(self.model)  # single steps on the CPU, for the searches and attribution
+        self._engine = StepEngine(self.model)  # single steps on the CPU, for the searches and attribution
         self.units = UnitTable(tokenizer)  # the tokenizer's per-unit facts, shared by search, scoring and attribution
-        self.cache_size = cache_size
-        self.cache_bytes = cache_bytes
-        self._cached_bytes = 0  # what the prefix cache's contexts hold now (ContextState.nbytes summed)
+        self.prefix_cache_size = prefix_cache_size
+        self.prefix_cache_bytes = prefix_cache_bytes
+        self._prefix_cache_bytes_used = 0  # what the prefix cache's contexts hold now (ContextState.nbytes summed)
         # With a text cache each context keeps its memory (the last `window` top-layer outputs and units) beside its
         # state: a context extended from a cached prefix or from the lookahead gets its memory exactly as a fresh
-        # read would, so reuse stays correct with the cache on or off.
-        self._cache: OrderedDict[tuple[int, ...], ContextState] = OrderedDict()
+        # read would, so reuse stays correct with the text cache on or off.
+        self._prefix_cache: OrderedDict[tuple[int, ...], ContextState] = OrderedDict()
         # What the latest prediction read past its context (the beam's and exact scoring's unit sequences):
         # when the next text is that context plus one of them (the user typed a word the model had
         # weighed), its state is already known and the text needs no model step at all.
@@ -158,83 +172,127 @@ class Predictor:
         """Whether a prediction mixes in the text cache: when asked (True) and the predictor has settings; by default
         (None) only when its settings are length-aware (tuned for prompts of every length, `CacheConfig.size_weights`):
         settings tuned on one long stream alone copy a short prompt back, so they serve only when asked for."""
-        if self.text_cache is None or asked is False:
+        if self.text_cache_settings is None or asked is False:
             return False
-        return asked is True or self.text_cache.length_aware
+        return asked is True or self.text_cache_settings.length_aware
+
+    # Reading for others: attribution, generation, accuracy, the lab --------------
+
+    @property
+    def step_engine(self) -> StepEngine:
+        """The model's CPU step engine, for benchmarks that time its parts (bench/); library code uses the methods
+        below, which say what it reads."""
+        return self._engine
+
+    def zero_state(self, rows: int = 1) -> torch.Tensor:
+        """The zero state (L, rows, S) every text is read from."""
+        return self.model.init_state(rows)
+
+    def read(self, inputs: list[int], state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Read `inputs` after `state` (L, 1, S) with the model's fused layers, without autograd: the new state and the
+        logits (V,) float32 after the last input."""
+        with torch.inference_mode():
+            out, state = self.model(torch.tensor([inputs], dtype=torch.long), state, score_from=len(inputs) - 1)  # (1, 1, V)
+        return state, out[0, -1].float()
+
+    def step(self, units: torch.Tensor, state: torch.Tensor, parents: torch.Tensor | None = None
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One batched step without autograd: unit i (N,) read after states[:, parents[i]] (after state row i when
+        `parents` is None); the logits (N, V) and the new states (L, N, S)."""
+        return self._engine.step(units, state, parents=parents)
+
+    def trace(self, units: tuple[int, ...]) -> ContextTrace:
+        """Read `units` from the zero state (after a line break) once, keeping every layer's inputs and outputs for
+        `backward` (the one read attribution's prediction and gradients share; lm/infer/context_grad.py)."""
+        return trace_context(self.model, torch.tensor([self.tokenizer.newline_id, *units], dtype=torch.long))
+
+    def differentiable_step(self, units: torch.Tensor, state: torch.Tensor, parents: torch.Tensor | None = None
+                            ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`step` with gradients flowing to `state` (not to the parameters): the logits (N, V) and new states."""
+        return self._engine.differentiable_step(units, state, parents=parents)
+
+    def output_from_state(self, state: torch.Tensor, differentiable: bool = False) -> torch.Tensor:
+        """The logits (N, V) after states (L, N, S): the output layer on the top layer's h; `differentiable` keeps
+        the gradient to `state`."""
+        return self._engine.output_from_state(state, differentiable=differentiable)
+
+    def backward(self, trace: ContextTrace, seeds: torch.Tensor, on_top: torch.Tensor | None = None) -> torch.Tensor:
+        """Gradients (k, T, E) on a traced read's input embeddings from seeds (L, k, S) on its final state and, when
+        given, gradients (T, k, H) on its top layer's outputs (`context_grad.backward_context`)."""
+        return backward_context(self._engine, trace, seeds, on_top)
 
     # Context -----------------------------------------------------------
 
     @property
-    def cached_contexts(self) -> int:
+    def prefix_cache_contexts(self) -> int:
         """How many contexts the prefix cache holds now."""
         with self._lock:
-            return len(self._cache)
+            return len(self._prefix_cache)
 
     @property
-    def cached_bytes(self) -> int:
+    def prefix_cache_bytes_used(self) -> int:
         """The bytes the prefix cache's contexts hold now (states, logits, text-cache memories)."""
         with self._lock:
-            return self._cached_bytes
+            return self._prefix_cache_bytes_used
 
-    def context_state(self, units: tuple[int, ...], use_cache: bool = True) -> ContextState:
-        """Read `units` from a zero state (after a line break); reuses the longest cached prefix."""
+    def context_state(self, units: tuple[int, ...], use_prefix_cache: bool = True) -> ContextState:
+        """Read `units` from a zero state (after a line break); reuses the longest prefix in the prefix cache."""
         start_units: tuple[int, ...] = ()
         state = None
         logits = None
         memory = None
-        if use_cache:
+        if use_prefix_cache:
             with self._lock:
-                hit = self._cache.get(units)
+                hit = self._prefix_cache.get(units)
                 if hit is not None:
-                    self._cache.move_to_end(units)
+                    self._prefix_cache.move_to_end(units)
                     return hit
                 ahead = self._ahead(units)
             if ahead is not None:
                 return self._remember(units, self.context_from(units, *ahead))
             with self._lock:
-                for cached_units in reversed(self._cache):
+                for cached_units in reversed(self._prefix_cache):
                     if len(cached_units) < len(units) and units[: len(cached_units)] == cached_units:
-                        cached = self._cache[cached_units]
+                        cached = self._prefix_cache[cached_units]
                         start_units, state, logits, memory = cached_units, cached.state, cached.logits, cached.memory
                         break
         with torch.inference_mode():
             if state is None:
                 inputs = [self.tokenizer.newline_id, *units]
-                state = self.model.init_state(1)
+                state = self.zero_state()
             else:
                 inputs = list(units[len(start_units):])
-            if self.text_cache is not None:
+            if self.text_cache_settings is not None:
                 if inputs:
                     state, logits, memory = self.read_remembering(inputs, state, memory)
             elif 0 < len(inputs) <= STEPWISE_READ:
-                state = self.engine.read_steps(torch.tensor([inputs], dtype=torch.long), state)
-                logits = self.engine.output_from_state(state)[0].float()
+                state = self._engine.read_steps(torch.tensor([inputs], dtype=torch.long), state)
+                logits = self._engine.output_from_state(state)[0].float()
             elif inputs:
-                out, state = self.model(torch.tensor([inputs], dtype=torch.long), state, score_from=len(inputs) - 1)  # (1, 1, V)
-                logits = out[0, -1].float()
+                state, logits = self.read(inputs, state)
         assert logits is not None
         result = self.context_from(units, state, logits, memory)
-        return self._remember(units, result) if use_cache else result
+        return self._remember(units, result) if use_prefix_cache else result
 
     def read_remembering(self, inputs: list[int], state: torch.Tensor, memory: Memory | None
                          ) -> tuple[torch.Tensor, torch.Tensor, Memory]:
         """Read `inputs` after `state` (L, 1, S) keeping the text cache's memory: the new state, the logits (V,)
         and `memory` extended by the inputs (memory None: `state` is the zero state and inputs[0] a line break)."""
-        assert self.text_cache is not None
+        assert self.text_cache_settings is not None
         hidden = self.model.config.hidden_dim
         previous = state[-1, 0, :hidden]
         with torch.inference_mode():
             if len(inputs) <= STEPWISE_READ:  # single steps, each leaving its top-layer output in the state
                 outputs = []
                 for unit in inputs:
-                    state = self.engine.read_steps(torch.tensor([[unit]], dtype=torch.long), state)
+                    state = self._engine.read_steps(torch.tensor([[unit]], dtype=torch.long), state)
                     outputs.append(state[-1, 0, :hidden])
                 outputs = torch.stack(outputs)  # (T, H)
             else:
                 features, state = self.model.features(torch.tensor([inputs], dtype=torch.long), state)  # (1, T, H)
                 outputs = features[0]
-            logits = self.engine.output_from_state(state)[0].float()
-        return state, logits, read_memory(memory, previous, outputs.float(), inputs, self.text_cache.window)
+            logits = self._engine.output_from_state(state)[0].float()
+        return state, logits, read_memory(memory, previous, outputs.float(), inputs, self.text_cache_settings.window)
 
     def _ahead(self, units: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor, Memory | None] | None:
         """The state, logits and text-cache memory after `units` if the latest prediction read them past its
@@ -246,7 +304,7 @@ class Predictor:
         if len(units) <= len(base) or units[: len(base)] != base or units[len(base):] not in reads:
             return None
         memory = None
-        if self.text_cache is not None:
+        if self.text_cache_settings is not None:
             memory = reads.memory_after(units[len(base):])
             if memory is None:  # read without the cache: no path memory kept
                 return None
@@ -254,19 +312,20 @@ class Predictor:
 
     def _remember(self, units: tuple[int, ...], result: ContextState) -> ContextState:
         """Keep `result` in the prefix cache, then drop the least recently used contexts while there are more than
-        `cache_size` or they hold more than `cache_bytes` (with a text cache a context's memory is up to `window`
-        top-layer outputs: 8 MB at window 4,000 and 512 hidden units)."""
-        if self.cache_size:
+        `prefix_cache_size` or they hold more than `prefix_cache_bytes` (with a text cache a context's memory is up to
+        `window` top-layer outputs: 8 MB at window 4,000 and 512 hidden units)."""
+        if self.prefix_cache_size:
             with self._lock:
-                replaced = self._cache.get(units)
+                replaced = self._prefix_cache.get(units)
                 if replaced is not None:
-                    self._cached_bytes -= replaced.nbytes
-                self._cache[units] = result
-                self._cached_bytes += result.nbytes
-                self._cache.move_to_end(units)
-                while len(self._cache) > self.cache_size or (self._cached_bytes > self.cache_bytes and len(self._cache) > 1):
-                    _, dropped = self._cache.popitem(last=False)
-                    self._cached_bytes -= dropped.nbytes
+                    self._prefix_cache_bytes_used -= replaced.nbytes
+                self._prefix_cache[units] = result
+                self._prefix_cache_bytes_used += result.nbytes
+                self._prefix_cache.move_to_end(units)
+                while len(self._prefix_cache) > self.prefix_cache_size or (
+                        self._prefix_cache_bytes_used > self.prefix_cache_bytes and len(self._prefix_cache) > 1):
+                    _, dropped = self._prefix_cache.popitem(last=False)
+                    self._prefix_cache_bytes_used -= dropped.nbytes
         return result
 
     def context_from(self, units: tuple[int, ...], state: torch.Tensor, logits: torch.Tensor,
@@ -286,7 +345,7 @@ class Predictor:
         text cache is applied: each context's memory needs every position's output)."""
         if self.uses_text_cache(text_cache):
             return [self.predict(text, k=k, beam_width=beam_width, max_word_length=max_word_length,
-                                 temperature=temperature, use_cache=False, text_cache=True) for text in texts]
+                                 temperature=temperature, use_prefix_cache=False, text_cache=True) for text in texts]
         queries = [make_query(text, self.tokenizer) for text in texts]
         rows = [[self.tokenizer.newline_id, *self.tokenizer.encode(q.context)] for q in queries]
         lengths = torch.tensor([len(row) for row in rows])
@@ -296,7 +355,7 @@ class Predictor:
         with torch.inference_mode():
             # Score only each row's last position, from its final state.
             _, states = self.model(padded, lengths=lengths, score_from=padded.size(1))  # (L, N, S)
-            last = self.engine.output_from_state(states).float()  # (N, V)
+            last = self._engine.output_from_state(states).float()  # (N, V)
         results = []
         for index, query in enumerate(queries):
             units = tuple(rows[index][1:])
@@ -308,16 +367,16 @@ class Predictor:
     def warm_up(self, rows: int = 64) -> None:
         """Pay now what the first requests would: the unit tables, and oneDNN's kernels for single steps of
         1..rows rows (a batch size's first product costs about a millisecond more; searches use many sizes)."""
-        self.predict("The ", k=1, use_cache=False)
+        self.predict("The ", k=1, use_prefix_cache=False)
         for count in range(1, rows + 1):
-            self.engine.step(torch.zeros(count, dtype=torch.long), self.model.init_state(count))
+            self.step(torch.zeros(count, dtype=torch.long), self.zero_state(count))
 
-    def clear_cache(self) -> None:
-        """Forget cached contexts, the latest prediction's reads and remembered lines (normalised text,
+    def clear_prefix_cache(self) -> None:
+        """Empty the prefix cache and forget the latest prediction's reads and remembered lines (normalised text,
         subword ids): the next prediction starts cold."""
         with self._lock:
-            self._cache.clear()
-            self._cached_bytes = 0
+            self._prefix_cache.clear()
+            self._prefix_cache_bytes_used = 0
             self._lookahead = None
         normalize_line.cache_clear()
         self.tokenizer.clear_cache()
@@ -328,7 +387,7 @@ class Predictor:
         """Feed unit i to states[:, parents[i]] of states (L, M, S), in one batched step."""
         with torch.inference_mode():
             shared = torch.tensor(parents, dtype=torch.long)
-            logits, new_states = self.engine.step(torch.tensor(units, dtype=torch.long), states, parents=shared)  # (N, V)
+            logits, new_states = self.step(torch.tensor(units, dtype=torch.long), states, parents=shared)  # (N, V)
             return self._normalized(new_states, logits, temperature)
 
     def _normalized(self, states: torch.Tensor, logits: torch.Tensor, temperature: float) -> StepRows:
@@ -356,8 +415,8 @@ class Predictor:
         with torch.inference_mode():
             first = self._normalized(context.state, context.logits[None], temperature)
             cache = None
-            if text_cache and self.text_cache is not None and context.memory is not None:
-                cache = TextCache(self.text_cache, context.memory, self.model.config.hidden_dim, self.units.ends_mask)
+            if text_cache and self.text_cache_settings is not None and context.memory is not None:
+                cache = TextCache(self.text_cache_settings, context.memory, self.model.config.hidden_dim, self.units.ends_mask)
             return Reads(context, first, lambda states, units, parents: self._step(temperature, states, units, parents),
                          cache)
 
@@ -378,14 +437,14 @@ class Predictor:
         return exact.logprob
 
     def predict(self, text: str, k: int = 5, beam_width: int = 16, max_word_length: int = 24,
-                temperature: float = 1.0, use_cache: bool = True, text_cache: bool | None = None,
+                temperature: float = 1.0, use_prefix_cache: bool = True, text_cache: bool | None = None,
                 max_units: int | None = None) -> PredictionResult:
-        """The k most probable next words (or completions of the unfinished word) after `text`; `use_cache`: reuse
+        """The k most probable next words (or completions of the unfinished word) after `text`; `use_prefix_cache`: reuse
         the prefix cache; `text_cache`: mix in the continuous cache over the text (see `uses_text_cache`);
         `max_units`: read only the last that many units of the context, as attribution does (`result.cut` says
         what was left unread)."""
         query, cut = keep_last_units(text, self.tokenizer, max_units)
-        context = self.context_state(tuple(self.tokenizer.encode(query.context)), use_cache=use_cache)
+        context = self.context_state(tuple(self.tokenizer.encode(query.context)), use_prefix_cache=use_prefix_cache)
         result = self.predict_from(context, query, k=k, beam_width=beam_width, max_word_length=max_word_length,
                                    temperature=temperature, text_cache=text_cache)
         result.cut = cut
@@ -403,7 +462,7 @@ class Predictor:
         # pruned from the beam: score the leaders exactly, all in one pass.
         leaders = [word for word, _ in sorted(words.items(), key=lambda item: -item[1])[: k + 3]]
         exact, required = score_words(self.units, known, context.line_start, query, leaders)
-        if self.cache_size:
+        if self.prefix_cache_size:
             with self._lock:
                 self._lookahead = known
         ranked = sorted(zip(leaders, exact), key=lambda item: -item[1].logprob)

@@ -1,0 +1,220 @@
+"""The gradient of each predicted word's log-probability with respect to every input of its text.
+
+For a predicted word w after a text, `prediction_gradients` gives
+d log P(w | text) / d x_t for every input embedding x_t (the word's units and
+the boundary after them included, every spelling of the word summed, the
+healed part of the text divided out). The k predictions of one text are
+differentiated together: autograd differentiates the k words' unit paths
+from the state after the text (`path_logprobs`, one row per word), and the
+hand-written backward pass of lm/infer/context_grad.py (`Predictor.backward`)
+carries the k gradients on that state back through the whole text side by
+side. Parameter `.grad` is never touched, so a model can serve other
+requests at the same time.
+
+With the continuous cache over the text (lm/infer/textcache.py) the word
+paths' distributions are the served mixture's (`CacheMix`): autograd also
+gives each word's gradient on the cache's keys (the top-layer outputs of the
+text), and the backward pass injects those at their positions.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from lm.config import CacheConfig
+from lm.infer.context_grad import ContextTrace
+from lm.infer.predictor import PredictionResult, Predictor
+from lm.infer.textcache import Memory, cache_votes, mix_distributions
+
+__all__ = ["CacheMix", "path_logprobs", "prediction_gradients"]
+
+
+class CacheMix:
+    """The continuous cache mixed into attribution's distributions, differentiably (lm/infer/textcache.py's
+    `cache_votes` and `mix_distributions`, the served mixture's own code).
+
+    Each row (word) has its own copy of the context's keys, so that autograd
+    gives every word its own gradient on them; the path keys are the states
+    along each spelling, differentiable through the state after the context.
+    """
+
+    def __init__(self, settings: CacheConfig, keys: torch.Tensor, values: torch.Tensor, hidden: int):
+        self.settings = settings
+        self.keys = keys  # (rows, n, H), requires grad: the context's top-layer outputs (the last `window`)
+        self.values = values  # (n,) long: the unit that followed each key
+        self.hidden = hidden
+
+    def logprobs(self, scaled: torch.Tensor, queries: torch.Tensor, path_keys: torch.Tensor, path_values: torch.Tensor,
+                 rows: torch.Tensor) -> torch.Tensor:
+        """log of the mixed distributions (M, V) float64 after M paths of one length d: tempered logits (M, V),
+        queries (M, H), each path's keys (M, d, H) and values (M, d), and each path's row (M,)."""
+        depth = path_values.size(1)
+        pieces, order = [], []
+        for row in torch.unique(rows).tolist():
+            chosen = torch.nonzero(rows == row)[:, 0]
+            count = len(chosen)
+            votes, values = cache_votes(self.settings, queries[chosen], Memory(self.keys[row], self.values),
+                                        path_keys[chosen], path_values[chosen], torch.full((count,), depth))
+            sizes = torch.full((count,), min(depth + len(self.values), self.settings.window))  # the keys each row sees
+            pieces.append(torch.log(mix_distributions(self.settings, scaled[chosen], votes, values, sizes)))
+            order.append(chosen)
+        return torch.cat(pieces)[torch.argsort(torch.cat(order))]
+
+    def first(self, scaled: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
+        """The mixed log-probabilities (rows, V) of the first unit after the context: row i queries with states[:, i]."""
+        count = states.size(1)
+        queries = states[-1, :, : self.hidden]  # (rows, H)
+        return self.logprobs(scaled, queries, queries.new_zeros(count, 0, self.hidden),
+                             torch.zeros(count, 0, dtype=torch.long), torch.arange(count))
+
+    def after_paths(self, scaled: torch.Tensor, states: torch.Tensor, level_states: list[torch.Tensor],
+                    levels: list[dict], keys: list[tuple[int, tuple[int, ...]]]) -> torch.Tensor:
+        """The mixed log-probabilities after the prefixes `keys` ((row, prefix) of one length d, in the order of
+        level_states[d - 1]); states (L, rows, S) after the context, level_states[j - 1] after the prefixes of
+        length j (`levels[j - 1]` says where). A path's keys are the outputs before each of its units."""
+        depth = len(keys[0][1])
+        rows = torch.tensor([row for row, _ in keys], dtype=torch.long)
+        columns = [states[-1, rows, : self.hidden]]  # the context's last output, followed by each prefix's first unit
+        for length in range(1, depth):
+            places = torch.tensor([levels[length - 1][(row, prefix[:length])] for row, prefix in keys], dtype=torch.long)
+            columns.append(level_states[length - 1][-1, places, : self.hidden])
+        path_keys = torch.stack(columns, dim=1)  # (M, d, H)
+        path_values = torch.tensor([prefix for _, prefix in keys], dtype=torch.long)  # (M, d)
+        return self.logprobs(scaled, level_states[depth - 1][-1, :, : self.hidden], path_keys, path_values, rows)
+
+
+def path_logprobs(predictor: Predictor, states: torch.Tensor, first_logprobs: torch.Tensor, rows: list[int],
+                  paths: list[tuple[tuple[int, ...], bool]], ends: torch.Tensor, temperature: float = 1.0,
+                  mix: CacheMix | None = None) -> torch.Tensor:
+    """Log-probability of each unit path after the context of its row, the boundary mass included where flagged.
+
+    states: (L, k, S) after each row's context; first_logprobs: (k, V) for the first unit.
+    Returns (P,) differentiable with respect to both, in the dtype of first_logprobs (attribution
+    passes the model's float32: these values only seed gradients; exact scoring reports the figures).
+    With `mix` (the continuous cache), every distribution after a path's first unit is the mixed one,
+    its keys the context's and the path's own (differentiable too); first_logprobs is then mixed already. The steps
+    are `predictor.differentiable_step`s.
+
+    Every term is gathered at once (one autograd node per kind of term: a
+    required space alone can have thousands of one-unit spellings), and the
+    model runs only where a distribution after a path's first unit is used:
+    on each distinct (row, prefix) that a path goes on from or ends at with
+    its boundary, one batched step per depth. Paths share prefixes ("▁",
+    "▁t" ...), so that is about half the rows of stepping every path to the
+    longest one's length.
+    """
+    count = len(paths)
+    row_index = torch.tensor(rows, dtype=torch.long)
+    lengths = torch.tensor([len(units) for units, _ in paths], dtype=torch.long)
+    flagged = torch.tensor([boundary for _, boundary in paths], dtype=torch.bool)
+    has_units = lengths > 0
+    starts = torch.tensor([units[0] if units else 0 for units, _ in paths], dtype=torch.long)
+    zeros = first_logprobs.new_zeros(count)
+    total = torch.where(has_units, first_logprobs[row_index, starts], zeros)  # gathers P numbers, copies no rows
+    ends_first = torch.logsumexp(first_logprobs[:, ends], dim=-1)[row_index]  # (P,): a boundary straight after the context
+    total = total + torch.where(flagged & ~has_units, ends_first, zeros)
+    # The trie of prefixes that need the distribution after them: levels[d - 1] maps (row, prefix of length d)
+    # to its place in that level's step.
+    levels: list[dict[tuple[int, tuple[int, ...]], int]] = []
+    later: list[tuple[int, int, int, int]] = []  # (depth, place, next unit, path): log P(next unit | prefix)
+    bounded: list[tuple[int, int, int]] = []  # (depth, place, path): log P(a boundary | the whole path)
+    for path, ((units, boundary), row) in enumerate(zip(paths, rows)):
+        for depth in range(1, len(units) + (1 if boundary else 0)):
+            if len(levels) < depth:
+                levels.append({})
+            place = levels[depth - 1].setdefault((row, units[:depth]), len(levels[depth - 1]))
+            if depth < len(units):
+                later.append((depth, place, units[depth], path))
+            else:
+                bounded.append((depth, place, path))
+    if not levels:
+        return total
+    # Paths are a few units long: single cell steps beat the fused layers' set-up, forward and backward.
+    steps, offsets, state, parents, level_states = [], [0], states, None, []
+    for depth, level in enumerate(levels, start=1):
+        keys = list(level)  # in place order
+        if depth == 1:
+            source = torch.tensor([row for row, _ in keys], dtype=torch.long)  # the context's state of each row
+        else:
+            source = torch.tensor([parents[(row, prefix[:-1])] for row, prefix in keys], dtype=torch.long)
+        units = torch.tensor([prefix[-1] for _, prefix in keys], dtype=torch.long)
+        step_logits, state = predictor.differentiable_step(units, state, parents=source)  # (M_d, V)
+        level_states.append(state)
+        if mix is None:
+            steps.append(step_logits / temperature)  # temperature scales every step
+        else:
+            steps.append(mix.after_paths(step_logits / temperature, states, level_states, levels, keys))
+        offsets.append(offsets[-1] + len(keys))
+        parents = level
+    if mix is None:  # every needed distribution at once, in the precision of first_logprobs: (M, V)
+        after = torch.log_softmax(torch.cat(steps).to(first_logprobs.dtype), dim=-1)
+    else:
+        after = torch.cat(steps)  # (M, V) float64 log-probabilities of the mixed distributions
+    if later:
+        node, unit, owner = (torch.tensor(column, dtype=torch.long) for column in
+                             zip(*((offsets[depth - 1] + place, unit, path) for depth, place, unit, path in later)))
+        total = total.index_add(0, owner, after[node, unit])
+    if bounded:
+        node, owner = (torch.tensor(column, dtype=torch.long) for column in
+                       zip(*((offsets[depth - 1] + place, path) for depth, place, path in bounded)))
+        total = total.index_add(0, owner, torch.logsumexp(after[node][:, ends], dim=-1))
+    return total
+
+
+def prediction_gradients(predictor: Predictor, trace: ContextTrace, result: PredictionResult, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """d log P(word_j | text) / d x_t for every prediction j and context unit t: (k, n, E), and x: (n, E).
+
+    Autograd differentiates each word's paths from the state after the text,
+    one row per word; the hand-written pass of `Predictor.backward` carries the
+    k gradients on that state back through the text. When the result was
+    mixed with the continuous cache, the paths' distributions are the mixed
+    ones: autograd also gives each word's gradient on the cache's keys (the
+    context's top-layer outputs), which the backward pass injects at their
+    positions, so the gradient is that of the log-probability served.
+    """
+    settings = predictor.text_cache_settings if result.text_cache else None  # the served distribution: mixed, or the model's
+    k = len(result.predictions)
+    ends = torch.from_numpy(predictor.units.ends)
+    required = bool(result.query.required)
+    # Row j < k carries word j's paths; with a healed text, one more row carries the required part's
+    # spellings, the same for every word (often thousands of one-unit paths: read them once, not k times).
+    rows_count = k + 1 if required else k
+    with torch.enable_grad():
+        states = trace.final.clone().expand(-1, rows_count, -1).contiguous().requires_grad_(True)  # (L, rows, S)
+        scaled = predictor.output_from_state(states, differentiable=True) / temperature  # (rows, V)
+        mix = None
+        if settings is None:
+            first = torch.log_softmax(scaled, dim=-1)
+        else:
+            # The keys the served mixture saw: the context's top-layer outputs before each unit, the last `window`.
+            keys = trace.outputs[-1][:-1][-settings.window :]  # (n', H)
+            keys = keys.expand(rows_count, -1, -1).clone().requires_grad_(True)  # (rows, n', H): a copy per row
+            mix = CacheMix(settings, keys, trace.ids[1:][-keys.size(1) :], predictor.model.config.hidden_dim)
+            first = mix.first(scaled, states)  # (rows, V) float64
+        paths, rows, bounds = [], [], []
+        for row, prediction in enumerate(result.predictions):
+            bounds.append((len(paths), len(paths) + len(prediction.paths)))
+            paths.extend(prediction.paths)
+            rows.extend([row] * len(prediction.paths))
+        if required:
+            bounds.append((len(paths), len(paths) + len(result.required_paths)))
+            paths.extend(result.required_paths)
+            rows.extend([k] * len(result.required_paths))
+        values = path_logprobs(predictor, states, first, rows, paths, ends, temperature, mix)
+        totals = torch.stack([torch.logsumexp(values[start:end], 0) for start, end in bounds])  # (rows,)
+        # log P(word_j | text) = totals[j] - totals[k] when healed: the required row's gradient joins every word's.
+        objective = totals[:k].sum() - (totals[k] if required else 0.0)
+        if mix is None:
+            (seeds,) = torch.autograd.grad(objective, states)  # (L, rows, S)
+            on_keys = None
+        else:
+            seeds, on_keys = torch.autograd.grad(objective, [states, mix.keys])  # (L, rows, S), (rows, n', H)
+    if required:
+        seeds = seeds[:, :k] + seeds[:, k:]  # d(-log P(required)) / d state belongs to every word
+        on_keys = on_keys[:k] + on_keys[k:] if on_keys is not None else None
+    on_top = None
+    if on_keys is not None:  # the keys are the top layer's outputs 0..n-1 (the last n' of them): (n + 1, k, H)
+        on_top = trace.outputs[-1].new_zeros(len(trace.ids), k, on_keys.size(-1))
+        on_top[len(trace.ids) - 1 - on_keys.size(1) : len(trace.ids) - 1] = on_keys.transpose(0, 1)
+    grad = predictor.backward(trace, seeds, on_top)  # (k, n + 1, E)
+    return grad[:, 1:], trace.inputs[0][1:]
