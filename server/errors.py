@@ -1,7 +1,10 @@
 """Every error the API returns: one exception class and the handlers that turn errors into JSON.
 
-The body is always {"error": {"code": str, "message": str}}; codes are
-stable (clients and tests rely on them), messages are for people.
+The body is always {"error": {"code": str, "message": str, "type": str,
+"param": str | null}} (server/protocol.py's `ErrorBody`): codes are stable
+(clients and tests rely on them), messages are for people, `type` is the
+error's class in OpenAI's terms (so that OpenAI clients show it as they
+expect) and `param` names the request field at fault, when one is.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import logging
 from flask import Flask, jsonify
 from werkzeug.exceptions import HTTPException
 
-__all__ = ["ApiError", "register_error_handlers"]
+__all__ = ["ApiError", "ERROR_TYPES", "error_payload", "error_type", "register_error_handlers"]
 
 log = logging.getLogger(__name__)
 
@@ -28,13 +31,31 @@ _HTTP_CODES = {
 class ApiError(Exception):
     """An error with an HTTP status, a stable code and a message for people."""
 
-    def __init__(self, status: int, code: str, message: str):
+    def __init__(self, status: int, code: str, message: str, param: str | None = None):
         super().__init__(message)
-        self.status, self.code, self.message = status, code, message
+        self.status, self.code, self.message, self.param = status, code, message, param
 
 
-def _body(status: int, code: str, message: str):
-    response = jsonify({"error": {"code": code, "message": message}})
+# The error's class in OpenAI's terms, by HTTP status.
+ERROR_TYPES = {401: "authentication_error", 403: "permission_error", 404: "not_found_error", 429: "rate_limit_error",
+               500: "server_error", 503: "server_error"}
+
+
+def error_type(status: int) -> str:
+    """OpenAI's error `type` for an HTTP status: client errors are invalid requests unless named above."""
+    return ERROR_TYPES.get(status, "invalid_request_error" if status < 500 else "server_error")
+
+
+def error_payload(status: int, code: str, message: str, param: str | None = None) -> dict:
+    """The JSON error body, server/protocol.py's `ErrorBody` (also sent as a server-sent event when a stream fails
+    after it started)."""
+    from server.protocol import ErrorBody, ErrorDetail
+
+    return ErrorBody(error=ErrorDetail(code=code, message=message, type=error_type(status), param=param)).model_dump()
+
+
+def _body(status: int, code: str, message: str, param: str | None = None):
+    response = jsonify(error_payload(status, code, message, param))
     response.status_code = status
     return response
 
@@ -44,7 +65,7 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(ApiError)
     def api_error(error: ApiError):
-        return _body(error.status, error.code, error.message)
+        return _body(error.status, error.code, error.message, error.param)
 
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException):

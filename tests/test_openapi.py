@@ -3,7 +3,7 @@
 import copy
 
 import pytest
-from openapi_schema_validator import OAS30Validator
+from openapi_schema_validator import OAS31Validator
 from openapi_spec_validator import validate
 
 
@@ -30,7 +30,21 @@ def _schema(document, path, method, status):
 
 def test_the_document_is_valid_openapi_3(document):
     validate(document)
-    assert document["openapi"].startswith("3.")
+    assert document["openapi"] == "3.1.0"
+
+
+def test_every_schema_comes_from_a_model_and_every_error_is_declared(document):
+    """The schemas are the pydantic models' (titles and descriptions come from the classes), and each body endpoint
+    declares the statuses the server really returns."""
+    schemas = document["components"]["schemas"]
+    for name in ("PredictRequest", "PredictResponse", "GenerateRequest", "GenerateResponse", "ModelsResponse", "ModelCard",
+                 "ErrorBody", "Reach", "Pointer"):
+        assert schemas[name]["title"] == name
+    assert schemas["PredictRequest"]["properties"]["cache"]["deprecated"] is True
+    for path in ("/v1/predict", "/v1/generate"):
+        declared = document["paths"][path]["post"]["responses"]
+        assert {"200", "400", "404", "405", "413", "415", "422", "500"} <= set(declared)
+        assert "text/event-stream" in declared["200"]["content"] or path == "/v1/predict"
 
 
 def test_the_document_lists_exactly_the_app_routes(app, document):
@@ -43,6 +57,7 @@ def test_the_document_lists_exactly_the_app_routes(app, document):
 def test_limits_in_the_document_are_the_configured_ones(app, document):
     properties = document["components"]["schemas"]["PredictRequest"]["properties"]
     assert properties["text"]["maxLength"] == app.config["REACH_MAX_TEXT_CHARS"]
+    assert "pattern" in properties["text"]  # the control characters the server refuses
     assert properties["k"]["maximum"] == app.config["REACH_MAX_K"]
     generate = document["components"]["schemas"]["GenerateRequest"]["properties"]
     assert generate["max_words"]["maximum"] == app.config["REACH_MAX_GENERATE_WORDS"]
@@ -57,7 +72,7 @@ def test_limits_in_the_document_are_the_configured_ones(app, document):
 def test_real_predict_responses_fit_the_schema(client, document, body):
     response = client.post("/v1/predict", json=body)
     assert response.status_code == 200
-    OAS30Validator(_schema(document, "/v1/predict", "post", "200")).validate(response.get_json())
+    OAS31Validator(_schema(document, "/v1/predict", "post", "200")).validate(response.get_json())
 
 
 @pytest.mark.parametrize("body", [
@@ -67,21 +82,21 @@ def test_real_predict_responses_fit_the_schema(client, document, body):
 ])
 def test_real_generate_responses_fit_the_schema(client, document, body):
     request_schema = _inline(document["components"]["schemas"]["GenerateRequest"], document["components"]["schemas"])
-    OAS30Validator(request_schema).validate(body)
+    OAS31Validator(request_schema).validate(body)
     response = client.post("/v1/generate", json=body)
     assert response.status_code == 200
-    OAS30Validator(_schema(document, "/v1/generate", "post", "200")).validate(response.get_json())
-    OAS30Validator(_schema(document, "/v1/generate", "post", "422")).validate(
+    OAS31Validator(_schema(document, "/v1/generate", "post", "200")).validate(response.get_json())
+    OAS31Validator(_schema(document, "/v1/generate", "post", "422")).validate(
         client.post("/v1/generate", json={**body, "max_words": 0}).get_json())
     with pytest.raises(Exception):
-        OAS30Validator(request_schema).validate({**body, "top_p": 0})
+        OAS31Validator(request_schema).validate({**body, "top_p": 0})
 
 
 def test_real_error_and_other_responses_fit_the_schemas(client, document):
-    OAS30Validator(_schema(document, "/v1/predict", "post", "422")).validate(client.post("/v1/predict", json={"text": "a", "k": 0}).get_json())
-    OAS30Validator(_schema(document, "/v1/models", "get", "200")).validate(client.get("/v1/models").get_json())
-    OAS30Validator(_schema(document, "/readyz", "get", "200")).validate(client.get("/readyz").get_json())
+    OAS31Validator(_schema(document, "/v1/predict", "post", "422")).validate(client.post("/v1/predict", json={"text": "a", "k": 0}).get_json())
+    OAS31Validator(_schema(document, "/v1/models", "get", "200")).validate(client.get("/v1/models").get_json())
+    OAS31Validator(_schema(document, "/readyz", "get", "200")).validate(client.get("/readyz").get_json())
     request_schema = _inline(document["components"]["schemas"]["PredictRequest"], document["components"]["schemas"])
-    OAS30Validator(request_schema).validate({"text": "hi", "k": 3, "attribution": "full", "threshold": 0.05})
+    OAS31Validator(request_schema).validate({"text": "hi", "k": 3, "attribution": "full", "threshold": 0.05})
     with pytest.raises(Exception):
-        OAS30Validator(request_schema).validate({"text": "hi", "k": 0})
+        OAS31Validator(request_schema).validate({"text": "hi", "k": 0})

@@ -1,0 +1,65 @@
+"""What each endpoint accepts and answers, declared once: /openapi.json is generated from these declarations.
+
+A blueprint module lists its endpoints as `Operation`s (its request and
+response pydantic models, the error statuses it really returns, and whether
+it can stream server-sent events) in a function of the configured `Limits`,
+since the limits are part of the request models (a `text` longer than
+REACH_MAX_TEXT_CHARS is invalid, and the schema says so); server/openapi.py
+turns every declared operation into the OpenAPI document. An endpoint not declared here is not
+in the document, and tests/test_openapi.py fails on a route without one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+from flask import current_app
+from pydantic import BaseModel
+
+__all__ = ["COMMON_ERRORS", "Limits", "Operation", "current_limits"]
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The configured bounds a request must keep (server/settings.py; hashable, so models built from them are cached)."""
+
+    max_k: int
+    max_text_chars: int
+    max_context_units: int
+    max_generate_words: int
+    max_body: int
+
+
+@lru_cache(maxsize=64)
+def _limits(max_k: int, max_text_chars: int, max_context_units: int, max_generate_words: int, max_body: int) -> Limits:
+    return Limits(max_k, max_text_chars, max_context_units, max_generate_words, max_body)
+
+
+def current_limits() -> Limits:
+    """The current app's limits."""
+    config = current_app.config
+    return _limits(config["REACH_MAX_K"], config["REACH_MAX_TEXT_CHARS"], config["REACH_MAX_CONTEXT_UNITS"],
+                   config["REACH_MAX_GENERATE_WORDS"], config["MAX_CONTENT_LENGTH"])
+
+# Statuses every JSON endpoint can answer with, whatever its body.
+COMMON_ERRORS = {
+    405: "method not allowed",
+    500: "unexpected error (logged; no internals returned)",
+}
+
+
+@dataclass(frozen=True)
+class Operation:
+    """One endpoint: `request` None for a GET; `response` None for a body that is not JSON (`content_type` says what)."""
+
+    path: str
+    method: str  # "get" or "post"
+    summary: str
+    response: type[BaseModel] | None
+    request: type[BaseModel] | None = None
+    errors: dict[int, str] = field(default_factory=dict)  # status -> when
+    stream_event: type[BaseModel] | None = None  # the model of each server-sent event when the request asks to stream
+    content_type: str = "application/json"
+    description: str = ""
+    tags: tuple[str, ...] = ()

@@ -1,0 +1,187 @@
+"""The contract, fuzzed: requests generated from the published /openapi.json, and arbitrary JSON, against the app.
+
+For every endpoint that takes a body, two property tests:
+- bodies the schema calls valid (hypothesis-jsonschema draws them from the
+  request schema itself) are answered with 200, or 404 `unknown_model` when
+  they name a model the server does not serve; the answer fits the declared
+  response schema (each server-sent event too, when the body asks to stream);
+- arbitrary JSON bodies (known fields with values of every JSON type and
+  range, unknown fields, control characters) are judged by the schema and by
+  the server alike: valid ones as above, invalid ones with a declared 4xx
+  status and the error body's schema; never a 5xx.
+The draws are derandomized, so the suite fuzzes the same requests every run;
+bench/fuzz_api.py runs many more.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis_jsonschema import from_schema
+from jsonschema import Draft202012Validator
+
+LIMITS = {"REACH_MAX_TEXT_CHARS": 120, "REACH_MAX_K": 4, "REACH_MAX_GENERATE_WORDS": 3, "REACH_MAX_CONTEXT_UNITS": 200,
+          "MAX_CONTENT_LENGTH": 16 * 1024}
+FUZZ = settings(max_examples=40, deadline=None, derandomize=True, database=None,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much])
+
+
+def inline(node, schemas):
+    """The schema with every {"$ref": "#/components/schemas/X"} replaced by X itself."""
+    if isinstance(node, dict):
+        if "$ref" in node:
+            return inline(copy.deepcopy(schemas[node["$ref"].rsplit("/", 1)[1]]), schemas)
+        return {key: inline(value, schemas) for key, value in node.items()}
+    if isinstance(node, list):
+        return [inline(value, schemas) for value in node]
+    return node
+
+
+@pytest.fixture(scope="module")
+def fuzzed_app(tiny_run, tiny_subword_run):
+    from server import create_app
+
+    return create_app({"REACH_MODELS": {"char": str(tiny_run), "subword": str(tiny_subword_run)}, **LIMITS})
+
+
+@pytest.fixture(scope="module")
+def document(fuzzed_app):
+    return fuzzed_app.test_client().get("/openapi.json").get_json()
+
+
+def body_operations(document) -> list[tuple[str, str]]:
+    return [(path, method) for path, item in document["paths"].items() for method, entry in item.items()
+            if "requestBody" in entry]
+
+
+class Judge:
+    """Posts a body and checks the answer against the document."""
+
+    def __init__(self, app, document, path, method):
+        self.client = app.test_client()
+        self.path, self.method = path, method
+        schemas = document["components"]["schemas"]
+        entry = document["paths"][path][method]
+        self.request_schema = inline(entry["requestBody"]["content"]["application/json"]["schema"], schemas)
+        self.validator = Draft202012Validator(self.request_schema)
+        self.responses = entry["responses"]
+        content = self.responses["200"]["content"]
+        self.ok = Draft202012Validator(inline(content["application/json"]["schema"], schemas))
+        stream = content.get("text/event-stream")
+        self.event = Draft202012Validator(inline(stream["x-event-schema"], schemas)) if stream else None
+        self.error = Draft202012Validator(inline(schemas["ErrorBody"], schemas))
+        self.served = set(app.extensions["reach"].models)
+
+    def post(self, body):
+        response = self.client.open(self.path, method=self.method.upper(), data=json.dumps(body),
+                                    content_type="application/json")
+        assert response.status_code < 500, (body, response.get_data(as_text=True))
+        assert str(response.status_code) in self.responses, f"undeclared status {response.status_code} for {body!r}"
+        return response
+
+    def check_valid(self, body):
+        response = self.post(body)
+        if response.status_code == 404:
+            assert response.get_json()["error"]["code"] == "unknown_model", (body, response.get_json())
+            assert body.get("model") not in self.served
+            return
+        assert response.status_code == 200, (body, response.get_data(as_text=True))
+        if response.mimetype == "text/event-stream":
+            assert self.event is not None, "a stream from an endpoint that declares none"
+            lines = [line[len("data: "):] for line in response.get_data(as_text=True).splitlines() if line.startswith("data: ")]
+            assert lines and lines[-1] == "[DONE]", lines[-3:]
+            for line in lines[:-1]:
+                self.event.validate(json.loads(line))
+        else:
+            self.ok.validate(response.get_json())
+
+    def check_any(self, body):
+        if isinstance(body, dict) and self.validator.is_valid(body):
+            self.check_valid(body)
+            return
+        response = self.post(body)
+        assert 400 <= response.status_code < 500, (body, response.status_code, response.get_data(as_text=True))
+        self.error.validate(response.get_json())
+
+
+def with_model(judge: Judge):
+    """Valid bodies, most of them naming a served model (or none) so that they reach the model."""
+    names = sorted(judge.served)
+
+    def choose(pair):
+        body, pick = pair
+        body = dict(body)
+        if pick == "absent" and "model" not in judge.request_schema.get("required", []):
+            body.pop("model", None)
+        elif pick in names:
+            body["model"] = pick
+        return body
+
+    return st.tuples(from_schema(judge.request_schema), st.sampled_from(["absent", *names, "drawn"])).map(choose)
+
+
+def json_values():
+    scalars = (st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.integers(-3, 30)
+               | st.floats(allow_nan=False, allow_infinity=False) | st.sampled_from([0.0, 1.0, 2.0, 0.5, 100.0, 1e-9])
+               | st.text(max_size=40) | st.text(st.characters(max_codepoint=0x9f), max_size=8)
+               | st.sampled_from(["char", "subword", "none", "full", "summary", "saliency", "grad_x_input", "\n", "\r\n",
+                                  "a\tb", "x" * 121, "\u0085", "é" * 60]))
+    return st.recursive(scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner,
+                                                                                            max_size=2), max_leaves=6)
+
+
+def arbitrary_bodies(judge: Judge):
+    known = sorted(judge.request_schema.get("properties", {}))
+    keys = st.sampled_from(known) | st.text(min_size=1, max_size=6)
+    objects = st.dictionaries(keys, json_values(), max_size=6)
+    near_valid = st.tuples(from_schema(judge.request_schema), st.sampled_from(known), json_values()).map(
+        lambda triple: {**triple[0], triple[1]: triple[2]})
+    return near_valid | objects | json_values()
+
+
+def test_the_fuzzed_app_declares_body_endpoints(document):
+    assert ("/v1/predict", "post") in body_operations(document)
+    assert ("/v1/generate", "post") in body_operations(document)
+
+
+@pytest.mark.parametrize("path", ["/v1/predict", "/v1/generate", "/v1/completions"])
+def test_bodies_the_schema_accepts_are_served(fuzzed_app, document, path):
+    if (path, "post") not in body_operations(document):
+        pytest.skip(f"{path} takes no body here")
+    judge = Judge(fuzzed_app, document, path, "post")
+
+    @FUZZ
+    @given(body=with_model(judge))
+    def run(body):
+        judge.check_valid(body)
+
+    run()
+
+
+@pytest.mark.parametrize("path", ["/v1/predict", "/v1/generate", "/v1/completions"])
+def test_the_schema_and_the_server_judge_arbitrary_bodies_alike(fuzzed_app, document, path):
+    if (path, "post") not in body_operations(document):
+        pytest.skip(f"{path} takes no body here")
+    judge = Judge(fuzzed_app, document, path, "post")
+
+    @settings(FUZZ, max_examples=150)
+    @given(body=arbitrary_bodies(judge))
+    def run(body):
+        judge.check_any(body)
+
+    run()
+
+
+def test_malformed_and_non_json_bodies_get_declared_errors(fuzzed_app, document):
+    client = fuzzed_app.test_client()
+    for path, method in body_operations(document):
+        declared = document["paths"][path][method]["responses"]
+        for data, content_type, status in (("{", "application/json", 400), ("text", "text/plain", 415),
+                                           ("[1]", "application/json", 400), ("x" * (LIMITS["MAX_CONTENT_LENGTH"] + 1),
+                                                                              "application/json", 413)):
+            response = client.open(path, method=method.upper(), data=data, content_type=content_type)
+            assert response.status_code == status and str(status) in declared, (path, data[:10], response.status_code)
+            assert set(response.get_json()["error"]) == {"code", "message", "type", "param"}
