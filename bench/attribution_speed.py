@@ -56,16 +56,16 @@ def products_s(engine, units: int, k: int = 5, block: int = 64) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     args = speed_arguments(__doc__.split("\n\n")[0], contexts=5).parse_args(argv)
-    checkpoint, text, predictor = speed_setup(args, "attribution_speed", cache_size=0)
+    checkpoint, text, predictor = speed_setup(args, "attribution_speed", prefix_cache_size=0)
 
-    cached = predictor.text_cache is not None
+    cached = predictor.text_cache_settings is not None
 
     def both(sample):
         context, _ = sample
         plain = timed(lambda: predictor.predict(context, k=5))
         attributed = timed(lambda: attribute(predictor, context, k=5))
         alone = timed(lambda: attribute(predictor, context, k=5, text_cache=False)) if cached else attributed
-        floor = (plain + products_s(predictor.engine, len(checkpoint.tokenizer.encode(context)) + 1)) / plain
+        floor = (plain + products_s(predictor.step_engine, len(checkpoint.tokenizer.encode(context)) + 1)) / plain
         return plain, attributed, attributed / plain, floor, attributed / alone
 
     for words in (20, 200, 1000):

@@ -87,7 +87,7 @@ class Probe:
     def run(self, predictor: Predictor, text: str, k: int, cap: int) -> tuple[dict[str, float], int, float]:
         """{word: logprob}, the largest batch of partial spellings read at once, seconds."""
         self.cap, self.largest = cap, 0
-        predictor.clear_cache()
+        predictor.clear_prefix_cache()
         begun = time.perf_counter()
         result = predictor.predict(text, k=k)
         return {p.word: p.logprob for p in result.predictions}, self.largest, time.perf_counter() - begun
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"spelling_cap: error: {error}", file=sys.stderr)
         return 1
     corpus = load_corpus(args.corpus or checkpoint.train_config.corpus)
-    predictor = Predictor(checkpoint.model, checkpoint.tokenizer, cache_size=0)
+    predictor = Predictor(checkpoint.model, checkpoint.tokenizer, prefix_cache_size=0)
     probe = Probe(args.tolerance)
     bound, largest_gap, worst, words, differing_lists, seconds = 0, 0.0, None, 0, 0, [0.0, 0.0]
     largest_batch = 0
