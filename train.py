@@ -26,7 +26,7 @@ from pathlib import Path
 from corpora import CorpusError
 from lm.checkpoint import CheckpointError
 from lm.cli_support import GracefulStop, ProgressBar, add_dataclass_flags, collect_overrides, configure_logging
-from lm.config import PRESETS, ModelConfig, TokenizerConfig, TrainConfig, apply_preset
+from lm.config import PRESETS, RENAMED_SETTINGS, ModelConfig, TokenizerConfig, TrainConfig, apply_preset
 from lm.eval.figures import HOW_STATE_FLOWS
 from lm.train.run_directory import previous_run
 from lm.tokenizers import TokenizerError
@@ -71,7 +71,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quiet", action="store_true", help="no progress bar or log lines; only the final figures")
     add_dataclass_flags(parser, TokenizerConfig, "tokenizer", defaults=PRESETS[preset])
     add_dataclass_flags(parser, ModelConfig, "model", skip=("vocab_size",), defaults=PRESETS[preset])
-    add_dataclass_flags(parser, TrainConfig, "training", defaults=PRESETS[preset])
+    add_dataclass_flags(parser, TrainConfig, "training", defaults=PRESETS[preset], renamed=RENAMED_SETTINGS)
     args = parser.parse_args(argv)
     args.preset_given = args.preset is not None
     args.preset = args.preset or "base"

@@ -119,7 +119,7 @@ def speed_setup(args: argparse.Namespace, name: str, cache_size: int) -> SpeedSe
         print(f"{name}: error: {error} (train one first: python train.py --out runs/base)", file=sys.stderr)
         raise SystemExit(1) from None
     text = load_corpus(args.corpus).test.text
-    settings = checkpoint.cache_config if args.cache == "on" else None
+    settings = checkpoint.text_cache_settings if args.cache == "on" else None
     predictor = Predictor(checkpoint.model, checkpoint.tokenizer, cache_size=cache_size, text_cache=settings)
     predictor.warm_up()
     print(f"model {checkpoint.directory}: {checkpoint.model_config.cell} {checkpoint.model_config.num_layers}x"

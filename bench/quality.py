@@ -431,17 +431,17 @@ def run_served(run: Path, corpus_dir: str, positions: int, seed: int, prompt_wor
 
     checkpoint = load_checkpoint(run)
     split = load_corpus(corpus_dir).test
-    predictor = Predictor(checkpoint.model, checkpoint.tokenizer, cache_size=0, text_cache=checkpoint.cache_config)
+    predictor = Predictor(checkpoint.model, checkpoint.tokenizer, cache_size=0, text_cache=checkpoint.text_cache_settings)
     rows = []
     for text_cache in (False, True):
-        if text_cache and checkpoint.cache_config is None:
+        if text_cache and checkpoint.text_cache_settings is None:
             break
         begun = time.perf_counter()
         nll, units = served_nll(predictor, split.text, text_cache)
         figures = EvalResult(nll=nll, units=units, chars=len(split.text), words=split.raw_words)
         accuracy = next_word_accuracy(predictor, split.text, positions=positions, seed=seed, text_cache=text_cache,
                                       keep_ranks=True)
-        cache = checkpoint.cache_config
+        cache = checkpoint.text_cache_settings
         rows.append({"recipe": f"reach served, {'with the stored cache' if text_cache else 'model alone'}",
                      "model": str(checkpoint.directory), "cache": cache.__dict__ if text_cache else None,
                      "bpc": figures.bpc, "word_ppl": figures.word_ppl, "nll": nll, "units": units, "accuracy": accuracy,
@@ -465,9 +465,9 @@ def adapted(run: Path, corpus_dir: str, cache: bool, dynamic: bool) -> dict:
     checkpoint = load_checkpoint(run)
     corpus = load_corpus(corpus_dir)
     result = evaluate_adapted(checkpoint.model, checkpoint.tokenizer, corpus.test.text, corpus.test.raw_words, corpus.valid.text,
-                              cache="tune" if cache else None, dynamic_lr="tune" if dynamic else None)
+                              text_cache="tune" if cache else None, dynamic_lr="tune" if dynamic else None)
     return {"with": result.describe(), "dynamic_lr": result.dynamic_lr,
-            "cache": None if result.cache is None else result.cache.__dict__,
+            "cache": None if result.text_cache is None else result.text_cache.__dict__,
             "bpc": result.figures.bpc, "word_ppl": result.figures.word_ppl}
 
 

@@ -104,10 +104,10 @@ def main(argv: list[str] | None = None) -> int:
     except (CheckpointError, CorpusError) as error:
         print(f"repetition: error: {error}", file=sys.stderr)
         return 1
-    if checkpoint.cache_config is None:
+    if checkpoint.text_cache_settings is None:
         print("repetition: error: the checkpoint stores no text-cache settings", file=sys.stderr)
         return 1
-    predictor = Predictor(checkpoint.model, checkpoint.tokenizer, text_cache=checkpoint.cache_config)
+    predictor = Predictor(checkpoint.model, checkpoint.tokenizer, text_cache=checkpoint.text_cache_settings)
     results = [measure(predictor, corpus.test.text, n, args.prompts, args.words, args.seed) for n in args.prompt_words]
     if args.json:
         print(json.dumps({"model": str(checkpoint.directory), "results": results}, indent=2))

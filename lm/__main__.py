@@ -1,13 +1,16 @@
 """`python -m lm COMMAND`: Reach's tools for trained models.
 
-    predict        the next words after a text
-    generate       continue a text word by word, sampled from the model
-    attribute      the next words with their gradient reach (and the cache's pointer reach), and the text as a heatmap
-    reach-profile  reach over many held-out contexts, for one or several models, as JSON and PNG
-    evaluate       held-out bits per character, per-word perplexity, next-word accuracy (also by prompt length)
-    tune-cache     tune the continuous cache's weight by prompt length and store it in the checkpoint
-    lab            train cells, truncation lengths and clipping modes; write a report
-    plot           draw a run's training curves to a PNG
+    predict          the next words after a text
+    generate         continue a text word by word, sampled from the model
+    attribute        the next words with their gradient reach (and the text cache's pointer reach), and the text as a heatmap
+    reach-profile    reach over many held-out contexts, for one or several models, as JSON and PNG
+    evaluate         held-out bits per character, per-word perplexity, next-word accuracy (also by prompt length)
+    tune-text-cache  tune the text cache's weight by prompt length and store it in the checkpoint (old name: tune-cache)
+    lab              train cells, truncation lengths and clipping modes; write a report
+    plot             draw a run's training curves to a PNG
+
+The text cache is the continuous cache over the text read (Grave et al. 2017); not the server's prefix cache nor
+training's token cache.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import sys
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from lm.cli_support import configure_logging, positive_int
+from lm.cli_support import add_deprecated_flag, configure_logging, positive_int
 
 
 def _plot(args: argparse.Namespace) -> int:
@@ -58,7 +61,7 @@ def _predicted(args: argparse.Namespace, command: str, work, print_json: bool = 
     if checkpoint is None:
         return 1
     try:
-        result = work(Predictor(checkpoint.model, checkpoint.tokenizer, text_cache=checkpoint.cache_config))
+        result = work(Predictor(checkpoint.model, checkpoint.tokenizer, text_cache_settings=checkpoint.text_cache_settings))
     except ValueError as error:
         print(f"lm {command}: error: {error}", file=sys.stderr)
         return 2
@@ -106,14 +109,16 @@ def _generate(args: argparse.Namespace) -> int:
 
 def _text_cache_flags(parser: argparse.ArgumentParser, what: str,
                       default: str = "on when the checkpoint's settings are tuned by prompt length") -> None:
-    """--text-cache / --no-text-cache (old name --no-cache): args.text_cache is True, False or None (the default:
-    for predictions, on when the checkpoint's cache settings are tuned by prompt length, Predictor.uses_text_cache)."""
+    """--text-cache / --no-text-cache (old name --no-cache, deprecated): args.text_cache is True, False or None (the
+    default: for predictions, on when the checkpoint's text cache settings are tuned by prompt length,
+    Predictor.uses_text_cache)."""
     switch = parser.add_mutually_exclusive_group()
     switch.add_argument("--text-cache", dest="text_cache", action="store_const", const=True, default=None,
                         help=f"mix in {what} with the checkpoint's settings, even settings tuned only on a long stream "
                              f"(default: {default})")
-    switch.add_argument("--no-text-cache", "--no-cache", dest="text_cache", action="store_const", const=False,
+    switch.add_argument("--no-text-cache", dest="text_cache", action="store_const", const=False,
                         help=f"the model alone: do not mix in {what}")
+    add_deprecated_flag(switch, "--no-cache", "--no-text-cache", dest="text_cache", const=False)
 
 
 def _top_p(text: str) -> float:
@@ -169,7 +174,7 @@ def _reach_profile(args: argparse.Namespace) -> int:
             print(f"lm reach-profile: error: {error}", file=sys.stderr)
             return 1
         name = checkpoint.directory.parent.name if checkpoint.directory.name in ("best", "last") else checkpoint.directory.name
-        profile = reach_profile(Predictor(checkpoint.model, checkpoint.tokenizer, cache_size=0), corpus.split(args.split).text,
+        profile = reach_profile(Predictor(checkpoint.model, checkpoint.tokenizer, prefix_cache_size=0), corpus.split(args.split).text,
                                 samples=args.samples, seed=args.seed, context_chars=args.context_chars, threshold=args.threshold,
                                 verify=not args.no_verify, method=args.method, progress=sys.stderr.isatty())
         profile["model"] = str(checkpoint.directory)
@@ -186,14 +191,15 @@ def _reach_profile(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from corpora import CorpusError
+    from lm.checkpoint import TEXT_CACHE_METRIC
     from lm.eval.figures import HOW_STATE_FLOWS, evaluate_adapted, evaluate_text
     from lm.infer.accuracy import describe_prompt_lengths, next_word_accuracy, paired_accuracy, prompt_length_accuracy
     from lm.infer.predictor import Predictor
     from lm.train.run import set_threads
-    from lm.train.tokens import cache_directory, load_streamed_corpus, token_ids
+    from lm.train.tokens import token_cache_directory, load_streamed_corpus, token_ids
 
-    if args.no_cache and args.predict_cache is not None:
-        print("lm evaluate: error: --predict-cache and --no-cache contradict each other: give one", file=sys.stderr)
+    if args.no_text_cache and args.predict_text_cache is not None:
+        print("lm evaluate: error: --predict-text-cache and --no-text-cache contradict each other: give one", file=sys.stderr)
         return 2
     set_threads(args.threads)
     checkpoint = _load(args.model)
@@ -206,33 +212,33 @@ def _evaluate(args: argparse.Namespace) -> int:
         return 1
     split = corpus.split(args.split)
     try:
-        ids = token_ids(split, checkpoint.tokenizer, cache_directory(None), progress=False).ids.tolist()  # encoded once, then cached
+        ids = token_ids(split, checkpoint.tokenizer, token_cache_directory(None), progress=False).ids.tolist()  # encoded once, then cached
     except OSError as error:
         print(f"lm evaluate: warning: the token cache cannot be used ({error}); encoding the {args.split} split here", file=sys.stderr)
         ids = None
     figures = evaluate_text(checkpoint.model, checkpoint.tokenizer, split.text, split.raw_words, ids=ids)
     adapted = None
     try:
-        if args.cache is not None or args.dynamic is not None:
+        if args.text_cache is not None or args.dynamic is not None:
             adapted = evaluate_adapted(checkpoint.model, checkpoint.tokenizer, split.text, split.raw_words,
-                                       corpus.split("valid").text, cache=args.cache, dynamic_lr=args.dynamic)
+                                       corpus.split("valid").text, text_cache=args.text_cache, dynamic_lr=args.dynamic)
     except FloatingPointError as error:  # dynamic evaluation at too high a learning rate
         print(f"lm evaluate: error: {error}; try a smaller --dynamic learning rate or 'tune'", file=sys.stderr)
         return 1
-    stored = None if args.no_cache else args.predict_cache or checkpoint.cache_config
-    predictor = Predictor(checkpoint.model, checkpoint.tokenizer, cache_size=0, text_cache=stored)
+    stored = None if args.no_text_cache else args.predict_text_cache or checkpoint.text_cache_settings
+    predictor = Predictor(checkpoint.model, checkpoint.tokenizer, prefix_cache_size=0, text_cache_settings=stored)
     accuracy = next_word_accuracy(predictor, split.text, positions=args.positions, seed=args.seed, beam_width=args.beam_width,
                                   progress=not args.json and sys.stderr.isatty(), text_cache=False, keep_ranks=True)
     alone_ranks = accuracy.pop("ranks")
     report = {"model": str(checkpoint.directory), "corpus": corpus.name, "split": args.split, **figures.as_dict(),
-              "accuracy": accuracy, "evaluation": HOW_STATE_FLOWS, "stored_cache": checkpoint.metrics.get("cache")}
+              "accuracy": accuracy, "evaluation": HOW_STATE_FLOWS, "stored_cache": checkpoint.metrics.get(TEXT_CACHE_METRIC)}
     cached_accuracy = None
-    if stored is not None:  # the same positions predicted as served: with the stored cache over the text read so far
+    if stored is not None:  # the same positions predicted as served: with the stored text cache over the text read so far
         cached_accuracy = next_word_accuracy(predictor, split.text, positions=args.positions, seed=args.seed, beam_width=args.beam_width,
                                              progress=not args.json and sys.stderr.isatty(), keep_ranks=True)
         paired = paired_accuracy(alone_ranks, cached_accuracy.pop("ranks"))
         report["accuracy_with_cache"] = cached_accuracy
-        report["accuracy_cache"] = {**asdict(stored), "given": args.predict_cache is not None}
+        report["accuracy_cache"] = {**asdict(stored), "given": args.predict_text_cache is not None}
         report["cache_against_alone"] = [comparison.as_dict() for comparison in paired]
     if adapted is not None:
         report["adapted"] = adapted.as_dict()
@@ -251,18 +257,18 @@ def _evaluate(args: argparse.Namespace) -> int:
     if adapted is not None:
         print(f"with {adapted.describe()}: {adapted.figures.bpc:.4f} bpc  per-word ppl {adapted.figures.word_ppl:.2f}")
     print(f"next-word accuracy over {sample} word positions: top-1 {accuracy['top1']:.2%}  top-3 {accuracy['top3']:.2%}  top-5 {accuracy['top5']:.2%}")
-    stored_cache = checkpoint.metrics.get("cache")
+    stored_cache = checkpoint.metrics.get(TEXT_CACHE_METRIC)
     if stored_cache:
         valid, test = stored_cache.get("valid", {}), stored_cache.get("test", {})
-        print(f"stored cache (window {stored_cache['window']} units, theta {stored_cache['theta']:g}, weight "
+        print(f"stored text cache (window {stored_cache['window']} units, theta {stored_cache['theta']:g}, weight "
               f"{stored_cache['weight']:g}, {stored_cache.get('chosen', 'given')}): valid {valid.get('bpc', math.nan):.4f} bpc  "
               f"per-word ppl {valid.get('word_ppl', math.nan):.2f}; test {test.get('bpc', math.nan):.4f} bpc  "
               f"per-word ppl {test.get('word_ppl', math.nan):.2f}")
     else:
-        print("stored cache: none (predictions use the model alone)")
+        print("stored text cache: none (predictions use the model alone)")
     if cached_accuracy is not None:
-        which = ("the stored cache" if args.predict_cache is None else
-                 f"the cache window {stored.window}, theta {stored.theta:g}, weight {stored.weight:g} (--predict-cache)")
+        which = ("the stored text cache" if args.predict_text_cache is None else
+                 f"the text cache window {stored.window}, theta {stored.theta:g}, weight {stored.weight:g} (--predict-text-cache)")
         print(f"next-word accuracy with {which}, same positions: top-1 {cached_accuracy['top1']:.2%}  "
               f"top-3 {cached_accuracy['top3']:.2%}  top-5 {cached_accuracy['top5']:.2%}")
         for comparison in paired:  # position by position: only where the two disagree does one do better
@@ -273,11 +279,13 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _tune_cache(args: argparse.Namespace) -> int:
+def _tune_text_cache(args: argparse.Namespace) -> int:
+    if args.command == "tune-cache":
+        print("python -m lm: warning: tune-cache is deprecated; use tune-text-cache", file=sys.stderr)
     from corpora import CorpusError
-    from lm.checkpoint import update_metrics
+    from lm.checkpoint import TEXT_CACHE_METRIC, update_metrics
     from lm.train.run import set_threads, tune_text_cache
-    from lm.train.tokens import cache_directory, load_streamed_corpus, token_ids
+    from lm.train.tokens import token_cache_directory, load_streamed_corpus, token_ids
 
     set_threads(args.threads)
     checkpoint = _load(args.model)
@@ -286,27 +294,27 @@ def _tune_cache(args: argparse.Namespace) -> int:
     try:
         corpus = load_streamed_corpus(args.corpus or checkpoint.train_config.corpus)  # the training split is not read
     except CorpusError as error:
-        print(f"lm tune-cache: error: {error}", file=sys.stderr)
+        print(f"lm {args.command}: error: {error}", file=sys.stderr)
         return 1
-    stored = checkpoint.cache_config
+    stored = checkpoint.text_cache_settings
     keep = None if args.all or stored is None else stored
-    heldout = {name: token_ids(corpus.split(name), checkpoint.tokenizer, cache_directory(None), progress=False).ids.tolist()
+    heldout = {name: token_ids(corpus.split(name), checkpoint.tokenizer, token_cache_directory(None), progress=False).ids.tolist()
                for name in ("valid", "test")}
     tuned = tune_text_cache(checkpoint.model, checkpoint.tokenizer, corpus, heldout, keep)
     if keep is not None:
         tuned["chosen"] = f"{stored.window}, {stored.theta:g}, {stored.weight:g} as stored; the weight by memory size " \
-                          "tuned on prompts of the valid split (lm tune-cache)"
-    update_metrics(checkpoint.directory, {"cache": tuned})
+                          "tuned on prompts of the valid split (lm tune-text-cache)"
+    update_metrics(checkpoint.directory, {TEXT_CACHE_METRIC: tuned})
     if args.json:
         print(json.dumps({"model": str(checkpoint.directory), "cache": tuned}, indent=2))
         return 0
-    print(f"{checkpoint.directory}: continuous cache window {tuned['window']} units, theta {tuned['theta']:g}, "
+    print(f"{checkpoint.directory}: text cache window {tuned['window']} units, theta {tuned['theta']:g}, "
           f"stream weight {tuned['weight']:g} ({'as stored' if keep is not None else 'tuned on the valid split'})")
     for row in tuned["size_tuning"]:
         low, high = row["keys"]
         print(f"  memory of {low:,}-{high - 1:,} keys: weight {row['weight']:g}  ({row['nats_per_unit']:.4f} nats per unit "
               f"against {row['model_alone']:.4f} for the model alone, {row['positions']:,} positions)")
-    print(f"test with the cache: {tuned['test']['bpc']:.4f} bpc  per-word ppl {tuned['test']['word_ppl']:.2f}; "
+    print(f"test with the text cache: {tuned['test']['bpc']:.4f} bpc  per-word ppl {tuned['test']['word_ppl']:.2f}; "
           f"predictions now mix it in by default")
     return 0
 
@@ -322,8 +330,8 @@ def _word_counts(value: str) -> list[int]:
     return counts
 
 
-def _cache_setting(value: str):
-    """--cache: 'tune' or WINDOW,THETA,WEIGHT."""
+def _text_cache_setting(value: str):
+    """--text-cache: 'tune' or WINDOW,THETA,WEIGHT."""
     from lm.eval.cache import CacheConfig
 
     if value == "tune":
@@ -336,11 +344,11 @@ def _cache_setting(value: str):
         raise argparse.ArgumentTypeError(detail) from None
 
 
-def _given_cache_setting(value: str):
-    """--predict-cache: WINDOW,THETA,WEIGHT ('tune' has no meaning there)."""
+def _given_text_cache_setting(value: str):
+    """--predict-text-cache: WINDOW,THETA,WEIGHT ('tune' has no meaning there)."""
     if value == "tune":
-        raise argparse.ArgumentTypeError("expected WINDOW,THETA,WEIGHT such as 4000,4,0.2 ('tune' is for --cache)")
-    return _cache_setting(value)
+        raise argparse.ArgumentTypeError("expected WINDOW,THETA,WEIGHT such as 4000,4,0.2 ('tune' is for --text-cache)")
+    return _text_cache_setting(value)
 
 
 def _dynamic_setting(value: str):
@@ -471,7 +479,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.set_defaults(handler=_generate)
 
     attribute = commands.add_parser("attribute", help="the next words with how far back their gradient influence (and the "
-                                                       "continuous cache's pointer) reaches")
+                                                       "text cache's pointer) reaches")
     attribute.add_argument("--model", required=True, help="run or checkpoint directory")
     attribute.add_argument("text", help="the text so far")
     attribute.add_argument("-k", type=positive_int, default=5, help="number of predictions (default: 5)")
@@ -490,7 +498,7 @@ def build_parser() -> argparse.ArgumentParser:
     attribute.set_defaults(handler=_attribute)
 
     profile = commands.add_parser("reach-profile", help="gradient reach over many held-out contexts (JSON and PNG), of the "
-                                                              "model alone (the stored continuous cache is not mixed in)")
+                                                              "model alone (the stored text cache is not mixed in)")
     profile.add_argument("--model", required=True, action="append", help="run or checkpoint directory (repeat to compare models)")
     profile.add_argument("--samples", type=positive_int, default=50, help="number of seeded contexts (default: 50)")
     profile.add_argument("--split", choices=("valid", "test"), default="test")
@@ -513,19 +521,24 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--positions", type=positive_int, default=None, help="score a seeded sample of N word positions (default: all)")
     evaluate.add_argument("--seed", type=int, default=0, help="seed of the sample (default: 0)")
     evaluate.add_argument("--beam-width", type=positive_int, default=16)
-    evaluate.add_argument("--cache", type=_cache_setting, default=None, metavar="tune|WINDOW,THETA,WEIGHT",
-                          help="also report the figures with a continuous cache (Grave et al. 2017): 'tune' picks its "
-                               "settings on the valid split (about 20 s), or give them, e.g. 4000,4,0.5")
+    evaluate.add_argument("--text-cache", type=_text_cache_setting, default=None, metavar="tune|WINDOW,THETA,WEIGHT",
+                          help="also report the figures with the text cache, a continuous cache over the text read "
+                               "(Grave et al. 2017): 'tune' picks its settings on the valid split (about 20 s), or give "
+                               "them, e.g. 4000,4,0.5")
+    add_deprecated_flag(evaluate, "--cache", "--text-cache", dest="text_cache", type=_text_cache_setting)
     evaluate.add_argument("--dynamic", type=_dynamic_setting, default=None, metavar="tune|LR",
                           help="also report the figures with dynamic evaluation (Krause et al. 2018: one SGD step on each "
                                "64 units after scoring them): 'tune' picks the learning rate on the valid split, or give it")
-    evaluate.add_argument("--no-cache", action="store_true",
-                          help="skip the next-word accuracy with the checkpoint's stored continuous cache (it is measured "
+    evaluate.add_argument("--no-text-cache", action="store_true",
+                          help="skip the next-word accuracy with the checkpoint's stored text cache (it is measured "
                                "beside the model's own by default when the checkpoint has settings)")
-    evaluate.add_argument("--predict-cache", type=_given_cache_setting, default=None, metavar="WINDOW,THETA,WEIGHT",
-                          help="predict the next-word accuracy positions with these cache settings instead of the stored "
-                               "ones (e.g. a lighter weight, to see what it does to top-k); compared with the model alone "
-                               "position by position")
+    add_deprecated_flag(evaluate, "--no-cache", "--no-text-cache", dest="no_text_cache", const=True)
+    evaluate.add_argument("--predict-text-cache", type=_given_text_cache_setting, default=None, metavar="WINDOW,THETA,WEIGHT",
+                          help="predict the next-word accuracy positions with these text cache settings instead of the "
+                               "stored ones (e.g. a lighter weight, to see what it does to top-k); compared with the model "
+                               "alone position by position")
+    add_deprecated_flag(evaluate, "--predict-cache", "--predict-text-cache", dest="predict_text_cache",
+                        type=_given_text_cache_setting)
     evaluate.add_argument("--prompt-words", type=_word_counts, default=None, metavar="N,N,...",
                           help="also measure served next-word quality by prompt length: at --positions seeded word "
                                "starts (default 200) whose word has a letter or digit, the N words before each read as "
@@ -535,10 +548,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", action="store_true", help="print JSON")
     evaluate.set_defaults(handler=_evaluate)
 
-    tune = commands.add_parser("tune-cache", help="tune the continuous cache's weight by prompt length on the valid split "
-                                                  "and store it in the checkpoint",
-                               description="Tune how much the continuous cache over a request's text is trusted for "
-                                           "each amount of text its memory holds (prompts of the valid split read from "
+    tune = commands.add_parser("tune-text-cache", aliases=["tune-cache"],
+                               help="tune the text cache's weight by prompt length on the valid split and store it in "
+                                    "the checkpoint (old name: tune-cache, deprecated)",
+                               description="Tune how much the text cache (the continuous cache over a request's "
+                                           "text) is trusted for each amount of text its memory holds (prompts of the valid split read from "
                                            "a zero state, as requests are), and store the settings in the checkpoint. "
                                            "Training does this itself; checkpoints trained before it serve the model "
                                            "alone by default until tuned here.")
@@ -548,7 +562,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                          "valid split (default: keep the stored ones)")
     tune.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: every core)")
     tune.add_argument("--json", action="store_true", help="print JSON")
-    tune.set_defaults(handler=_tune_cache)
+    tune.set_defaults(handler=_tune_text_cache)
 
     lab = commands.add_parser("lab", help="the BPTT lab: cells, truncation and clipping under one budget, with a report")
     lab.add_argument("--corpus", default="wiki-subset", help="corpus (default: wiki-subset: $REACH_CORPUS, else ../shared/corpora/wiki-subset beside the project, else the hub)")

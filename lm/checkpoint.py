@@ -39,7 +39,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_file, save_model
 
-from lm.config import CacheConfig, ModelConfig, TokenizerConfig, TrainConfig, from_dict, to_dict
+from lm.config import CacheConfig, ModelConfig, TokenizerConfig, TrainConfig, from_dict, to_dict, upgrade_settings
 from lm.model import RNNLanguageModel, count_parameters
 from lm.tokenizers import Tokenizer, TokenizerError, load_tokenizer
 
@@ -51,6 +51,7 @@ __all__ = [
     "FORMAT",
     "FORMAT_VERSION",
     "OLD_SUFFIX",
+    "TEXT_CACHE_METRIC",
     "load_checkpoint",
     "read_meta",
     "resolve_checkpoint",
@@ -64,6 +65,11 @@ log = logging.getLogger(__name__)
 FORMAT = "reach-checkpoint"
 FORMAT_VERSION = 1
 OLD_SUFFIX = ".old"  # a save moves the previous checkpoint aside to this name until the new one is in place
+# The metrics key of the tuned text cache settings. Checkpoints written before the naming pass of issue 27 store
+# them as "cache": `read_meta` renames that key on reading (the format is otherwise the same, so its version is
+# unchanged), and the next `update_metrics` writes the new name.
+TEXT_CACHE_METRIC = "text_cache"
+_RENAMED_METRICS = {"cache": TEXT_CACHE_METRIC}
 
 
 class CheckpointError(Exception):
@@ -107,16 +113,17 @@ class Checkpoint:
         return self.meta.get("metrics", {})
 
     @property
-    def cache_config(self) -> CacheConfig | None:
-        """The continuous cache tuned at the end of training (`metrics["cache"]`); None for checkpoints without one."""
-        stored = self.metrics.get("cache")
+    def text_cache_settings(self) -> CacheConfig | None:
+        """The text cache tuned at the end of training (`metrics["text_cache"]`, or an older checkpoint's
+        `metrics["cache"]`); None for checkpoints without one."""
+        stored = self.metrics.get(TEXT_CACHE_METRIC)
         if not stored:
             return None
         try:
             return CacheConfig(int(stored["window"]), float(stored["theta"]), float(stored["weight"]),
                                tuple((int(keys), float(weight)) for keys, weight in stored.get("size_weights", ())))
         except (KeyError, TypeError, ValueError) as error:
-            raise CheckpointError(f"{str(self.directory)!r} has damaged cache settings ({error})") from error
+            raise CheckpointError(f"{str(self.directory)!r} has damaged text cache settings ({error})") from error
 
 
 def _versions() -> dict[str, str]:
@@ -276,7 +283,7 @@ def resolve_checkpoint(path: Path | str) -> Path:
 
 
 def read_meta(directory: Path) -> dict[str, Any]:
-    """The validated config.json of a checkpoint directory."""
+    """The validated config.json of a checkpoint directory, with names renamed since it was written read as the new ones."""
     try:
         meta = json.loads((directory / "config.json").read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
@@ -287,6 +294,14 @@ def read_meta(directory: Path) -> dict[str, Any]:
         raise CheckpointError(
             f"{str(directory)!r} is a format {meta.get('format_version')} checkpoint; this Reach reads format {FORMAT_VERSION}"
         )
+    if isinstance(meta.get("train"), dict):
+        meta["train"] = upgrade_settings(meta["train"])  # "tune_cache" before the naming pass
+    metrics = meta.get("metrics")
+    if isinstance(metrics, dict):
+        for old, new in _RENAMED_METRICS.items():
+            if old in metrics:
+                value = metrics.pop(old)
+                metrics.setdefault(new, value)
     return meta
 
 

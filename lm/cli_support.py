@@ -7,11 +7,12 @@ import logging
 import signal
 import sys
 from dataclasses import MISSING, fields
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from tqdm import tqdm
 
-__all__ = ["add_dataclass_flags", "collect_overrides", "configure_logging", "GracefulStop", "ProgressBar", "positive_int"]
+__all__ = ["DeprecatedFlag", "add_dataclass_flags", "add_deprecated_flag", "collect_overrides", "configure_logging", "GracefulStop",
+           "ProgressBar", "positive_int"]
 
 
 def positive_int(text: str) -> int:
@@ -20,6 +21,29 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
     return value
+
+
+class DeprecatedFlag(argparse.Action):
+    """An old flag name that still works: it stores what its `replacement` would (`const` for a flag without a
+    value) and prints one line on stderr naming the replacement. Hidden from --help unless given a help text."""
+
+    def __init__(self, option_strings: list[str], dest: str, replacement: str = "", **kwargs: Any):
+        kwargs.setdefault("help", argparse.SUPPRESS)
+        super().__init__(option_strings, dest, **kwargs)
+        self.replacement = replacement
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        print(f"{parser.prog}: warning: {option_string} is deprecated; use {self.replacement}", file=sys.stderr)
+        setattr(namespace, self.dest, self.const if self.nargs == 0 else values)
+
+
+def add_deprecated_flag(container: Any, old: str, replacement: str, dest: str, const: Any = None, **kwargs: Any) -> None:
+    """Keep `old` working as a hidden alias of `replacement` (same `dest`): without `type` or `nargs` it is a switch
+    storing `const`, else it takes a value as the replacement does."""
+    if "type" not in kwargs and "nargs" not in kwargs:
+        kwargs.update(nargs=0, const=const)
+    container.add_argument(old, action=DeprecatedFlag, replacement=replacement, dest=dest, **kwargs)
 
 
 def _none_or(parse: Callable[[str], Any]) -> Callable[[str], Any]:
@@ -50,14 +74,17 @@ def _shown(value: Any) -> str:
 
 
 def add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, title: str, skip: tuple[str, ...] = (),
-                        defaults: dict[str, Any] | None = None) -> None:
+                        defaults: dict[str, Any] | None = None, renamed: Mapping[str, str] | None = None) -> None:
     """One `--field-name` flag per dataclass field; defaults stay in the dataclass (SUPPRESS here).
 
     The help shows `defaults` (a preset's values) where given, else the field's own default; a help text that
     already says its default in words ("(default: all cores)") keeps only that, unless `defaults` changes it.
+    `renamed` (old field name -> new, lm.config.RENAMED_SETTINGS): the old flags of a renamed boolean field keep
+    working, hidden, each use printing a deprecation line.
     """
     group = parser.add_argument_group(title)
     defaults = defaults or {}
+    renamed_to = {new: old for old, new in (renamed or {}).items()}
     for item in fields(cls):
         if item.name in skip:
             continue
@@ -86,6 +113,12 @@ def add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, title: str, 
         else:
             kwargs.update(type=str, metavar="NAME")
         group.add_argument(flag, **kwargs)
+        if item.name in renamed_to:
+            if annotation != "bool":
+                raise ValueError(f"renamed flags are kept for boolean fields only, not {item.name}")
+            old = "--" + renamed_to[item.name].replace("_", "-")
+            add_deprecated_flag(group, old, flag, item.name, const=True, default=argparse.SUPPRESS)
+            add_deprecated_flag(group, "--no-" + old[2:], "--no-" + flag[2:], item.name, const=False, default=argparse.SUPPRESS)
 
 
 def collect_overrides(namespace: argparse.Namespace, classes: tuple[type, ...]) -> dict[str, Any]:

@@ -8,14 +8,18 @@ carries the `--help` text.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
 from lm.cells import cell_names, get_cell
 
-__all__ = ["CacheConfig", "ModelConfig", "TokenizerConfig", "TrainConfig", "PRESETS", "apply_preset", "from_dict"]
+__all__ = ["CacheConfig", "ModelConfig", "TokenizerConfig", "TrainConfig", "PRESETS", "RENAMED_SETTINGS", "apply_preset", "from_dict",
+           "upgrade_settings"]
+
+log = logging.getLogger(__name__)
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("plateau", "cosine", "constant")
@@ -113,7 +117,7 @@ class TrainConfig:
     eval_max_chars: int | None = _help("score at most this many characters of the validation split during training", default=None)
     checkpoint_minutes: float = _help("also save last/ after at most this many minutes of training since the last save, whatever the eval interval, so a crash loses no more (0: save only at evaluations and at the end)", default=5.0)
     accuracy_positions: int = _help("after training, next-word accuracy on this many seeded test positions (0: skip)", default=500)
-    tune_cache: bool = _help("after training, tune a continuous cache on the valid split and store its settings for prediction", default=True)
+    tune_text_cache: bool = _help("after training, tune the text cache (a continuous cache over the text read) on the valid split and store its settings for prediction", default=True)
     rollback_ratio: float = _help("a validation loss this many times the best one (or non-finite) rolls back to the best checkpoint", default=1.5)
     seed: int = _help("random seed for weights, dropout and window lengths", default=1234)
     threads: int | None = _help("torch intra-op threads (default: all cores)", default=None)
@@ -159,39 +163,42 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class CacheConfig:
-    """A continuous cache (Grave, Joulin and Usunier 2017): how it looks back and how much it is trusted.
+    """The text cache, a continuous cache over the text read (Grave, Joulin and Usunier 2017): how it looks back and
+    how much it is trusted.
 
     Evaluation (lm/eval/cache.py) tunes and scores it; a checkpoint stores the tuned settings
-    (`metrics["cache"]`) and prediction (lm/infer/textcache.py) applies them to a request's text.
+    (`metrics["text_cache"]`; "cache" in checkpoints written before the naming pass, still read) and prediction
+    (lm/infer/textcache.py) applies them to a request's text. Not the prefix cache (the predictor's contexts
+    kept between requests) nor the token cache (training's encoded splits).
 
-    How much the cache is trusted depends on how much text its memory holds. Over a few words its softmax still
+    How much the text cache is trusted depends on how much text its memory holds. Over a few words its softmax still
     sums to one over a handful of keys, so a fixed weight would copy a short prompt back at the mixture's full
     share; `size_weights` gives the weight by memory size instead, tuned on the valid split read as prompts of
     each length (`tune_size_weights`). Without it (settings stored before length tuning, or given by hand)
     `weight` applies at every size.
     """
 
-    window: int = 4000  # earlier positions (units) the cache can point to
+    window: int = 4000  # earlier positions (units) the text cache can point to
     theta: float = 4.0  # sharpness of the match between hidden states
-    weight: float = 0.5  # lambda: the cache's share of the mixture tuned on one long stream (every size without size_weights)
+    weight: float = 0.5  # lambda: the text cache's share of the mixture tuned on one long stream (every size without size_weights)
     # lambda by the number of keys the memory holds: (keys, weight) anchors in increasing keys, the weight linear in
     # log(keys) between them and held flat beyond the ends; 0 with no key. Empty: `weight` at every size.
     size_weights: tuple[tuple[int, float], ...] = ()
 
     def __post_init__(self) -> None:
         if self.window < 1:
-            raise ValueError(f"cache window must be at least 1 unit, not {self.window}")
+            raise ValueError(f"text cache window must be at least 1 unit, not {self.window}")
         if not self.theta > 0:
-            raise ValueError(f"cache theta must be positive, not {self.theta}")
+            raise ValueError(f"text cache theta must be positive, not {self.theta}")
         if not 0 <= self.weight < 1:
-            raise ValueError(f"cache weight must be in [0, 1), not {self.weight}")
+            raise ValueError(f"text cache weight must be in [0, 1), not {self.weight}")
         anchors = tuple((int(keys), float(weight)) for keys, weight in self.size_weights)
         object.__setattr__(self, "size_weights", anchors)  # JSON gives lists: one form, hashable
         for index, (keys, weight) in enumerate(anchors):
             if keys < 1 or (index and keys <= anchors[index - 1][0]):
-                raise ValueError(f"cache size_weights must have increasing key counts of at least 1, not {list(anchors)}")
+                raise ValueError(f"text cache size_weights must have increasing key counts of at least 1, not {list(anchors)}")
             if not 0 <= weight < 1:
-                raise ValueError(f"cache size_weights must be in [0, 1), not {weight} at {keys} keys")
+                raise ValueError(f"text cache size_weights must be in [0, 1), not {weight} at {keys} keys")
 
     @property
     def length_aware(self) -> bool:
@@ -216,7 +223,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "tokenizer": "char", "embed_dim": 32, "hidden_dim": 64, "num_layers": 1, "dropout": 0.0,
         "input_dropout": 0.0, "weight_dropout": 0.0, "batch_size": 16, "bptt": 32, "lr": 1e-2, "warmup_steps": 0,
         "max_minutes": 0.5, "eval_interval": 100, "eval_max_chars": 20_000, "accuracy_positions": 100,
-        "tune_cache": False,  # tuning the cache on valid takes minutes on a character model: not for a seconds preset
+        "tune_text_cache": False,  # tuning the text cache on valid takes minutes on a character model: not for a seconds preset
     },
     "small": {  # about two minutes; the quick start (too short to overfit: lighter dropout)
         "embed_dim": 192, "hidden_dim": 384, "vocab_size": 2000, "dropout": 0.2, "input_dropout": 0.1,
@@ -226,11 +233,32 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+# Settings renamed by the naming pass of issue 27 ("cache" alone could mean the prefix, text or token cache):
+# old name -> new name. A config.json written before it still loads (`from_dict`), and an override given under
+# the old name still works, with a warning (`apply_preset`); train.py keeps the old flags as deprecated aliases.
+RENAMED_SETTINGS: dict[str, str] = {"tune_cache": "tune_text_cache"}
+
+
+def upgrade_settings(values: Mapping[str, Any], warn: bool = False) -> dict[str, Any]:
+    """`values` with every old setting name (RENAMED_SETTINGS) replaced by its new one; a new name given too wins.
+
+    With `warn`, each old name logs one warning naming the new one (a config.json is read silently: old
+    checkpoints are not wrong, only older)."""
+    upgraded = dict(values)
+    for old, new in RENAMED_SETTINGS.items():
+        if old in upgraded:
+            value = upgraded.pop(old)
+            upgraded.setdefault(new, value)
+            if warn:
+                log.warning("the setting %s is deprecated; use %s", old, new)
+    return upgraded
+
+
 def apply_preset(name: str, overrides: dict[str, Any]) -> tuple[TokenizerConfig, ModelConfig, TrainConfig]:
-    """Build the three configs from a preset and explicit overrides (which win)."""
+    """Build the three configs from a preset and explicit overrides (which win; old setting names are accepted)."""
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
-    values = {**PRESETS[name], **overrides}
+    values = {**PRESETS[name], **upgrade_settings(overrides, warn=True)}
     configs = []
     for cls in (TokenizerConfig, ModelConfig, TrainConfig):
         names = {f.name for f in fields(cls)}
@@ -244,10 +272,10 @@ def apply_preset(name: str, overrides: dict[str, Any]) -> tuple[TokenizerConfig,
 
 
 def from_dict(cls: type, payload: dict[str, Any]) -> Any:
-    """Rebuild a config from `asdict` output, ignoring unknown keys and restoring tuples."""
+    """Rebuild a config from `asdict` output, ignoring unknown keys, reading renamed ones and restoring tuples."""
     known = {f.name: f for f in fields(cls)}
     values = {}
-    for key, value in payload.items():
+    for key, value in upgrade_settings(payload).items():
         if key in known:
             values[key] = tuple(value) if isinstance(value, list) else value
     return cls(**values)

@@ -8,7 +8,7 @@ from typing import Any
 
 from flask import Flask
 
-from server.settings import DEFAULTS, check_settings, settings_from_environment
+from server.settings import DEFAULTS, check_settings, settings_from_environment, upgrade_settings
 
 
 def create_app(config: dict[str, Any] | None = None) -> Flask:
@@ -16,8 +16,9 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
 
     Settings (server/settings.py): the defaults, then the environment
     (REACH_MODELS="name=dir,...", REACH_THREADS, REACH_MAX_TEXT_CHARS,
-    REACH_MAX_K, REACH_MAX_GENERATE_WORDS, REACH_MAX_CONTEXT_UNITS, REACH_CACHE_SIZE, REACH_CACHE_MB,
-    REACH_MAX_CONTENT_LENGTH), then `config`, which wins. A bad value raises
+    REACH_MAX_K, REACH_MAX_GENERATE_WORDS, REACH_MAX_CONTEXT_UNITS, REACH_PREFIX_CACHE_SIZE,
+    REACH_PREFIX_CACHE_MB, REACH_MAX_CONTENT_LENGTH; the old REACH_CACHE_SIZE and REACH_CACHE_MB still work, with
+    a warning), then `config`, which wins. A bad value raises
     SettingsError (a ValueError) with one line naming it, before any model
     is loaded.
     """
@@ -28,7 +29,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app = Flask(__name__)
     app.config.from_mapping(DEFAULTS)
     app.config.from_mapping(settings_from_environment(os.environ))
-    app.config.from_mapping(config or {})
+    app.config.from_mapping(upgrade_settings(config or {}))
     check_settings(app.config)
     if app.config["REACH_THREADS"]:
         import torch
@@ -36,7 +37,8 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         torch.set_num_threads(int(app.config["REACH_THREADS"]))
     models = ModelRegistry()
     for name, directory in app.config["REACH_MODELS"].items():
-        models.load(name, directory, cache_size=app.config["REACH_CACHE_SIZE"], cache_mb=app.config["REACH_CACHE_MB"])
+        models.load(name, directory, prefix_cache_size=app.config["REACH_PREFIX_CACHE_SIZE"],
+                    prefix_cache_mb=app.config["REACH_PREFIX_CACHE_MB"])
     app.extensions["reach"] = models
     register_error_handlers(app)
     app.register_blueprint(api)

@@ -7,8 +7,8 @@ import logging
 import sys
 
 from lm.checkpoint import CheckpointError
-from lm.cli_support import positive_int
-from server.settings import DEFAULTS
+from lm.cli_support import add_deprecated_flag, positive_int
+from server.settings import DEFAULTS, DEPRECATED
 
 # The development server's limit flags: flag, configuration key, environment variable, what it bounds. A flag not
 # given leaves the key to the environment, then to the default.
@@ -17,10 +17,13 @@ LIMIT_FLAGS = (
     ("--max-k", "REACH_MAX_K", "REACH_MAX_K", "largest 'k'"),
     ("--max-generate-words", "REACH_MAX_GENERATE_WORDS", "REACH_MAX_GENERATE_WORDS", "largest 'max_words' of /v1/generate"),
     ("--max-context-units", "REACH_MAX_CONTEXT_UNITS", "REACH_MAX_CONTEXT_UNITS", "units of context read, with or without attribution"),
-    ("--cache-size", "REACH_CACHE_SIZE", "REACH_CACHE_SIZE", "prefix-cache entries per model"),
-    ("--cache-mb", "REACH_CACHE_MB", "REACH_CACHE_MB", "prefix-cache megabytes per model (the latest context is always kept)"),
+    ("--prefix-cache-size", "REACH_PREFIX_CACHE_SIZE", "REACH_PREFIX_CACHE_SIZE", "prefix cache entries (contexts read) per model"),
+    ("--prefix-cache-mb", "REACH_PREFIX_CACHE_MB", "REACH_PREFIX_CACHE_MB",
+     "prefix cache megabytes per model (the latest context is always kept)"),
     ("--max-content-length", "MAX_CONTENT_LENGTH", "REACH_MAX_CONTENT_LENGTH", "largest request body"),
 )
+# Flags renamed by the naming pass of issue 27, kept working (hidden, with a warning line): old flag -> new flag.
+DEPRECATED_FLAGS = {"--cache-size": "--prefix-cache-size", "--cache-mb": "--prefix-cache-mb"}
 
 
 def _non_negative_int(text: str) -> int:
@@ -38,10 +41,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
     parser.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: $REACH_THREADS, else all cores)")
     limits = parser.add_argument_group("limits", "each defaults to its environment variable (docs/API.md), else the value shown")
+    prefix_cache = set(DEPRECATED.values())
     for flag, key, variable, what in LIMIT_FLAGS:
-        limits.add_argument(flag, type=_non_negative_int if key in ("REACH_CACHE_SIZE", "REACH_CACHE_MB") else positive_int, default=None,
+        limits.add_argument(flag, type=_non_negative_int if key in prefix_cache else positive_int, default=None,
                             metavar="BYTES" if key == "MAX_CONTENT_LENGTH" else "N",
                             help=f"{what} (default: ${variable} or {DEFAULTS[key]})")
+    for old, new in DEPRECATED_FLAGS.items():
+        add_deprecated_flag(limits, old, new, dest=new[2:].replace("-", "_"), type=_non_negative_int, default=None, metavar="N")
     return parser.parse_args(argv)
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from flask import current_app
 
 from lm.checkpoint import Checkpoint, load_checkpoint
-from lm.infer.predictor import DEFAULT_CACHE_BYTES, Predictor
+from lm.infer.predictor import DEFAULT_PREFIX_CACHE_BYTES, Predictor
 
 __all__ = ["LoadedModel", "ModelRegistry", "parse_model_specs", "registry"]
 
@@ -73,11 +73,13 @@ class ModelRegistry:
     def __init__(self) -> None:
         self.models: dict[str, LoadedModel] = {}
 
-    def load(self, name: str, directory: str | Path, cache_size: int = 64, cache_mb: int = DEFAULT_CACHE_BYTES // 2**20
-             ) -> LoadedModel:
+    def load(self, name: str, directory: str | Path, prefix_cache_size: int = 64,
+             prefix_cache_mb: int = DEFAULT_PREFIX_CACHE_BYTES // 2**20) -> LoadedModel:
+        """Load the checkpoint in `directory` as `name`; its predictor's prefix cache keeps at most `prefix_cache_size`
+        contexts and `prefix_cache_mb` megabytes (REACH_PREFIX_CACHE_SIZE, REACH_PREFIX_CACHE_MB)."""
         checkpoint = load_checkpoint(directory)
-        predictor = Predictor(checkpoint.model, checkpoint.tokenizer, cache_size=cache_size, text_cache=checkpoint.cache_config,
-                              cache_bytes=cache_mb * 2**20)
+        predictor = Predictor(checkpoint.model, checkpoint.tokenizer, prefix_cache_size=prefix_cache_size,
+                              text_cache_settings=checkpoint.text_cache_settings, prefix_cache_bytes=prefix_cache_mb * 2**20)
         predictor.warm_up()  # the lookup tables and the step kernels, before the first request
         loaded = LoadedModel(name, checkpoint, predictor)
         self.models[name] = loaded

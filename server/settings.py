@@ -8,10 +8,13 @@ bad one stops start-up with one line naming it.
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any, Mapping
 
-__all__ = ["DEFAULTS", "ENVIRONMENT", "SettingsError", "check_settings", "settings_from_environment"]
+__all__ = ["DEFAULTS", "DEPRECATED", "ENVIRONMENT", "SettingsError", "check_settings", "settings_from_environment", "upgrade_settings"]
+
+log = logging.getLogger(__name__)
 
 DEFAULTS: dict[str, Any] = {
     "REACH_MODELS": {},  # name -> checkpoint or run directory
@@ -20,8 +23,8 @@ DEFAULTS: dict[str, Any] = {
     "REACH_MAX_K": 20,
     "REACH_MAX_GENERATE_WORDS": 50,  # largest "max_words" of /v1/generate
     "REACH_MAX_CONTEXT_UNITS": 8_000,  # units of context read in every attribution mode; beyond, the text is cut (reported)
-    "REACH_CACHE_SIZE": 64,  # prefix-cache entries per model
-    "REACH_CACHE_MB": 256,  # prefix-cache megabytes per model (a context's text-cache memory can be MBs)
+    "REACH_PREFIX_CACHE_SIZE": 64,  # prefix cache entries (contexts read) per model
+    "REACH_PREFIX_CACHE_MB": 256,  # prefix cache megabytes per model (a context's text cache memory can be MBs)
     "REACH_THREADS": None,  # torch threads per process (default: cores / workers is the operator's choice)
 }
 
@@ -33,9 +36,17 @@ ENVIRONMENT: dict[str, tuple[str, int]] = {
     "REACH_MAX_K": ("REACH_MAX_K", 1),
     "REACH_MAX_GENERATE_WORDS": ("REACH_MAX_GENERATE_WORDS", 1),
     "REACH_MAX_CONTEXT_UNITS": ("REACH_MAX_CONTEXT_UNITS", 1),
-    "REACH_CACHE_SIZE": ("REACH_CACHE_SIZE", 0),
-    "REACH_CACHE_MB": ("REACH_CACHE_MB", 0),
+    "REACH_PREFIX_CACHE_SIZE": ("REACH_PREFIX_CACHE_SIZE", 0),
+    "REACH_PREFIX_CACHE_MB": ("REACH_PREFIX_CACHE_MB", 0),
     "REACH_THREADS": ("REACH_THREADS", 1),
+}
+
+# Old names -> new, as environment variables and as keys of the dict given to `create_app` (they are the same):
+# "cache" alone could mean the prefix cache, the text cache or the token cache (issue 27). The old names still
+# work, each logging one deprecation warning; where both are given the new one wins.
+DEPRECATED: dict[str, str] = {
+    "REACH_CACHE_SIZE": "REACH_PREFIX_CACHE_SIZE",
+    "REACH_CACHE_MB": "REACH_PREFIX_CACHE_MB",
 }
 
 
@@ -53,6 +64,7 @@ def settings_from_environment(environ: Mapping[str, str] | None = None) -> dict[
 
     environ = os.environ if environ is None else environ
     found: dict[str, Any] = {}
+    renamed = {new: old for old, new in DEPRECATED.items() if environ.get(old, "").strip()}
     if environ.get("REACH_MODELS", "").strip():
         try:
             found["REACH_MODELS"] = parse_model_specs(environ["REACH_MODELS"])
@@ -60,6 +72,12 @@ def settings_from_environment(environ: Mapping[str, str] | None = None) -> dict[
             raise SettingsError(f"environment variable REACH_MODELS: {error}") from None
     for key, (variable, minimum) in ENVIRONMENT.items():
         raw = environ.get(variable, "").strip()
+        if key in renamed:
+            old = renamed[key]
+            log.warning("environment variable %s is deprecated; use %s%s", old, variable,
+                        f" (ignored: {variable} is set too)" if raw else "")
+            if not raw:
+                variable, raw = old, environ[old].strip()
         if not raw:
             continue
         try:
@@ -70,6 +88,18 @@ def settings_from_environment(environ: Mapping[str, str] | None = None) -> dict[
             raise SettingsError(f"environment variable {variable}={raw!r} is not {_whole(minimum)}")
         found[key] = value
     return found
+
+
+def upgrade_settings(config: Mapping[str, Any]) -> dict[str, Any]:
+    """`config` (the dict given to `create_app`) with each deprecated key (DEPRECATED) under its new name, with a
+    warning; where both are given the new one wins."""
+    upgraded = dict(config)
+    for old, new in DEPRECATED.items():
+        if old in upgraded:
+            value = upgraded.pop(old)
+            log.warning("setting %s is deprecated; use %s%s", old, new, f" (ignored: {new} is set too)" if new in upgraded else "")
+            upgraded.setdefault(new, value)
+    return upgraded
 
 
 def check_settings(config: Mapping[str, Any]) -> None:

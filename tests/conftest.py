@@ -115,8 +115,8 @@ def tiny_model() -> RNNLanguageModel:
 
 def train_tiny(out: Path, corpus, **overrides):
     """Train a tiny model for a few seconds on the real corpus; returns the RunResult."""
-    # Tuning the continuous cache reads the valid split 12 more times: only the runs that need settings do it.
-    settings = {"max_steps": 600, "max_minutes": None, "eval_interval": 300, "eval_max_chars": 20_000, "tune_cache": False}
+    # Tuning the text cache reads the valid split 12 more times: only the runs that need settings do it.
+    settings = {"max_steps": 600, "max_minutes": None, "eval_interval": 300, "eval_max_chars": 20_000, "tune_text_cache": False}
     settings.update(overrides)
     tokenizer_config, model_config, train_config = apply_preset("tiny", settings)
     seed_everything(train_config.seed)
@@ -125,8 +125,8 @@ def train_tiny(out: Path, corpus, **overrides):
 
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory, corpus):
-    """A char LSTM trained for 600 steps, its continuous cache tuned; its run directory holds best/, last/ and metrics.jsonl."""
-    return train_tiny(tmp_path_factory.mktemp("runs") / "tiny-char", corpus, tune_cache=True)
+    """A char LSTM trained for 600 steps, its text cache tuned; its run directory holds best/, last/ and metrics.jsonl."""
+    return train_tiny(tmp_path_factory.mktemp("runs") / "tiny-char", corpus, tune_text_cache=True)
 
 
 @pytest.fixture(scope="session")

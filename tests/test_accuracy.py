@@ -36,7 +36,7 @@ def test_prompt_positions_are_seeded_word_starts_of_words_with_letters_after_eno
 def test_short_prompts_are_no_worse_with_the_tuned_text_cache(tiny_run, corpus):
     """Measured as the bench measures it: the N words before seeded test positions sent as requests."""
     checkpoint = load_checkpoint(tiny_run.out)
-    tuned = checkpoint.cache_config
+    tuned = checkpoint.text_cache_settings
     assert tuned is not None and tuned.length_aware  # training tunes the weight by memory size
     rows = prompt_length_accuracy(Predictor(checkpoint.model, checkpoint.tokenizer, text_cache=tuned), corpus.test.text,
                                   lengths=(5, 12), positions=60, stream=False)
@@ -73,11 +73,11 @@ def test_stream_only_cache_settings_serve_the_model_alone_until_tuned_by_prompt_
     old = tmp_path / "old"
     shutil.copytree(tiny_run.out / "best", old)
     meta = json.loads((old / "config.json").read_text())
-    stored = meta["metrics"]["cache"]
+    stored = meta["metrics"]["text_cache"]
     for key in ("size_weights", "size_tuning"):  # what a checkpoint stored before the weight was tuned by length
         del stored[key]
     (old / "config.json").write_text(json.dumps(meta))
-    settings = load_checkpoint(old).cache_config
+    settings = load_checkpoint(old).text_cache_settings
     assert settings is not None and not settings.length_aware
     predictor = Predictor(*_model_and_tokenizer(old), text_cache=settings)
     assert not predictor.predict(TEXT, k=3).text_cache  # by default: the model alone
@@ -86,10 +86,10 @@ def test_stream_only_cache_settings_serve_the_model_alone_until_tuned_by_prompt_
     assert json.loads(capsys.readouterr().out)["cache"] is False
     assert lm_main(["predict", "--model", str(old), "--json", "--text-cache", TEXT]) == 0
     assert json.loads(capsys.readouterr().out)["cache"] is True
-    assert lm_main(["tune-cache", "--model", str(old), "--corpus", str(corpus_dir)]) == 0
+    assert lm_main(["tune-text-cache", "--model", str(old), "--corpus", str(corpus_dir)]) == 0
     out = capsys.readouterr().out
     assert "memory of 1-3 keys: weight" in out and "predictions now mix it in by default" in out
-    tuned = load_checkpoint(old).cache_config
+    tuned = load_checkpoint(old).text_cache_settings
     assert tuned.length_aware and (tuned.window, tuned.theta, tuned.weight) == (settings.window, settings.theta, settings.weight)
     assert lm_main(["predict", "--model", str(old), "--json", TEXT]) == 0
     assert json.loads(capsys.readouterr().out)["cache"] is True

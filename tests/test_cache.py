@@ -1,4 +1,5 @@
-"""The continuous cache: its probabilities by brute force, causality, the mixture, tuning, and the evaluate CLI."""
+"""The text cache (the continuous cache over the text read) in evaluation: its probabilities by brute force,
+causality, the mixture, tuning, and the evaluate CLI."""
 
 import math
 
@@ -8,8 +9,8 @@ import torch
 from lm.__main__ import main as lm_main
 import numpy as np
 
-from lm.eval.cache import (CacheConfig, StreamScores, cache_logprobs, mixed_nll, score_prompts, score_stream,
-                           stream_weights, tune_cache, tune_size_weights, word_starts)
+from lm.eval.cache import (CacheConfig, StreamScores, mixed_nll, score_prompts, score_stream, stream_weights,
+                           text_cache_logprobs, tune_size_weights, tune_text_cache_on_stream, word_starts)
 from lm.eval.figures import evaluate_ids, evaluate_text
 from conftest import make_model
 
@@ -33,18 +34,18 @@ def _brute_force(scores, window, theta):
 
 def test_cache_probabilities_equal_a_brute_force_sum():
     scores = _random_scores()
-    got = cache_logprobs(scores, window=7, theta=0.7, block=16)  # several blocks, each looking back past its start
+    got = text_cache_logprobs(scores, window=7, theta=0.7, block=16)  # several blocks, each looking back past its start
     torch.testing.assert_close(got, _brute_force(scores, 7, 0.7), rtol=1e-6, atol=1e-9)
     assert got[0] == -math.inf  # nothing to point to yet
 
 
 def test_the_cache_sees_only_earlier_positions():
     scores = _random_scores()
-    before = cache_logprobs(scores, window=50, theta=0.5, block=8)
+    before = text_cache_logprobs(scores, window=50, theta=0.5, block=8)
     later = StreamScores(scores.features.clone(), scores.targets.clone(), scores.model_logprobs)
     later.features[30:] = torch.randn(later.features[30:].shape)
     later.targets[31:] = (later.targets[31:] + 1) % 5
-    after = cache_logprobs(later, window=50, theta=0.5, block=8)
+    after = text_cache_logprobs(later, window=50, theta=0.5, block=8)
     torch.testing.assert_close(after[:30], before[:30])
 
 
@@ -55,19 +56,19 @@ def test_the_mixture_and_evaluation_with_a_cache(char_tokenizer, corpus):
     scores = score_stream(model, ids, char_tokenizer.newline_id, chunk=700)
     nll, units = evaluate_ids(model, ids, char_tokenizer.newline_id)
     assert units == len(scores.targets) and scores.model_nll == pytest.approx(nll, rel=1e-5)
-    assert mixed_nll(scores, cache_logprobs(scores, 100, 1.0), 0.0) == scores.model_nll
+    assert mixed_nll(scores, text_cache_logprobs(scores, 100, 1.0), 0.0) == scores.model_nll
     config = CacheConfig(window=500, theta=2.0, weight=0.3)
-    cached = cache_logprobs(scores, 500, 2.0)
+    cached = text_cache_logprobs(scores, 500, 2.0)
     # The first position sees no key: the model alone there (a weight of 0 without keys).
     by_hand = -sum(math.log(0.7 * math.exp(m) + 0.3 * math.exp(c)) if t else m
                    for t, (m, c) in enumerate(zip(scores.model_logprobs.tolist(), cached.tolist())))
-    result = evaluate_text(model, char_tokenizer, text, raw_words=500, cache=config)
+    result = evaluate_text(model, char_tokenizer, text, raw_words=500, text_cache=config)
     assert result.nll == pytest.approx(by_hand, rel=1e-6) and result.units == units
 
 
 def test_tuning_picks_the_best_grid_point():
     scores = _random_scores(count=120)
-    config, best, trials = tune_cache(scores, windows=(5, 50), thetas=(0.5, 2.0), weights=(0.1, 0.5))
+    config, best, trials = tune_text_cache_on_stream(scores, windows=(5, 50), thetas=(0.5, 2.0), weights=(0.1, 0.5))
     assert len(trials) == 8 and best == min(trial["nll"] for trial in trials)
     chosen = [t for t in trials if (t["window"], t["theta"], t["weight"]) == (config.window, config.theta, config.weight)]
     assert chosen[0]["nll"] == best
@@ -77,11 +78,11 @@ def test_tuning_picks_the_best_grid_point():
 
 def test_evaluate_cli_reports_the_cache_row(tiny_run, corpus_dir, capsys):
     assert lm_main(["evaluate", "--model", str(tiny_run.out), "--corpus", str(corpus_dir), "--positions", "5",
-                    "--cache", "500,2,0.3"]) == 0
+                    "--text-cache", "500,2,0.3"]) == 0
     out = capsys.readouterr().out
-    assert "with a continuous cache (window 500 units, theta 2, weight 0.3), as given:" in out
+    assert "with the text cache (window 500 units, theta 2, weight 0.3), as given:" in out
     with pytest.raises(SystemExit):
-        lm_main(["evaluate", "--model", str(tiny_run.out), "--cache", "500,2"])
+        lm_main(["evaluate", "--model", str(tiny_run.out), "--text-cache", "500,2"])
     assert "WINDOW,THETA,WEIGHT" in capsys.readouterr().err
 
 
@@ -111,7 +112,7 @@ def test_prompt_scores_read_each_prompt_from_a_zero_state_and_its_own_keys(char_
         alone = score_stream(model, prompt, char_tokenizer.newline_id)  # one prompt, read from a zero state
         row = slice(number * length, (number + 1) * length)
         torch.testing.assert_close(scores.model_logprobs[row], alone.model_logprobs, rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(scores.cache_logprobs[row], cache_logprobs(alone, window, theta), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(scores.text_cache_logprobs[row], text_cache_logprobs(alone, window, theta), rtol=1e-5, atol=1e-6)
         assert scores.targets[row].tolist() == prompt and scores.previous[row].tolist()[0] == char_tokenizer.newline_id
 
 

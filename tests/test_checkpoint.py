@@ -187,3 +187,31 @@ def test_a_bf16_autocast_run_loads_and_serves_on_the_cpu(tmp_path, corpus):
     assert {p.dtype for p in loaded.model.parameters()} == {torch.float32}
     predictions = Predictor(loaded.model, loaded.tokenizer).predict("The capital of ", k=3).predictions
     assert len(predictions) == 3 and all(0 < p.probability <= 1 for p in predictions)
+
+
+def test_a_checkpoint_written_before_the_naming_pass_still_loads_and_resumes(saved, char_tokenizer):
+    """Its config.json says "tune_cache" (now tune_text_cache) and stores the text cache as metrics "cache" (now
+    "text_cache"): both are read under the new names, and the next metrics update writes the new names only."""
+    from lm.checkpoint import TEXT_CACHE_METRIC, update_metrics
+    from lm.config import CacheConfig
+    from lm.train.run import resume_configs
+
+    directory = saved[0]
+    meta = json.loads((directory / "config.json").read_text())
+    meta["train"]["tune_cache"] = meta["train"].pop("tune_text_cache")
+    meta["train"]["tune_cache"] = False  # the default is True: a value that was lost would show
+    meta["metrics"]["cache"] = {"window": 300, "theta": 2.0, "weight": 0.3, "size_weights": [[1, 0.0], [64, 0.2]],
+                                "chosen": "tuned on the valid split"}
+    (directory / "config.json").write_text(json.dumps(meta))
+
+    loaded = load_checkpoint(directory)
+    assert loaded.train_config.tune_text_cache is False
+    assert loaded.text_cache_settings == CacheConfig(window=300, theta=2.0, weight=0.3, size_weights=((1, 0.0), (64, 0.2)))
+    assert loaded.metrics[TEXT_CACHE_METRIC]["chosen"] == "tuned on the valid split" and "cache" not in loaded.metrics
+    assert resume_configs(directory.parent, {})[2].tune_text_cache is False  # train.py --resume continues with it
+    restore_training(directory, saved[1], saved[2])  # the training state is unchanged by the rename
+
+    update_metrics(directory, {"accuracy": None})
+    written = json.loads((directory / "config.json").read_text())
+    assert written["metrics"]["text_cache"]["window"] == 300 and "cache" not in written["metrics"]
+    assert load_checkpoint(directory).text_cache_settings.window == 300

@@ -47,11 +47,11 @@ def test_learning_from_the_text_helps_on_repeated_text(char_tokenizer, corpus):
 
 def test_evaluate_cli_reports_dynamic_evaluation(tiny_run, corpus_dir, capsys):
     assert lm_main(["evaluate", "--model", str(tiny_run.out), "--corpus", str(corpus_dir), "--positions", "5",
-                    "--dynamic", "0.5", "--cache", "500,2,0.3", "--json"]) == 0
+                    "--dynamic", "0.5", "--text-cache", "500,2,0.3", "--json"]) == 0
     import json
 
     adapted = json.loads(capsys.readouterr().out)["adapted"]
-    assert adapted["dynamic_lr"] == 0.5 and adapted["cache"] == {"window": 500, "theta": 2.0, "weight": 0.3, "size_weights": []}
+    assert adapted["dynamic_lr"] == 0.5 and adapted["text_cache"] == {"window": 500, "theta": 2.0, "weight": 0.3, "size_weights": []}
     assert adapted["chosen"] == "as given" and adapted["bpc"] > 0
     with pytest.raises(SystemExit):
         lm_main(["evaluate", "--model", str(tiny_run.out), "--dynamic", "-1"])

@@ -28,8 +28,8 @@ def subword_predictor(tiny_subword_run):
 def cached_predictor(tiny_run):
     """The tiny char model with the continuous cache its run tuned and stored."""
     checkpoint = load_checkpoint(str(tiny_run.out))
-    assert checkpoint.cache_config is not None and checkpoint.cache_config.weight > 0
-    return Predictor(checkpoint.model, checkpoint.tokenizer, text_cache=checkpoint.cache_config)
+    assert checkpoint.text_cache_settings is not None and checkpoint.text_cache_settings.weight > 0
+    return Predictor(checkpoint.model, checkpoint.tokenizer, text_cache=checkpoint.text_cache_settings)
 
 
 REPEATED = "Mr. Qwixby spoke to Qwixby. Then Qwixby left, and Mr. "
@@ -57,7 +57,7 @@ def test_generation_uses_the_model_alone_by_default_and_mixes_the_stored_cache_i
 
 def test_a_cache_of_weight_zero_generates_what_the_model_alone_does(tiny_run, predictor):
     checkpoint = load_checkpoint(str(tiny_run.out))
-    zero = Predictor(checkpoint.model, checkpoint.tokenizer, text_cache=replace(checkpoint.cache_config, weight=0.0,
+    zero = Predictor(checkpoint.model, checkpoint.tokenizer, text_cache=replace(checkpoint.text_cache_settings, weight=0.0,
                                                                                         size_weights=((1, 0.0),)))
     settings = GenerationSettings(words=10)
     mixed, alone = generate(zero, REPEATED, settings, seed=5, text_cache=True), generate(predictor, REPEATED, settings, seed=5)
@@ -228,7 +228,7 @@ def test_cli_json_gives_each_word_with_its_probability(tiny_run, capsys):
 
 
 def test_cli_no_cache_generates_with_the_model_alone(tiny_run, predictor, capsys):
-    argv = ["generate", "--model", str(tiny_run.out), "--words", "6", "--seed", "5", "--json", "--no-cache", REPEATED]
+    argv = ["generate", "--model", str(tiny_run.out), "--words", "6", "--seed", "5", "--json", "--no-text-cache", REPEATED]
     assert lm_main(argv) == 0
     body = json.loads(capsys.readouterr().out)
     alone = generate(predictor, REPEATED, GenerationSettings(words=6), seed=5)

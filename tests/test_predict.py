@@ -275,9 +275,9 @@ def test_predict_cli_prints_a_table_and_json(tiny_run, capsys):
     assert set(payload["predictions"][0]) >= {"word", "probability", "logprob", "completing"}
     assert payload["predictions"][0]["completing"] is False
     assert payload["cache"] is True  # the run stored tuned cache settings
-    assert lm_main(["predict", "--model", str(tiny_run.out), "--json", "--no-cache", "-k", "3", "In the "]) == 0
+    assert lm_main(["predict", "--model", str(tiny_run.out), "--json", "--no-text-cache", "-k", "3", "In the "]) == 0
     assert json.loads(capsys.readouterr().out)["cache"] is False
-    assert lm_main(["predict", "--model", str(tiny_run.out), "--no-cache", "In the "]) == 0
+    assert lm_main(["predict", "--model", str(tiny_run.out), "--no-text-cache", "In the "]) == 0
     assert "the model alone" in capsys.readouterr().out.splitlines()[0]
 
 
@@ -313,7 +313,7 @@ def test_predict_with_a_limit_reads_the_suffix_and_says_what_it_left_unread(tiny
     from lm.checkpoint import load_checkpoint
 
     checkpoint = load_checkpoint(tiny_subword_run.out)
-    predictor = Predictor(checkpoint.model, checkpoint.tokenizer, text_cache=checkpoint.cache_config)
+    predictor = Predictor(checkpoint.model, checkpoint.tokenizer, text_cache=checkpoint.text_cache_settings)
     text = "The album was released in the United States in 1998, and it was a success in the United "
     result = predictor.predict(text, k=3, max_units=12)
     cut = result.cut
@@ -364,24 +364,24 @@ def test_evaluate_cli_reports_bpc_perplexity_and_accuracy(tiny_run, corpus_dir, 
     assert lm_main(["evaluate", "--model", str(tiny_run.out), "--corpus", str(corpus_dir), "--positions", "20"]) == 0
     printed = capsys.readouterr().out
     assert "top-1: the cache finds the true word where the model alone misses it at" in printed and "sign test p =" in printed
-    assert lm_main(["evaluate", "--model", str(tiny_run.out), "--corpus", str(corpus_dir), "--positions", "20", "--no-cache"]) == 0
+    assert lm_main(["evaluate", "--model", str(tiny_run.out), "--corpus", str(corpus_dir), "--positions", "20", "--no-text-cache"]) == 0
     printed = capsys.readouterr().out
-    assert "stored cache (window" in printed and "with the stored cache, same positions" not in printed
+    assert "stored text cache (window" in printed and "with the stored text cache, same positions" not in printed
     assert "sign test" not in printed
     # Other cache settings for the accuracy pass: a lighter weight, compared with the model alone the same way.
     assert lm_main(["evaluate", "--model", str(tiny_run.out), "--corpus", str(corpus_dir), "--positions", "20",
-                    "--predict-cache", "300,2,0.05", "--json"]) == 0
+                    "--predict-text-cache", "300,2,0.05", "--json"]) == 0
     lighter = json.loads(capsys.readouterr().out)
     assert lighter["accuracy_cache"] == {"window": 300, "theta": 2.0, "weight": 0.05, "size_weights": [], "given": True}
     assert lighter["stored_cache"]["weight"] != 0.05 and len(lighter["cache_against_alone"]) == 3
     assert lm_main(["evaluate", "--model", str(tiny_run.out), "--corpus", str(corpus_dir), "--positions", "20",
-                    "--predict-cache", "300,2,0.05"]) == 0
-    assert "with the cache window 300, theta 2, weight 0.05 (--predict-cache), same positions" in capsys.readouterr().out
-    assert lm_main(["evaluate", "--model", "/nonexistent", "--predict-cache", "300,2,0.05", "--no-cache"]) == 2
+                    "--predict-text-cache", "300,2,0.05"]) == 0
+    assert "with the text cache window 300, theta 2, weight 0.05 (--predict-text-cache), same positions" in capsys.readouterr().out
+    assert lm_main(["evaluate", "--model", "/nonexistent", "--predict-text-cache", "300,2,0.05", "--no-text-cache"]) == 2
     assert "contradict" in capsys.readouterr().err  # refused before the model is looked for
     with pytest.raises(SystemExit):
-        lm_main(["evaluate", "--model", str(tiny_run.out), "--predict-cache", "tune"])
-    assert "'tune' is for --cache" in capsys.readouterr().err
+        lm_main(["evaluate", "--model", str(tiny_run.out), "--predict-text-cache", "tune"])
+    assert "'tune' is for --text-cache" in capsys.readouterr().err
 
 
 def test_paired_accuracy_counts_disagreements_and_tests_their_sign():
@@ -587,11 +587,11 @@ def test_a_checkpoint_without_cache_settings_predicts_as_before(tiny_run, tmp_pa
     old = tmp_path / "old"
     shutil.copytree(tiny_run.out / "best", old)
     meta = json.loads((old / "config.json").read_text())
-    assert meta["metrics"]["cache"]["window"] >= 1  # what a run stores now
-    del meta["metrics"]["cache"]
+    assert meta["metrics"]["text_cache"]["window"] >= 1  # what a run stores now
+    del meta["metrics"]["text_cache"]
     (old / "config.json").write_text(json.dumps(meta))
     checkpoint = load_checkpoint(old)
-    assert checkpoint.cache_config is None
+    assert checkpoint.text_cache_settings is None
     before = Predictor(checkpoint.model, checkpoint.tokenizer).predict("The film was ", k=5)
     assert not before.text_cache
-    assert load_checkpoint(tiny_run.out).cache_config is not None
+    assert load_checkpoint(tiny_run.out).text_cache_settings is not None

@@ -30,7 +30,7 @@ def test_the_served_path_scores_a_text_as_evaluation_does(tiny_run, corpus):
     assert units == len(checkpoint.tokenizer.encode(text))
     assert alone == pytest.approx(evaluate_text(checkpoint.model, checkpoint.tokenizer, text, 100).nll, rel=1e-5)
     # The text's first unit has no earlier position: serving and evaluation both predict it with the model alone.
-    evaluated = evaluate_text(checkpoint.model, checkpoint.tokenizer, text, 100, cache=settings).nll
+    evaluated = evaluate_text(checkpoint.model, checkpoint.tokenizer, text, 100, text_cache=settings).nll
     assert mixed == pytest.approx(evaluated, rel=1e-5)
     assert abs(mixed - alone) > 1  # the cache does move the figure
 

@@ -363,7 +363,7 @@ def test_limits_are_configurable(tiny_run):
 
 
 _ENVIRONMENT = {"REACH_MAX_TEXT_CHARS": "10", "REACH_MAX_K": "2", "REACH_MAX_CONTENT_LENGTH": "200",
-                "REACH_MAX_CONTEXT_UNITS": "8", "REACH_CACHE_SIZE": "0", "REACH_CACHE_MB": "3"}
+                "REACH_MAX_CONTEXT_UNITS": "8", "REACH_PREFIX_CACHE_SIZE": "0", "REACH_PREFIX_CACHE_MB": "3"}
 
 
 def test_limits_can_be_set_in_the_environment(monkeypatch, tiny_run):
@@ -378,7 +378,7 @@ def test_limits_can_be_set_in_the_environment(monkeypatch, tiny_run):
     body = _post(small, {"text": "abc def g "}).get_json()
     assert body["context"]["truncated"] is True and body["context"]["tokens"] <= 8
     predictor = app.extensions["reach"].get("m").predictor
-    assert predictor.cache_size == 0 and predictor.cache_bytes == 3 * 2**20
+    assert predictor.prefix_cache_size == 0 and predictor.prefix_cache_bytes == 3 * 2**20
     request = small.get("/openapi.json").get_json()["components"]["schemas"]["PredictRequest"]["properties"]
     assert request["k"]["maximum"] == 2 and request["text"]["maxLength"] == 10
 
@@ -391,7 +391,8 @@ def test_the_dict_given_to_create_app_wins_over_the_environment(monkeypatch):
 
 
 @pytest.mark.parametrize("name, value", [("REACH_MAX_K", "lots"), ("REACH_MAX_TEXT_CHARS", "0"), ("REACH_MAX_CONTEXT_UNITS", "-5"),
-                                         ("REACH_CACHE_SIZE", "1.5"), ("REACH_CACHE_MB", "-1"), ("REACH_MAX_CONTENT_LENGTH", "64k"),
+                                         ("REACH_PREFIX_CACHE_SIZE", "1.5"), ("REACH_PREFIX_CACHE_MB", "-1"),
+                                         ("REACH_CACHE_SIZE", "1.5"), ("REACH_MAX_CONTENT_LENGTH", "64k"),
                                          ("REACH_THREADS", "0"),
                                          ("REACH_MODELS", "=runs/x")])
 def test_a_bad_environment_value_stops_start_up_with_one_line(monkeypatch, name, value):
@@ -402,7 +403,8 @@ def test_a_bad_environment_value_stops_start_up_with_one_line(monkeypatch, name,
     assert name in message and "\n" not in message
 
 
-@pytest.mark.parametrize("key, value", [("REACH_MAX_K", 0), ("REACH_CACHE_SIZE", -1), ("MAX_CONTENT_LENGTH", "big"), ("REACH_THREADS", True)])
+@pytest.mark.parametrize("key, value", [("REACH_MAX_K", 0), ("REACH_PREFIX_CACHE_SIZE", -1), ("MAX_CONTENT_LENGTH", "big"),
+                                        ("REACH_THREADS", True)])
 def test_a_bad_value_in_the_dict_stops_start_up(key, value):
     with pytest.raises(ValueError, match=key):
         create_app({"TESTING": True, "REACH_MODELS": {}, key: value})
@@ -439,14 +441,14 @@ def test_the_development_server_has_flags_for_the_limits_and_honours_the_environ
     monkeypatch.setenv("REACH_THREADS", "1")
     monkeypatch.setenv("REACH_MAX_K", "3")
     try:
-        assert cli.main(["--model", str(tiny_run.out), "--max-text-chars", "50", "--cache-size", "5", "--cache-mb", "7", "--max-context-units", "9",
-                         "--max-content-length", "1000", "--port", "8123"]) == 0
+        assert cli.main(["--model", str(tiny_run.out), "--max-text-chars", "50", "--prefix-cache-size", "5", "--prefix-cache-mb", "7",
+                         "--max-context-units", "9", "--max-content-length", "1000", "--port", "8123"]) == 0
         assert torch.get_num_threads() == 1  # REACH_THREADS, as no --threads was given
     finally:
         torch.set_num_threads(2)
     config = served["app"].config
-    assert (config["REACH_MAX_TEXT_CHARS"], config["REACH_CACHE_SIZE"], config["REACH_CACHE_MB"], config["REACH_MAX_CONTEXT_UNITS"],
-            config["MAX_CONTENT_LENGTH"], config["REACH_MAX_K"]) == (50, 5, 7, 9, 1000, 3)
+    assert (config["REACH_MAX_TEXT_CHARS"], config["REACH_PREFIX_CACHE_SIZE"], config["REACH_PREFIX_CACHE_MB"],
+            config["REACH_MAX_CONTEXT_UNITS"], config["MAX_CONTENT_LENGTH"], config["REACH_MAX_K"]) == (50, 5, 7, 9, 1000, 3)
     assert "with 1 torch thread(s) on the CPU" in capsys.readouterr().out  # the device it serves on
     assert served["port"] == 8123
 

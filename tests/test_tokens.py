@@ -23,7 +23,7 @@ from lm.model import RNNLanguageModel
 from lm.tokenizers import CharTokenizer
 from lm.train.loop import Hooks, MetricsLog, TrainingState, batchify, build_optimizer, fit, iterate_windows
 from lm.train.run import seed_everything
-from lm.train.tokens import cache_directory, cached_tokenizer, file_digest, token_ids, unit_dtype
+from lm.train.tokens import token_cache_directory, cached_tokenizer, file_digest, token_ids, unit_dtype
 
 
 @pytest.fixture
@@ -143,10 +143,10 @@ def test_batchify_on_the_memory_map_is_a_view_with_todays_windows(tmp_path, corp
 
 def test_the_cache_directory_is_the_setting_else_the_environment_else_the_user_cache(monkeypatch, tmp_path):
     monkeypatch.setenv("REACH_TOKEN_CACHE", str(tmp_path / "env"))
-    assert cache_directory(str(tmp_path / "flag")) == tmp_path / "flag"
-    assert cache_directory(None) == tmp_path / "env"
+    assert token_cache_directory(str(tmp_path / "flag")) == tmp_path / "flag"
+    assert token_cache_directory(None) == tmp_path / "env"
     monkeypatch.delenv("REACH_TOKEN_CACHE")
-    assert str(cache_directory(None)).endswith(".cache/reach/tokens") and "~" not in str(cache_directory(None))
+    assert str(token_cache_directory(None)).endswith(".cache/reach/tokens") and "~" not in str(token_cache_directory(None))
 
 
 def test_the_tokenizer_sample_is_bounded_seeded_and_whole_lines(corpus):

@@ -35,24 +35,26 @@ def test_a_tiny_model_lowers_its_validation_loss(tiny_run, corpus):
     assert {"step", "loss", "grad_norm", "clipped", "lr", "tokens_per_s"} <= set(steps[0])
 
 
-def test_the_end_of_training_tunes_the_cache_on_valid_and_stores_it_with_the_figures(tiny_run, corpus, tmp_path):
+def test_the_end_of_training_tunes_the_text_cache_on_valid_and_stores_it_with_the_figures(tiny_run, corpus, tmp_path):
     from lm.checkpoint import load_checkpoint
-    from lm.eval.cache import score_stream, tune_cache
+    from lm.eval.cache import score_stream, tune_text_cache_on_stream
 
     best = load_checkpoint(tiny_run.out)
-    stored = best.metrics["cache"]
-    expected, _, _ = tune_cache(score_stream(best.model, best.tokenizer.encode(corpus.valid.text), best.tokenizer.newline_id))
-    settings = best.cache_config
-    assert replace(settings, size_weights=()) == expected  # window, theta, stream weight: as `lm evaluate --cache tune`
+    stored = best.metrics["text_cache"]
+    written = json.loads((best.directory / "config.json").read_text())["metrics"]
+    assert "text_cache" in written and "cache" not in written  # the name since issue 27's naming pass
+    expected, _, _ = tune_text_cache_on_stream(score_stream(best.model, best.tokenizer.encode(corpus.valid.text), best.tokenizer.newline_id))
+    settings = best.text_cache_settings
+    assert replace(settings, size_weights=()) == expected  # window, theta, stream weight: as `lm evaluate --text-cache tune`
     assert settings.length_aware and stored["chosen"] == "tuned on the valid split, the weight by memory size on prompts of it"
     # Then the weight by memory size, on prompts of the valid split: none over the first few keys.
     assert [row["anchor"] for row in stored["size_tuning"]] == [keys for keys, _ in settings.size_weights]
     assert settings.weights(np.array([1, 3])).max() < 0.01  # 0.003 at 3 keys on the shipped excerpt's one valid article
-    # The cache is tuned to lower the valid loss; the plain figures stay beside the cached ones.
+    # The text cache is tuned to lower the valid loss; the plain figures stay beside the cached ones.
     assert stored["valid"]["bpc"] <= best.metrics["valid"]["bpc"] + 1e-12
     assert stored["test"]["words"] == best.metrics["test"]["words"] and stored["test"]["bpc"] > 0
-    skipped = train_tiny(tmp_path / "untuned", corpus, max_steps=5, accuracy_positions=0)  # tune_cache=False
-    assert "cache" not in load_checkpoint(skipped.out).metrics and load_checkpoint(skipped.out).cache_config is None
+    skipped = train_tiny(tmp_path / "untuned", corpus, max_steps=5, accuracy_positions=0)  # tune_text_cache=False
+    assert "text_cache" not in load_checkpoint(skipped.out).metrics and load_checkpoint(skipped.out).text_cache_settings is None
 
 
 def test_resumed_run_equals_the_uninterrupted_one(tmp_path, corpus):
@@ -96,7 +98,7 @@ def test_resume_of_nothing_is_explained(capsys, tmp_path):
 def test_ctrl_c_saves_and_the_run_resumes(tmp_path, corpus_dir):
     out = tmp_path / "run"
     command = [sys.executable, str(ROOT / "train.py"), "--preset", "tiny", "--corpus", str(corpus_dir), "--out", str(out),
-               "--max-minutes", "5", "--eval-interval", "100000", "--no-tune-cache"]  # the cache's tuning is tested apart
+               "--max-minutes", "5", "--eval-interval", "100000", "--no-tune-text-cache"]  # the text cache's tuning is tested apart
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while time.time() < deadline:
@@ -220,7 +222,7 @@ def test_a_run_killed_after_a_timed_save_resumes_exactly_from_it(tmp_path, corpu
     out = tmp_path / "run"
     command = [sys.executable, str(ROOT / "train.py"), "--preset", "tiny", "--corpus", str(corpus_dir), "--out", str(out),
                "--max-minutes", "none", "--max-steps", "1000000", "--schedule", "constant", "--eval-interval", "1000000",
-               "--checkpoint-minutes", "0.05", "--no-tune-cache", "--accuracy-positions", "0", "--threads", "2", "--quiet"]
+               "--checkpoint-minutes", "0.05", "--no-tune-text-cache", "--accuracy-positions", "0", "--threads", "2", "--quiet"]
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
     def steps_logged():

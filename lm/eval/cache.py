@@ -1,4 +1,4 @@
-"""A continuous cache for evaluation (Grave, Joulin and Usunier 2017).
+"""The text cache in evaluation: a continuous cache over the text read (Grave, Joulin and Usunier 2017).
 
 Text repeats itself: an article names its subject, its places and its people
 again and again, and a rare word seen once in a document is likely to come
@@ -12,7 +12,7 @@ that followed it:
     p(w | t)       = (1 - weight) * p_model(w | t) + weight * p_cache(w | t)
 
 Nothing is trained: `window`, `theta` and `weight` are chosen on the
-validation split (`tune_cache`) and then applied to another split. Only
+validation split (`tune_text_cache_on_stream`) and then applied to another split. Only
 earlier positions are used, so the figures are as held-out as the model's
 own. Its settings (`CacheConfig`, in lm/config.py) are tuned here, stored
 with a checkpoint at the end of training, and applied to a request's own
@@ -51,8 +51,8 @@ from lm.config import CacheConfig
 from lm.model import RNNLanguageModel
 from lm.tokenizers import Tokenizer, is_word_char
 
-__all__ = ["CacheConfig", "PromptScores", "StreamScores", "cache_logprobs", "mixed_nll", "score_prompts", "score_stream",
-           "stream_weights", "tune_cache", "tune_size_weights"]
+__all__ = ["CacheConfig", "PromptScores", "StreamScores", "mixed_nll", "score_prompts", "score_stream", "stream_weights",
+           "text_cache_logprobs", "tune_size_weights", "tune_text_cache_on_stream"]
 
 WINDOWS = (1000, 2000, 4000)
 THETAS = (1.0, 2.0, 4.0, 8.0)
@@ -102,7 +102,7 @@ def score_stream(model: RNNLanguageModel, ids: list[int], first_input: int, chun
 
 
 @torch.inference_mode()
-def cache_logprobs(scores: StreamScores, window: int, theta: float, block: int = 1024) -> Tensor:
+def text_cache_logprobs(scores: StreamScores, window: int, theta: float, block: int = 1024) -> Tensor:
     """log p_cache(target) at every position (N,), float64 on the CPU; -inf where no earlier position has the target.
 
     Computed on the features' device (the CPU for MPS, which has no float64).
@@ -148,12 +148,12 @@ def _mixed(model: Tensor, cached: Tensor, weight: float | Tensor) -> Tensor:
     return torch.logaddexp(model + torch.log1p(-weight), from_cache)
 
 
-def tune_cache(scores: StreamScores, windows=WINDOWS, thetas=THETAS, weights=WEIGHTS) -> tuple[CacheConfig, float, list[dict]]:
+def tune_text_cache_on_stream(scores: StreamScores, windows=WINDOWS, thetas=THETAS, weights=WEIGHTS) -> tuple[CacheConfig, float, list[dict]]:
     """The grid point with the lowest NLL on `scores` (read from the validation split), that NLL, and every point's."""
     trials = []
     for window in windows:
         for theta in thetas:
-            cached = cache_logprobs(scores, window, theta)
+            cached = text_cache_logprobs(scores, window, theta)
             for weight in weights:
                 trials.append({"window": window, "theta": theta, "weight": weight, "nll": mixed_nll(scores, cached, weight)})
     best = min(trials, key=lambda trial: trial["nll"])
@@ -167,7 +167,7 @@ class PromptScores:
 
     sizes: Tensor  # (N,) long
     model_logprobs: Tensor  # (N,) float64
-    cache_logprobs: Tensor  # (N,) float64
+    text_cache_logprobs: Tensor  # (N,) float64
     targets: Tensor  # (N,) long
     previous: Tensor  # (N,) long: the unit read before the target (the first input at a prompt's start)
 
@@ -206,7 +206,7 @@ def score_prompts(model: RNNLanguageModel, ids: list[int], first_input: int, len
         batch = max(1, min(count, budget // (length * length)))
         place = torch.arange(length, device=device)
         visible = (place[None, :] < place[:, None]) & (place[None, :] >= place[:, None] - window)  # (T, T): query t, key i
-        model_parts, cache_parts = [], []
+        model_parts, text_cache_parts = [], []
         for start in range(0, count, batch):
             x = inputs[start : start + batch].to(device)
             y = targets[start : start + batch].to(device)
@@ -219,9 +219,9 @@ def score_prompts(model: RNNLanguageModel, ids: list[int], first_input: int, len
             same = y[:, None, :] == y[:, :, None]  # key i was followed by query t's target
             numerator = torch.logsumexp(similarity.masked_fill(~same, -math.inf), dim=-1)
             denominator = torch.logsumexp(similarity, dim=-1)
-            cache_parts.append(torch.nan_to_num(numerator - denominator, nan=-math.inf, neginf=-math.inf).cpu().reshape(-1))
+            text_cache_parts.append(torch.nan_to_num(numerator - denominator, nan=-math.inf, neginf=-math.inf).cpu().reshape(-1))
         sizes = torch.arange(length).clamp(max=window).repeat(count)
-        return PromptScores(sizes, torch.cat(model_parts), torch.cat(cache_parts), targets.reshape(-1), inputs.reshape(-1))
+        return PromptScores(sizes, torch.cat(model_parts), torch.cat(text_cache_parts), targets.reshape(-1), inputs.reshape(-1))
     finally:
         model.train(was_training)
 
@@ -248,8 +248,8 @@ def tune_size_weights(model: RNNLanguageModel, ids: list[int], tokenizer: Tokeni
         starts = chosen & word_starts(tokenizer, scores.previous, scores.targets)
         trials = []
         for weight in weights:
-            units = -float(_mixed(scores.model_logprobs[chosen], scores.cache_logprobs[chosen], weight).sum())
-            firsts = -float(_mixed(scores.model_logprobs[starts], scores.cache_logprobs[starts], weight).sum())
+            units = -float(_mixed(scores.model_logprobs[chosen], scores.text_cache_logprobs[chosen], weight).sum())
+            firsts = -float(_mixed(scores.model_logprobs[starts], scores.text_cache_logprobs[starts], weight).sum())
             trials.append({"weight": weight, "nll": units / int(chosen.sum()), "word_start_nll": firsts / max(int(starts.sum()), 1)})
         over_units = min(trials, key=lambda trial: trial["nll"])
         at_starts = min(trials, key=lambda trial: trial["word_start_nll"])

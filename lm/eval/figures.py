@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 import numpy
 import torch
 
-from lm.eval.cache import CacheConfig, cache_logprobs, mixed_nll, score_stream, stream_weights, tune_cache
+from lm.eval.cache import CacheConfig, mixed_nll, score_stream, stream_weights, text_cache_logprobs, tune_text_cache_on_stream
 from lm.eval.dynamic import score_stream_dynamic, tune_dynamic
 from lm.model import RNNLanguageModel
 from lm.tokenizers import Tokenizer
@@ -89,10 +89,11 @@ def _units_of_lines(ids: list[int], newline_id: int, lines: int) -> int:
 
 
 def evaluate_text(model: RNNLanguageModel, tokenizer: Tokenizer, text: str, raw_words: int, max_chars: int | None = None,
-                  cache: CacheConfig | None = None, dynamic_lr: float | None = None, ids: list[int] | None = None) -> EvalResult:
-    """Score normalised `text` (a whole split, or its first `max_chars` characters); with a continuous cache
-    (lm/eval/cache.py) and dynamic evaluation at `dynamic_lr` (lm/eval/dynamic.py) if given. `ids` are
-    `tokenizer.encode(text)` when the caller has them (from the token cache): then nothing is encoded here."""
+                  text_cache: CacheConfig | None = None, dynamic_lr: float | None = None, ids: list[int] | None = None) -> EvalResult:
+    """Score normalised `text` (a whole split, or its first `max_chars` characters); with the text cache (a
+    continuous cache over the text read: lm/eval/cache.py) and dynamic evaluation at `dynamic_lr` (lm/eval/dynamic.py)
+    if given. `ids` are `tokenizer.encode(text)` when the caller has them (from the token cache): then nothing is
+    encoded here."""
     words: float = raw_words
     estimated = False
     if max_chars is not None and len(text) > max_chars:
@@ -108,18 +109,18 @@ def evaluate_text(model: RNNLanguageModel, tokenizer: Tokenizer, text: str, raw_
     if dynamic_lr is not None:
         scores = score_stream_dynamic(model, ids, tokenizer.newline_id, dynamic_lr)
     else:
-        scores = score_stream(model, ids, tokenizer.newline_id, keep_features=cache is not None)
-    nll = scores.model_nll if cache is None else mixed_nll(scores, cache_logprobs(scores, cache.window, cache.theta),
-                                                           stream_weights(cache, len(scores.targets)))
+        scores = score_stream(model, ids, tokenizer.newline_id, keep_features=text_cache is not None)
+    nll = scores.model_nll if text_cache is None else mixed_nll(
+        scores, text_cache_logprobs(scores, text_cache.window, text_cache.theta), stream_weights(text_cache, len(scores.targets)))
     return EvalResult(nll=nll, units=len(ids), chars=len(text), words=words, words_estimated=estimated)
 
 
 @dataclass(frozen=True)
 class Adapted:
-    """A split's figures with a continuous cache and/or dynamic evaluation, and the settings used."""
+    """A split's figures with the text cache and/or dynamic evaluation, and the settings used."""
 
     figures: EvalResult
-    cache: CacheConfig | None
+    text_cache: CacheConfig | None
     dynamic_lr: float | None
     tuned: tuple[str, ...]  # the settings chosen on the valid split
 
@@ -127,9 +128,9 @@ class Adapted:
         parts = []
         if self.dynamic_lr is not None:
             parts.append(f"dynamic evaluation (learning rate {self.dynamic_lr:g})")
-        if self.cache is not None:
-            parts.append(f"a continuous cache (window {self.cache.window} units, theta {self.cache.theta:g}, "
-                         f"weight {self.cache.weight:g})")
+        if self.text_cache is not None:
+            parts.append(f"the text cache (window {self.text_cache.window} units, theta {self.text_cache.theta:g}, "
+                         f"weight {self.text_cache.weight:g})")
         return f"{' and '.join(parts)}, {self.chosen}"
 
     @property
@@ -137,26 +138,26 @@ class Adapted:
         return f"{' and '.join(self.tuned)} tuned on the valid split" if self.tuned else "as given"
 
     def as_dict(self) -> dict:
-        cache = None if self.cache is None else asdict(self.cache)
-        return {"cache": cache, "dynamic_lr": self.dynamic_lr, "chosen": self.chosen, **self.figures.as_dict()}
+        text_cache = None if self.text_cache is None else asdict(self.text_cache)
+        return {"text_cache": text_cache, "dynamic_lr": self.dynamic_lr, "chosen": self.chosen, **self.figures.as_dict()}
 
 
 def evaluate_adapted(model: RNNLanguageModel, tokenizer: Tokenizer, text: str, raw_words: int, valid_text: str,
-                     cache: CacheConfig | str | None = None, dynamic_lr: float | str | None = None) -> Adapted:
-    """Score `text` with a cache and/or dynamic evaluation; either setting may be "tune": chosen on `valid_text`,
-    read the way `text` will be (the cache is tuned on dynamically evaluated scores when both are asked for)."""
+                     text_cache: CacheConfig | str | None = None, dynamic_lr: float | str | None = None) -> Adapted:
+    """Score `text` with the text cache and/or dynamic evaluation; either setting may be "tune": chosen on `valid_text`,
+    read the way `text` will be (the text cache is tuned on dynamically evaluated scores when both are asked for)."""
     tuned = []
-    if "tune" in (cache, dynamic_lr):
+    if "tune" in (text_cache, dynamic_lr):
         valid = tokenizer.encode(valid_text)
         scores = None
         if dynamic_lr == "tune":
             dynamic_lr, scores, _ = tune_dynamic(model, valid, tokenizer.newline_id)
             tuned.append("learning rate")
-        if cache == "tune":
+        if text_cache == "tune":
             if scores is None:
                 scores = (score_stream(model, valid, tokenizer.newline_id) if dynamic_lr is None
                           else score_stream_dynamic(model, valid, tokenizer.newline_id, dynamic_lr))
-            cache, _, _ = tune_cache(scores)
-            tuned.append("cache settings")
-    figures = evaluate_text(model, tokenizer, text, raw_words, cache=cache, dynamic_lr=dynamic_lr)
-    return Adapted(figures, cache, dynamic_lr, tuple(tuned))
+            text_cache, _, _ = tune_text_cache_on_stream(scores)
+            tuned.append("text cache settings")
+    figures = evaluate_text(model, tokenizer, text, raw_words, text_cache=text_cache, dynamic_lr=dynamic_lr)
+    return Adapted(figures, text_cache, dynamic_lr, tuple(tuned))

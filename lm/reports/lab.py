@@ -42,7 +42,7 @@ from lm.reports.plots import read_metrics
 from lm.reports.reach_profile import reach_profile
 from lm.train.devices import resolve_device
 from lm.train.run import seed_everything, train_run
-from lm.train.tokens import cache_directory, cached_tokenizer, load_streamed_corpus
+from lm.train.tokens import token_cache_directory, cached_tokenizer, load_streamed_corpus
 
 __all__ = ["LabRun", "LabSettings", "hidden_for_parameters", "lab_parameters", "lab_record", "plan_runs", "run_lab", "shorten",
            "train_lab_run"]
@@ -178,7 +178,7 @@ def train_lab_run(run: LabRun, settings: LabSettings, corpus: Corpus, out: Path)
         clip_norm=settings.clip_norm if run.clipping == "norm" else None,
         clip_value=settings.clip_value if run.clipping == "value" else None,
         accuracy_positions=settings.accuracy_positions, eval_max_chars=settings.eval_chars, rollback_ratio=1e9,
-        tune_cache=False,  # the lab measures the models themselves; tuning a cache on a character model takes minutes
+        tune_text_cache=False,  # the lab measures the models themselves; tuning a text cache on a character model takes minutes
         device=settings.device,
     )
     seed_everything(settings.seed)
@@ -230,7 +230,7 @@ def run_lab(corpus_spec: str, out: Path, settings: LabSettings, corpus: Corpus |
     corpus = corpus or load_streamed_corpus(corpus_spec)  # the training split is streamed into the token cache, never held
     corpus = replace(corpus, valid=shorten(corpus.valid, settings.heldout_chars), test=shorten(corpus.test, settings.heldout_chars))
     # The tokenizer every run will use (trained once on the bounded sample, then found in the token cache).
-    vocab = cached_tokenizer(corpus.train, _tokenizer_config(settings), cache_directory()).vocab_size
+    vocab = cached_tokenizer(corpus.train, _tokenizer_config(settings), token_cache_directory()).vocab_size
     runs = plan_runs(settings, vocab)
     results = []
     for index, run in enumerate(runs, 1):

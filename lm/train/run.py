@@ -20,17 +20,18 @@ import numpy
 import torch
 
 from corpora import Corpus
-from lm.checkpoint import Checkpoint, CheckpointError, load_checkpoint, read_meta, resolve_checkpoint, restore_training, save_checkpoint, update_metrics
+from lm.checkpoint import (TEXT_CACHE_METRIC, Checkpoint, CheckpointError, load_checkpoint, read_meta, resolve_checkpoint,
+                           restore_training, save_checkpoint, update_metrics)
 from lm.config import CacheConfig, ModelConfig, TokenizerConfig, TrainConfig, from_dict
 from lm.train.devices import accelerator_rng_state, set_accelerator_rng_state
 from lm.train.distributed import Distributed
-from lm.eval.cache import score_stream, tune_cache, tune_size_weights
+from lm.eval.cache import score_stream, tune_size_weights, tune_text_cache_on_stream
 from lm.eval.figures import HOW_STATE_FLOWS, EvalResult, evaluate_text
 from lm.model import RNNLanguageModel, count_parameters
 from lm.tokenizers import Tokenizer, load_tokenizer
 from lm.train.loop import Hooks, MetricsLog, TrainingState, batchify, build_optimizer, fit
 from lm.train.run_directory import clear_run
-from lm.train.tokens import TokenIds, cache_directory, cached_tokenizer, corpus_fingerprint, load_streamed_corpus, token_ids
+from lm.train.tokens import TokenIds, token_cache_directory, cached_tokenizer, corpus_fingerprint, load_streamed_corpus, token_ids
 
 __all__ = ["RunResult", "resume_configs", "seed_everything", "set_threads", "train_run", "tune_text_cache", "BUDGET_FIELDS"]
 
@@ -149,11 +150,11 @@ def train_run(
     elif ranks.is_main and (removed := clear_run(out)):
         log.info("starting a new run in %s: deleted the previous run's %s", out, ", ".join(removed))
     corpus = corpus or load_streamed_corpus(train_config.corpus, train_config.extra_train, train_config.token_cache)
-    cache = cache_directory(train_config.token_cache)
-    fingerprint = corpus_fingerprint(corpus.train, cache)  # once: it keys both the cached tokenizer and the cached ids
-    tokenizer = _tokenizer(out, resume, tokenizer_config, corpus, ranks, cache, fingerprint)
+    token_cache = token_cache_directory(train_config.token_cache)
+    fingerprint = corpus_fingerprint(corpus.train, token_cache)  # once: it keys both the cached tokenizer and the cached ids
+    tokenizer = _tokenizer(out, resume, tokenizer_config, corpus, ranks, token_cache, fingerprint)
     model_config = replace(model_config, vocab_size=tokenizer.vocab_size)
-    train = _train_ids(corpus, tokenizer, ranks, cache, fingerprint)
+    train = _train_ids(corpus, tokenizer, ranks, token_cache, fingerprint)
     train_ids = torch.from_numpy(train.ids)  # (N,) uint16 or uint32, sharing the memory map
     data = batchify(train_ids, train_config.batch_size)[ranks.rows(train_config.batch_size)]  # (B / ranks, N): a view
     if device.type != "cpu":
@@ -182,7 +183,7 @@ def train_run(
     corpus_info = _corpus_info(corpus, train)
     # The held-out splits' ids, from the token cache too (encoded there once), read when first scored (after the
     # first step): every evaluation then reads them.
-    heldout = _HeldOut(corpus, tokenizer, cache)
+    heldout = _HeldOut(corpus, tokenizer, token_cache)
     latest: dict[str, Any] = {}
 
     def evaluate() -> EvalResult:
@@ -250,13 +251,13 @@ def train_run(
     scored = best.model.to(device)
     valid = evaluate_text(scored, best.tokenizer, corpus.valid.text, corpus.valid.raw_words, ids=heldout["valid"])
     test = evaluate_text(scored, best.tokenizer, corpus.test.text, corpus.test.raw_words, ids=heldout["test"])
-    cache = tune_text_cache(scored, best.tokenizer, corpus, heldout) if train_config.tune_cache else None
+    text_cache = tune_text_cache(scored, best.tokenizer, corpus, heldout) if train_config.tune_text_cache else None
     best.model.cpu()  # the accuracy reads words with the CPU engine
     figures = None
     if train_config.accuracy_positions and accuracy is not None:
         figures = {**accuracy(best, corpus.test.text, train_config.accuracy_positions), "split": "test"}
     update_metrics(best.directory, {"valid": valid.as_dict(), "test": test.as_dict(), "evaluation": HOW_STATE_FLOWS,
-                                    "accuracy": figures, **({"cache": cache} if cache is not None else {})})
+                                    "accuracy": figures, **({TEXT_CACHE_METRIC: text_cache} if text_cache is not None else {})})
     with MetricsLog(metrics_path) as final:
         final.write({"kind": "eval", "split": "test", "step": state.step, "checkpoint": best.directory.name, **test.as_dict()})
     return RunResult(out, state, valid, test, count_parameters(model), time.perf_counter() - begun, state.stopped,
@@ -265,19 +266,20 @@ def train_run(
 
 def tune_text_cache(model: RNNLanguageModel, tokenizer: Tokenizer, corpus: Corpus, heldout: Mapping[str, list[int]],
                     settings: CacheConfig | None = None) -> dict[str, Any]:
-    """The continuous cache (Grave et al. 2017) tuned on the whole valid split as `lm evaluate --cache tune` does
-    (unless `settings` gives its window, theta and stream weight), its weight then tuned by memory size on prompts
-    of the valid split, with the valid and test figures it gives: what `metrics["cache"]` stores and the predictor
+    """The text cache (a continuous cache over the text read, Grave et al. 2017) tuned on the whole valid split as
+    `lm evaluate --text-cache tune` does (unless `settings` gives its window, theta and stream weight), its weight then
+    tuned by memory size on prompts of the valid split, with the valid and test figures it gives: what
+    `metrics["text_cache"]` stores and the predictor
     applies. `heldout` maps "valid" and "test" to their ids."""
     if settings is None:
         scores = score_stream(model, heldout["valid"], tokenizer.newline_id)
-        settings, _, _ = tune_cache(scores)
+        settings, _, _ = tune_text_cache_on_stream(scores)
         del scores  # the valid split's features: the largest thing held here
     # The weight again by how much text the memory holds: requests are prompts, not one long stream.
     settings, by_size = tune_size_weights(model, heldout["valid"], tokenizer, replace(settings, size_weights=()))
-    valid = evaluate_text(model, tokenizer, corpus.valid.text, corpus.valid.raw_words, cache=settings, ids=heldout["valid"])
-    test = evaluate_text(model, tokenizer, corpus.test.text, corpus.test.raw_words, cache=settings, ids=heldout["test"])
-    log.info("continuous cache tuned on valid: window %d, theta %g, weight %g; by memory size %s (test %.4f bpc)",
+    valid = evaluate_text(model, tokenizer, corpus.valid.text, corpus.valid.raw_words, text_cache=settings, ids=heldout["valid"])
+    test = evaluate_text(model, tokenizer, corpus.test.text, corpus.test.raw_words, text_cache=settings, ids=heldout["test"])
+    log.info("text cache tuned on valid: window %d, theta %g, weight %g; by memory size %s (test %.4f bpc)",
              settings.window, settings.theta, settings.weight,
              ", ".join(f"{keys} keys {weight:g}" for keys, weight in settings.size_weights), test.bpc)
     return {**asdict(settings), "chosen": "tuned on the valid split, the weight by memory size on prompts of it",
@@ -299,17 +301,17 @@ def _restore(directory: Path, model: RNNLanguageModel, optimizer: torch.optim.Op
     return state
 
 
-def _tokenizer(out: Path, resume: bool, config: TokenizerConfig, corpus: Corpus, ranks: Distributed, cache: Path,
+def _tokenizer(out: Path, resume: bool, config: TokenizerConfig, corpus: Corpus, ranks: Distributed, token_cache: Path,
                fingerprint: str) -> Tokenizer:
     """The run's tokenizer: from the checkpoint when resuming, else from the token cache or trained on a bounded
     sample of the training split (by rank 0, shared through `out`)."""
     if resume:
         return load_checkpoint(out / "last").tokenizer
     if not ranks.enabled:
-        return cached_tokenizer(corpus.train, config, cache, fingerprint)
+        return cached_tokenizer(corpus.train, config, token_cache, fingerprint)
     shared = out / ".tokenizer"
     if ranks.is_main:
-        tokenizer = cached_tokenizer(corpus.train, config, cache, fingerprint)
+        tokenizer = cached_tokenizer(corpus.train, config, token_cache, fingerprint)
         shared.mkdir(parents=True, exist_ok=True)
         tokenizer.save(shared)
     ranks.barrier()
@@ -319,21 +321,21 @@ def _tokenizer(out: Path, resume: bool, config: TokenizerConfig, corpus: Corpus,
 class _HeldOut(dict):
     """The held-out splits' ids by name, read from the token cache (small: encoded in this process) when first asked."""
 
-    def __init__(self, corpus: Corpus, tokenizer: Tokenizer, cache: Path):
+    def __init__(self, corpus: Corpus, tokenizer: Tokenizer, token_cache: Path):
         super().__init__()
-        self.corpus, self.tokenizer, self.cache = corpus, tokenizer, cache
+        self.corpus, self.tokenizer, self.token_cache = corpus, tokenizer, token_cache
 
     def __missing__(self, name: str) -> list[int]:
-        self[name] = token_ids(self.corpus.split(name), self.tokenizer, self.cache, workers=1, progress=False).ids.tolist()
+        self[name] = token_ids(self.corpus.split(name), self.tokenizer, self.token_cache, workers=1, progress=False).ids.tolist()
         return self[name]
 
 
-def _train_ids(corpus: Corpus, tokenizer: Tokenizer, ranks: Distributed, cache: Path, fingerprint: str) -> TokenIds:
+def _train_ids(corpus: Corpus, tokenizer: Tokenizer, ranks: Distributed, token_cache: Path, fingerprint: str) -> TokenIds:
     """The training split's ids from the token cache; under torchrun rank 0 encodes them, the others then read them."""
     if ranks.enabled and not ranks.is_main:
         ranks.barrier()
-        return token_ids(corpus.train, tokenizer, cache, fingerprint=fingerprint)
-    found = token_ids(corpus.train, tokenizer, cache, fingerprint=fingerprint)
+        return token_ids(corpus.train, tokenizer, token_cache, fingerprint=fingerprint)
+    found = token_ids(corpus.train, tokenizer, token_cache, fingerprint=fingerprint)
     if ranks.enabled:
         ranks.barrier()
     return found

@@ -55,13 +55,13 @@ from corpora.loading import normalize_lines
 from lm.config import TokenizerConfig
 from lm.tokenizers import Tokenizer, TokenizerError, build_tokenizer, load_tokenizer
 
-__all__ = ["TokenIds", "cache_directory", "cached_tokenizer", "corpus_fingerprint", "file_digest", "load_streamed_corpus", "token_ids", "tokenizer_identity", "unit_dtype",
-           "CACHE_ENVIRONMENT", "DEFAULT_CACHE"]
+__all__ = ["TokenIds", "token_cache_directory", "cached_tokenizer", "corpus_fingerprint", "file_digest", "load_streamed_corpus", "token_ids", "tokenizer_identity", "unit_dtype",
+           "TOKEN_CACHE_ENVIRONMENT", "DEFAULT_TOKEN_CACHE"]
 
 log = logging.getLogger(__name__)
 
-CACHE_ENVIRONMENT = "REACH_TOKEN_CACHE"
-DEFAULT_CACHE = Path("~/.cache/reach/tokens")
+TOKEN_CACHE_ENVIRONMENT = "REACH_TOKEN_CACHE"
+DEFAULT_TOKEN_CACHE = Path("~/.cache/reach/tokens")
 FORMAT = 1
 # The tokenizer's training sample is seeded by this, not by the run's seed: runs that differ only in their seed
 # share one tokenizer and one token cache.
@@ -73,9 +73,9 @@ STAMP_MARGIN_NS = 1_000_000_000
 SplitLike = Split | StreamedSplit
 
 
-def cache_directory(configured: str | None = None) -> Path:
+def token_cache_directory(configured: str | None = None) -> Path:
     """The token cache directory: `configured`, else $REACH_TOKEN_CACHE, else ~/.cache/reach/tokens."""
-    chosen = configured or os.environ.get(CACHE_ENVIRONMENT) or str(DEFAULT_CACHE)
+    chosen = configured or os.environ.get(TOKEN_CACHE_ENVIRONMENT) or str(DEFAULT_TOKEN_CACHE)
     return Path(chosen).expanduser()
 
 
@@ -101,7 +101,7 @@ def _hash(*parts: Any) -> str:
 def load_streamed_corpus(spec: str, extra_train: Iterable[str] = (), token_cache: str | None = None) -> Corpus:
     """The corpus `spec` with its training split streamed from disk, never held: a local corpus's files, or a hub
     corpus written once, normalised, under the token cache's `corpora/` (corpora.load_corpus's `stream_to`)."""
-    return load_corpus(spec, extra_train, stream_train=True, stream_to=cache_directory(token_cache) / "corpora")
+    return load_corpus(spec, extra_train, stream_train=True, stream_to=token_cache_directory(token_cache) / "corpora")
 
 
 def corpus_fingerprint(split: SplitLike, directory: Path) -> str:
