@@ -79,9 +79,9 @@ def _predict(args: argparse.Namespace) -> int:
         return done
     _, result = done
     what = f"completing {result.query.partial!r}" if result.completing else "next word"
-    cache = "with the continuous cache over the text" if result.text_cache else "the model alone"
+    mixed = "with the continuous cache over the text" if result.text_cache else "the model alone"
     unread = f" (the first {result.cut.chars} characters not read)" if result.cut.truncated else ""
-    print(f"{result.query.text!r} ({what}; {result.context_units} units of context{unread}; {cache}; on the CPU engine)")
+    print(f"{result.query.text!r} ({what}; {result.context_units} units of context{unread}; {mixed}; on the CPU engine)")
     print(f"  {'#':>2}  {'word':<20} {'probability':>11}  {'logprob':>8}" + ("  to type" if result.completing else ""))
     for rank, prediction in enumerate(result.predictions, 1):
         rest = f"  {prediction.remainder}" if result.completing else ""
@@ -102,8 +102,8 @@ def _generate(args: argparse.Namespace) -> int:
         return done
     _, generation = done
     print(generation.text + generation.continuation)
-    cache = "with the continuous cache over the text" if generation.text_cache else "the model alone"
-    print(f"({len(generation.words)} words, seed {generation.seed}, stopped: {generation.stopped}; {cache})", file=sys.stderr)
+    mixed = "with the continuous cache over the text" if generation.text_cache else "the model alone"
+    print(f"({len(generation.words)} words, seed {generation.seed}, stopped: {generation.stopped}; {mixed})", file=sys.stderr)
     return 0
 
 
@@ -457,7 +457,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="read at most the last N units, as lm attribute --max-units and the server's "
                               "REACH_MAX_CONTEXT_UNITS do (reported; default: the whole text)")
     predict.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    _text_cache_flags(predict, "the continuous cache over the text")
+    _text_cache_flags(predict, "the text cache (the continuous cache over the text)")
     predict.set_defaults(handler=_predict)
 
     generate = commands.add_parser("generate", help="continue a text word by word, sampled from the model (seeded)",
@@ -474,7 +474,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--seed", type=int, default=None, help="seed of the sampling (default: a random one, printed)")
     generate.add_argument("--stop-at-newline", action="store_true", help="stop before a line break")
     generate.add_argument("--json", action="store_true", help="print JSON: the continuation and each word with its probability")
-    _text_cache_flags(generate, "the continuous cache over the text (the prompt and the words generated so far)",
+    _text_cache_flags(generate, "the text cache (the continuous cache over the prompt and the words generated so far)",
                       default="off: with it, continuations repeat their own words several times as often")
     generate.set_defaults(handler=_generate)
 
@@ -494,7 +494,8 @@ def build_parser() -> argparse.ArgumentParser:
     attribute.add_argument("--html", type=Path, default=None, metavar="FILE", help="also write a self-contained HTML page")
     attribute.add_argument("--color", action="store_true", help="colour even when not writing to a terminal")
     attribute.add_argument("--no-color", action="store_true", help="no colours (also when NO_COLOR is set)")
-    _text_cache_flags(attribute, "the continuous cache over the text (without it: no pointer, the gradient is the model's own)")
+    _text_cache_flags(attribute, "the text cache (the continuous cache over the text; without it: no pointer, the gradient "
+                                 "is the model's own)")
     attribute.set_defaults(handler=_attribute)
 
     profile = commands.add_parser("reach-profile", help="gradient reach over many held-out contexts (JSON and PNG), of the "
