@@ -332,13 +332,13 @@ def _word_counts(value: str) -> list[int]:
 
 def _text_cache_setting(value: str):
     """--text-cache: 'tune' or WINDOW,THETA,WEIGHT."""
-    from lm.eval.cache import CacheConfig
+    from lm.eval.cache import TextCacheConfig
 
     if value == "tune":
         return value
     try:
         window, theta, weight = value.split(",")
-        return CacheConfig(int(window), float(theta), float(weight))
+        return TextCacheConfig(int(window), float(theta), float(weight))
     except ValueError as error:
         detail = str(error) if "cache" in str(error) else "expected 'tune' or WINDOW,THETA,WEIGHT such as 4000,4,0.5"
         raise argparse.ArgumentTypeError(detail) from None

@@ -39,7 +39,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_file, save_model
 
-from lm.config import CacheConfig, ModelConfig, TokenizerConfig, TrainConfig, from_dict, to_dict, upgrade_settings
+from lm.config import TextCacheConfig, ModelConfig, TokenizerConfig, TrainConfig, from_dict, to_dict, upgrade_settings
 from lm.model import RNNLanguageModel, count_parameters
 from lm.tokenizers import Tokenizer, TokenizerError, load_tokenizer
 
@@ -113,14 +113,14 @@ class Checkpoint:
         return self.meta.get("metrics", {})
 
     @property
-    def text_cache_settings(self) -> CacheConfig | None:
+    def text_cache_settings(self) -> TextCacheConfig | None:
         """The text cache tuned at the end of training (`metrics["text_cache"]`, or an older checkpoint's
         `metrics["cache"]`); None for checkpoints without one."""
         stored = self.metrics.get(TEXT_CACHE_METRIC)
         if not stored:
             return None
         try:
-            return CacheConfig(int(stored["window"]), float(stored["theta"]), float(stored["weight"]),
+            return TextCacheConfig(int(stored["window"]), float(stored["theta"]), float(stored["weight"]),
                                tuple((int(keys), float(weight)) for keys, weight in stored.get("size_weights", ())))
         except (KeyError, TypeError, ValueError) as error:
             raise CheckpointError(f"{str(self.directory)!r} has damaged text cache settings ({error})") from error

@@ -16,7 +16,7 @@ import numpy as np
 
 from lm.cells import cell_names, get_cell
 
-__all__ = ["CacheConfig", "ModelConfig", "TokenizerConfig", "TrainConfig", "PRESETS", "RENAMED_SETTINGS", "apply_preset", "from_dict",
+__all__ = ["TextCacheConfig", "ModelConfig", "TokenizerConfig", "TrainConfig", "PRESETS", "RENAMED_SETTINGS", "apply_preset", "from_dict",
            "upgrade_settings"]
 
 log = logging.getLogger(__name__)
@@ -162,7 +162,7 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
-class CacheConfig:
+class TextCacheConfig:
     """The text cache, a continuous cache over the text read (Grave, Joulin and Usunier 2017): how it looks back and
     how much it is trusted.
 

@@ -313,10 +313,10 @@ CACHED_TEXT = "The cat sat on the mat. The dog saw the cat. A bird sang to the c
 @pytest.fixture(scope="module")
 def cached_predictor(tiny_run):
     """The tiny char model with a continuous cache that matters (weight 0.4) and a window shorter than the text."""
-    from lm.config import CacheConfig
+    from lm.config import TextCacheConfig
 
     checkpoint = load_checkpoint(tiny_run.out)
-    return Predictor(checkpoint.model, checkpoint.tokenizer, text_cache_settings=CacheConfig(window=60, theta=2.0, weight=0.4,
+    return Predictor(checkpoint.model, checkpoint.tokenizer, text_cache_settings=TextCacheConfig(window=60, theta=2.0, weight=0.4,
                                                                                           size_weights=((1, 0.4),)))
 
 
@@ -451,10 +451,10 @@ def test_cached_views_mark_the_pointer(cached_predictor):
 
 def test_cached_healed_subword_gradients_are_per_word_and_of_the_served_probability(subword_predictor):
     """With healing, the required part's row (and its keys' gradient) joins every word's; batched equals alone."""
-    from lm.config import CacheConfig
+    from lm.config import TextCacheConfig
 
     cached = Predictor(subword_predictor.model, subword_predictor.tokenizer,
-                       text_cache_settings=CacheConfig(window=30, theta=1.0, weight=0.3, size_weights=((1, 0.3),)))
+                       text_cache_settings=TextCacheConfig(window=30, theta=1.0, weight=0.3, size_weights=((1, 0.3),)))
     text = "The album was released, and the album was rel"
     result = attribute(cached, text, k=3)
     assert result.result.text_cache and result.result.query.required

@@ -9,7 +9,7 @@ import torch
 from lm.__main__ import main as lm_main
 import numpy as np
 
-from lm.eval.cache import (CacheConfig, StreamScores, mixed_nll, score_prompts, score_stream, stream_weights,
+from lm.eval.cache import (TextCacheConfig, StreamScores, mixed_nll, score_prompts, score_stream, stream_weights,
                            text_cache_logprobs, tune_size_weights, tune_text_cache_on_stream, word_starts)
 from lm.eval.figures import evaluate_ids, evaluate_text
 from conftest import make_model
@@ -57,7 +57,7 @@ def test_the_mixture_and_evaluation_with_a_cache(char_tokenizer, corpus):
     nll, units = evaluate_ids(model, ids, char_tokenizer.newline_id)
     assert units == len(scores.targets) and scores.model_nll == pytest.approx(nll, rel=1e-5)
     assert mixed_nll(scores, text_cache_logprobs(scores, 100, 1.0), 0.0) == scores.model_nll
-    config = CacheConfig(window=500, theta=2.0, weight=0.3)
+    config = TextCacheConfig(window=500, theta=2.0, weight=0.3)
     cached = text_cache_logprobs(scores, 500, 2.0)
     # The first position sees no key: the model alone there (a weight of 0 without keys).
     by_hand = -sum(math.log(0.7 * math.exp(m) + 0.3 * math.exp(c)) if t else m
@@ -73,7 +73,7 @@ def test_tuning_picks_the_best_grid_point():
     chosen = [t for t in trials if (t["window"], t["theta"], t["weight"]) == (config.window, config.theta, config.weight)]
     assert chosen[0]["nll"] == best
     with pytest.raises(ValueError, match="weight"):
-        CacheConfig(weight=1.0)
+        TextCacheConfig(weight=1.0)
 
 
 def test_evaluate_cli_reports_the_cache_row(tiny_run, corpus_dir, capsys):
@@ -87,17 +87,17 @@ def test_evaluate_cli_reports_the_cache_row(tiny_run, corpus_dir, capsys):
 
 
 def test_the_weight_by_memory_size_interpolates_in_log_keys_and_is_zero_without_keys():
-    settings = CacheConfig(window=100, theta=1.0, weight=0.5, size_weights=[[4, 0.0], [16, 0.2], [64, 0.4]])
+    settings = TextCacheConfig(window=100, theta=1.0, weight=0.5, size_weights=[[4, 0.0], [16, 0.2], [64, 0.4]])
     assert settings.length_aware and settings.size_weights == ((4, 0.0), (16, 0.2), (64, 0.4))  # JSON lists, one form
     got = settings.weights(np.array([0, 1, 4, 8, 16, 32, 64, 1000]))
     np.testing.assert_allclose(got, [0.0, 0.0, 0.0, 0.1, 0.2, 0.3, 0.4, 0.4])
-    plain = CacheConfig(window=100, theta=1.0, weight=0.5)
+    plain = TextCacheConfig(window=100, theta=1.0, weight=0.5)
     assert not plain.length_aware and plain.weights(np.array([0, 1, 99])).tolist() == [0.0, 0.5, 0.5]
     torch.testing.assert_close(stream_weights(settings, 5), torch.tensor([0.0, 0.0, 0.0, 0.0, 0.0], dtype=torch.float64))
     with pytest.raises(ValueError, match="increasing"):
-        CacheConfig(size_weights=((16, 0.1), (4, 0.2)))
+        TextCacheConfig(size_weights=((16, 0.1), (4, 0.2)))
     with pytest.raises(ValueError, match=r"\[0, 1\)"):
-        CacheConfig(size_weights=((16, 1.0),))
+        TextCacheConfig(size_weights=((16, 1.0),))
 
 
 def test_prompt_scores_read_each_prompt_from_a_zero_state_and_its_own_keys(char_tokenizer, corpus):
@@ -133,7 +133,7 @@ def test_word_starts_are_where_a_word_begins_for_both_tokenizers(char_tokenizer,
 def test_tuning_by_memory_size_picks_each_ranges_best_weight_anchored_inside_it(char_tokenizer, corpus):
     model = make_model("lstm", vocab_size=char_tokenizer.vocab_size, num_layers=1).eval()
     ids = char_tokenizer.encode(corpus.valid.text[:6000])
-    settings, report = tune_size_weights(model, ids, char_tokenizer, CacheConfig(window=200, theta=1.0, weight=0.3),
+    settings, report = tune_size_weights(model, ids, char_tokenizer, TextCacheConfig(window=200, theta=1.0, weight=0.3),
                                          edges=(1, 4, 16, 64, 256), weights=(0.0, 0.1, 0.3), positions=2000)
     assert [row["keys"] for row in report] == [[1, 4], [4, 16], [16, 64], [64, 256]]
     assert settings.size_weights == tuple((row["anchor"], row["weight"]) for row in report)

@@ -193,7 +193,7 @@ def test_a_checkpoint_written_before_the_naming_pass_still_loads_and_resumes(sav
     """Its config.json says "tune_cache" (now tune_text_cache) and stores the text cache as metrics "cache" (now
     "text_cache"): both are read under the new names, and the next metrics update writes the new names only."""
     from lm.checkpoint import TEXT_CACHE_METRIC, update_metrics
-    from lm.config import CacheConfig
+    from lm.config import TextCacheConfig
     from lm.train.run import resume_configs
 
     directory = saved[0]
@@ -206,7 +206,7 @@ def test_a_checkpoint_written_before_the_naming_pass_still_loads_and_resumes(sav
 
     loaded = load_checkpoint(directory)
     assert loaded.train_config.tune_text_cache is False
-    assert loaded.text_cache_settings == CacheConfig(window=300, theta=2.0, weight=0.3, size_weights=((1, 0.0), (64, 0.2)))
+    assert loaded.text_cache_settings == TextCacheConfig(window=300, theta=2.0, weight=0.3, size_weights=((1, 0.0), (64, 0.2)))
     assert loaded.metrics[TEXT_CACHE_METRIC]["chosen"] == "tuned on the valid split" and "cache" not in loaded.metrics
     assert resume_configs(directory.parent, {})[2].tune_text_cache is False  # train.py --resume continues with it
     restore_training(directory, saved[1], saved[2])  # the training state is unchanged by the rename

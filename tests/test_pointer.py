@@ -10,14 +10,14 @@ import pytest
 import torch
 
 from lm.checkpoint import load_checkpoint
-from lm.config import CacheConfig
+from lm.config import TextCacheConfig
 from lm.infer.pointer import LISTED_SHARE, deletion_reach, explain_cache
 from lm.infer.predictor import Predictor
 
 TEXT = "The cat sat on the mat. The dog saw the cat. A bird sang to the cat and the dog. The "
 SETTINGS = {
-    "one weight, a window shorter than the text": CacheConfig(window=60, theta=2.0, weight=0.4),
-    "weights by memory size": CacheConfig(window=200, theta=2.0, weight=0.4,
+    "one weight, a window shorter than the text": TextCacheConfig(window=60, theta=2.0, weight=0.4),
+    "weights by memory size": TextCacheConfig(window=200, theta=2.0, weight=0.4,
                                           size_weights=((4, 0.0), (32, 0.1), (64, 0.35), (128, 0.5))),
 }
 

@@ -458,9 +458,9 @@ def _mixed_logprobs(model, inputs, settings):
 
 @pytest.mark.parametrize("window", [50, 4])
 def test_the_text_cache_mixes_every_unit_distribution_and_words_equal_a_brute_force(window):
-    from lm.config import CacheConfig
+    from lm.config import TextCacheConfig
 
-    settings = CacheConfig(window=window, theta=2.0, weight=0.4, size_weights=((1, 0.4),))  # 0.4 at every size, served
+    settings = TextCacheConfig(window=window, theta=2.0, weight=0.4, size_weights=((1, 0.4),))  # 0.4 at every size, served
     tokenizer = CharTokenizer(list("ab ,\n"))
     model = _model(tokenizer.vocab_size)
     predictor = Predictor(model, tokenizer, text_cache=settings)
@@ -488,9 +488,9 @@ def test_the_text_cache_mixes_every_unit_distribution_and_words_equal_a_brute_fo
 
 
 def test_the_text_cache_sums_spellings_and_divides_the_healed_part_by_hand():
-    from lm.config import CacheConfig
+    from lm.config import TextCacheConfig
 
-    settings = CacheConfig(window=100, theta=3.0, weight=0.3, size_weights=((1, 0.3),))
+    settings = TextCacheConfig(window=100, theta=3.0, weight=0.3, size_weights=((1, 0.3),))
     tokenizer = PieceTokenizer()
     model = _model(tokenizer.vocab_size, seed=5)
     predictor = Predictor(model, tokenizer, text_cache=settings)
@@ -517,13 +517,13 @@ def test_the_text_cache_sums_spellings_and_divides_the_healed_part_by_hand():
 
 
 def test_the_text_cache_raises_a_word_the_text_repeats(tiny_run):
-    from lm.config import CacheConfig
+    from lm.config import TextCacheConfig
     from lm.checkpoint import load_checkpoint
 
     checkpoint = load_checkpoint(tiny_run.out)
     text = "Mr. Qwixby spoke. Mr. Qwixby left. Mr. Qwixby came back. Mr. Qwi"  # a name the model never saw
     alone = Predictor(checkpoint.model, checkpoint.tokenizer)
-    cached = Predictor(checkpoint.model, checkpoint.tokenizer, text_cache=CacheConfig(window=2000, theta=1.0, weight=0.5,
+    cached = Predictor(checkpoint.model, checkpoint.tokenizer, text_cache=TextCacheConfig(window=2000, theta=1.0, weight=0.5,
                                                                                         size_weights=((1, 0.5),)))
     # e^4 (55) times more probable: e^4.8 for the model trained on the shipped excerpt, more on the whole subset.
     assert cached.score_word(text, "Qwixby") > alone.score_word(text, "Qwixby") + 4.0
@@ -534,11 +534,11 @@ def test_the_text_cache_raises_a_word_the_text_repeats(tiny_run):
 
 
 def test_with_the_text_cache_warm_predictions_equal_cold_ones(tiny_subword_run):
-    from lm.config import CacheConfig
+    from lm.config import TextCacheConfig
     from lm.checkpoint import load_checkpoint
 
     checkpoint = load_checkpoint(tiny_subword_run.out)
-    predictor = Predictor(checkpoint.model, checkpoint.tokenizer, text_cache=CacheConfig(window=40, theta=1.0, weight=0.3,
+    predictor = Predictor(checkpoint.model, checkpoint.tokenizer, text_cache=TextCacheConfig(window=40, theta=1.0, weight=0.3,
                                                                                                 size_weights=((1, 0.3),)))
     words = "The film was released in the United States and the film was a success in the United".split()
     for count in range(1, len(words)):
@@ -550,11 +550,11 @@ def test_with_the_text_cache_warm_predictions_equal_cold_ones(tiny_subword_run):
 
 
 def test_the_prefix_cache_is_bounded_in_bytes_and_keeps_the_latest_context(tiny_subword_run):
-    from lm.config import CacheConfig
+    from lm.config import TextCacheConfig
     from lm.checkpoint import load_checkpoint
 
     checkpoint = load_checkpoint(tiny_subword_run.out)
-    settings = CacheConfig(window=400, theta=1.0, weight=0.3, size_weights=((1, 0.3),))
+    settings = TextCacheConfig(window=400, theta=1.0, weight=0.3, size_weights=((1, 0.3),))
     texts = [f"The film number {n} was released in the United States and " * 3 for n in range(6)]
     roomy = Predictor(checkpoint.model, checkpoint.tokenizer, cache_size=64, text_cache=settings)
     for text in texts:

@@ -10,7 +10,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
 from lm.checkpoint import load_checkpoint  # noqa: E402
-from lm.config import CacheConfig  # noqa: E402
+from lm.config import TextCacheConfig  # noqa: E402
 from lm.eval.figures import evaluate_text  # noqa: E402
 from lm.infer.accuracy import word_positions  # noqa: E402
 from lm.infer.predictor import Predictor  # noqa: E402
@@ -23,7 +23,7 @@ from textbook import CharNgram  # noqa: E402
 def test_the_served_path_scores_a_text_as_evaluation_does(tiny_run, corpus):
     checkpoint = load_checkpoint(str(tiny_run.out))
     text = corpus.valid.text[:1500]
-    settings = CacheConfig(window=300, theta=2.0, weight=0.3)  # a window shorter than the text: keys drop out of it
+    settings = TextCacheConfig(window=300, theta=2.0, weight=0.3)  # a window shorter than the text: keys drop out of it
     predictor = Predictor(checkpoint.model, checkpoint.tokenizer, cache_size=0, text_cache=settings)
     alone, units = quality.served_nll(predictor, text, text_cache=False, chunk=40)
     mixed, _ = quality.served_nll(predictor, text, chunk=40)

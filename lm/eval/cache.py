@@ -14,7 +14,7 @@ that followed it:
 Nothing is trained: `window`, `theta` and `weight` are chosen on the
 validation split (`tune_text_cache_on_stream`) and then applied to another split. Only
 earlier positions are used, so the figures are as held-out as the model's
-own. Its settings (`CacheConfig`, in lm/config.py) are tuned here, stored
+own. Its settings (`TextCacheConfig`, in lm/config.py) are tuned here, stored
 with a checkpoint at the end of training, and applied to a request's own
 text by the predictor (lm/infer/textcache.py).
 
@@ -26,7 +26,7 @@ therefore tuned again by memory size (`tune_size_weights`): the valid split
 cut into prompts of 4 to 4,096 units, each read from a zero state as a
 request is, the log-likelihood of every position collected by how many keys
 its memory held, and a weight chosen for each range of sizes
-(`CacheConfig.size_weights`): the smaller of the best over all units (whole
+(`TextCacheConfig.size_weights`): the smaller of the best over all units (whole
 words' log loss) and the best over the units that begin a word (which decide
 the next word's rank). On subword models the second is about half the first
 (a piece inside a word the text has shown is where the cache is surest); on
@@ -47,11 +47,11 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor
 
-from lm.config import CacheConfig
+from lm.config import TextCacheConfig
 from lm.model import RNNLanguageModel
 from lm.tokenizers import Tokenizer, is_word_char
 
-__all__ = ["CacheConfig", "PromptScores", "StreamScores", "mixed_nll", "score_prompts", "score_stream", "stream_weights",
+__all__ = ["TextCacheConfig", "PromptScores", "StreamScores", "mixed_nll", "score_prompts", "score_stream", "stream_weights",
            "text_cache_logprobs", "tune_size_weights", "tune_text_cache_on_stream"]
 
 WINDOWS = (1000, 2000, 4000)
@@ -129,7 +129,7 @@ def text_cache_logprobs(scores: StreamScores, window: int, theta: float, block: 
     return result
 
 
-def stream_weights(settings: CacheConfig, count: int) -> Tensor:
+def stream_weights(settings: TextCacheConfig, count: int) -> Tensor:
     """The mixture weight (float64, (count,)) at each position of a stream: position t's memory holds min(t, window) keys."""
     sizes = torch.arange(count).clamp(max=settings.window).numpy()
     return torch.from_numpy(settings.weights(sizes))
@@ -148,7 +148,7 @@ def _mixed(model: Tensor, cached: Tensor, weight: float | Tensor) -> Tensor:
     return torch.logaddexp(model + torch.log1p(-weight), from_cache)
 
 
-def tune_text_cache_on_stream(scores: StreamScores, windows=WINDOWS, thetas=THETAS, weights=WEIGHTS) -> tuple[CacheConfig, float, list[dict]]:
+def tune_text_cache_on_stream(scores: StreamScores, windows=WINDOWS, thetas=THETAS, weights=WEIGHTS) -> tuple[TextCacheConfig, float, list[dict]]:
     """The grid point with the lowest NLL on `scores` (read from the validation split), that NLL, and every point's."""
     trials = []
     for window in windows:
@@ -157,7 +157,7 @@ def tune_text_cache_on_stream(scores: StreamScores, windows=WINDOWS, thetas=THET
             for weight in weights:
                 trials.append({"window": window, "theta": theta, "weight": weight, "nll": mixed_nll(scores, cached, weight)})
     best = min(trials, key=lambda trial: trial["nll"])
-    return CacheConfig(best["window"], best["theta"], best["weight"]), best["nll"], trials
+    return TextCacheConfig(best["window"], best["theta"], best["weight"]), best["nll"], trials
 
 
 @dataclass
@@ -226,9 +226,9 @@ def score_prompts(model: RNNLanguageModel, ids: list[int], first_input: int, len
         model.train(was_training)
 
 
-def tune_size_weights(model: RNNLanguageModel, ids: list[int], tokenizer: Tokenizer, settings: CacheConfig,
+def tune_size_weights(model: RNNLanguageModel, ids: list[int], tokenizer: Tokenizer, settings: TextCacheConfig,
                       edges: tuple[int, ...] = SIZE_EDGES, weights: tuple[float, ...] = SIZE_WEIGHTS,
-                      positions: int = 65536) -> tuple[CacheConfig, list[dict]]:
+                      positions: int = 65536) -> tuple[TextCacheConfig, list[dict]]:
     """`settings` with the weight tuned by memory size on `ids` (the valid split): for each range [edges[i],
     edges[i + 1]) of key counts, prompts of `edges[i + 1]` units (`score_prompts`, enough of them, spread over
     `ids`, for about `positions` positions in the range) give the positions whose memory held that many keys. The

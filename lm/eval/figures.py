@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 import numpy
 import torch
 
-from lm.eval.cache import CacheConfig, mixed_nll, score_stream, stream_weights, text_cache_logprobs, tune_text_cache_on_stream
+from lm.eval.cache import TextCacheConfig, mixed_nll, score_stream, stream_weights, text_cache_logprobs, tune_text_cache_on_stream
 from lm.eval.dynamic import score_stream_dynamic, tune_dynamic
 from lm.model import RNNLanguageModel
 from lm.tokenizers import Tokenizer
@@ -89,7 +89,7 @@ def _units_of_lines(ids: list[int], newline_id: int, lines: int) -> int:
 
 
 def evaluate_text(model: RNNLanguageModel, tokenizer: Tokenizer, text: str, raw_words: int, max_chars: int | None = None,
-                  text_cache: CacheConfig | None = None, dynamic_lr: float | None = None, ids: list[int] | None = None) -> EvalResult:
+                  text_cache: TextCacheConfig | None = None, dynamic_lr: float | None = None, ids: list[int] | None = None) -> EvalResult:
     """Score normalised `text` (a whole split, or its first `max_chars` characters); with the text cache (a
     continuous cache over the text read: lm/eval/cache.py) and dynamic evaluation at `dynamic_lr` (lm/eval/dynamic.py)
     if given. `ids` are `tokenizer.encode(text)` when the caller has them (from the token cache): then nothing is
@@ -120,7 +120,7 @@ class Adapted:
     """A split's figures with the text cache and/or dynamic evaluation, and the settings used."""
 
     figures: EvalResult
-    text_cache: CacheConfig | None
+    text_cache: TextCacheConfig | None
     dynamic_lr: float | None
     tuned: tuple[str, ...]  # the settings chosen on the valid split
 
@@ -143,7 +143,7 @@ class Adapted:
 
 
 def evaluate_adapted(model: RNNLanguageModel, tokenizer: Tokenizer, text: str, raw_words: int, valid_text: str,
-                     text_cache: CacheConfig | str | None = None, dynamic_lr: float | str | None = None) -> Adapted:
+                     text_cache: TextCacheConfig | str | None = None, dynamic_lr: float | str | None = None) -> Adapted:
     """Score `text` with the text cache and/or dynamic evaluation; either setting may be "tune": chosen on `valid_text`,
     read the way `text` will be (the text cache is tuned on dynamically evaluated scores when both are asked for)."""
     tuned = []

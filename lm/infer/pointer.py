@@ -43,7 +43,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from lm.config import CacheConfig
+from lm.config import TextCacheConfig
 from lm.infer.predictor import PredictionResult, Predictor, WordPrediction
 from lm.infer.reach import distance_in
 from lm.infer.scoring import Path
@@ -79,7 +79,7 @@ class CacheRow:
     own_votes: np.ndarray  # (depth,) float64 the votes of the keys read along the spelling
     own_values: np.ndarray  # (depth,) the units that followed those keys
     window_start: int  # the first context entry this row can see
-    settings: CacheConfig
+    settings: TextCacheConfig
 
 
 @dataclass(frozen=True)

@@ -57,7 +57,7 @@ from lm.infer.scoring import NEG, Path, score_words
 from lm.infer.search import beam_search
 from lm.infer.textcache import Memory, TextCache, read_memory
 from lm.infer.units import UnitTable
-from lm.config import CacheConfig
+from lm.config import TextCacheConfig
 from lm.model import RNNLanguageModel
 from lm.tokenizers import Tokenizer
 
@@ -146,7 +146,7 @@ class Predictor:
     """
 
     def __init__(self, model: RNNLanguageModel, tokenizer: Tokenizer, prefix_cache_size: int = 64,
-                 text_cache_settings: CacheConfig | None = None, prefix_cache_bytes: int = DEFAULT_PREFIX_CACHE_BYTES):
+                 text_cache_settings: TextCacheConfig | None = None, prefix_cache_bytes: int = DEFAULT_PREFIX_CACHE_BYTES):
         """`prefix_cache_size`: contexts the prefix cache keeps; `prefix_cache_bytes`: the most bytes their states,
         logits and text-cache memories may hold together (the latest context is kept whatever its size);
         `text_cache_settings`: the continuous cache's settings (None: none)."""
@@ -170,7 +170,7 @@ class Predictor:
 
     def uses_text_cache(self, asked: bool | None = None) -> bool:
         """Whether a prediction mixes in the text cache: when asked (True) and the predictor has settings; by default
-        (None) only when its settings are length-aware (tuned for prompts of every length, `CacheConfig.size_weights`):
+        (None) only when its settings are length-aware (tuned for prompts of every length, `TextCacheConfig.size_weights`):
         settings tuned on one long stream alone copy a short prompt back, so they serve only when asked for."""
         if self.text_cache_settings is None or asked is False:
             return False

@@ -10,7 +10,7 @@ output q becomes
     p(u)       = (1 - weight(n)) * p_model(u) + weight(n) * p_cache(u)
 
 where n is the number of keys the row sees and weight(n) the weight tuned
-for memories of that size (`CacheConfig.weights`: small over a short prompt,
+for memories of that size (`TextCacheConfig.weights`: small over a short prompt,
 whose few keys would otherwise take the mixture's whole share).
 
 The text is read as a stream, as evaluation reads a split: a unit sequence
@@ -47,7 +47,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from lm.config import CacheConfig
+from lm.config import TextCacheConfig
 from lm.infer.reads import StepRows
 
 __all__ = ["CachePath", "Memory", "TextCache", "cache_votes", "mix_distributions", "read_memory"]
@@ -107,7 +107,7 @@ class TextCache:
 
     root = CachePath(())  # the path of the context itself: nothing past it
 
-    def __init__(self, settings: CacheConfig, memory: Memory, hidden_dim: int, ends_mask: Tensor):
+    def __init__(self, settings: TextCacheConfig, memory: Memory, hidden_dim: int, ends_mask: Tensor):
         self.settings = settings
         self.memory = memory  # the context's keys and values (the last `window` at most)
         self.hidden_dim = hidden_dim
@@ -247,7 +247,7 @@ def _distinct(units: np.ndarray, vocabulary: int) -> np.ndarray:
     return np.flatnonzero(present)
 
 
-def cache_votes(settings: CacheConfig, queries: Tensor, memory: Memory, path_keys: Tensor, path_values: Tensor,
+def cache_votes(settings: TextCacheConfig, queries: Tensor, memory: Memory, path_keys: Tensor, path_values: Tensor,
                 depths: Tensor) -> tuple[Tensor, Tensor]:
     """Each query's votes over the keys it sees: the context's (`memory`, n keys) and its own path's.
 
@@ -271,7 +271,7 @@ def cache_votes(settings: CacheConfig, queries: Tensor, memory: Memory, path_key
     return votes, values
 
 
-def mix_distributions(settings: CacheConfig, scaled: Tensor, votes: Tensor, values: Tensor, sizes: Tensor) -> Tensor:
+def mix_distributions(settings: TextCacheConfig, scaled: Tensor, votes: Tensor, values: Tensor, sizes: Tensor) -> Tensor:
     """(1 - weight) p_model + weight p_cache (N, V) float64, from tempered logits (N, V), votes and their values
     (N, K) (see `cache_votes`), the weight for the number of keys each row sees, sizes (N,) (0: p_model)."""
     # p_model as in Predictor._normalized (exponentials in the logits' precision, within an ulp), normalised in float64.

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-from lm.config import CacheConfig
+from lm.config import TextCacheConfig
 from lm.infer.context_grad import ContextTrace
 from lm.infer.predictor import PredictionResult, Predictor
 from lm.infer.textcache import Memory, cache_votes, mix_distributions
@@ -38,7 +38,7 @@ class CacheMix:
     along each spelling, differentiable through the state after the context.
     """
 
-    def __init__(self, settings: CacheConfig, keys: torch.Tensor, values: torch.Tensor, hidden: int):
+    def __init__(self, settings: TextCacheConfig, keys: torch.Tensor, values: torch.Tensor, hidden: int):
         self.settings = settings
         self.keys = keys  # (rows, n, H), requires grad: the context's top-layer outputs (the last `window`)
         self.values = values  # (n,) long: the unit that followed each key

@@ -22,7 +22,7 @@ import torch
 from corpora import Corpus
 from lm.checkpoint import (TEXT_CACHE_METRIC, Checkpoint, CheckpointError, load_checkpoint, read_meta, resolve_checkpoint,
                            restore_training, save_checkpoint, update_metrics)
-from lm.config import CacheConfig, ModelConfig, TokenizerConfig, TrainConfig, from_dict
+from lm.config import TextCacheConfig, ModelConfig, TokenizerConfig, TrainConfig, from_dict
 from lm.train.devices import accelerator_rng_state, set_accelerator_rng_state
 from lm.train.distributed import Distributed
 from lm.eval.cache import score_stream, tune_size_weights, tune_text_cache_on_stream
@@ -265,7 +265,7 @@ def train_run(
 
 
 def tune_text_cache(model: RNNLanguageModel, tokenizer: Tokenizer, corpus: Corpus, heldout: Mapping[str, list[int]],
-                    settings: CacheConfig | None = None) -> dict[str, Any]:
+                    settings: TextCacheConfig | None = None) -> dict[str, Any]:
     """The text cache (a continuous cache over the text read, Grave et al. 2017) tuned on the whole valid split as
     `lm evaluate --text-cache tune` does (unless `settings` gives its window, theta and stream weight), its weight then
     tuned by memory size on prompts of the valid split, with the valid and test figures it gives: what
