@@ -29,7 +29,7 @@ from lm.infer.attribution import METHODS
 from server.operations import Limits
 
 __all__ = ["ATTRIBUTION_MODES", "ErrorBody", "ErrorDetail", "MAX_TEMPERATURE", "ModelsResponse", "RequestModel",
-           "Status", "Text", "WholeNumber", "generate_request_model", "predict_request_model"]
+           "Status", "Text", "Whole", "WholeNumber", "generate_request_model", "predict_request_model"]
 
 ATTRIBUTION_MODES = ("summary", "full", "none")
 MAX_TEMPERATURE = 100.0  # beyond this every kept word is all but equally likely
@@ -65,6 +65,12 @@ def _whole(value: Any) -> Any:
 WholeNumber = Annotated[int, BeforeValidator(_whole)]
 
 
+def Whole(minimum: int, maximum: int, description: str = "") -> Any:
+    """A bounded integer field. The bounds come before the validator, so that the schema states them as
+    minimum/maximum (pydantic cannot push bounds into a WholeNumber's validator: it would emit ge/le)."""
+    return Annotated[int, Field(ge=minimum, le=maximum, description=description or None), BeforeValidator(_whole)]
+
+
 class RequestModel(BaseModel):
     """A request body: no unknown field, no coercion between JSON types."""
 
@@ -80,7 +86,7 @@ def predict_request_model(limits: Limits) -> type[RequestModel]:
 
         text: Text(limits.max_text_chars, "the text so far; a trailing space asks for the next word, none for completions "
                                           "of the unfinished one")
-        k: Annotated[WholeNumber, Field(ge=1, le=limits.max_k, description="how many words")] = min(5, limits.max_k)
+        k: Whole(1, limits.max_k, "how many words") = min(5, limits.max_k)
         model: str | None = Field(None, description="a served model's name (default: the first)")
         attribution: Literal[ATTRIBUTION_MODES] = Field(
             "summary", description="summary: each word's reach; full: also per-unit and per-word influence and the decay "
@@ -108,15 +114,14 @@ def generate_request_model(limits: Limits) -> type[RequestModel]:
         """Continue a text word by word."""
 
         text: Text(limits.max_text_chars, "the prompt")
-        max_words: Annotated[WholeNumber, Field(ge=1, le=limits.max_generate_words)] = min(20, limits.max_generate_words)
+        max_words: Whole(1, limits.max_generate_words, "words to generate") = min(20, limits.max_generate_words)
         temperature: Annotated[float, Field(gt=0, le=MAX_TEMPERATURE)] = Field(1.0, description="sampling weights "
                                                                                               "p ** (1 / temperature)")
-        top_k: Annotated[WholeNumber, Field(ge=1, le=limits.max_k)] = Field(
-            min(20, limits.max_k), description="sample among the k most probable words (1: greedy)")
+        top_k: Whole(1, limits.max_k, "sample among the k most probable words (1: greedy)") = min(20, limits.max_k)
         top_p: Annotated[float, Field(gt=0, le=1)] = Field(1.0, description="then among the most probable reaching "
                                                                             "this share of the weight")
-        seed: Annotated[WholeNumber, Field(ge=0, le=MAX_SEED)] | None = Field(
-            None, description="seed of the sampling (default: a random one, returned)")
+        seed: Whole(0, MAX_SEED) | None = Field(None, description="seed of the sampling (default: a random one, "
+                                                                  "returned)")
         stop_at_newline: bool = Field(False, description="stop before a line break")
         model: str | None = Field(None, description="a served model's name (default: the first)")
         text_cache: bool | None = Field(None, description="mix the continuous cache over the text (the prompt and the "

@@ -9,14 +9,18 @@ For every endpoint that takes a body, two property tests:
   range, unknown fields, control characters) are judged by the schema and by
   the server alike: valid ones as above, invalid ones with a declared 4xx
   status and the error body's schema; never a 5xx.
-The draws are derandomized, so the suite fuzzes the same requests every run;
-bench/fuzz_api.py runs many more.
+The draws are derandomized, so the suite fuzzes the same requests every run.
+REACH_FUZZ_EXAMPLES=N draws N bodies of each kind per endpoint instead (and
+a fresh seed with REACH_FUZZ_RANDOM=1); the counts of requests and answers
+are printed (`pytest -s`).
 """
 
 from __future__ import annotations
 
+import collections
 import copy
 import json
+import os
 
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
@@ -25,8 +29,11 @@ from jsonschema import Draft202012Validator
 
 LIMITS = {"REACH_MAX_TEXT_CHARS": 120, "REACH_MAX_K": 4, "REACH_MAX_GENERATE_WORDS": 3, "REACH_MAX_CONTEXT_UNITS": 200,
           "MAX_CONTENT_LENGTH": 16 * 1024}
-FUZZ = settings(max_examples=40, deadline=None, derandomize=True, database=None,
+EXAMPLES = int(os.environ.get("REACH_FUZZ_EXAMPLES", "0"))
+FUZZ = settings(max_examples=EXAMPLES or 40, deadline=None, derandomize=not os.environ.get("REACH_FUZZ_RANDOM"),
+                database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much])
+COUNTS: collections.Counter = collections.Counter()  # (endpoint, schema verdict, status) -> requests
 
 
 def inline(node, schemas):
@@ -78,6 +85,8 @@ class Judge:
     def post(self, body):
         response = self.client.open(self.path, method=self.method.upper(), data=json.dumps(body),
                                     content_type="application/json")
+        COUNTS[self.path, "valid" if isinstance(body, dict) and self.validator.is_valid(body) else "invalid",
+               response.status_code] += 1
         assert response.status_code < 500, (body, response.get_data(as_text=True))
         assert str(response.status_code) in self.responses, f"undeclared status {response.status_code} for {body!r}"
         return response
@@ -167,7 +176,7 @@ def test_the_schema_and_the_server_judge_arbitrary_bodies_alike(fuzzed_app, docu
         pytest.skip(f"{path} takes no body here")
     judge = Judge(fuzzed_app, document, path, "post")
 
-    @settings(FUZZ, max_examples=150)
+    @settings(FUZZ, max_examples=EXAMPLES or 150)
     @given(body=arbitrary_bodies(judge))
     def run(body):
         judge.check_any(body)
@@ -185,3 +194,11 @@ def test_malformed_and_non_json_bodies_get_declared_errors(fuzzed_app, document)
             response = client.open(path, method=method.upper(), data=data, content_type=content_type)
             assert response.status_code == status and str(status) in declared, (path, data[:10], response.status_code)
             assert set(response.get_json()["error"]) == {"code", "message", "type", "param"}
+
+
+def teardown_module():
+    """The fuzzing's counts: requests by endpoint, the schema's verdict and the server's status."""
+    if COUNTS:
+        print(f"\nfuzzed {sum(COUNTS.values())} requests:")
+        for (path, verdict, status), count in sorted(COUNTS.items()):
+            print(f"  {path:<16} schema {verdict:<7} -> {status}: {count}")
