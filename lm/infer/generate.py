@@ -60,6 +60,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -69,7 +70,8 @@ from lm.infer.predictor import Predictor
 from lm.infer.query import Query, make_query
 from lm.tokenizers import is_word_char
 
-__all__ = ["GeneratedWord", "Generation", "GenerationSettings", "generate", "sample_index"]
+__all__ = ["GeneratedWord", "Generation", "GenerationSettings", "generate", "generate_words", "new_generation",
+           "sample_index"]
 
 DIRECTLY = ""  # the boundary choice after punctuation: the next word follows with no whitespace
 
@@ -169,14 +171,33 @@ def generate(predictor: Predictor, text: str, settings: GenerationSettings | Non
     """Continue `text` word by word (see the module docstring for what is sampled and what is reported); with the
     continuous cache over the text only when asked (`text_cache` True) and the predictor has settings: by default
     (None) generation uses the model alone, whose text repeats itself far less (docs/BENCHMARKS.md)."""
-    settings = settings or GenerationSettings()
+    generation = new_generation(predictor, text, settings, seed, text_cache)
+    for _ in generate_words(predictor, generation):
+        pass
+    return generation
+
+
+def new_generation(predictor: Predictor, text: str, settings: GenerationSettings | None = None,
+                   seed: int | None = None, text_cache: bool | None = None) -> Generation:
+    """A continuation of `text` with no word yet, for `generate_words` (a missing seed is drawn here; `text_cache`
+    as in `generate`)."""
     if seed is None:
         seed = random.SystemRandom().randrange(2**32)
-    rng = random.Random(seed)
-    tokenizer = predictor.tokenizer
-    query = make_query(text, tokenizer)
     text_cache = bool(text_cache) and predictor.text_cache is not None
-    generation = Generation(query.text, seed, settings, text_cache=text_cache)
+    return Generation(make_query(text, predictor.tokenizer).text, seed, settings or GenerationSettings(),
+                      text_cache=text_cache)
+
+
+def generate_words(predictor: Predictor, generation: Generation) -> Iterator[GeneratedWord]:
+    """Extend a fresh `generation` (`new_generation`) word by word, yielding each word once it is appended to
+    `generation.words`; when the iterator ends, `generation.stopped` says why. Run to the end, it gives `generate`'s
+    continuation; a caller may stop it early (a stop sequence), and the words so far stay in `generation`."""
+    if generation.words:
+        raise ValueError("generate_words continues a generation with no word yet")
+    settings, text_cache = generation.settings, generation.text_cache
+    rng = random.Random(generation.seed)
+    tokenizer = predictor.tokenizer
+    query = make_query(generation.text, tokenizer, normalized=True)
     so_far = query.text
     firsts = _FirstCharacters(predictor)
     while len(generation.words) < settings.words:
@@ -192,6 +213,7 @@ def generate(predictor: Predictor, text: str, settings: GenerationSettings | Non
             if not choice.isspace() and choice != DIRECTLY:  # punctuation right after a word: that character is the word
                 generation.words.append(GeneratedWord(choice, choice, logprob))
                 so_far += choice
+                yield generation.words[-1]
                 continue
             separator = choice if choice.isspace() else ""
             query = make_query(so_far + separator, tokenizer, normalized=True)
@@ -206,7 +228,7 @@ def generate(predictor: Predictor, text: str, settings: GenerationSettings | Non
         generation.words.append(replace(word, text=separator + word.text))
         so_far += separator + word.text
         query = replace(query, completing=False)  # only the prompt's unfinished word is completed
-    return generation
+        yield generation.words[-1]
 
 
 def _boundary(predictor: Predictor, firsts: _FirstCharacters, so_far: str, settings: GenerationSettings,
