@@ -22,6 +22,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     SettingsError (a ValueError) with one line naming it, before any model
     is loaded.
     """
+    from server.completions import completions
     from server.errors import register_error_handlers
     from server.registry import ModelRegistry
     from server.routes import api, page
@@ -43,5 +44,6 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     register_error_handlers(app)
     app.register_blueprint(api)
     app.register_blueprint(page)
+    app.register_blueprint(completions)
     logging.getLogger(__name__).info("serving %d model(s): %s", len(models.models), ", ".join(models.models))
     return app

@@ -69,36 +69,83 @@ async function predict() {
   }
 }
 
+// Read a server-sent event stream: call onEvent with each `data:` JSON object as it arrives, until [DONE].
+// Returns false when stopped early (onEvent returned false).
+async function readEvents(response, onEvent) {
+  const reader = response.body.getReader();
+  const decoder = new TextDecoder();
+  let buffer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return true;
+    buffer += decoder.decode(value, { stream: true });
+    let cut;
+    while ((cut = buffer.indexOf("\n\n")) >= 0) {
+      const frame = buffer.slice(0, cut);
+      buffer = buffer.slice(cut + 2);
+      const data = frame.split("\n").filter((line) => line.startsWith("data: ")).map((line) => line.slice(6)).join("\n");
+      if (!data) continue;
+      if (data === "[DONE]") return true;
+      if (onEvent(JSON.parse(data)) === false) {
+        reader.cancel();
+        return false;
+      }
+    }
+  }
+}
+
 async function continueText() {
   const text = $("text").value;
   const mine = ++sequence;
   $("continue").disabled = true;
   setStatus("continuing…");
+  const shown = $("continuation");
+  shown.innerHTML = "";
+  shown.title = "";
   try {
+    // Streamed: each word is shown as soon as the server has sampled it (server-sent events, docs/API.md).
     const response = await fetch("/v1/generate", {
       method: "POST",
       headers: { "Content-Type": "application/json" },
       body: JSON.stringify({ text, max_words: Number($("words").value), temperature: Number($("temperature").value),
-                             model: $("model").value || null }),
+                             model: $("model").value || null, stream: true }),
     });
-    const body = await response.json();
-    if (mine !== sequence) return;
     if (!response.ok) {
-      setStatus(`${body.error.code}: ${body.error.message}`, true);
+      const body = await response.json();
+      if (mine === sequence) setStatus(`${body.error.code}: ${body.error.message}`, true);
       return;
     }
-    // The generated words after the (normalised) text, each with its exact probability where it was sampled.
-    const shown = $("continuation");
-    shown.innerHTML = "";
-    for (const w of body.words) {
-      const span = document.createElement("span");
-      span.className = "generated";
-      span.textContent = w.text;
-      span.title = `${w.word}: ${(100 * w.probability).toFixed(2)}%`;
-      shown.appendChild(span);
+    let start = null, end = null, failure = null;
+    const finished = await readEvents(response, (event) => {
+      if (mine !== sequence) return false;  // the text changed meanwhile: this continuation is stale
+      if (event.error) {
+        failure = event.error;
+      } else if (event.event === "start") {
+        start = event;
+      } else if (event.event === "word") {
+        // A generated word after the (normalised) text, with its exact probability where it was sampled.
+        const span = document.createElement("span");
+        span.className = "generated";
+        span.textContent = event.text;
+        span.title = `${event.word}: ${(100 * event.probability).toFixed(2)}%`;
+        shown.appendChild(span);
+        setStatus(`continuing… ${event.index + 1} word${event.index ? "s" : ""}`);
+      } else if (event.event === "end") {
+        end = event;
+      }
+      return true;
+    });
+    if (!finished || mine !== sequence) return;
+    if (failure) {
+      setStatus(`${failure.code}: ${failure.message}`, true);
+      return;
     }
-    shown.title = `seed ${body.seed}; stopped: ${body.stopped}`;
-    $("text").value = body.text + body.continuation;
+    if (!start || !end) {
+      setStatus("the continuation stopped before its end", true);
+      return;
+    }
+    shown.title = `seed ${start.seed}; stopped: ${end.stopped}`;
+    $("text").value = start.text + end.continuation;
     predict();
   } catch (error) {
     if (mine === sequence) setStatus(`request failed: ${error}`, true);
