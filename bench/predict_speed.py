@@ -72,11 +72,11 @@ def reference_ms(predictor, rows: int = 16, repeats: int = 200, warm_up: int = 2
     import torch
 
     ids = torch.zeros(rows, dtype=torch.long)
-    state = predictor.model.init_state(rows)
+    state = predictor.zero_state(rows)
     with torch.inference_mode():
         for _ in range(warm_up):
-            predictor.engine.step(ids, state)
-        return statistics.median(timed(lambda: predictor.engine.step(ids, state)) for _ in range(repeats)) * 1000
+            predictor.step(ids, state)
+        return statistics.median(timed(lambda: predictor.step(ids, state)) for _ in range(repeats)) * 1000
 
 
 def per_context(samples: list, measure, repeats: int) -> list[tuple]:
@@ -109,7 +109,7 @@ class SpeedSetup(NamedTuple):
     predictor: Predictor  # warmed up
 
 
-def speed_setup(args: argparse.Namespace, name: str, cache_size: int) -> SpeedSetup:
+def speed_setup(args: argparse.Namespace, name: str, prefix_cache_size: int) -> SpeedSetup:
     """Threads, the checkpoint, the test text and a warmed-up predictor, with the run's header printed; exits
     with status 1 after one line on stderr when the model cannot be loaded."""
     set_threads(args.threads)
@@ -120,7 +120,7 @@ def speed_setup(args: argparse.Namespace, name: str, cache_size: int) -> SpeedSe
         raise SystemExit(1) from None
     text = load_corpus(args.corpus).test.text
     settings = checkpoint.text_cache_settings if args.cache == "on" else None
-    predictor = Predictor(checkpoint.model, checkpoint.tokenizer, cache_size=cache_size, text_cache=settings)
+    predictor = Predictor(checkpoint.model, checkpoint.tokenizer, prefix_cache_size=prefix_cache_size, text_cache_settings=settings)
     predictor.warm_up()
     print(f"model {checkpoint.directory}: {checkpoint.model_config.cell} {checkpoint.model_config.num_layers}x"
           f"{checkpoint.model_config.hidden_dim}, {checkpoint.tokenizer.kind} vocabulary {checkpoint.tokenizer.vocab_size}; "
@@ -139,13 +139,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.compare_cache:
         args.cache = "on"
-    checkpoint, text, predictor = speed_setup(args, "predict_speed", cache_size=64)
+    checkpoint, text, predictor = speed_setup(args, "predict_speed", prefix_cache_size=64)
     if args.compare_cache:
         return compare_cache(checkpoint, text, predictor, args)
 
     def cold_then_warm(sample):
         context, following = sample
-        predictor.clear_cache()
+        predictor.clear_prefix_cache()
         cold = timed(lambda: predictor.predict(context, k=5))
         reference = reference_ms(predictor, repeats=7, warm_up=0) / 1000  # the pace right now
         warm = timed(lambda: predictor.predict(context + following + " ", k=5))
@@ -163,8 +163,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"reference (one 16-row model step): {reference_ms(predictor):.3f} ms")
         return 0
     texts = [context for context, _ in contexts(text, 200, args.batch, seed=7)]
-    predictor.clear_cache()
-    one_by_one = timed(lambda: [predictor.predict(t, k=5, use_cache=False) for t in texts])
+    predictor.clear_prefix_cache()
+    one_by_one = timed(lambda: [predictor.predict(t, k=5, use_prefix_cache=False) for t in texts])
     batched = timed(lambda: predictor.predict_many(texts, k=5))
     print(f"throughput, {args.batch} texts of 200 words: one by one {args.batch / one_by_one:.1f} texts/s, "
           f"one batch {args.batch / batched:.1f} texts/s")
@@ -174,10 +174,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def compare_cache(checkpoint: Checkpoint, text: str, cached: Predictor, args: argparse.Namespace) -> int:
     """Cold and warm latency with the continuous cache against the model alone, context by context."""
-    if cached.text_cache is None:
+    if cached.text_cache_settings is None:
         print("predict_speed: error: the checkpoint stores no continuous cache settings to compare with", file=sys.stderr)
         return 1
-    alone = Predictor(checkpoint.model, checkpoint.tokenizer, cache_size=64)
+    alone = Predictor(checkpoint.model, checkpoint.tokenizer, prefix_cache_size=64)
     alone.warm_up()
     flip = [False]
 
@@ -186,7 +186,7 @@ def compare_cache(checkpoint: Checkpoint, text: str, cached: Predictor, args: ar
         times = {}
         flip[0] = not flip[0]
         for name, predictor in ((("cache", cached), ("alone", alone)) if flip[0] else (("alone", alone), ("cache", cached))):
-            predictor.clear_cache()
+            predictor.clear_prefix_cache()
             times[name, "cold"] = timed(lambda: predictor.predict(context, k=5))
             times[name, "warm"] = timed(lambda: predictor.predict(context + following + " ", k=5))
         return tuple(times[name, phase] for phase in ("cold", "warm") for name in ("cache", "alone"))

@@ -406,8 +406,8 @@ def served_nll(predictor: Predictor, text: str, text_cache: bool = True, chunk: 
     The one difference from lm/eval/cache.py: the text's first unit has no earlier position, and serving predicts
     it with the model alone where evaluation mixes in an empty cache (-log(1 - weight) more nats there)."""
     ids = predictor.tokenizer.encode(text)
-    remember = text_cache and predictor.text_cache is not None
-    context = predictor.context_state((), use_cache=False)  # the leading line break read
+    remember = text_cache and predictor.text_cache_settings is not None
+    context = predictor.context_state((), use_prefix_cache=False)  # the leading line break read
     nll = 0.0
     for begin in range(0, len(ids), chunk):
         piece = tuple(ids[begin : begin + chunk])
@@ -431,7 +431,7 @@ def run_served(run: Path, corpus_dir: str, positions: int, seed: int, prompt_wor
 
     checkpoint = load_checkpoint(run)
     split = load_corpus(corpus_dir).test
-    predictor = Predictor(checkpoint.model, checkpoint.tokenizer, cache_size=0, text_cache=checkpoint.text_cache_settings)
+    predictor = Predictor(checkpoint.model, checkpoint.tokenizer, prefix_cache_size=0, text_cache_settings=checkpoint.text_cache_settings)
     rows = []
     for text_cache in (False, True):
         if text_cache and checkpoint.text_cache_settings is None:

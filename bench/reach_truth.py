@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     starts = word_positions(text)
     texts = [prompt_of(text, position, args.words, starts)
              for position in prompt_positions(text, args.contexts, args.seed, min_words=args.words)]
-    predictor = Predictor(checkpoint.model, checkpoint.tokenizer, text_cache=checkpoint.text_cache_settings)
+    predictor = Predictor(checkpoint.model, checkpoint.tokenizer, text_cache_settings=checkpoint.text_cache_settings)
     rows = [measure(predictor, texts, False, args.tolerance)]
     if checkpoint.text_cache_settings is not None:
         rows.insert(0, measure(predictor, texts, True, args.tolerance))

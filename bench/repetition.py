@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     if checkpoint.text_cache_settings is None:
         print("repetition: error: the checkpoint stores no text-cache settings", file=sys.stderr)
         return 1
-    predictor = Predictor(checkpoint.model, checkpoint.tokenizer, text_cache=checkpoint.text_cache_settings)
+    predictor = Predictor(checkpoint.model, checkpoint.tokenizer, text_cache_settings=checkpoint.text_cache_settings)
     results = [measure(predictor, corpus.test.text, n, args.prompts, args.words, args.seed) for n in args.prompt_words]
     if args.json:
         print(json.dumps({"model": str(checkpoint.directory), "results": results}, indent=2))

@@ -38,7 +38,7 @@ def test_short_prompts_are_no_worse_with_the_tuned_text_cache(tiny_run, corpus):
     checkpoint = load_checkpoint(tiny_run.out)
     tuned = checkpoint.text_cache_settings
     assert tuned is not None and tuned.length_aware  # training tunes the weight by memory size
-    rows = prompt_length_accuracy(Predictor(checkpoint.model, checkpoint.tokenizer, text_cache=tuned), corpus.test.text,
+    rows = prompt_length_accuracy(Predictor(checkpoint.model, checkpoint.tokenizer, text_cache_settings=tuned), corpus.test.text,
                                   lengths=(5, 12), positions=60, stream=False)
     for row in rows:
         assert row["positions"] == 60
@@ -49,7 +49,7 @@ def test_short_prompts_are_no_worse_with_the_tuned_text_cache(tiny_run, corpus):
     # The same cache at one weight for every memory size (as checkpoints stored it before) copies a short prompt back:
     # the check above would fail for it.
     fixed = replace(tuned, weight=0.5, size_weights=())
-    (five,) = prompt_length_accuracy(Predictor(checkpoint.model, checkpoint.tokenizer, text_cache=fixed), corpus.test.text,
+    (five,) = prompt_length_accuracy(Predictor(checkpoint.model, checkpoint.tokenizer, text_cache_settings=fixed), corpus.test.text,
                                      lengths=(5,), positions=60, stream=False)
     assert five["text_cache"]["nats_per_word"] > five["alone"]["nats_per_word"] + 0.5
     assert five["text_cache"]["repeats_prompt_word"] > rows[0]["text_cache"]["repeats_prompt_word"]
@@ -79,22 +79,22 @@ def test_stream_only_cache_settings_serve_the_model_alone_until_tuned_by_prompt_
     (old / "config.json").write_text(json.dumps(meta))
     settings = load_checkpoint(old).text_cache_settings
     assert settings is not None and not settings.length_aware
-    predictor = Predictor(*_model_and_tokenizer(old), text_cache=settings)
+    predictor = Predictor(*_model_and_tokenizer(old), text_cache_settings=settings)
     assert not predictor.predict(TEXT, k=3).text_cache  # by default: the model alone
     assert predictor.predict(TEXT, k=3, text_cache=True).text_cache  # asked for: mixed in
     assert lm_main(["predict", "--model", str(old), "--json", TEXT]) == 0
-    assert json.loads(capsys.readouterr().out)["cache"] is False
+    assert json.loads(capsys.readouterr().out)["text_cache"] is False
     assert lm_main(["predict", "--model", str(old), "--json", "--text-cache", TEXT]) == 0
-    assert json.loads(capsys.readouterr().out)["cache"] is True
+    assert json.loads(capsys.readouterr().out)["text_cache"] is True
     assert lm_main(["tune-text-cache", "--model", str(old), "--corpus", str(corpus_dir)]) == 0
     out = capsys.readouterr().out
     assert "memory of 1-3 keys: weight" in out and "predictions now mix it in by default" in out
     tuned = load_checkpoint(old).text_cache_settings
     assert tuned.length_aware and (tuned.window, tuned.theta, tuned.weight) == (settings.window, settings.theta, settings.weight)
     assert lm_main(["predict", "--model", str(old), "--json", TEXT]) == 0
-    assert json.loads(capsys.readouterr().out)["cache"] is True
+    assert json.loads(capsys.readouterr().out)["text_cache"] is True
     assert lm_main(["predict", "--model", str(old), "--json", "--no-cache", TEXT]) == 0  # the old flag still works
-    assert json.loads(capsys.readouterr().out)["cache"] is False
+    assert json.loads(capsys.readouterr().out)["text_cache"] is False
 
 
 def test_evaluate_prints_the_prompt_length_table(tiny_run, corpus_dir, capsys):

@@ -29,7 +29,7 @@ def cached_predictor(tiny_run):
     """The tiny char model with the continuous cache its run tuned and stored."""
     checkpoint = load_checkpoint(str(tiny_run.out))
     assert checkpoint.text_cache_settings is not None and checkpoint.text_cache_settings.weight > 0
-    return Predictor(checkpoint.model, checkpoint.tokenizer, text_cache=checkpoint.text_cache_settings)
+    return Predictor(checkpoint.model, checkpoint.tokenizer, text_cache_settings=checkpoint.text_cache_settings)
 
 
 REPEATED = "Mr. Qwixby spoke to Qwixby. Then Qwixby left, and Mr. "
@@ -57,7 +57,7 @@ def test_generation_uses_the_model_alone_by_default_and_mixes_the_stored_cache_i
 
 def test_a_cache_of_weight_zero_generates_what_the_model_alone_does(tiny_run, predictor):
     checkpoint = load_checkpoint(str(tiny_run.out))
-    zero = Predictor(checkpoint.model, checkpoint.tokenizer, text_cache=replace(checkpoint.text_cache_settings, weight=0.0,
+    zero = Predictor(checkpoint.model, checkpoint.tokenizer, text_cache_settings=replace(checkpoint.text_cache_settings, weight=0.0,
                                                                                         size_weights=((1, 0.0),)))
     settings = GenerationSettings(words=10)
     mixed, alone = generate(zero, REPEATED, settings, seed=5, text_cache=True), generate(predictor, REPEATED, settings, seed=5)
@@ -68,7 +68,7 @@ def test_a_cache_of_weight_zero_generates_what_the_model_alone_does(tiny_run, pr
 def test_with_the_cache_the_same_seed_gives_the_same_continuation(cached_predictor):
     settings = GenerationSettings(words=15)
     first = generate(cached_predictor, REPEATED, settings, seed=7, text_cache=True)
-    cached_predictor.clear_cache()  # cold contexts rebuild the same memory
+    cached_predictor.clear_prefix_cache()  # cold contexts rebuild the same memory
     assert generate(cached_predictor, REPEATED, settings, seed=7, text_cache=True).as_dict() == first.as_dict()
     assert {generate(cached_predictor, REPEATED, settings, seed=seed, text_cache=True).continuation
             for seed in (8, 9, 10)} - {first.continuation}
@@ -99,7 +99,7 @@ def _prefixes(generation):
 def test_the_same_seed_gives_the_same_continuation_and_another_seed_another(predictor):
     settings = GenerationSettings(words=15)
     first = generate(predictor, "The film was ", settings, seed=7)
-    predictor.clear_cache()  # a cold predictor must not change the sample
+    predictor.clear_prefix_cache()  # a cold predictor must not change the sample
     again = generate(predictor, "The film was ", settings, seed=7)
     assert len(first.words) == 15 and first.stopped == "words"
     assert again.as_dict() == first.as_dict()
@@ -214,7 +214,7 @@ def test_cli_json_gives_each_word_with_its_probability(tiny_run, capsys):
     assert lm_main(argv) == 0
     body = json.loads(capsys.readouterr().out)
     assert body["seed"] == 5 and body["text"] == "The film was " and len(body["words"]) == 6
-    assert body["cache"] is False  # the run stores cache settings, but generation uses the model alone by default
+    assert body["text_cache"] is False  # the run stores text-cache settings, but generation uses the model alone by default
     assert body["continuation"] == "".join(word["text"] for word in body["words"])
     assert all(0 < word["probability"] <= 1 and word["word"] for word in body["words"])
     assert lm_main(argv) == 0
@@ -232,11 +232,11 @@ def test_cli_no_cache_generates_with_the_model_alone(tiny_run, predictor, capsys
     assert lm_main(argv) == 0
     body = json.loads(capsys.readouterr().out)
     alone = generate(predictor, REPEATED, GenerationSettings(words=6), seed=5)
-    assert body["cache"] is False and body["continuation"] == alone.continuation
+    assert body["text_cache"] is False and body["continuation"] == alone.continuation
     assert lm_main(argv[:-3] + ["--json", REPEATED]) == 0
     assert json.loads(capsys.readouterr().out) == body  # the default
     assert lm_main(argv[:-3] + ["--json", "--text-cache", REPEATED]) == 0
-    assert json.loads(capsys.readouterr().out)["cache"] is True
+    assert json.loads(capsys.readouterr().out)["text_cache"] is True
 
 
 @pytest.mark.parametrize("flags", [["--top-p", "1.5"], ["--top-k", "0"], ["--temperature", "0"], ["--words", "x"]])

@@ -152,13 +152,13 @@ def test_the_prefix_cache_gives_the_cold_answers_and_reads_only_the_new_words(ti
 
     checkpoint = load_checkpoint(tiny_subword_run.out)
     warm = Predictor(checkpoint.model, checkpoint.tokenizer)
-    cold = Predictor(checkpoint.model, checkpoint.tokenizer, cache_size=0)
+    cold = Predictor(checkpoint.model, checkpoint.tokenizer, prefix_cache_size=0)
     first = "The album was released in the United States and"
     warm.predict(first + " ")
     read = []
-    forward, steps = checkpoint.model.forward, warm.engine.read_steps  # the fused read and the few-units one
+    forward, steps = checkpoint.model.forward, warm.step_engine.read_steps  # the fused read and the few-units one
     monkeypatch.setattr(checkpoint.model, "forward", lambda ids=None, state=None, **kw: (read.append(ids.shape[1]), forward(ids, state, **kw))[1])
-    monkeypatch.setattr(warm.engine, "read_steps", lambda ids, state: (read.append(ids.shape[1]), steps(ids, state))[1])
+    monkeypatch.setattr(warm.step_engine, "read_steps", lambda ids, state: (read.append(ids.shape[1]), steps(ids, state))[1])
     again = warm.predict(first + " it was a")
     encode = checkpoint.tokenizer.encode
     assert read == [len(encode(first + " it was")) - len(encode(first))]  # only the new words are read
@@ -174,14 +174,14 @@ def test_typing_a_word_the_last_prediction_read_needs_no_model_read(tiny_subword
 
     checkpoint = load_checkpoint(tiny_subword_run.out)
     warm = Predictor(checkpoint.model, checkpoint.tokenizer)
-    cold = Predictor(checkpoint.model, checkpoint.tokenizer, cache_size=0)
+    cold = Predictor(checkpoint.model, checkpoint.tokenizer, prefix_cache_size=0)
     first = "The album was released in the United States and"
     # The most probable word (not punctuation, which normalisation would glue to "and"): exact scoring read its units.
     top = next(p.word for p in warm.predict(first + " ").predictions if p.word[0].isalnum())
     read = []
-    forward, steps = checkpoint.model.forward, warm.engine.read_steps
+    forward, steps = checkpoint.model.forward, warm.step_engine.read_steps
     monkeypatch.setattr(checkpoint.model, "forward", lambda ids=None, state=None, **kw: (read.append(ids.shape[1]), forward(ids, state, **kw))[1])
-    monkeypatch.setattr(warm.engine, "read_steps", lambda ids, state: (read.append(ids.shape[1]), steps(ids, state))[1])
+    monkeypatch.setattr(warm.step_engine, "read_steps", lambda ids, state: (read.append(ids.shape[1]), steps(ids, state))[1])
     typed = f"{first} {top} "
     again = warm.predict(typed)
     assert read == []  # the context's state came from the previous prediction's reads
@@ -193,7 +193,7 @@ def test_typing_a_word_the_last_prediction_read_needs_no_model_read(tiny_subword
         assert [p.word for p in result.predictions] == [p.word for p in reference.predictions]
         for a, b in zip(result.predictions, reference.predictions):
             assert a.logprob == pytest.approx(b.logprob, abs=1e-5)
-    warm.clear_cache()
+    warm.clear_prefix_cache()
     read.clear()
     monkeypatch.setattr(checkpoint.model, "forward", lambda ids=None, state=None, **kw: (read.append(ids.shape[1]), forward(ids, state, **kw))[1])
     warm.predict(typed)
@@ -206,8 +206,8 @@ def test_warm_up_changes_no_answer_and_caches_no_context(tiny_subword_run):
     checkpoint = load_checkpoint(tiny_subword_run.out)
     warmed = Predictor(checkpoint.model, checkpoint.tokenizer)
     warmed.warm_up(rows=6)
-    assert warmed.cached_contexts == 0  # nothing a user typed is remembered
-    fresh = Predictor(checkpoint.model, checkpoint.tokenizer, cache_size=0)
+    assert warmed.prefix_cache_contexts == 0  # nothing a user typed is remembered
+    fresh = Predictor(checkpoint.model, checkpoint.tokenizer, prefix_cache_size=0)
     text = "The album was released in "
     for a, b in zip(warmed.predict(text).predictions, fresh.predict(text).predictions):
         assert a.word == b.word and a.logprob == pytest.approx(b.logprob, abs=1e-6)
@@ -272,11 +272,11 @@ def test_predict_cli_prints_a_table_and_json(tiny_run, capsys):
     assert lm_main(["predict", "--model", str(tiny_run.out), "--json", "-k", "3", "In the "]) == 0
     payload = json.loads(capsys.readouterr().out)
     assert len(payload["predictions"]) == 3
-    assert set(payload["predictions"][0]) >= {"word", "probability", "logprob", "completing"}
-    assert payload["predictions"][0]["completing"] is False
-    assert payload["cache"] is True  # the run stored tuned cache settings
+    assert set(payload["predictions"][0]) >= {"word", "probability", "logprob", "remainder"}
+    assert payload["completing"] is False
+    assert payload["text_cache"] is True  # the run stored tuned text-cache settings
     assert lm_main(["predict", "--model", str(tiny_run.out), "--json", "--no-text-cache", "-k", "3", "In the "]) == 0
-    assert json.loads(capsys.readouterr().out)["cache"] is False
+    assert json.loads(capsys.readouterr().out)["text_cache"] is False
     assert lm_main(["predict", "--model", str(tiny_run.out), "--no-text-cache", "In the "]) == 0
     assert "the model alone" in capsys.readouterr().out.splitlines()[0]
 
@@ -313,14 +313,14 @@ def test_predict_with_a_limit_reads_the_suffix_and_says_what_it_left_unread(tiny
     from lm.checkpoint import load_checkpoint
 
     checkpoint = load_checkpoint(tiny_subword_run.out)
-    predictor = Predictor(checkpoint.model, checkpoint.tokenizer, text_cache=checkpoint.text_cache_settings)
+    predictor = Predictor(checkpoint.model, checkpoint.tokenizer, text_cache_settings=checkpoint.text_cache_settings)
     text = "The album was released in the United States in 1998, and it was a success in the United "
     result = predictor.predict(text, k=3, max_units=12)
     cut = result.cut
     assert cut.truncated and cut.text == make_query(text, predictor.tokenizer).text and 0 < cut.chars < len(text)
     assert result.context_units <= 12 and result.query.text == cut.text[cut.chars:]
     units = tuple(predictor.tokenizer.encode(result.query.context))
-    suffix = predictor.predict_from(predictor.context_state(units, use_cache=False), result.query, k=3)  # read cold
+    suffix = predictor.predict_from(predictor.context_state(units, use_prefix_cache=False), result.query, k=3)  # read cold
     assert [p.word for p in suffix.predictions] == [p.word for p in result.predictions]
     assert [p.logprob for p in suffix.predictions] == pytest.approx([p.logprob for p in result.predictions], abs=1e-9)
     assert result.as_dict()["context"] == {"tokens": result.context_units, "words": len(result.query.context.split()),
@@ -405,7 +405,7 @@ def test_predicting_many_texts_in_one_batch_equals_one_by_one(tiny_subword_run):
     from lm.checkpoint import load_checkpoint
 
     checkpoint = load_checkpoint(tiny_subword_run.out)
-    predictor = Predictor(checkpoint.model, checkpoint.tokenizer, cache_size=0)
+    predictor = Predictor(checkpoint.model, checkpoint.tokenizer, prefix_cache_size=0)
     texts = ["The album was released in ", "", "He said, \"It", "In 1990 the band toured Europe and the United States with "]
     batched = predictor.predict_many(texts, k=3)
     for text, result in zip(texts, batched):
@@ -421,8 +421,8 @@ def test_exact_scoring_drops_only_spellings_within_the_tolerance(tiny_subword_ru
     checkpoint = load_checkpoint(tiny_subword_run.out)
     predictor = Predictor(checkpoint.model, checkpoint.tokenizer)
     steps = []
-    step = predictor.engine.step
-    predictor.engine.step = lambda ids, *rest, **kw: (steps.append(len(ids)), step(ids, *rest, **kw))[1]
+    step = predictor.step
+    predictor.step = lambda ids, *rest, **kw: (steps.append(len(ids)), step(ids, *rest, **kw))[1]
     tolerance = 1e-2
     for text in ("The album was released in the United States and ", "In 1990 the band rele"):
         query = make_query(text, checkpoint.tokenizer)
@@ -463,7 +463,7 @@ def test_the_text_cache_mixes_every_unit_distribution_and_words_equal_a_brute_fo
     settings = TextCacheConfig(window=window, theta=2.0, weight=0.4, size_weights=((1, 0.4),))  # 0.4 at every size, served
     tokenizer = CharTokenizer(list("ab ,\n"))
     model = _model(tokenizer.vocab_size)
-    predictor = Predictor(model, tokenizer, text_cache=settings)
+    predictor = Predictor(model, tokenizer, text_cache_settings=settings)
     text = "ab ba ab "
     context = [tokenizer.newline_id] + tokenizer.encode(text)
     a, b = tokenizer.encode("ab")
@@ -493,7 +493,7 @@ def test_the_text_cache_sums_spellings_and_divides_the_healed_part_by_hand():
     settings = TextCacheConfig(window=100, theta=3.0, weight=0.3, size_weights=((1, 0.3),))
     tokenizer = PieceTokenizer()
     model = _model(tokenizer.vocab_size, seed=5)
-    predictor = Predictor(model, tokenizer, text_cache=settings)
+    predictor = Predictor(model, tokenizer, text_cache_settings=settings)
     unit = {piece: index for index, piece in enumerate(tokenizer.PIECES)}
     ends = [unit[p] for p in (" ab", " a", " b", " ", ",", "\n")]
     text = "ab a b ab "
@@ -523,7 +523,7 @@ def test_the_text_cache_raises_a_word_the_text_repeats(tiny_run):
     checkpoint = load_checkpoint(tiny_run.out)
     text = "Mr. Qwixby spoke. Mr. Qwixby left. Mr. Qwixby came back. Mr. Qwi"  # a name the model never saw
     alone = Predictor(checkpoint.model, checkpoint.tokenizer)
-    cached = Predictor(checkpoint.model, checkpoint.tokenizer, text_cache=TextCacheConfig(window=2000, theta=1.0, weight=0.5,
+    cached = Predictor(checkpoint.model, checkpoint.tokenizer, text_cache_settings=TextCacheConfig(window=2000, theta=1.0, weight=0.5,
                                                                                         size_weights=((1, 0.5),)))
     # e^4 (55) times more probable: e^4.8 for the model trained on the shipped excerpt, more on the whole subset.
     assert cached.score_word(text, "Qwixby") > alone.score_word(text, "Qwixby") + 4.0
@@ -538,13 +538,13 @@ def test_with_the_text_cache_warm_predictions_equal_cold_ones(tiny_subword_run):
     from lm.checkpoint import load_checkpoint
 
     checkpoint = load_checkpoint(tiny_subword_run.out)
-    predictor = Predictor(checkpoint.model, checkpoint.tokenizer, text_cache=TextCacheConfig(window=40, theta=1.0, weight=0.3,
+    predictor = Predictor(checkpoint.model, checkpoint.tokenizer, text_cache_settings=TextCacheConfig(window=40, theta=1.0, weight=0.3,
                                                                                                 size_weights=((1, 0.3),)))
     words = "The film was released in the United States and the film was a success in the United".split()
     for count in range(1, len(words)):
         text = " ".join(words[:count]) + " "
         warm = predictor.predict(text, k=5)  # reuses the prefix cache and the latest prediction's reads
-        cold = predictor.predict(text, k=5, use_cache=False)
+        cold = predictor.predict(text, k=5, use_prefix_cache=False)
         assert [p.word for p in warm.predictions] == [p.word for p in cold.predictions]
         assert [p.logprob for p in warm.predictions] == pytest.approx([p.logprob for p in cold.predictions], abs=1e-5)
 
@@ -556,27 +556,28 @@ def test_the_prefix_cache_is_bounded_in_bytes_and_keeps_the_latest_context(tiny_
     checkpoint = load_checkpoint(tiny_subword_run.out)
     settings = TextCacheConfig(window=400, theta=1.0, weight=0.3, size_weights=((1, 0.3),))
     texts = [f"The film number {n} was released in the United States and " * 3 for n in range(6)]
-    roomy = Predictor(checkpoint.model, checkpoint.tokenizer, cache_size=64, text_cache=settings)
+    roomy = Predictor(checkpoint.model, checkpoint.tokenizer, prefix_cache_size=64, text_cache_settings=settings)
     for text in texts:
         roomy.predict(text, k=3)
-    assert roomy.cached_contexts == len(texts)
-    each = roomy.cached_bytes / len(texts)
+    assert roomy.prefix_cache_contexts == len(texts)
+    each = roomy.prefix_cache_bytes_used / len(texts)
     # Each context keeps its text-cache memory: its keys (one top-layer output per unit) dominate its bytes.
-    one = Predictor(checkpoint.model, checkpoint.tokenizer, text_cache=settings).context_state(
+    one = Predictor(checkpoint.model, checkpoint.tokenizer, text_cache_settings=settings).context_state(
         tuple(checkpoint.tokenizer.encode(texts[0])))
     assert one.nbytes > one.memory.keys.nelement() * 4 > one.nbytes / 2 and one.nbytes == pytest.approx(each, rel=0.2)
     bound = int(2.5 * each)
-    tight = Predictor(checkpoint.model, checkpoint.tokenizer, cache_size=64, text_cache=settings, cache_bytes=bound)
+    tight = Predictor(checkpoint.model, checkpoint.tokenizer, prefix_cache_size=64, text_cache_settings=settings,
+                      prefix_cache_bytes=bound)
     for text in texts:
         answer = tight.predict(text, k=3)
-        assert 1 <= tight.cached_contexts <= 2 and tight.cached_bytes <= bound
+        assert 1 <= tight.prefix_cache_contexts <= 2 and tight.prefix_cache_bytes_used <= bound
         assert [p.word for p in answer.predictions] == [p.word for p in roomy.predict(text, k=3).predictions]
     # Smaller than one context: the latest one is still kept, so typing on from it stays warm.
-    tiny = Predictor(checkpoint.model, checkpoint.tokenizer, text_cache=settings, cache_bytes=0)
+    tiny = Predictor(checkpoint.model, checkpoint.tokenizer, text_cache_settings=settings, prefix_cache_bytes=0)
     tiny.predict(texts[0], k=3)
-    assert tiny.cached_contexts == 1 and tiny.cached_bytes > 0
-    tiny.clear_cache()
-    assert tiny.cached_contexts == 0 and tiny.cached_bytes == 0
+    assert tiny.prefix_cache_contexts == 1 and tiny.prefix_cache_bytes_used > 0
+    tiny.clear_prefix_cache()
+    assert tiny.prefix_cache_contexts == 0 and tiny.prefix_cache_bytes_used == 0
 
 
 def test_a_checkpoint_without_cache_settings_predicts_as_before(tiny_run, tmp_path):

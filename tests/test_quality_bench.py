@@ -24,7 +24,7 @@ def test_the_served_path_scores_a_text_as_evaluation_does(tiny_run, corpus):
     checkpoint = load_checkpoint(str(tiny_run.out))
     text = corpus.valid.text[:1500]
     settings = TextCacheConfig(window=300, theta=2.0, weight=0.3)  # a window shorter than the text: keys drop out of it
-    predictor = Predictor(checkpoint.model, checkpoint.tokenizer, cache_size=0, text_cache=settings)
+    predictor = Predictor(checkpoint.model, checkpoint.tokenizer, prefix_cache_size=0, text_cache_settings=settings)
     alone, units = quality.served_nll(predictor, text, text_cache=False, chunk=40)
     mixed, _ = quality.served_nll(predictor, text, chunk=40)
     assert units == len(checkpoint.tokenizer.encode(text))

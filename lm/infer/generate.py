@@ -183,7 +183,7 @@ def new_generation(predictor: Predictor, text: str, settings: GenerationSettings
     as in `generate`)."""
     if seed is None:
         seed = random.SystemRandom().randrange(2**32)
-    text_cache = bool(text_cache) and predictor.text_cache is not None
+    text_cache = bool(text_cache) and predictor.text_cache_settings is not None
     return Generation(make_query(text, predictor.tokenizer).text, seed, settings or GenerationSettings(),
                       text_cache=text_cache)
 

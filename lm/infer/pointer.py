@@ -100,14 +100,14 @@ def explain_cache(predictor: Predictor, result: PredictionResult, prediction: Wo
     """The pointer and the deletion curve of `prediction`, one of `result`'s (predicted with the text cache), whose
     context's units span `spans` of `context`."""
     reads = result.reads
-    if reads is None or reads.cache is None:
+    if reads is None or reads.text_cache is None:
         raise ValueError("the prediction was not mixed with the text cache")
-    cache = reads.cache
-    memory = cache.memory
+    text_cache = reads.text_cache
+    memory = text_cache.memory
     size = len(memory.values)
     keys = memory.keys.double().numpy()  # (n, H)
     values = memory.values.numpy()
-    hidden = cache.hidden_dim
+    hidden = text_cache.hidden_dim
     ends = predictor.units.ends
     rows: dict[tuple[int, ...], CacheRow] = {}
 
@@ -278,8 +278,7 @@ def _weights(cache_row: CacheRow, kept: np.ndarray) -> np.ndarray:
 
 def _row(predictor: Predictor, reads, prefix: tuple[int, ...], keys: np.ndarray, hidden: int, temperature: float) -> CacheRow:
     """The mixture's parts at the row after `prefix` (the context's own row for ()): as TextCache.mix computes them."""
-    cache = reads.cache
-    settings = cache.settings
+    settings = reads.text_cache.settings
     size = len(keys)
     state, logits = reads.after(prefix)
     query = state[-1, 0, :hidden].double().numpy()  # (H,)

@@ -414,11 +414,11 @@ class Predictor:
         that kept its memory) every row is mixed with the continuous cache over the text."""
         with torch.inference_mode():
             first = self._normalized(context.state, context.logits[None], temperature)
-            cache = None
+            mixed = None
             if text_cache and self.text_cache_settings is not None and context.memory is not None:
-                cache = TextCache(self.text_cache_settings, context.memory, self.model.config.hidden_dim, self.units.ends_mask)
+                mixed = TextCache(self.text_cache_settings, context.memory, self.model.config.hidden_dim, self.units.ends_mask)
             return Reads(context, first, lambda states, units, parents: self._step(temperature, states, units, parents),
-                         cache)
+                         mixed)
 
     # Scoring and prediction ------------------------------------------------
 
@@ -472,7 +472,7 @@ class Predictor:
                 continue
             remainder = word[len(query.partial):] if query.completing else word
             predictions.append(WordPrediction(word, spelling.logprob, remainder, spelling.paths))
-        return PredictionResult(query, predictions, context.length, required.logprob, required.paths, known.cache is not None,
+        return PredictionResult(query, predictions, context.length, required.logprob, required.paths, known.text_cache is not None,
                                 known, context.line_start)
 
     def score_more(self, result: PredictionResult, words: list[str]) -> list[float]:

@@ -43,7 +43,7 @@ class ContextState:
 
     @property
     def nbytes(self) -> int:
-        """The bytes its tensors hold (state, logits, the memory's keys and values), as a cache counts them."""
+        """The bytes its tensors hold (state, logits, the memory's keys and values), as the prefix cache counts them."""
         tensors = [self.state, self.logits] + ([self.memory.keys, self.memory.values] if self.memory is not None else [])
         return sum(tensor.element_size() * tensor.nelement() for tensor in tensors)
 
@@ -90,18 +90,18 @@ class Reads:
     looks at their distribution.
     """
 
-    def __init__(self, context: ContextState, first: StepRows, step: Stepper, cache: TextCache | None = None):
+    def __init__(self, context: ContextState, first: StepRows, step: Stepper, text_cache: TextCache | None = None):
         """`first`: the context's own row (its state (L, 1, S) and logits); `step` reads the sequences missing later;
-        `cache`: the continuous cache every row is mixed with (None: the model alone)."""
+        `text_cache`: the continuous cache over the text every row is mixed with (None: the model alone)."""
         self.context_units = context.units  # None when the context state does not keep its units
-        self.cache = cache
+        self.text_cache = text_cache
         self._step = step
         self._after: dict[tuple[int, ...], Read] = {}
         self._logprobs: dict[tuple[int, ...], np.ndarray] = {}
         self._paths: dict[tuple[int, ...], CachePath] = {}
-        if cache is not None:
-            self._paths[()] = cache.root
-            first = cache.mix(first, [cache.root])
+        if text_cache is not None:
+            self._paths[()] = text_cache.root
+            first = text_cache.mix(first, [text_cache.root])
         self.add([()], first)
 
     def __contains__(self, units: tuple[int, ...]) -> bool:
@@ -125,11 +125,11 @@ class Reads:
         parents = [slots.setdefault(units[:-1], len(slots)) for units in missing]
         states = torch.stack([self.state(units) for units in slots], dim=1)  # (L, distinct, S)
         rows = self._step(states, [units[-1] for units in missing], parents)
-        if self.cache is not None:  # each new sequence's path: its parent's, and the parent's output followed by its unit
-            keys = states[-1, parents, : self.cache.hidden_dim].numpy()  # (N, H)
-            paths = self.cache.extend([self._paths[units[:-1]] for units in missing], keys, [units[-1] for units in missing])
+        if self.text_cache is not None:  # each new sequence's path: its parent's, and the parent's output followed by its unit
+            keys = states[-1, parents, : self.text_cache.hidden_dim].numpy()  # (N, H)
+            paths = self.text_cache.extend([self._paths[units[:-1]] for units in missing], keys, [units[-1] for units in missing])
             self._paths.update(zip(missing, paths))
-            rows = self.cache.mix(rows, paths)
+            rows = self.text_cache.mix(rows, paths)
         self.add(missing, rows)
 
     def state(self, units: tuple[int, ...]) -> torch.Tensor:
@@ -143,11 +143,11 @@ class Reads:
         return read.states[:, read.row : read.row + 1], read.logits[read.row]
 
     def memory_after(self, units: tuple[int, ...]) -> Memory | None:
-        """The cache's memory of the context followed by `units` (None when this read kept no paths)."""
+        """The text cache's memory of the context followed by `units` (None when this read kept no paths)."""
         path = self._paths.get(units)
-        if path is None or self.cache is None:
+        if path is None or self.text_cache is None:
             return None
-        return self.cache.memory_after(path)
+        return self.text_cache.memory_after(path)
 
     def logprobs(self, units: tuple[int, ...]) -> np.ndarray:
         """(V,) float64 log-probabilities of the next unit after `units`, kept once made."""
