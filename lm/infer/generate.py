@@ -138,8 +138,10 @@ def sample_index(probabilities: list[float], settings: GenerationSettings, rng: 
     order = sorted((i for i, p in enumerate(probabilities) if p > 0), key=lambda i: -probabilities[i])[: settings.top_k]
     if not order:
         return None
-    scaled = [math.log(probabilities[i]) / settings.temperature for i in order]
-    weights = [math.exp(value - scaled[0]) for value in scaled]  # the largest first: no overflow
+    # (log p - log p_max) / temperature <= 0: no overflow, and a temperature as small as 5e-324 only sends the
+    # others' weights to 0 (dividing each log first gave -inf - -inf = nan).
+    top = math.log(probabilities[order[0]])
+    weights = [math.exp((math.log(probabilities[i]) - top) / settings.temperature) for i in order]
     if settings.top_p < 1:
         total, mass = sum(weights), 0.0
         for count, weight in enumerate(weights, 1):
