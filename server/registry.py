@@ -23,48 +23,11 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class LoadedModel:
-    """A served model: its checkpoint, a predictor shared by all requests, and its card."""
+    """A served model: its checkpoint and a predictor shared by all requests (its card: lm/answers.py's `model_card`)."""
 
     name: str
     checkpoint: Checkpoint
     predictor: Predictor
-
-    def card(self) -> dict:
-        """What a client needs to know about the model, from its config.json."""
-        meta = self.checkpoint.meta
-        train, model, metrics = meta.get("train", {}), meta.get("model", {}), meta.get("metrics", {})
-        test, valid = metrics.get("test", {}), metrics.get("valid", {})
-        cache = metrics.get("cache")
-        stride = train.get("bptt_stride") or train.get("bptt")
-        return {
-            "name": self.name,
-            "cell": model.get("cell"),
-            "layers": model.get("num_layers"),
-            "hidden_dim": model.get("hidden_dim"),
-            "embed_dim": model.get("embed_dim"),
-            "tokenizer": {"kind": meta.get("tokenizer", {}).get("kind"), "vocab_size": meta.get("tokenizer", {}).get("vocab_size")},
-            "parameters": meta.get("parameters"),
-            "training_tokens": metrics.get("training_tokens"),
-            "training_steps": metrics.get("steps"),
-            "bptt": {"k1": stride, "k2": train.get("bptt"), "variable": train.get("variable_bptt")},
-            "clipping": {"clip_norm": train.get("clip_norm"), "clip_value": train.get("clip_value"),
-                         "threshold_used": metrics.get("clip_threshold"), "clipped_steps": metrics.get("clipped_steps"),
-                         "skipped_steps": metrics.get("skipped_steps")},
-            "corpus": meta.get("corpus", {}).get("name"),
-            "heldout": {
-                "test": {"bpc": test.get("bpc"), "word_ppl": test.get("word_ppl")},
-                "valid": {"bpc": valid.get("bpc"), "word_ppl": valid.get("word_ppl")},
-                "next_word_accuracy": metrics.get("accuracy"),
-            },
-            # The continuous cache predictions mix in (None: the checkpoint has no settings; predictions use the model alone).
-            "cache": None if not cache else {
-                "window": cache.get("window"), "theta": cache.get("theta"), "weight": cache.get("weight"),
-                "chosen": cache.get("chosen"),
-                "test": {"bpc": cache.get("test", {}).get("bpc"), "word_ppl": cache.get("test", {}).get("word_ppl")},
-                "valid": {"bpc": cache.get("valid", {}).get("bpc"), "word_ppl": cache.get("valid", {}).get("word_ppl")},
-            },
-            "created": meta.get("created"),
-        }
 
 
 class ModelRegistry:

@@ -119,7 +119,7 @@ class Judge:
 
 
 # The keywords `from_schema` understands; pydantic's annotations (title, description, default ...) change nothing.
-KEYWORDS = {"type", "properties", "required", "additionalProperties", "enum", "const", "anyOf", "minimum", "maximum",
+KEYWORDS = {"type", "properties", "required", "additionalProperties", "enum", "const", "anyOf", "oneOf", "minimum", "maximum",
             "exclusiveMinimum", "exclusiveMaximum", "minLength", "maxLength", "pattern", "items", "minItems", "maxItems"}
 NOTES = {"title", "description", "default", "deprecated", "examples"}
 
@@ -128,8 +128,8 @@ def from_schema(schema: dict):
     """A strategy for the JSON values `schema` accepts (the subset of JSON Schema the request models use)."""
     unknown = set(schema) - KEYWORDS - NOTES
     assert not unknown, f"from_schema cannot draw {sorted(unknown)} yet: extend it ({schema})"
-    if "anyOf" in schema:
-        return st.one_of([from_schema(option) for option in schema["anyOf"]])
+    if "anyOf" in schema or "oneOf" in schema:  # oneOf: the models' options are of different JSON types, so disjoint
+        return st.one_of([from_schema(option) for option in schema.get("anyOf", schema.get("oneOf"))])
     if "enum" in schema:
         return st.sampled_from(schema["enum"])
     if "const" in schema:
@@ -156,7 +156,8 @@ def from_schema(schema: dict):
         texts = st.text(characters, min_size=schema.get("minLength", 0), max_size=min(longest, 80))
         words = st.lists(st.sampled_from(["The", "the", "capi", "of", "album", "was", " ", "\n", ",", "Valkyria", "é", "\r\n"]),
                          max_size=12).map(" ".join).filter(lambda text: len(text) <= longest)
-        return texts | words | st.just("x" * longest)
+        shortest = schema.get("minLength", 0)
+        return texts | (words | st.just("x" * longest)).filter(lambda text: len(text) >= shortest)
     if kind == "array":
         return st.lists(from_schema(schema.get("items", {})), min_size=schema.get("minItems", 0),
                         max_size=min(schema.get("maxItems", 3), 3))

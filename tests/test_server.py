@@ -62,19 +62,19 @@ def test_predict_without_attribution(client):
 def test_the_text_cache_is_on_by_default_and_can_be_turned_off(client):
     text = "Mr. Qwixby spoke. Mr. Qwixby left. Mr. Qwixby came back. Mr. Qwi"
     cached = _post(client, {"text": text, "attribution": "none", "k": 3}).get_json()
-    alone = _post(client, {"text": text, "attribution": "none", "k": 3, "cache": False}).get_json()
-    assert cached["cache"] is True and alone["cache"] is False  # the tiny runs store tuned settings
+    alone = _post(client, {"text": text, "attribution": "none", "k": 3, "text_cache": False}).get_json()
+    assert cached["text_cache"] is True and alone["text_cache"] is False  # the tiny runs store tuned settings
     assert [p["probability"] for p in cached["predictions"]] != [p["probability"] for p in alone["predictions"]]
-    assert _post(client, {"text": text, "attribution": "none", "k": 3, "cache": True}).get_json() == cached
+    assert _post(client, {"text": text, "attribution": "none", "k": 3, "text_cache": True}).get_json() == cached
     # Attribution covers the served (mixed) distribution, and the model alone when the cache is off.
     attributed = _post(client, {"text": text, "k": 3}).get_json()
-    assert attributed["cache"] is True
+    assert attributed["text_cache"] is True
     assert [p["word"] for p in attributed["predictions"]] == [p["word"] for p in cached["predictions"]]
     assert [p["probability"] for p in attributed["predictions"]] == pytest.approx(
         [p["probability"] for p in cached["predictions"]], rel=1e-5)
     assert all(p["pointer"] is not None for p in attributed["predictions"])
-    plain = _post(client, {"text": text, "k": 3, "cache": False}).get_json()
-    assert plain["cache"] is False and all(p["pointer"] is None for p in plain["predictions"])
+    plain = _post(client, {"text": text, "k": 3, "text_cache": False}).get_json()
+    assert plain["text_cache"] is False and all(p["pointer"] is None for p in plain["predictions"])
     assert [p["word"] for p in plain["predictions"]] == [p["word"] for p in alone["predictions"]]
 
 
@@ -82,7 +82,7 @@ def test_the_pointer_points_at_the_units_the_cache_copies_the_word_from(client):
     text = "The end of the war and the start of the year, the last of "
     body = _post(client, {"text": text, "k": 3, "attribution": "full"}).get_json()
     first = body["predictions"][0]
-    assert body["cache"] is True and first["word"] == "the"
+    assert body["text_cache"] is True and first["word"] == "the"
     pointer = first["pointer"]
     assert 0 < pointer["copy_probability"] < 1 and pointer["entries"] >= len(pointer["positions"]) > 0
     # Every listed position is a unit of the text that "the" (or the boundary after it) copies: t, h, e or a boundary.
@@ -122,7 +122,7 @@ def test_a_text_over_the_limit_is_read_the_same_way_in_every_attribution_mode(li
     assert 0 < context["dropped_chars"] < len(text) and none["text"] == text  # the whole text comes back
     assert context["chars"] <= len(text) - context["dropped_chars"]
     for body in bodies.values():
-        assert body["text"] == text and body["context"] == context and body["cache"] is (model == "char")  # tuned settings
+        assert body["text"] == text and body["context"] == context and body["text_cache"] is (model == "char")  # tuned settings
         assert [p["word"] for p in body["predictions"]] == [p["word"] for p in none["predictions"]]
         assert [p["probability"] for p in body["predictions"]] == pytest.approx(
             [p["probability"] for p in none["predictions"]], rel=1e-5)
@@ -199,7 +199,7 @@ def test_models_card(client):
     assert card["bptt"]["k1"] == card["bptt"]["k2"] == 32 and card["training_tokens"] > 0
     assert card["clipping"]["clip_norm"] == 0.5 and card["heldout"]["test"]["bpc"] > 0
     assert 0 <= card["heldout"]["next_word_accuracy"]["top1"] <= 1
-    cache = card["cache"]  # tuned at the end of training
+    cache = card["text_cache"]  # tuned at the end of training
     assert cache["window"] >= 1 and cache["theta"] > 0 and 0 <= cache["weight"] < 1
     assert cache["test"]["bpc"] > 0 and cache["valid"]["word_ppl"] > 0 and cache["chosen"] == "tuned on the valid split, the weight by memory size on prompts of it"
 
@@ -289,13 +289,13 @@ def test_generate_continues_a_text_reproducibly_with_each_words_probability(clie
 
 def test_generate_uses_the_model_alone_by_default_and_the_text_cache_when_asked(client):
     body = {"text": "Mr. Qwixby spoke to Qwixby. Then Qwixby left, and Mr. ", "max_words": 6, "seed": 3}
-    cached = _generate(client, {**body, "cache": True}).get_json()
-    alone = _generate(client, {**body, "cache": False}).get_json()
-    assert cached["cache"] is True and alone["cache"] is False  # the char run stores tuned settings
+    cached = _generate(client, {**body, "text_cache": True}).get_json()
+    alone = _generate(client, {**body, "text_cache": False}).get_json()
+    assert cached["text_cache"] is True and alone["text_cache"] is False  # the char run stores tuned settings
     assert [w["probability"] for w in cached["words"]] != [w["probability"] for w in alone["words"]]
     assert _generate(client, body).get_json() == alone  # the cache makes text repeat itself: not by default
     # A model without settings generates with the model alone whatever is asked, and says so.
-    assert _generate(client, {**body, "model": "subword", "cache": True}).get_json()["cache"] is False
+    assert _generate(client, {**body, "model": "subword", "text_cache": True}).get_json()["text_cache"] is False
 
 
 def test_generate_can_stop_at_a_line_break(client):
@@ -318,7 +318,7 @@ def test_generate_can_stop_at_a_line_break(client):
     ({"text": "a", "stop_at_newline": 1}, 400, "invalid_type"),
     ({"text": "a", "cache": "yes"}, 400, "invalid_type"),
     ({"text": "a", "cache": 1}, 400, "invalid_type"),
-    ({"text": "a", "cache": None}, 400, "invalid_type"),
+    ({"text": "a", "text_cache": "yes"}, 400, "invalid_type"),
     ({"text": "a", "k": 5}, 400, "unknown_field"),
     ({"text": "a", "model": "gpt"}, 404, "unknown_model"),
     *_out_of_range(("max_words", 0), ("max_words", 51), ("top_k", 0), ("top_k", 21), ("temperature", 0), ("temperature", -1),
@@ -518,7 +518,7 @@ def test_random_bodies_get_only_documented_statuses(client, body):
     if response.status_code == 200:
         assert isinstance(payload["predictions"], list)
     else:
-        assert set(payload["error"]) == {"code", "message"}
+        assert set(payload["error"]) == {"code", "message", "type", "param"}
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
@@ -527,3 +527,49 @@ def test_random_bytes_get_only_documented_statuses(client, raw):
     response = client.post("/v1/predict", data=raw, content_type="application/json")
     assert response.status_code in (200, 400, 404, 413, 415, 422)
     assert "error" in response.get_json() or response.status_code == 200
+
+
+def _same_answer(first, second, path="answer"):
+    """Equal structure and strings; numbers equal to float32 rounding (a read from the prefix cache and a fresh one)."""
+    if isinstance(first, dict):
+        assert isinstance(second, dict) and set(first) == set(second), (path, set(first) ^ set(second))
+        for key in first:
+            _same_answer(first[key], second[key], f"{path}.{key}")
+    elif isinstance(first, list):
+        assert isinstance(second, list) and len(first) == len(second), path
+        for index, (a, b) in enumerate(zip(first, second)):
+            _same_answer(a, b, f"{path}[{index}]")
+    elif isinstance(first, float) and not isinstance(first, bool):
+        assert second == pytest.approx(first, rel=1e-4, abs=1e-7), path
+    else:
+        assert first == second, path
+
+
+@pytest.mark.parametrize("command, attribution", [("predict", "none"), ("attribute", "full")])
+def test_the_cli_prints_the_answer_http_sends(client, tiny_run, capsys, command, attribution):
+    """One contract: `lm predict --json` is /v1/predict with attribution none, `lm attribute --json` with full."""
+    from lm.__main__ import main
+
+    text = "The album was released in the "
+    http = _post(client, {"text": text, "k": 3, "attribution": attribution, "text_cache": False}).get_json()
+    assert main([command, "--model", str(tiny_run.out), "-k", "3", "--no-text-cache", "--json", text]) == 0
+    cli = json.loads(capsys.readouterr().out)
+    assert http.pop("model") == "char" and cli.pop("model").endswith("best")
+    _same_answer(http, cli)
+
+
+def test_the_old_cache_field_still_works_with_a_warning(client):
+    text = "The album was released in the "
+    old = _post(client, {"text": text, "attribution": "none", "k": 3, "cache": False})
+    new = _post(client, {"text": text, "attribution": "none", "k": 3, "text_cache": False})
+    assert old.get_json() == new.get_json() and old.get_json()["text_cache"] is False
+    assert "'cache' is deprecated, use 'text_cache'" in old.headers["Warning"] and "Warning" not in new.headers
+
+
+def test_errors_name_the_field_at_fault_and_the_openai_error_type(client):
+    body = _post(client, {"text": "a", "k": 0}).get_json()["error"]
+    assert body["param"] == "k" and body["type"] == "invalid_request_error" and body["code"] == "invalid_value"
+    body = _post(client, {"text": "a", "model": "gpt"}).get_json()["error"]
+    assert body["param"] == "model" and body["type"] == "not_found_error"
+    assert _post(client, {"text": "a", "colour": "red"}).get_json()["error"]["param"] == "colour"
+    assert client.post("/v1/predict", data="{oops", content_type="application/json").get_json()["error"]["param"] is None
