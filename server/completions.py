@@ -12,6 +12,7 @@ server/openai_protocol.py; docs/API.md says it for people.
 
 from __future__ import annotations
 
+import math
 import time
 import uuid
 from collections.abc import Iterator
@@ -99,11 +100,14 @@ def _plan(query, model: LoadedModel, limits: Limits) -> Plan:
 
 
 def _top(scored: list[tuple[str, float]] | None, token: str, logprob: float | None) -> dict[str, float] | None:
-    """The alternatives as OpenAI's dict, the token itself included (so up to logprobs + 1 entries)."""
+    """The alternatives as OpenAI's dict, the token itself included with its own figure (so up to logprobs + 1
+    entries; among the alternatives, scored with them, it can differ in the last digits: within the spelling
+    tolerance, 1e-6). A token of probability 0, whose figure JSON cannot hold, is left out."""
     if scored is None or logprob is None:
         return None
     top = dict(scored)
-    top.setdefault(token, logprob)
+    if math.isfinite(logprob):
+        top[token] = logprob
     return top
 
 

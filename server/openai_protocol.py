@@ -118,10 +118,15 @@ def completion_request_model(limits: Limits) -> type[RequestModel]:
         stream_options: StreamOptions | None = None
         n: Whole(1, 1) | None = Field(1, description="choices per prompt: 1 only")
         best_of: Whole(1, 1) | None = Field(None, description="1 only")
-        frequency_penalty: Annotated[float, AfterValidator(_no_penalty)] | None = Field(None, description="0 only")
-        presence_penalty: Annotated[float, AfterValidator(_no_penalty)] | None = Field(None, description="0 only")
-        logit_bias: Annotated[dict[str, float], AfterValidator(_no_bias)] | None = Field(None, description="empty only")
-        suffix: Annotated[str, AfterValidator(_no_suffix)] | None = Field(None, description="empty only")
+        # What the server accepts, the schema says too (const, maxProperties, maxLength), so that they judge alike.
+        frequency_penalty: Annotated[float, Field(json_schema_extra={"const": 0}), AfterValidator(_no_penalty)] | None = \
+            Field(None, description="0 only")
+        presence_penalty: Annotated[float, Field(json_schema_extra={"const": 0}), AfterValidator(_no_penalty)] | None = \
+            Field(None, description="0 only")
+        logit_bias: Annotated[dict[str, float], Field(json_schema_extra={"maxProperties": 0}),
+                              AfterValidator(_no_bias)] | None = Field(None, description="empty only")
+        suffix: Annotated[str, Field(json_schema_extra={"maxLength": 0}), AfterValidator(_no_suffix)] | None = Field(
+            None, description="empty only")
         user: str | None = Field(None, description="accepted and ignored")
         reach: bool = Field(False, description="Reach: each generated token's gradient reach in logprobs.reach "
                                                "(one attribution per token: costly)")
