@@ -112,8 +112,8 @@ def main(argv: list[str] | None = None) -> int:
 
     # Entry point duties: devices, processes, threads and seeds (imported late: torch is slow to import).
     from lm.infer.accuracy import checkpoint_accuracy
-    from lm.train.devices import describe_device, resolve_device
-    from lm.train.distributed import init_distributed, local_rank, shutdown
+    from lm.train.devices import describe_device, training_device
+    from lm.train.distributed import init_distributed, shutdown
     from lm.train.run import BUDGET_FIELDS, resume_configs, seed_everything, set_threads, train_run
 
     if is_main and args.resume is not None and (ignored := _ignored_on_resume(args, overrides)):
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"train.py: error: {error}", file=sys.stderr)
         return 1
     try:
-        device = resolve_device(train_config.device, local_rank())
+        device = training_device(train_config.device)  # train_run trains there; the process group's backend needs it now
     except ValueError as error:
         print(f"train.py: error: {error}", file=sys.stderr)
         return 2
@@ -142,8 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         with GracefulStop() as stop:
             result = train_run(tokenizer_config, model_config, train_config, out, resume=args.resume is not None,
                                should_stop=stop, progress=progress, distributed=ranks,
-                               budget={k: v for k, v in overrides.items() if k in BUDGET_FIELDS}, accuracy=checkpoint_accuracy,
-                               device=device)
+                               budget={k: v for k, v in overrides.items() if k in BUDGET_FIELDS}, accuracy=checkpoint_accuracy)
         # The other ranks wait here while rank 0 scores valid and test, so that every process leaves the group
         # together: one that tore its group down and exited while rank 0 still held it was seen to abort in CI
         # (SIGABRT from gloo's teardown), failing a run whose checkpoints were complete.

@@ -143,14 +143,14 @@ def main(argv: list[str] | None = None) -> int:
         root = Path(scratch)
         settings = {"max_steps": 24, "max_minutes": None, "eval_interval": 8, "eval_max_chars": 20_000, "dropout": 0.2,
                     "input_dropout": 0.1, "weight_dropout": 0.2, "variable_bptt": True, "accuracy_positions": 0}
-        tiny = apply_preset("tiny", settings)
+        tiny = apply_preset("tiny", {**settings, "device": str(device)})  # train_run trains on its config's device
         seed_everything(tiny[2].seed)
-        whole = train_run(*tiny, root / "whole", corpus=corpus, device=device)
+        whole = train_run(*tiny, root / "whole", corpus=corpus)
         stops = iter(range(10**6))
         seed_everything(tiny[2].seed)
-        train_run(*tiny, root / "split", corpus=corpus, device=device, should_stop=lambda: next(stops) >= 11)
+        train_run(*tiny, root / "split", corpus=corpus, should_stop=lambda: next(stops) >= 11)
         seed_everything(4321)
-        resumed = train_run(*tiny, root / "split", corpus=corpus, device=device, resume=True)
+        resumed = train_run(*tiny, root / "split", corpus=corpus, resume=True)
         read = lambda run: [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()  # noqa: E731
                             if json.loads(line)["kind"] == "step"]
         a, b = read(root / "whole"), read(root / "split")

@@ -34,13 +34,12 @@ from lm.cells import cell_names
 from lm.checkpoint import load_checkpoint
 from lm.config import ModelConfig, TokenizerConfig, TrainConfig
 from lm.infer.accuracy import checkpoint_accuracy
-from lm.infer.attribution import hidden_jacobian_norms
 from lm.infer.predictor import Predictor
 from lm.model import RNNLanguageModel, count_parameters
+from lm.reports.jacobian import hidden_jacobian_norms
 from lm.reports.lab_report import write_report
 from lm.reports.plots import read_metrics
 from lm.reports.reach_profile import reach_profile
-from lm.train.devices import resolve_device
 from lm.train.run import seed_everything, train_run
 from lm.train.tokens import token_cache_directory, cached_tokenizer, load_streamed_corpus
 
@@ -183,11 +182,11 @@ def train_lab_run(run: LabRun, settings: LabSettings, corpus: Corpus, out: Path)
     )
     seed_everything(settings.seed)
     result = train_run(tokenizer_config, model_config, train_config, out / "runs" / run.name, corpus=corpus,
-                       accuracy=checkpoint_accuracy, device=resolve_device(settings.device))
+                       accuracy=checkpoint_accuracy)  # on settings.device, through train_config
     records = read_metrics(out / "runs" / run.name)
     steps = [r for r in records if r["kind"] == "step"]
     checkpoint = load_checkpoint(out / "runs" / run.name)
-    predictor = Predictor(checkpoint.model, checkpoint.tokenizer, cache_size=0)
+    predictor = Predictor(checkpoint.model, checkpoint.tokenizer, prefix_cache_size=0)
     norms = [r["grad_norm"] for r in steps]
     finite = [n for n in norms if math.isfinite(n)]
     sample = corpus.test.text[: settings.context_chars]

@@ -19,7 +19,10 @@ from typing import Iterator
 
 import torch
 
-__all__ = ["autocast", "accelerator_rng_state", "describe_device", "make_scaler", "resolve_device", "set_accelerator_rng_state"]
+from lm.train.distributed import local_rank
+
+__all__ = ["autocast", "accelerator_rng_state", "describe_device", "make_scaler", "resolve_device", "set_accelerator_rng_state",
+           "training_device"]
 
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -58,6 +61,13 @@ def resolve_device(name: str, local_rank: int | None = None) -> torch.device:
     if number >= count:
         raise ValueError(f"--device {name}: this machine has {count} GPU{'s' if count != 1 else ''} (cuda:0 .. cuda:{count - 1})")
     return torch.device("cuda", number)
+
+
+def training_device(name: str) -> torch.device:
+    """The device this training process uses for `TrainConfig.device` = `name`: `resolve_device` with this process's
+    LOCAL_RANK under torchrun (one GPU per process). `train_run` trains there; `train.py` asks the same before it
+    joins the process group, whose backend depends on it."""
+    return resolve_device(name, local_rank())
 
 
 def describe_device(device: torch.device) -> str:

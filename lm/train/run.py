@@ -23,7 +23,7 @@ from corpora import Corpus
 from lm.checkpoint import (TEXT_CACHE_METRIC, Checkpoint, CheckpointError, load_checkpoint, read_meta, resolve_checkpoint,
                            restore_training, save_checkpoint, update_metrics)
 from lm.config import TextCacheConfig, ModelConfig, TokenizerConfig, TrainConfig, from_dict
-from lm.train.devices import accelerator_rng_state, set_accelerator_rng_state
+from lm.train.devices import accelerator_rng_state, set_accelerator_rng_state, training_device
 from lm.train.distributed import Distributed
 from lm.eval.cache import score_stream, tune_size_weights, tune_text_cache_on_stream
 from lm.eval.figures import HOW_STATE_FLOWS, EvalResult, evaluate_text
@@ -112,7 +112,6 @@ def train_run(
     distributed: Distributed | None = None,
     budget: dict[str, Any] | None = None,
     accuracy: Callable[[Checkpoint, str, int], dict] | None = None,
-    device: torch.device | None = None,
 ) -> RunResult | None:
     """Train (or resume) a run in `out`, then score the best checkpoint on valid and test.
 
@@ -135,19 +134,22 @@ def train_run(
     disk (a local corpus's files; a hub corpus written once under the token
     cache's `corpora/`), so its training text is never held as one string.
 
-    `device` (default: the CPU; the entry point resolves `train_config.device`
-    with lm/train/devices.py) holds the model, the optimiser, the whole
-    batchified training text (on the CPU: a view of the memory map), the carried state and the evaluations; the
-    checkpoints are written from CPU copies, and the accuracy is measured with
-    the CPU engine.
+    The device is `train_config.device` (a resumed run's own unless `budget`
+    changes it), resolved here once (lm/train/devices.py: `training_device`;
+    "auto" is the accelerator torch finds, else the CPU). It holds the model,
+    the optimiser, the whole batchified training text (on the CPU: a view of
+    the memory map), the carried state and the evaluations; the checkpoints
+    are written from CPU copies, and the accuracy is measured with the CPU
+    engine.
     """
     begun = time.perf_counter()
-    device = device or torch.device("cpu")
     out = Path(out)
     ranks = distributed or Distributed()
     if resume:
         tokenizer_config, model_config, train_config = resume_configs(out, budget or {})
-    elif ranks.is_main and (removed := clear_run(out)):
+    # The one place a run's device is resolved, before anything is deleted: a device this machine lacks stops here.
+    device = training_device(train_config.device)
+    if not resume and ranks.is_main and (removed := clear_run(out)):
         log.info("starting a new run in %s: deleted the previous run's %s", out, ", ".join(removed))
     corpus = corpus or load_streamed_corpus(train_config.corpus, train_config.extra_train, train_config.token_cache)
     token_cache = token_cache_directory(train_config.token_cache)
