@@ -120,7 +120,8 @@ class Judge:
 
 # The keywords `from_schema` understands; pydantic's annotations (title, description, default ...) change nothing.
 KEYWORDS = {"type", "properties", "required", "additionalProperties", "enum", "const", "anyOf", "oneOf", "minimum", "maximum",
-            "exclusiveMinimum", "exclusiveMaximum", "minLength", "maxLength", "pattern", "items", "minItems", "maxItems"}
+            "exclusiveMinimum", "exclusiveMaximum", "minLength", "maxLength", "pattern", "items", "minItems", "maxItems",
+            "maxProperties"}
 NOTES = {"title", "description", "default", "deprecated", "examples"}
 
 
@@ -164,6 +165,9 @@ def from_schema(schema: dict):
     if kind == "object":
         properties = schema.get("properties", {})
         required = set(schema.get("required", []))
+        extra = schema.get("additionalProperties", False)
+        if not properties and isinstance(extra, dict):  # a map: at most maxProperties entries of that schema
+            return st.dictionaries(st.text(max_size=5), from_schema(extra), max_size=min(schema.get("maxProperties", 3), 3))
         return st.fixed_dictionaries({name: from_schema(properties[name]) for name in required},
                                      optional={name: from_schema(sub) for name, sub in properties.items()
                                                if name not in required})
@@ -202,7 +206,12 @@ def arbitrary_bodies(judge: Judge):
     objects = st.dictionaries(keys, json_values(), max_size=6)
     near_valid = st.tuples(from_schema(judge.request_schema), st.sampled_from(known), json_values()).map(
         lambda triple: {**triple[0], triple[1]: triple[2]})
-    return st.one_of(near_valid, near_valid, near_valid, objects, json_values())
+    # Values of the right JSON type at and across the bounds (the limits in LIMITS, the ranges of the fields).
+    edges = st.sampled_from([-1, 0, 1, 3, 4, 5, 50, 121, 2**63 - 1, 2**63, 0.0, 1.0, 1.5, -0.5, 0.999, 100.0, 100.5, 1e-300,
+                             "", "x" * 120, "x" * 121, "\u0007", True, False, None])
+    at_bounds = st.tuples(from_schema(judge.request_schema), st.sampled_from(known), edges).map(
+        lambda triple: {**triple[0], triple[1]: triple[2]})
+    return st.one_of(near_valid, at_bounds, at_bounds, objects, json_values())
 
 
 def test_the_fuzzed_app_declares_body_endpoints(document):
