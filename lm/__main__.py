@@ -23,6 +23,7 @@ import sys
 from dataclasses import asdict, replace
 from pathlib import Path
 
+from lm.config import ATTRIBUTION_METHODS
 from lm.cli_support import add_deprecated_flag, configure_logging, positive_int
 
 
@@ -51,6 +52,16 @@ def _load(model: str):
         return None
 
 
+def _answer_json(model: str, tokenizer, result) -> str:
+    """A prediction's or a generation's answer (lm/answers.py: the HTTP API's models) as JSON."""
+    from lm.answers import generation_answer, prediction_answer, to_json
+    from lm.infer.generate import Generation
+
+    if isinstance(result, Generation):
+        return to_json(generation_answer(model, result), indent=2)
+    return to_json(prediction_answer(model, tokenizer, result), indent=2)
+
+
 def _predicted(args: argparse.Namespace, command: str, work, print_json: bool = False):
     """(checkpoint, work(predictor)) for args.model, or the exit status after one clear line: 1 when the model
     cannot be loaded, 2 when `work` rejects its input (a ValueError). With `print_json` and --json, the result is
@@ -66,7 +77,7 @@ def _predicted(args: argparse.Namespace, command: str, work, print_json: bool = 
         print(f"lm {command}: error: {error}", file=sys.stderr)
         return 2
     if print_json and args.json:
-        print(json.dumps({"model": str(checkpoint.directory), **result.as_dict()}, ensure_ascii=False, indent=2))
+        print(_answer_json(str(checkpoint.directory), checkpoint.tokenizer, result))
         return 0
     return checkpoint, result
 
@@ -143,7 +154,10 @@ def _attribute(args: argparse.Namespace) -> int:
         args.html.parent.mkdir(parents=True, exist_ok=True)
         args.html.write_text(render_html(result, str(checkpoint.directory)), encoding="utf-8")
     if args.json:
-        print(json.dumps({"model": str(checkpoint.directory), **result.as_dict(full=True)}, ensure_ascii=False, indent=1))
+        from lm.answers import attribution_answer, to_json
+        from lm.infer.attribution import HOW
+
+        print(to_json(attribution_answer(str(checkpoint.directory), checkpoint.tokenizer, result, full=True, how=HOW), indent=1))
     else:
         color = not args.no_color and "NO_COLOR" not in os.environ and sys.stdout.isatty() or args.color
         print(render_terminal(result, chosen=max(chosen, 0), color=color))
@@ -483,7 +497,7 @@ def build_parser() -> argparse.ArgumentParser:
     attribute.add_argument("--model", required=True, help="run or checkpoint directory")
     attribute.add_argument("text", help="the text so far")
     attribute.add_argument("-k", type=positive_int, default=5, help="number of predictions (default: 5)")
-    attribute.add_argument("--method", choices=("saliency", "grad_x_input"), default="saliency",
+    attribute.add_argument("--method", choices=ATTRIBUTION_METHODS, default="saliency",
                            help="influence as the gradient's L2 norm, or as |gradient . embedding| (default: saliency)")
     attribute.add_argument("--threshold", type=_positive_float, default=0.01, help="threshold reach: influence (or a pointer position's share) >= this x the "
                                 "largest (default: 0.01)")
@@ -507,7 +521,7 @@ def build_parser() -> argparse.ArgumentParser:
     profile.add_argument("--context-chars", type=positive_int, default=2000, help="characters of text before each prediction (default: 2000)")
     profile.add_argument("--threshold", type=_positive_float, default=0.01,
                          help="threshold reach: influence >= this x the largest (default: 0.01)")
-    profile.add_argument("--method", choices=("saliency", "grad_x_input"), default="saliency",
+    profile.add_argument("--method", choices=ATTRIBUTION_METHODS, default="saliency",
                          help="influence as the gradient's L2 norm, or as |gradient . embedding| (default: saliency)")
     profile.add_argument("--no-verify", action="store_true", help="skip the faithfulness check")
     profile.add_argument("--seed", type=int, default=0, help="seed of the sampled contexts (default: 0)")

@@ -16,8 +16,12 @@ import numpy as np
 
 from lm.cells import cell_names, get_cell
 
-__all__ = ["TextCacheConfig", "ModelConfig", "TokenizerConfig", "TrainConfig", "PRESETS", "RENAMED_SETTINGS", "apply_preset", "from_dict",
+__all__ = ["ATTRIBUTION_METHODS", "TextCacheConfig", "ModelConfig", "TokenizerConfig", "TrainConfig", "PRESETS", "RENAMED_SETTINGS", "apply_preset", "from_dict",
            "upgrade_settings"]
+
+# The influence measures attribution offers (lm/infer/attribution.py); listed here, at the bottom, so that the CLI's
+# choices, the HTTP request model and the engine share one list without importing torch.
+ATTRIBUTION_METHODS = ("saliency", "grad_x_input")
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,7 @@
 """Gradient reach: gradients against Captum and finite differences, batching, reach figures, text mapping, views."""
 
 import json
+from dataclasses import asdict
 
 import numpy as np
 import pytest
@@ -8,7 +9,8 @@ import torch
 
 from conftest import external_references
 from lm.__main__ import main as lm_main
-from lm.infer.attribution import attribute
+from lm.answers import attribution_answer, to_json
+from lm.infer.attribution import HOW, attribute
 from lm.infer.reach import reach_figures, unit_words, words_of
 from lm.infer.word_gradients import path_logprobs, prediction_gradients
 from lm.checkpoint import load_checkpoint
@@ -18,6 +20,11 @@ from lm.reports.views import render_html, render_terminal
 from lm.tokenizers import is_word_char
 
 TEXT = "The album was released in the United States in 1998, and it was "
+
+
+def _payload(predictor, result, full=True) -> dict:
+    """The attribution's answer as HTTP and the CLI send it (lm/answers.py), parsed."""
+    return json.loads(to_json(attribution_answer("m", predictor.tokenizer, result, full=full, how=HOW)))
 
 
 @pytest.fixture(scope="module")
@@ -148,16 +155,17 @@ def test_units_map_to_words_and_offsets(subword_predictor):
         stripped = unit_text.strip()
         assert not stripped or (word_start <= start + unit_text.index(stripped) and end <= word_end)
     result = attribute(subword_predictor, text + " ", k=1)
-    payload = result.as_dict(full=True)["predictions"][0]
+    payload = _payload(subword_predictor, result)["predictions"][0]
     assert [u["text"] for u in payload["influence"]] == [u for u, _, _ in units]
     assert [w["text"] for w in payload["word_influence"]] == [w for w, _, _ in words]
     assert sum(w["score"] for w in payload["word_influence"]) == pytest.approx(sum(u["score"] for u in payload["influence"]))
 
 
 def test_response_states_how_the_model_ran_and_uses_the_api_names(char_predictor):
-    payload = attribute(char_predictor, TEXT, k=2, verify=True).as_dict(full=True)
+    payload = _payload(char_predictor, attribute(char_predictor, TEXT, k=2, verify=True))
     assert payload["attribution"]["model_mode"].startswith("evaluation") and "zero state" in payload["attribution"]["initial_state"]
-    assert payload["context"] == {"tokens": len(TEXT), "words": len(TEXT.split()), "chars": len(TEXT), "truncated": False, "dropped_chars": 0, "dropped_units": 0}
+    assert payload["context"] == {"tokens": len(TEXT), "words": len(TEXT.split()), "chars": len(TEXT), "truncated": False, "dropped_chars": 0, "dropped_units": 0,
+                                  "unknown_units": 0, "unknown_chars": 0}
     entry = payload["predictions"][0]
     assert {"word", "probability", "logprob", "reach", "influence", "word_influence", "profile", "faithfulness"} <= set(entry)
     assert set(entry["reach"]) >= {"tokens", "words", "chars", "mass90_tokens", "mass99_tokens", "threshold"}
@@ -179,7 +187,7 @@ def test_a_limited_text_is_read_as_prediction_reads_it_and_offsets_index_the_who
     assert result.result.cut == predicted.cut and predicted.cut.truncated
     assert [p.prediction.word for p in result.predictions] == [p.word for p in predicted.predictions]
     assert [p.prediction.logprob for p in result.predictions] == pytest.approx([p.logprob for p in predicted.predictions], abs=1e-5)
-    payload = result.as_dict(full=True)
+    payload = _payload(cached_predictor, result)
     dropped = payload["context"]["dropped_chars"]
     assert payload["text"] == text and payload["context"]["dropped_units"] == dropped == len(text) - 50  # one unit a character
     entry = payload["predictions"][0]
@@ -355,7 +363,7 @@ def _served_logprob(model, predictor, embeds, spellings, settings):
 def test_cached_gradients_equal_autograd_of_the_served_mixture_and_finite_differences(cached_predictor):
     model, tokenizer, settings = cached_predictor.model, cached_predictor.tokenizer, cached_predictor.text_cache_settings
     result = attribute(cached_predictor, CACHED_TEXT, k=3)
-    assert result.result.text_cache and result.as_dict()["cache"] is True
+    assert result.result.text_cache and _payload(cached_predictor, result, full=False)["text_cache"] is True
     ids = torch.tensor([[tokenizer.newline_id, *tokenizer.encode(CACHED_TEXT)]])
     for entry in result.predictions[:2]:
         spellings = entry.prediction.paths
@@ -398,7 +406,7 @@ def test_without_the_cache_attribution_is_unchanged(char_predictor, cached_predi
     assert [e.prediction.word for e in off.predictions] == [e.prediction.word for e in before.predictions]
     for a, b in zip(off.predictions, before.predictions):
         assert np.array_equal(a.influence, b.influence) and a.reach == b.reach and a.pointer is None
-    assert all(entry["pointer"] is None for entry in off.as_dict()["predictions"])
+    assert all(entry["pointer"] is None for entry in _payload(cached_predictor, off, full=False)["predictions"])
 
 
 def test_the_pointer_copies_from_units_the_word_needs_and_the_reach_holds_for_the_mixture(cached_predictor):
@@ -424,13 +432,13 @@ def test_the_pointer_copies_from_units_the_word_needs_and_the_reach_holds_for_th
         farthest = min(p.start for p in pointer.positions if p.share >= 0.01 * top)
         assert pointer.chars == len(context) - farthest
         assert pointer.tokens == len(context) - farthest  # one unit per character
-        body = result.as_dict(full=True)["predictions"][result.predictions.index(entry)]
+        body = _payload(cached_predictor, result)["predictions"][result.predictions.index(entry)]
         assert body["pointer"]["reach"] == {"tokens": pointer.tokens, "words": pointer.words, "chars": pointer.chars,
                                            "threshold": 0.01}
         assert body["pointer"]["entries"] == pointer.entries >= len(pointer.positions)
-        assert body["gradient_reach"] == gradient.as_dict() and body["reach"] == entry.reach.as_dict()
+        assert body["gradient_reach"] == asdict(gradient) and body["reach"] == asdict(entry.reach)
         assert [(p["text"], p["start"]) for p in body["pointer"]["positions"]] == [(p.text, p.start) for p in pointer.positions]
-        assert "positions" not in result.as_dict(full=False)["predictions"][0]["pointer"]
+        assert "positions" not in _payload(cached_predictor, result, full=False)["predictions"][0]["pointer"]
     assert checked >= 2  # " the", "cat" or "dog": words of the text are among the predictions
 
 

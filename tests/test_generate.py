@@ -41,9 +41,9 @@ def test_generation_uses_the_model_alone_by_default_and_mixes_the_stored_cache_i
     off = generate(cached_predictor, REPEATED, settings, seed=3, text_cache=False)
     default = generate(cached_predictor, REPEATED, settings, seed=3)  # the cache repeats text: not by default
     alone = generate(predictor, REPEATED, settings, seed=3)  # a predictor without settings
-    assert on.text_cache and on.as_dict()["cache"] is True
+    assert on.text_cache
     assert not off.text_cache and not alone.text_cache and not default.text_cache
-    assert default.as_dict() == off.as_dict()
+    assert default == off
     # Off is the model alone (the context read through the fused layers' outputs there, its logits alone here).
     assert off.continuation == alone.continuation
     assert [w.logprob for w in off.words] == pytest.approx([w.logprob for w in alone.words], abs=1e-5)
@@ -69,7 +69,7 @@ def test_with_the_cache_the_same_seed_gives_the_same_continuation(cached_predict
     settings = GenerationSettings(words=15)
     first = generate(cached_predictor, REPEATED, settings, seed=7, text_cache=True)
     cached_predictor.clear_prefix_cache()  # cold contexts rebuild the same memory
-    assert generate(cached_predictor, REPEATED, settings, seed=7, text_cache=True).as_dict() == first.as_dict()
+    assert generate(cached_predictor, REPEATED, settings, seed=7, text_cache=True) == first
     assert {generate(cached_predictor, REPEATED, settings, seed=seed, text_cache=True).continuation
             for seed in (8, 9, 10)} - {first.continuation}
 
@@ -102,7 +102,7 @@ def test_the_same_seed_gives_the_same_continuation_and_another_seed_another(pred
     predictor.clear_prefix_cache()  # a cold predictor must not change the sample
     again = generate(predictor, "The film was ", settings, seed=7)
     assert len(first.words) == 15 and first.stopped == "words"
-    assert again.as_dict() == first.as_dict()
+    assert again == first
     others = {generate(predictor, "The film was ", settings, seed=seed).continuation for seed in (8, 9, 10)}
     assert others - {first.continuation}
 

@@ -10,6 +10,7 @@ import torch
 from lm.__main__ import main as lm_main
 from lm.config import ModelConfig
 from lm.model import RNNLanguageModel
+from lm.answers import prediction_answer
 from lm.infer.predictor import Predictor
 from lm.infer.query import keep_last_units, make_query, word_at
 from lm.infer.scoring import spell_many, word_targets
@@ -133,7 +134,7 @@ def test_mid_word_completion_reports_the_part_still_to_type(tiny_run):
     assert result.completing and result.query.partial == "the"
     for prediction in result.predictions:
         assert prediction.word.startswith("the") and prediction.remainder == prediction.word[3:]
-    assert result.as_dict()["predictions"][0]["completing"] is True
+    assert prediction_answer("m", predictor.tokenizer, result).completing is True
     whole = predictor.predict("The first of the ")
     assert not whole.completing and all(p.remainder == p.word for p in whole.predictions)
 
@@ -323,9 +324,11 @@ def test_predict_with_a_limit_reads_the_suffix_and_says_what_it_left_unread(tiny
     suffix = predictor.predict_from(predictor.context_state(units, use_prefix_cache=False), result.query, k=3)  # read cold
     assert [p.word for p in suffix.predictions] == [p.word for p in result.predictions]
     assert [p.logprob for p in suffix.predictions] == pytest.approx([p.logprob for p in result.predictions], abs=1e-9)
-    assert result.as_dict()["context"] == {"tokens": result.context_units, "words": len(result.query.context.split()),
-                                           "chars": len(result.query.context), "truncated": True,
-                                           "dropped_chars": cut.chars, "dropped_units": cut.units}
+    context = prediction_answer("m", predictor.tokenizer, result).context.model_dump()
+    assert context == {"tokens": result.context_units, "words": len(result.query.context.split()),
+                       "chars": len(result.query.context), "truncated": True, "dropped_chars": cut.chars,
+                       "dropped_units": cut.units, "unknown_units": context["unknown_units"],
+                       "unknown_chars": context["unknown_chars"]}
     assert not predictor.predict(text, k=3).cut.truncated  # no limit: the whole text
 
 
@@ -475,7 +478,7 @@ def test_the_text_cache_mixes_every_unit_distribution_and_words_equal_a_brute_fo
     assert by_hand != pytest.approx(alone, abs=1e-3)  # the cache matters here
     assert predictor.score_word(text, "ab") == pytest.approx(by_hand, abs=1e-6)
     result = predictor.predict(text, k=30, beam_width=64, max_word_length=8)
-    assert result.text_cache and result.as_dict()["cache"] is True
+    assert result.text_cache
     found = {p.word: p.logprob for p in result.predictions}
     assert found["ab"] == pytest.approx(by_hand, abs=1e-6)
     assert sum(p.probability for p in result.predictions) <= 1 + 1e-9

@@ -59,36 +59,3 @@ class Attribution:
             if word >= 0:
                 scores[word] += float(influence[unit])
         return scores
-
-    def as_dict(self, full: bool = True) -> dict:
-        """The HTTP API's structure (`full` adds per-unit and per-word influence and the decay profile). Its `text`
-        is the whole text and its offsets index into it, also when an input limit left its start unread."""
-        from lm.infer.attribution import HOW  # how the gradient is taken belongs to the entry point, which imports this
-
-        shift = self.result.cut.chars  # offsets here are into the read text, which starts there in the whole text
-        predictions = []
-        for item in self.predictions:
-            entry = {**item.prediction.as_dict(), "reach": item.reach.as_dict(), "gradient_reach": item.gradient_reach.as_dict(),
-                     "pointer": item.pointer.as_dict(full, shift) if item.pointer is not None else None}
-            if item.faithfulness is not None:
-                entry["faithfulness"] = item.faithfulness
-            if full:
-                entry["influence"] = [
-                    {"text": text, "start": start + shift, "end": end + shift, "score": float(score), "word": word}
-                    for (text, start, end), score, word in zip(self.units, item.influence, self.unit_word)
-                ]
-                entry["word_influence"] = [
-                    {"text": text, "start": start + shift, "end": end + shift, "score": score}
-                    for (text, start, end), score in zip(self.words, self.word_scores(item.influence))
-                ]
-                entry["profile"] = item.profile()
-            predictions.append(entry)
-        return {
-            "text": self.result.cut.text,
-            "context": self.context_summary(),
-            "completing": self.result.completing,
-            "partial": self.result.query.partial,
-            "attribution": {"method": self.method, "threshold": self.threshold, **HOW},
-            "predictions": predictions,
-            "cache": self.result.text_cache,
-        }

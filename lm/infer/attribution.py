@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import math
 
+from lm.config import ATTRIBUTION_METHODS
 from lm.infer.attributed import Attribution, AttributedPrediction
 from lm.infer.faithfulness import faithfulness
 from lm.infer.pointer import cache_pointer, deletion_reach, explain_cache
@@ -63,7 +64,7 @@ from lm.infer.word_gradients import prediction_gradients
 # The result types are re-exported: callers that attribute read them from here.
 __all__ = ["Attribution", "AttributedPrediction", "HOW", "METHODS", "attribute"]
 
-METHODS = ("saliency", "grad_x_input")
+METHODS = ATTRIBUTION_METHODS  # lm/config.py
 # How the gradient is taken, as every attributed answer states it.
 HOW = {
     "model_mode": "evaluation (no dropout)",

@@ -109,9 +109,6 @@ class GeneratedWord:
     def __post_init__(self) -> None:
         object.__setattr__(self, "probability", math.exp(self.logprob))
 
-    def as_dict(self) -> dict:
-        return {"word": self.word, "text": self.text, "probability": self.probability, "logprob": self.logprob}
-
 
 @dataclass
 class Generation:
@@ -127,10 +124,6 @@ class Generation:
     @property
     def continuation(self) -> str:
         return "".join(word.text for word in self.words)
-
-    def as_dict(self) -> dict:
-        return {"text": self.text, "continuation": self.continuation, "seed": self.seed, "stopped": self.stopped,
-                "words": [word.as_dict() for word in self.words], "cache": self.text_cache}
 
 
 def sample_index(probabilities: list[float], settings: GenerationSettings, rng: random.Random) -> int | None:

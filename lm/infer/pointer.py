@@ -160,17 +160,6 @@ class Pointer:
     threshold: float
     deletion: dict[str, dict[str, float | int]]  # "99" / "90" -> tolerance (nats), tokens, words, chars
 
-    def as_dict(self, full: bool = True, shift: int = 0) -> dict:
-        """The HTTP API's structure (`full` adds the positions, their offsets moved by `shift`: where the read text
-        starts in the whole text)."""
-        body = {"reach": {"tokens": self.tokens, "words": self.words, "chars": self.chars, "threshold": self.threshold},
-                "copy_probability": self.copy_probability, "entries": self.entries, "own_share": self.own_share,
-                "deletion_reach": self.deletion}
-        if full:
-            body["positions"] = [{"text": p.text, "start": p.start + shift, "end": p.end + shift, "share": p.share}
-                                 for p in self.positions]
-        return body
-
     def deletion_tokens(self, level: str) -> int:
         """The deletion reach in units at a level ("99" or "90")."""
         return int(self.deletion[level]["tokens"])

@@ -83,9 +83,6 @@ class WordPrediction:
     def probability(self) -> float:
         return math.exp(self.logprob)
 
-    def as_dict(self) -> dict:
-        return {"word": self.word, "probability": self.probability, "logprob": self.logprob, "remainder": self.remainder}
-
 
 @dataclass
 class PredictionResult:
@@ -116,17 +113,8 @@ class PredictionResult:
     def context_summary(self) -> dict:
         """What was read: units, words and characters of the context, and what an input limit left unread."""
         context = self.query.context
-        return {"tokens": self.context_units, "words": len(context.split()), "chars": len(context), **self.cut.as_dict()}
-
-    def as_dict(self) -> dict:
-        return {
-            "text": self.cut.text,
-            "context": self.context_summary(),
-            "completing": self.query.completing,
-            "partial": self.query.partial,
-            "predictions": [{**p.as_dict(), "completing": self.query.completing} for p in self.predictions],
-            "cache": self.text_cache,
-        }
+        return {"tokens": self.context_units, "words": len(context.split()), "chars": len(context),
+                "truncated": self.cut.truncated, "dropped_chars": self.cut.chars, "dropped_units": self.cut.units}
 
 
 class Predictor:

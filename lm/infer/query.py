@@ -106,9 +106,6 @@ class Cut:
     def truncated(self) -> bool:
         return self.units > 0
 
-    def as_dict(self) -> dict:
-        return {"truncated": self.truncated, "dropped_chars": self.chars, "dropped_units": self.units}
-
 
 def keep_last_units(text: str, tokenizer: Tokenizer, max_units: int | None) -> tuple[Query, Cut]:
     """The query of `text` read from the start of the last `max_units` units of its context (None: all of it), and

@@ -37,9 +37,6 @@ class Reach:
     mass99_chars: int
     threshold: float
 
-    def as_dict(self) -> dict:
-        return dict(self.__dict__)
-
 
 def words_of(text: str) -> list[tuple[str, int, int]]:
     """The whitespace-separated words of `text`, each (word, start, end)."""
