@@ -101,7 +101,7 @@ def predict_request_model(limits: Limits) -> type[RequestModel]:
         cache: bool | None = Field(None, deprecated=True, description="the old name of text_cache")
 
         def wants_text_cache(self) -> bool | None:
-            return self.text_cache if self.text_cache is not None else self.cache
+            return self.text_cache if self.text_cache is not None else self.__dict__["cache"]  # read without its warning
 
     return PredictRequest
 
@@ -131,7 +131,7 @@ def generate_request_model(limits: Limits) -> type[RequestModel]:
         stream: bool = Field(False, description="send each word as a server-sent event as soon as it is sampled")
 
         def wants_text_cache(self) -> bool | None:
-            return self.text_cache if self.text_cache is not None else self.cache
+            return self.text_cache if self.text_cache is not None else self.__dict__["cache"]  # read without its warning
 
     return GenerateRequest
 

@@ -52,7 +52,7 @@ def inline(node, schemas):
 def fuzzed_app(tiny_run, tiny_subword_run):
     from server import create_app
 
-    return create_app({"REACH_MODELS": {"char": str(tiny_run), "subword": str(tiny_subword_run)}, **LIMITS})
+    return create_app({"REACH_MODELS": {"char": str(tiny_run.out), "subword": str(tiny_subword_run.out / "best")}, **LIMITS})
 
 
 @pytest.fixture(scope="module")
