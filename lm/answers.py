@@ -163,8 +163,8 @@ class ContextSummary(Answer):
 
 class CutFigures(Answer):
     removed_chars: int = Field(ge=0)
-    logprob: float
-    logprob_change: float
+    logprob: float | None = Field(description="null: the word has probability 0 in the cut text")
+    logprob_change: float | None
 
 
 class Faithfulness(Answer):
@@ -172,8 +172,8 @@ class Faithfulness(Answer):
     (`logprob_change`) or cut off (`cut`); characters count from the start of the text read."""
 
     replaced_chars: int = Field(ge=0)
-    logprob: float
-    logprob_change: float
+    logprob: float | None = Field(description="null: the word has probability 0 after the filler (log 0)")
+    logprob_change: float | None
     cut: CutFigures
 
 
