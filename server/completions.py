@@ -26,7 +26,7 @@ from lm.infer.generate import GeneratedWord, GenerationSettings, generate_words,
 from lm.tokenizers import is_word_char
 from server.openai_protocol import CompletionChoice, CompletionChunk, CompletionChunkChoice, CompletionLogprobs, \
     CompletionResponse, CompletionUsage, TextCacheUse, TokenReach, completion_request_model
-from server.operations import COMMON_ERRORS, Limits, Operation, current_limits
+from server.operations import Limits, Operation, body_errors, current_limits
 from server.registry import LoadedModel
 from server.routes import served_model
 from server.streaming import sse_response
@@ -266,15 +266,8 @@ def create_completion() -> Response:
 
 def operations(limits: Limits) -> list[Operation]:
     """This module's endpoints for /openapi.json."""
-    errors = {
-        400: "malformed JSON, a value of the wrong JSON type (a token array as prompt), an unknown or missing field",
-        404: "no served model has that name",
-        413: f"a body over {limits.max_body} bytes, or a prompt over {limits.max_text_chars} characters",
-        415: "the body is not JSON",
-        422: "a value out of range or not supported (n, best_of, penalties, logit_bias, suffix), or a prompt with a "
-             "control character",
-        **COMMON_ERRORS,
-    }
+    errors = body_errors(limits, "prompt", bad_type="a token array as prompt",
+                         bad_value="not supported (n, best_of, penalties, logit_bias, suffix)")
     return [Operation("/v1/completions", "post", "OpenAI-compatible completions: tokens are Reach's words, "
                       "log-probabilities exact", CompletionResponse, completion_request_model(limits), errors,
                       stream_event=CompletionChunk, tags=("openai",),

@@ -17,7 +17,7 @@ from functools import lru_cache
 from flask import current_app
 from pydantic import BaseModel
 
-__all__ = ["COMMON_ERRORS", "Limits", "Operation", "current_limits"]
+__all__ = ["COMMON_ERRORS", "Limits", "Operation", "body_errors", "current_limits"]
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,20 @@ COMMON_ERRORS = {
     405: "method not allowed",
     500: "unexpected error (logged; no internals returned)",
 }
+
+
+def body_errors(limits: Limits, text_field: str = "text", bad_type: str = "", bad_value: str = "") -> dict[int, str]:
+    """The statuses every endpoint with a JSON body answers with (server/validation.py), worded for its fields."""
+    return {
+        400: "malformed JSON, a value of the wrong JSON type" + (f" ({bad_type})" if bad_type else "")
+             + ", an unknown or missing field",
+        404: "no served model has that name",
+        413: f"a body over {limits.max_body} bytes, or a {text_field} over {limits.max_text_chars} characters",
+        415: "the body is not JSON",
+        422: "a value out of range" + (f" or {bad_value}" if bad_value else "") + f", or a {text_field} with a control "
+             "character",
+        **COMMON_ERRORS,
+    }
 
 
 @dataclass(frozen=True)

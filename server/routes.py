@@ -18,7 +18,7 @@ from lm.answers import GenerateResponse, PredictResponse, attribution_answer, ge
 from lm.infer.attribution import HOW, attribute
 from lm.infer.generate import GenerationSettings, generate as generate_text
 from server.errors import ApiError
-from server.operations import COMMON_ERRORS, Limits, Operation, current_limits
+from server.operations import COMMON_ERRORS, Limits, Operation, body_errors, current_limits
 from server.protocol import ModelEntry, ModelsResponse, Status, generate_request_model, predict_request_model
 from server.registry import LoadedModel, registry
 from server.validation import parse_json
@@ -146,19 +146,12 @@ def operations(limits: Limits) -> list[Operation]:
     """This module's endpoints for /openapi.json."""
     from server.streaming import GenerateEvent
 
-    body_errors = {
-        400: "malformed JSON, a value of the wrong JSON type, an unknown or missing field",
-        404: "no served model has that name",
-        413: f"a body over {limits.max_body} bytes, or a text over {limits.max_text_chars} characters",
-        415: "the body is not JSON",
-        422: "a value out of range, or a text with a control character",
-        **COMMON_ERRORS,
-    }
+    errors = body_errors(limits)
     return [
         Operation("/v1/predict", "post", "The next words after a text, each with how far back its influence reaches",
-                  PredictResponse, predict_request_model(limits), body_errors, tags=("reach",)),
+                  PredictResponse, predict_request_model(limits), errors, tags=("reach",)),
         Operation("/v1/generate", "post", "Continue a text word by word, sampled from the model", GenerateResponse,
-                  generate_request_model(limits), body_errors, stream_event=GenerateEvent, tags=("reach",)),
+                  generate_request_model(limits), errors, stream_event=GenerateEvent, tags=("reach",)),
         Operation("/v1/models", "get", "The served models: OpenAI's model list and Reach's cards", ModelsResponse,
                   errors=COMMON_ERRORS, tags=("models",)),
         Operation("/healthz", "get", "Liveness", Status, errors=COMMON_ERRORS, tags=("operations",)),
