@@ -141,11 +141,13 @@ def _top_p(text: str) -> float:
 
 def _attribute(args: argparse.Namespace) -> int:
     from lm.infer.attribution import attribute
+    from lm.infer.methods import MethodOptions
     from lm.reports.views import render_html, render_terminal
 
     done = _predicted(args, "attribute", lambda predictor: attribute(
         predictor, args.text, k=args.k, method=args.method, threshold=args.threshold, verify=args.verify,
-        max_units=args.max_units, text_cache=args.text_cache))
+        max_units=args.max_units, text_cache=args.text_cache, foil=args.foil,
+        options=MethodOptions(steps=args.steps, baseline=args.baseline, rungs=args.rungs)))
     if isinstance(done, int):
         return done
     checkpoint, result = done
@@ -498,7 +500,16 @@ def build_parser() -> argparse.ArgumentParser:
     attribute.add_argument("text", help="the text so far")
     attribute.add_argument("-k", type=positive_int, default=5, help="number of predictions (default: 5)")
     attribute.add_argument("--method", choices=ATTRIBUTION_METHODS, default="saliency",
-                           help="influence as the gradient's L2 norm, or as |gradient . embedding| (default: saliency)")
+                           help="how a unit's influence is measured: saliency (the gradient's L2 norm), grad_x_input "
+                                "(|gradient . embedding|), occlusion (the exact change of log P when the text farther "
+                                "back than d is replaced by filler, for a ladder of d) ... (default: saliency)")
+    attribute.add_argument("--foil", default=None, help="explain each word against this one: log P(word) - log P(foil)")
+    attribute.add_argument("--steps", type=positive_int, default=16,
+                           help="integrated_gradients: points on the path from the baseline (default: 16)")
+    attribute.add_argument("--baseline", choices=("zero", "pad"), default="zero",
+                           help="integrated_gradients: zero embeddings or the pad unit's (default: zero)")
+    attribute.add_argument("--rungs", type=positive_int, default=10,
+                           help="occlusion: distances in the ladder (default: 10)")
     attribute.add_argument("--threshold", type=_positive_float, default=0.01, help="threshold reach: influence (or a pointer position's share) >= this x the "
                                 "largest (default: 0.01)")
     attribute.add_argument("--verify", action="store_true", help="also replace text beyond the 99%% reach by filler and report the change")

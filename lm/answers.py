@@ -29,10 +29,12 @@ from lm.infer.attributed import Attribution, AttributedPrediction
 from lm.infer.generate import Generation
 from lm.infer.pointer import Pointer as PointerFigures
 from lm.infer.predictor import PredictionResult, WordPrediction
-from lm.infer.reach import Reach as ReachFigures
+from lm.infer.methods import MethodFigures
+from lm.infer.reach import Reach as ReachFigures, distance_in
 from lm.tokenizers import Tokenizer
 
-__all__ = ["Answer", "AttributionInfo", "ContextSummary", "Distance", "GenerateResponse", "GeneratedWord", "ModelCard",
+__all__ = ["Answer", "AttributionInfo", "Completeness", "ContextSummary", "Cost", "Distance", "Foil", "OcclusionReach",
+           "Rung", "SentenceInfluence", "GenerateResponse", "GeneratedWord", "ModelCard",
            "PredictResponse", "Prediction", "Reach", "attribution_answer", "generation_answer", "model_card",
            "prediction_answer", "to_json"]
 
@@ -196,6 +198,41 @@ class WordInfluence(Answer):
     score: float
 
 
+class SentenceInfluence(Answer):
+    """A sentence of the context (ended by ".", "!" or "?" or a line break), with its words' influence summed."""
+
+    text: str
+    start: int = Field(ge=0)
+    end: int = Field(ge=0)
+    score: float
+
+
+class Completeness(Answer):
+    """Integrated gradients' completeness check: the signed attributions sum to the objective's change from the
+    baseline to the input (Sundararajan et al. 2017); `gap` is how far they miss."""
+
+    attribution_sum: float
+    input_value: float = Field(description="the objective at the input: log P(word), less log P(foil) with a foil")
+    baseline_value: float = Field(description="the objective at the baseline")
+    gap: float = Field(description="attribution_sum - (input_value - baseline_value)")
+
+
+class Rung(Answer):
+    """One rung of occlusion's ladder: the text farther back than `distance` units replaced by neutral filler."""
+
+    distance: int = Field(ge=0, description="units kept, counted back from the prediction point")
+    value: float | None = Field(description="the objective after the replacement: log P(word), less log P(foil) with "
+                                            "a foil (null: probability 0)")
+    change: float | None = Field(description="value minus the objective on the unchanged text")
+
+
+class OcclusionReach(Distance):
+    """The shortest kept distance from which on every rung of the ladder moves the objective by less than `tolerance`
+    nats (0: even replacing the whole text does not)."""
+
+    tolerance: float = Field(gt=0)
+
+
 class Prediction(Answer):
     """One predicted word; the attribution fields only when the request asked for attribution."""
 
@@ -210,18 +247,43 @@ class Prediction(Answer):
     faithfulness: Faithfulness | None = Field(None, description="only with verify")
     influence: list[UnitInfluence] | None = Field(None, description="only with attribution full")
     word_influence: list[WordInfluence] | None = Field(None, description="only with attribution full")
+    sentence_influence: list[SentenceInfluence] | None = Field(None, description="only with attribution full")
+    completeness: Completeness | None = Field(None, description="integrated_gradients only")
+    ladder: list[Rung] | None = Field(None, description="occlusion only: every rung, nearest first")
+    occlusion_reach: OcclusionReach | None = Field(None, description="occlusion only: how far back replacing the "
+                                                   "text moves the objective by at least `tolerance` nats")
     profile: list[float] | None = Field(None, description="only with attribution full: influence by distance 1, 2, ... "
                                                           "divided by its maximum")
+
+
+class Foil(Answer):
+    """The foil of a contrastive attribution."""
+
+    word: str
+    logprob: float | None = Field(description="exact log P(foil | text), scored as the predictions were; null: "
+                                              "probability 0, so there is no contrast (every influence is 0)")
+
+
+class Cost(Answer):
+    """What this answer's attribution cost, in milliseconds of wall time for the whole answer (all k predictions)."""
+
+    prediction_ms: float = Field(ge=0, description="the read of the text, the search and the exact scoring")
+    method_ms: float = Field(ge=0, description="the method: every prediction's influence together (not the pointer "
+                                               "or the faithfulness check)")
+    ratio: float | None = Field(description="method_ms / prediction_ms (null when prediction_ms is 0)")
 
 
 class AttributionInfo(Answer):
     """How the influence was computed."""
 
     method: str
+    description: str = Field(description="what a unit's influence is under this method")
     threshold: float = Field(gt=0, lt=1)
     model_mode: str
     initial_state: str
     gradient_of: str
+    foil: Foil | None = Field(None, description="only with a foil: the objective is log P(word) - log P(foil)")
+    cost: Cost
 
 
 class PredictResponse(Answer):
@@ -284,8 +346,28 @@ def _attributed(attribution: Attribution, item: AttributedPrediction, full: bool
         answer.word_influence = [WordInfluence(text=text, start=start + shift, end=end + shift, score=score)
                                  for (text, start, end), score in zip(attribution.words,
                                                                       attribution.word_scores(item.influence))]
+        answer.sentence_influence = [SentenceInfluence(text=text, start=start + shift, end=end + shift, score=score)
+                                     for (text, start, end), score in zip(attribution.sentences,
+                                                                          attribution.sentence_scores(item.influence))]
         answer.profile = item.profile()
+    _method_figures(answer, attribution, item.figures)
     return answer
+
+
+def _method_figures(answer: Prediction, attribution: Attribution, figures: MethodFigures) -> None:
+    """A method's own figures on a prediction's answer (integrated gradients' completeness, occlusion's ladder)."""
+    if figures.completeness is not None:
+        check = figures.completeness
+        answer.completeness = Completeness(attribution_sum=check.attribution_sum, input_value=check.input_value,
+                                           baseline_value=check.baseline_value, gap=check.gap)
+    if figures.ladder is not None:
+        answer.ladder = [Rung(distance=rung.distance, value=rung.value, change=rung.change) for rung in figures.ladder]
+    if figures.exact_reach is not None:
+        spans = [(start, end) for _, start, end in attribution.units]
+        words, chars = (distance_in(figures.exact_reach, spans, attribution.unit_word, len(attribution.result.query.context))
+                        if figures.exact_reach else (0, 0))
+        answer.occlusion_reach = OcclusionReach(tokens=figures.exact_reach, words=words, chars=chars,
+                                                tolerance=figures.tolerance)
 
 
 def attribution_answer(model: str, tokenizer: Tokenizer, attribution: Attribution, full: bool,
@@ -294,7 +376,15 @@ def attribution_answer(model: str, tokenizer: Tokenizer, attribution: Attributio
     pointer's positions); `how` says how the gradient was taken (lm/infer/attribution.py's HOW)."""
     answer = prediction_answer(model, tokenizer, attribution.result)
     answer.predictions = [_attributed(attribution, item, full) for item in attribution.predictions]
-    answer.attribution = AttributionInfo(method=attribution.method, threshold=attribution.threshold, **how)
+    cost = attribution.cost
+    info = AttributionInfo(method=attribution.method, description=attribution.description,
+                           threshold=attribution.threshold, **how,
+                           cost=Cost(prediction_ms=cost.prediction_ms, method_ms=cost.method_ms,
+                                     ratio=cost.method_ms / cost.prediction_ms if cost.prediction_ms > 0 else None))
+    if attribution.foil is not None:
+        info.foil = Foil(word=attribution.foil.word, logprob=attribution.foil.logprob)
+        info.gradient_of = f"{info.gradient_of}, less log P(foil | text) scored the same way"
+    answer.attribution = info
     return answer
 
 

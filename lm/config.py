@@ -19,9 +19,9 @@ from lm.cells import cell_names, get_cell
 __all__ = ["ATTRIBUTION_METHODS", "TextCacheConfig", "ModelConfig", "TokenizerConfig", "TrainConfig", "PRESETS", "RENAMED_SETTINGS", "apply_preset", "from_dict",
            "upgrade_settings"]
 
-# The influence measures attribution offers (lm/infer/attribution.py); listed here, at the bottom, so that the CLI's
-# choices, the HTTP request model and the engine share one list without importing torch.
-ATTRIBUTION_METHODS = ("saliency", "grad_x_input")
+# The attribution methods registered in lm/infer/methods (one module each), named here, at the bottom, so that the
+# CLI's choices need no torch; tests/test_methods.py checks that this list and the registry agree.
+ATTRIBUTION_METHODS = ("saliency", "grad_x_input", "occlusion")
 
 log = logging.getLogger(__name__)
 

@@ -25,13 +25,14 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 from pydantic_core import PydanticCustomError
 
 from lm.answers import Answer, ModelCard
-from lm.infer.attribution import METHODS
+from lm.infer.methods import BASELINES, MAX_RUNGS, MAX_STEPS, get_method, method_names
 from server.operations import Limits
 
 __all__ = ["ATTRIBUTION_MODES", "ErrorBody", "ErrorDetail", "MAX_TEMPERATURE", "ModelsResponse", "RequestModel",
            "Status", "Text", "Whole", "WholeNumber", "generate_request_model", "predict_request_model"]
 
 ATTRIBUTION_MODES = ("summary", "full", "none")
+MAX_FOIL_CHARS = 40  # a foil is one word (longer ones are spelled unit by unit, and no word is this long)
 MAX_TEMPERATURE = 100.0  # beyond this every kept word is all but equally likely
 MAX_SEED = 2**63 - 1
 # The control characters refused in a text, as a JSON Schema (ECMA-262 and Python) pattern: Unicode categories Cc
@@ -93,7 +94,18 @@ def predict_request_model(limits: Limits) -> type[RequestModel]:
                                    "profile; none: predictions only")
         threshold: Annotated[float, Field(gt=0, lt=1)] = Field(0.01, description="threshold reach: influence at least "
                                                                                  "this share of the largest")
-        method: Literal[METHODS] = Field("saliency", description="saliency (gradient norm) or grad_x_input")
+        method: Literal[method_names()] = Field(
+            "saliency", description="how a unit's influence is measured: "
+                                    + "; ".join(f"{name}: {get_method(name).description}" for name in method_names()))
+        foil: Text(MAX_FOIL_CHARS, "explain each word against this one: the objective becomes log P(word) - log P(foil) "
+                                   "for any method (contrastive attribution); whitespace around it is ignored, and a "
+                                   "foil of probability 0 after the text gives no contrast (its logprob is null)") | None = None
+        steps: Whole(1, MAX_STEPS, "integrated_gradients: points on the path from the baseline to the input "
+                                   "(other methods ignore it)") = 16
+        baseline: Literal[BASELINES] = Field("zero", description="integrated_gradients: the baseline input, zero "
+                                             "embeddings or the pad unit's (other methods ignore it)")
+        rungs: Whole(2, MAX_RUNGS, "occlusion: distances in the ladder, 0 then geometric up to the text's length (other "
+                                   "methods ignore it)") = 10
         verify: bool = Field(False, description="also check faithfulness: re-score with the text beyond the 99% mass "
                                                 "reach replaced and cut")
         text_cache: bool | None = Field(None, description="mix the continuous cache over the text into the predictions "

@@ -17,6 +17,7 @@ from lm.answers import GenerateResponse, PredictResponse, attribution_answer, ge
     prediction_answer, to_json
 from lm.infer.attribution import HOW, attribute
 from lm.infer.generate import GenerationSettings, generate as generate_text
+from lm.infer.methods import MethodOptions
 from server.errors import ApiError
 from server.operations import COMMON_ERRORS, Limits, Operation, body_errors, current_limits
 from server.protocol import ModelEntry, ModelsResponse, Status, generate_request_model, predict_request_model
@@ -70,7 +71,8 @@ def predict():
     else:
         attribution = attribute(model.predictor, query.text, k=query.k, method=query.method, threshold=query.threshold,
                                 verify=query.verify, max_units=limits.max_context_units,
-                                text_cache=query.wants_text_cache())
+                                text_cache=query.wants_text_cache(), foil=query.foil,
+                                options=MethodOptions(steps=query.steps, baseline=query.baseline, rungs=query.rungs))
         answer = attribution_answer(model.name, tokenizer, attribution, full=query.attribution == "full", how=HOW)
     return answer_response(answer, _deprecated(query))
 

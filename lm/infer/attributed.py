@@ -1,8 +1,8 @@
 """What attribution returns: each prediction with its influence over the text, its reach and (with the text cache) its
-pointer, and the text's units and words those refer to (`lm/infer/attribution.py: attribute` makes them).
+pointer, and the text's units, words and sentences those refer to (`lm/infer/attribution.py: attribute` makes them).
 
-Plain data: the gradients are taken in lm/infer/word_gradients.py, the reach figures in lm/infer/reach.py, the
-pointer in lm/infer/pointer.py, and the views (lm/reports/views.py) and answers read these objects.
+Plain data: the influence comes from the chosen method (lm/infer/methods), the reach figures from lm/infer/reach.py,
+the pointer from lm/infer/pointer.py; the views (lm/reports/views.py) and answers (lm/answers.py) read these objects.
 """
 
 from __future__ import annotations
@@ -11,11 +11,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from lm.infer.methods import MethodFigures, MethodOptions
 from lm.infer.pointer import Pointer
 from lm.infer.predictor import PredictionResult, WordPrediction
 from lm.infer.reach import Reach
 
-__all__ = ["Attribution", "AttributedPrediction"]
+__all__ = ["Attribution", "AttributedPrediction", "Cost", "Foil"]
 
 
 @dataclass
@@ -24,10 +25,11 @@ class AttributedPrediction:
 
     prediction: WordPrediction
     influence: np.ndarray  # (n,) per context unit, in text order
-    reach: Reach  # what holds for the prediction as served: the gradient's, widened by the cache's deletion reach
-    gradient_reach: Reach  # the gradient's alone
+    reach: Reach  # what holds for the prediction as served: the method's, widened by the cache's deletion reach
+    gradient_reach: Reach  # the method's alone (the name is the gradient methods')
     faithfulness: dict | None = None
     pointer: Pointer | None = None
+    figures: MethodFigures = field(default_factory=MethodFigures)  # the method's own figures (completeness, ladder)
 
     def profile(self) -> list[float]:
         """Influence by distance 1..n (the last unit first), divided by the largest."""
@@ -35,9 +37,26 @@ class AttributedPrediction:
         return [float(v) / top if top > 0 else 0.0 for v in self.influence[::-1]]
 
 
+@dataclass(frozen=True)
+class Foil:
+    """The foil of a contrastive attribution: the word the predictions are explained against."""
+
+    word: str
+    logprob: float | None  # exact log P(foil | text), scored as the predictions were; None: probability 0
+
+
+@dataclass(frozen=True)
+class Cost:
+    """What one attribution cost, in milliseconds of wall time: the prediction (the read of the text, the search and
+    the exact scoring) and the method (every prediction's influence together)."""
+
+    prediction_ms: float
+    method_ms: float
+
+
 @dataclass
 class Attribution:
-    """Every attributed prediction for one text, with the text's units and words."""
+    """Every attributed prediction for one text, with the text's units, words and sentences."""
 
     result: PredictionResult
     method: str
@@ -46,6 +65,12 @@ class Attribution:
     words: list[tuple[str, int, int]]  # whitespace-separated words of the context
     unit_word: list[int]  # the word of each unit
     predictions: list[AttributedPrediction] = field(default_factory=list)
+    sentences: list[tuple[str, int, int]] = field(default_factory=list)  # the context's sentences (reach.sentences_of)
+    word_sentence: list[int] = field(default_factory=list)  # the sentence of each word
+    options: MethodOptions = field(default_factory=MethodOptions)
+    foil: Foil | None = None
+    cost: Cost = field(default_factory=lambda: Cost(0.0, 0.0))
+    description: str = ""  # the method's one-line description
 
     def context_summary(self) -> dict:
         """What was read: units, words and characters of the context, and what an input limit left unread (the
@@ -58,4 +83,11 @@ class Attribution:
         for unit, word in enumerate(self.unit_word):
             if word >= 0:
                 scores[word] += float(influence[unit])
+        return scores
+
+    def sentence_scores(self, influence: np.ndarray) -> list[float]:
+        """Per-unit influence (n,) summed over each sentence of the context (its words' scores summed)."""
+        scores = [0.0] * len(self.sentences)
+        for word, score in enumerate(self.word_scores(influence)):
+            scores[self.word_sentence[word]] += score
         return scores

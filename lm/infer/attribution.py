@@ -1,4 +1,12 @@
-"""Gradient reach: how far back each prediction's gradient influence reaches.
+"""Gradient reach: how far back each prediction's gradient influence reaches, by any registered method.
+
+The method (lm/infer/methods: saliency, gradient x input, occlusion, and
+whatever else is registered there) gives each context unit an influence on
+each prediction; everything after that is done here the same way for every
+method: the reach figures, the aggregation to words and sentences, the cost in
+milliseconds, the text cache's pointer and the faithfulness check. With a
+`foil` word the objective is log P(word) - log P(foil) ("why this word rather
+than the foil"), for every method. The gradient methods, as today's default:
 
 For a predicted word w after a text, the influence of an input position t is
 the size of the gradient of log P(w | text) with respect to the input
@@ -44,27 +52,27 @@ neither the gradient nor the cache's own arithmetic says the text matters.
 
 With `verify`, each prediction also says how far its log-probability moves
 when the text beyond its reach is replaced or cut (lm/infer/faithfulness.py).
-The result types are in lm/infer/attributed.py.
+The result types are in lm/infer/attributed.py; the methods' contract in lm/infer/methods/__init__.py.
 """
 
 from __future__ import annotations
 
 import math
+import time
 
-from lm.config import ATTRIBUTION_METHODS
-from lm.infer.attributed import Attribution, AttributedPrediction
+from lm.infer.attributed import Attribution, AttributedPrediction, Cost, Foil
 from lm.infer.faithfulness import faithfulness
+from lm.infer.methods import MethodContext, MethodFigures, MethodOptions, get_method, method_names
 from lm.infer.pointer import cache_pointer, deletion_reach, explain_cache
-from lm.infer.predictor import Predictor
+from lm.infer.predictor import Predictor, WordPrediction
 from lm.infer.query import keep_last_units
-from lm.infer.reach import reach_figures, unit_words, widest, words_of
+from lm.infer.reach import reach_figures, sentences_of, unit_words, widest, word_sentences, words_of
+from lm.infer.scoring import NEG, score_words
 from lm.infer.textcache import read_memory
-from lm.infer.word_gradients import prediction_gradients
 
 # The result types are re-exported: callers that attribute read them from here.
-__all__ = ["Attribution", "AttributedPrediction", "HOW", "METHODS", "attribute"]
+__all__ = ["Attribution", "AttributedPrediction", "HOW", "attribute", "method_names"]
 
-METHODS = ATTRIBUTION_METHODS  # lm/config.py
 # How the gradient is taken, as every attributed answer states it.
 HOW = {
     "model_mode": "evaluation (no dropout)",
@@ -74,15 +82,30 @@ HOW = {
 }
 
 
+def _foil(predictor: Predictor, result, foil: str | None) -> WordPrediction | None:
+    """The foil word scored exactly after the text, as the predictions were (same mixture, same reads), with its
+    spellings; None without a foil (one of only whitespace is none)."""
+    word = (foil or "").strip()
+    if not word:
+        return None
+    (spelling,), _ = score_words(predictor.units, result.reads, result.line_start, result.query, [word])
+    remainder = word[len(result.query.partial):] if result.query.completing else word
+    return WordPrediction(word, spelling.logprob, remainder, spelling.paths)
+
+
 def attribute(predictor: Predictor, text: str, k: int = 5, method: str = "saliency", threshold: float = 0.01,
               verify: bool = False, max_units: int | None = None, beam_width: int = 16, temperature: float = 1.0,
-              text_cache: bool | None = None) -> Attribution:
-    """Predict the next words after `text` and attribute each to the text's positions (see the module docstring);
-    `text_cache`: predict and differentiate the mixture with the continuous cache (see `Predictor.uses_text_cache`)."""
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {', '.join(METHODS)}, not {method!r}")
+              text_cache: bool | None = None, foil: str | None = None,
+              options: MethodOptions | None = None) -> Attribution:
+    """Predict the next words after `text` and attribute each to the text's positions with `method` (see the module
+    docstring); `text_cache`: predict and differentiate the mixture with the continuous cache (see
+    `Predictor.uses_text_cache`); `foil`: explain each word against this one (log P(word) - log P(foil));
+    `options`: the methods' options (integrated gradients' steps and baseline, occlusion's rungs)."""
+    chosen = get_method(method)  # ValueError naming the registered methods
     if not 0 < threshold < 1:
         raise ValueError(f"threshold must be between 0 and 1, not {threshold}")
+    options = options or MethodOptions()
+    started = time.perf_counter()
     tokenizer = predictor.tokenizer
     # The input limit: the model reads only the last max_units units, exactly as Predictor.predict does with it.
     query, cut = keep_last_units(text, tokenizer, max_units)
@@ -98,22 +121,31 @@ def attribute(predictor: Predictor, text: str, k: int = 5, method: str = "salien
     result = predictor.predict_from(context, query, k=k, beam_width=beam_width, temperature=temperature,
                                     text_cache=settings is not None)
     result.cut = cut
+    predicted = time.perf_counter()
     unit_list = [(query.context[s:e], s, e) for s, e in spans]
     words = words_of(query.context)
     unit_word = unit_words(unit_list, words)
-    attribution = Attribution(result, method, threshold, unit_list, words, unit_word)
+    sentences = sentences_of(query.context, words)
+    attribution = Attribution(result, chosen.name, threshold, unit_list, words, unit_word, sentences=sentences,
+                              word_sentence=word_sentences(words, sentences), options=options,
+                              description=chosen.description)
+    foil_word = _foil(predictor, result, foil)
+    if foil_word is not None:
+        attribution.foil = Foil(foil_word.word, foil_word.logprob if foil_word.logprob > NEG else None)
     if not result.predictions:
+        attribution.cost = Cost((predicted - started) * 1e3, 0.0)
         return attribution
-    gradients, embeddings = prediction_gradients(predictor, trace, result, temperature)
+    ctx = MethodContext(predictor, trace, result, query, spans, temperature, options, foil_word)
+    output = chosen.compute(ctx)
+    attribution.cost = Cost((predicted - started) * 1e3, (time.perf_counter() - predicted) * 1e3)
+    if output.influence.shape != (len(result.predictions), len(spans)):
+        raise ValueError(f"method {chosen.name!r} gave influence of shape {output.influence.shape}, not "
+                         f"{(len(result.predictions), len(spans))}")
     for row, prediction in enumerate(result.predictions):
-        grad = gradients[row]  # (n, E)
-        if method == "saliency":
-            influence = grad.norm(dim=-1)
-        else:
-            influence = (grad * embeddings).sum(-1).abs()
-        influence_np = influence.double().numpy()
+        influence_np = output.influence[row]
         gradient_reach = reach_figures(influence_np, spans, unit_word, len(query.context), len(words), threshold)
-        item = AttributedPrediction(prediction, influence_np, gradient_reach, gradient_reach)
+        figures = output.figures[row] if output.figures else MethodFigures()
+        item = AttributedPrediction(prediction, influence_np, gradient_reach, gradient_reach, figures=figures)
         if result.text_cache:
             explanation = explain_cache(predictor, result, prediction, spans, query.context, temperature)
             item.pointer = cache_pointer(explanation, spans, unit_word, len(query.context), threshold)

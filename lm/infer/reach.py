@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-__all__ = ["Reach", "distance_in", "reach_figures", "unit_words", "widest", "words_of"]
+__all__ = ["Reach", "distance_in", "reach_figures", "sentences_of", "unit_words", "widest", "word_sentences", "words_of"]
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,31 @@ def words_of(text: str) -> list[tuple[str, int, int]]:
         elif start is None:
             start = index
     return words
+
+
+def sentences_of(text: str, words: list[tuple[str, int, int]]) -> list[tuple[str, int, int]]:
+    """The sentences of `text`, each (sentence, start, end) from its first word to its last: a sentence ends with a
+    word ending in ".", "!" or "?" (closing quotes and brackets after it allowed), or before a line break."""
+    sentences, first = [], None
+    for index, (word, start, end) in enumerate(words):
+        if first is None:
+            first = start
+        stripped = word.rstrip("\"')]»”’")
+        line_break = index + 1 < len(words) and "\n" in text[end:words[index + 1][1]]
+        if stripped.endswith((".", "!", "?")) or line_break or index + 1 == len(words):
+            sentences.append((text[first:end], first, end))
+            first = None
+    return sentences
+
+
+def word_sentences(words: list[tuple[str, int, int]], sentences: list[tuple[str, int, int]]) -> list[int]:
+    """The sentence of each word (`sentences_of`'s sentences cover every word, in order)."""
+    owner, sentence = [], 0
+    for _, start, _ in words:
+        while sentence + 1 < len(sentences) and start >= sentences[sentence + 1][1]:
+            sentence += 1
+        owner.append(sentence)
+    return owner
 
 
 def unit_words(units: list[tuple[str, int, int]], words: list[tuple[str, int, int]]) -> list[int]:
