@@ -51,7 +51,7 @@ async function predict() {
       method: "POST",
       headers: { "Content-Type": "application/json" },
       body: JSON.stringify({ text, k: Number($("k").value), model: $("model").value || null,
-                             attribution: "full", method: $("method").value }),
+                             attribution: "full", method: $("method").value, foil: $("foil").value.trim() || null }),
     });
     const body = await response.json();
     if (mine !== sequence) return;
@@ -201,9 +201,12 @@ function renderHeatmap() {
   // Offsets index into the whole text; an input limit may have left its first dropped_chars characters unread.
   const unread = body.context.dropped_chars || 0;
   const text = body.text.slice(0, unread + body.context.chars);
-  const units = p.influence || [];
+  // The view: per unit, or each unit's influence summed over its word or its sentence (offsets index the same text).
+  const view = $("view").value;
+  const units = (view === "words" ? p.word_influence : view === "sentences" ? p.sentence_influence : p.influence) || [];
   const top = Math.max(0, ...units.map((u) => u.score));
-  const reachUnit = r.tokens ? units.length - r.tokens : -1;
+  const reachUnit = view === "units" && r.tokens ? units.length - r.tokens : view === "words" && r.words ? units.length - r.words : -1;
+  describeCost(body.attribution, p);
   if (unread > 0) {
     const skipped = document.createElement("span");
     skipped.className = "unread";
@@ -240,6 +243,18 @@ function renderHeatmap() {
   drawProfile(p.profile || []);
 }
 
+function describeCost(info, p) {
+  // What the method cost against the prediction, the foil's probability, and the method's own figures.
+  if (!info) { $("cost").textContent = ""; return; }
+  const parts = [`${info.method}: ${info.cost.method_ms.toFixed(0)} ms, ` +
+                 `${info.cost.ratio === null ? "–" : info.cost.ratio.toFixed(1)}× the prediction's ${info.cost.prediction_ms.toFixed(0)} ms`];
+  if (info.foil) parts.push(info.foil.logprob === null ? `“${info.foil.word}” has probability 0 here: no contrast`
+                                                       : `against “${info.foil.word}” (p = ${Math.exp(info.foil.logprob).toPrecision(2)})`);
+  if (p.occlusion_reach) parts.push(`replacing the text beyond ${p.occlusion_reach.words} words moves log P by under ${p.occlusion_reach.tolerance} nats`);
+  if (p.completeness) parts.push(`completeness gap ${p.completeness.gap.toExponential(1)} nats`);
+  $("cost").textContent = parts.join(" · ");
+}
+
 function drawProfile(profile) {
   const canvas = $("profile");
   const g = canvas.getContext("2d");
@@ -269,4 +284,16 @@ function drawProfile(profile) {
 $("text").addEventListener("input", schedule);
 $("continue").addEventListener("click", continueText);
 for (const id of ["model", "k", "method"]) $(id).addEventListener("change", predict);
+$("foil").addEventListener("input", schedule);
+$("view").addEventListener("change", () => { if (latest) renderHeatmap(); });
+// The method menu offers what the server registers (its request schema's enum), in the registry's order.
+fetch("/openapi.json").then((response) => response.json()).then((document) => {
+  const request = Object.entries(document.components.schemas).find(([name]) => name.startsWith("PredictRequest"));
+  const methods = request ? request[1].properties.method.enum : [];
+  const menu = $("method");
+  const chosen = menu.value;
+  const labels = Object.fromEntries([...menu.options].map((o) => [o.value, o.textContent]));
+  if (methods.length) menu.innerHTML = methods.map((m) => `<option value="${m}">${labels[m] || m.replace(/_/g, " ")}</option>`).join("");
+  if (methods.includes(chosen)) menu.value = chosen;
+}).catch(() => {});
 loadModels().then(predict).catch((error) => setStatus(`could not load models: ${error}`, true));
