@@ -94,42 +94,43 @@ class Cell:
 
     def backward(self, weights: LayerWeights, back: Callable[[Tensor], Tensor], input_part: Callable[[], Tensor],
                  outputs: Tensor, seed: Tensor, injected: Tensor | None) -> Tensor:
-        """Gradients (T, k, C) with respect to one layer's inputs over a whole read, all k seeds side by side.
+        """Gradients (T, B, k, C) with respect to one layer's inputs over B reads of T steps side by side, k seeds
+        per read (B x k gradients at once; a single read is B = 1).
 
-        back: g (k, G) -> g W_hh (k, H), the recurrent weight's transpose product;
-        input_part(): the input product of every step (T, G) with `input_bias`
+        back: g (B k, G) -> g W_hh (B k, H), the recurrent weight's transpose product;
+        input_part(): the input product of every step (T, B, G) with `input_bias`
         (called only by families that need the gate values); outputs: the
-        layer's h_1..h_T (T, H); seed (k, S): gradients on the final state;
-        injected (T, k, H) or None: gradients arriving on each output from the
-        layer above.
+        layer's h_1..h_T of each read (T, B, H); seed (B, k, S): gradients on
+        each read's final state; injected (T, B, k, H) or None: gradients
+        arriving on each output from the layer above.
         """
         raise NotImplementedError
 
 
 def zeros_before(values: Tensor) -> Tensor:
-    """values (T, D) shifted one step later, a zero row first: each step's previous values (a read starts from zeros)."""
-    return torch.cat([values.new_zeros(1, values.size(1)), values[:-1]])
+    """values (T, ...) shifted one step later, zeros first: each step's previous values (a read starts from zeros)."""
+    return torch.cat([values.new_zeros(1, *values.shape[1:]), values[:-1]])
 
 
 class InputGradients:
     """Collects d/d pre-activations step by step (latest first) and turns them into d/d inputs, a block at a time.
 
-    Keeping every step's (k, G) row for one product at the end would write
-    T x k x G floats to fresh memory (80 MB for 2,000 steps of a 512-unit
-    LSTM), and page faults then cost more than the arithmetic. A block of
-    `block` steps stays in cache; each full block becomes inputs' gradients
-    with one (block x k, G) x (G, C) product.
+    Keeping every step's (B, k, G) rows for one product at the end would write
+    T x B x k x G floats to fresh memory (80 MB for 2,000 steps of a 512-unit
+    LSTM and k = 5), and page faults then cost more than the arithmetic. A
+    block of `block` steps stays in cache; each full block becomes inputs'
+    gradients with one (block x B x k, G) x (G, C) product.
     """
 
-    def __init__(self, steps: int, rows: int, width: int, weight_ih: Tensor, block: int = 64):
+    def __init__(self, steps: int, rows: tuple[int, int], width: int, weight_ih: Tensor, block: int = 64):
         self.weight = weight_ih  # (G, C)
         self.block = min(block, steps)
-        self.buffer = weight_ih.new_empty(self.block, rows, width)  # (block, k, G)
+        self.buffer = weight_ih.new_empty(self.block, *rows, width)  # (block, B, k, G)
         self.slots = self.buffer.unbind(0)
-        self.result = weight_ih.new_empty(steps, rows, weight_ih.size(1))  # (T, k, C)
+        self.result = weight_ih.new_empty(steps, *rows, weight_ih.size(1))  # (T, B, k, C)
 
     def row(self, t: int) -> Tensor:
-        """Where step t's (k, G) gradients go."""
+        """Where step t's (B, k, G) gradients go."""
         return self.slots[t % self.block]
 
     def written(self, t: int) -> None:
@@ -137,4 +138,5 @@ class InputGradients:
         if t % self.block == 0:
             count = min(self.block, self.result.size(0) - t)
             done = self.buffer[:count]
-            torch.mm(done.reshape(-1, done.size(2)), self.weight, out=self.result[t : t + count].view(-1, self.weight.size(1)))
+            torch.mm(done.reshape(-1, done.size(-1)), self.weight,
+                     out=self.result[t : t + count].view(-1, self.weight.size(1)))

@@ -34,16 +34,17 @@ class ElmanCell(Cell):
     def backward(self, weights: LayerWeights, back: Callable[[Tensor], Tensor], input_part: Callable[[], Tensor],
                  outputs: Tensor, seed: Tensor, injected: Tensor | None) -> Tensor:
         """dh_(t-1) = (dh_t * act'(pre_t)) W_hh; act' comes from the outputs alone (1 - h^2, or h > 0)."""
-        h = outputs
-        slope = (h > 0).to(h.dtype) if self.nonlinearity == "relu" else 1 - h * h  # (T, H)
-        steps = h.size(0)
-        sink = InputGradients(steps, seed.size(0), h.size(1), weights.input)
-        slope_rows = slope.unbind(0)
+        h = outputs  # (T, B, H)
+        steps, reads, hidden = h.shape
+        slope = (h > 0).to(h.dtype) if self.nonlinearity == "relu" else 1 - h * h  # (T, B, H)
+        rows = seed.size(1)
+        sink = InputGradients(steps, (reads, rows), hidden, weights.input)
+        slope_rows = slope.unsqueeze(2).unbind(0)  # (B, 1, H) each
         injected_rows = injected.unbind(0) if injected is not None else None
-        dh = seed
+        dh = seed  # (B, k, H)
         for t in range(steps - 1, -1, -1):
             if injected_rows is not None:
                 dh = dh + injected_rows[t]
-            dh = back(torch.mul(dh, slope_rows[t], out=sink.row(t)))
+            dh = back(torch.mul(dh, slope_rows[t], out=sink.row(t)).view(-1, hidden)).view(reads, rows, hidden)
             sink.written(t)
         return sink.result

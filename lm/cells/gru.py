@@ -47,27 +47,27 @@ class GRUCell(Cell):
                  outputs: Tensor, seed: Tensor, injected: Tensor | None) -> Tensor:
         """Gates recomputed from the outputs; per step d [pre_r, pre_z, pre_n] from dh, and dh_prev through z and
         through r * (W_hn h_prev)."""
-        h = outputs
-        hidden = h.size(1)
+        h = outputs  # (T, B, H)
+        steps, reads, hidden = h.shape
         h_prev = zeros_before(h)
-        from_h = torch.addmm(weights.recurrent_bias, h_prev, weights.recurrent.t())
-        xr, xz, xn = input_part().chunk(3, dim=-1)
-        hr, hz, hn = from_h.chunk(3, dim=-1)
+        from_h = torch.addmm(weights.recurrent_bias, h_prev.reshape(-1, hidden), weights.recurrent.t())
+        xr, xz, xn = input_part().chunk(3, dim=-1)  # each (T, B, H)
+        hr, hz, hn = from_h.view(steps, reads, 3 * hidden).chunk(3, dim=-1)
         r, z = torch.sigmoid(xr + hr), torch.sigmoid(xz + hz)
         n = torch.tanh(xn + r * hn)
         to_n = (1 - z) * (1 - n * n)  # dh -> d pre_n
         scale_x = torch.cat([to_n * hn * r * (1 - r), (h_prev - n) * z * (1 - z), to_n], dim=-1)  # dh -> d [pre_r, pre_z, pre_n]
-        scale_h = torch.cat([scale_x[:, : 2 * hidden], to_n * r], dim=-1)  # the hidden side sees r * (W_hn h_prev)
-        steps = h.size(0)
-        sink = InputGradients(steps, seed.size(0), 3 * hidden, weights.input)
-        x_rows, h_rows, z_rows = scale_x.unbind(0), scale_h.unbind(0), z.unbind(0)
+        scale_h = torch.cat([scale_x[..., : 2 * hidden], to_n * r], dim=-1)  # the hidden side sees r * (W_hn h_prev)
+        rows = seed.size(1)
+        sink = InputGradients(steps, (reads, rows), 3 * hidden, weights.input)
+        x_rows, h_rows, z_rows = (x.unsqueeze(2).unbind(0) for x in (scale_x, scale_h, z))  # (B, 1, *) each
         injected_rows = injected.unbind(0) if injected is not None else None
-        dh = seed
+        dh = seed  # (B, k, H)
         for t in range(steps - 1, -1, -1):
             if injected_rows is not None:
                 dh = dh + injected_rows[t]
-            wide = torch.cat([dh, dh, dh], dim=-1)  # (k, 3H)
+            wide = torch.cat([dh, dh, dh], dim=-1)  # (B, k, 3H)
             torch.mul(wide, x_rows[t], out=sink.row(t))
-            dh = torch.addcmul(back(wide * h_rows[t]), dh, z_rows[t])
+            dh = torch.addcmul(back((wide * h_rows[t]).view(-1, 3 * hidden)).view(reads, rows, hidden), dh, z_rows[t])
             sink.written(t)
         return sink.result

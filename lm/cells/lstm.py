@@ -56,33 +56,35 @@ class LSTMCell(Cell):
                  outputs: Tensor, seed: Tensor, injected: Tensor | None) -> Tensor:
         """Gates recomputed from the outputs in one product, the cell state rebuilt (nn.LSTM returns only its last
         value), then per step: dc += dh o tanh'(c); d pre = [dc g i', dc c_prev f', dc i g', dh tanh(c) o']."""
-        h = outputs
-        hidden = h.size(1)
+        h = outputs  # (T, B, H)
+        steps, reads, hidden = h.shape
+        gates = 4 * hidden
         h_prev = zeros_before(h)
-        pre = torch.addmm(input_part(), h_prev, weights.recurrent.t())  # (T, 4H)
-        i, f, g, o = pre.chunk(4, dim=-1)
+        pre = torch.addmm(input_part().reshape(-1, gates), h_prev.reshape(-1, hidden), weights.recurrent.t())
+        i, f, g, o = pre.view(steps, reads, gates).chunk(4, dim=-1)  # each (T, B, H)
         i, f, g, o = i.sigmoid(), f.sigmoid(), g.tanh(), o.sigmoid()
-        steps = h.size(0)
         c = torch.empty_like(h)
-        running = h.new_zeros(hidden)
+        running = h.new_zeros(reads, hidden)
         update = i * g
         for update_t, forget_t, c_t in zip(update.unbind(0), f.unbind(0), c.unbind(0)):
             running = torch.addcmul(update_t, forget_t, running, out=c_t)
         tanh_c = c.tanh()
         through_h = o * (1 - tanh_c * tanh_c)  # d c_t / d h_t's path: dc += dh * o * tanh'(c)
-        # d pre / d [c, c, c, h]: input, forget, cell and output gates.
+        # d pre / d [c, c, c, h]: input, forget, cell and output gates. (T, B, 4H)
         scale = torch.cat([g * i * (1 - i), zeros_before(c) * f * (1 - f), i * (1 - g * g), tanh_c * o * (1 - o)], dim=-1)
-        sink = InputGradients(steps, seed.size(0), 4 * hidden, weights.input)
-        # Rows as views made in one call each: indexing in the loop would cost a Python call per tensor per step.
-        through_rows, scale_rows, forget_rows = through_h.unbind(0), scale.unbind(0), f.unbind(0)
+        rows = seed.size(1)
+        sink = InputGradients(steps, (reads, rows), gates, weights.input)
+        # Rows as (B, 1, *) views made in one call each (they broadcast over the k seeds): indexing in the loop would
+        # cost a Python call per tensor per step.
+        through_rows, scale_rows, forget_rows = (x.unsqueeze(2).unbind(0) for x in (through_h, scale, f))
         injected_rows = injected.unbind(0) if injected is not None else None
-        dh, dc = seed[:, :hidden], seed[:, hidden:]
+        dh, dc = seed[..., :hidden], seed[..., hidden:]  # (B, k, H)
         for t in range(steps - 1, -1, -1):
             if injected_rows is not None:
                 dh = dh + injected_rows[t]
             dc = torch.addcmul(dc, dh, through_rows[t])
-            step = torch.mul(torch.cat([dc, dc, dc, dh], dim=-1), scale_rows[t], out=sink.row(t))  # (k, 4H)
+            step = torch.mul(torch.cat([dc, dc, dc, dh], dim=-1), scale_rows[t], out=sink.row(t))  # (B, k, 4H)
             dc = dc * forget_rows[t]
-            dh = back(step)
+            dh = back(step.view(-1, gates)).view(reads, rows, hidden)
             sink.written(t)
         return sink.result

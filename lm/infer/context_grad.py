@@ -25,6 +25,12 @@ about 60 us per step for the batch-1 read. The result equals autograd's to
 float32 rounding (tests/test_context_grad.py checks every cell type with two
 layers).
 
+Integrated gradients needs the same for B reads of one length (the text's
+embeddings scaled towards a baseline): `trace_embeddings` reads them as one
+batch and `backward_reads` carries k seeds per read back, all B x k side by
+side, so each backward step is still one product, (B k, G) x (G, H), and
+the per-step Python work is the same as for one read.
+
 Each cell family's backward lives beside its forward equations in
 `lm/cells` (torch.nn's equations: gate order i, f, g, o for the LSTM; r, z,
 n for the GRU). Shapes: T context positions, k seeds, C a layer's input
@@ -40,7 +46,7 @@ from torch import Tensor
 from lm.cells import layer_weights
 from lm.infer.engine import StepEngine
 
-__all__ = ["ContextTrace", "backward_context", "trace_context"]
+__all__ = ["ContextTrace", "ReadsTrace", "backward_context", "backward_reads", "trace_context", "trace_embeddings"]
 
 
 @dataclass
@@ -72,6 +78,34 @@ def trace_context(model, ids: Tensor) -> ContextTrace:
     return ContextTrace(ids, inputs, outputs, torch.stack(finals), logits)
 
 
+@dataclass
+class ReadsTrace:
+    """What B reads of one length, read side by side from input embeddings, leave for the backward pass."""
+
+    inputs: list[Tensor]  # per layer, its input (T, B, C), time first: the embeddings for layer 0
+    outputs: list[Tensor]  # per layer, its outputs h_1..h_T (T, B, H)
+    final: Tensor  # (L, B, S): each read's state after it
+    logits: Tensor  # (B, V): the model's output after each read's last position
+
+
+def trace_embeddings(model, embeds: Tensor) -> ReadsTrace:
+    """Read embeddings (B, T, E) from a zero state in evaluation mode with the model's fused layers, one batch,
+    keeping every layer's inputs and outputs (time first)."""
+    if model.training:
+        raise ValueError("trace_embeddings needs the model in evaluation mode (no dropout)")
+    with torch.inference_mode():
+        x = embeds
+        state = model.init_state(embeds.size(0))
+        inputs, outputs, finals = [], [], []
+        for index in range(model.config.num_layers):
+            inputs.append(x.transpose(0, 1).contiguous())
+            x, final, _ = model.run_layer(index, x, state[index])  # (B, T, H), (B, S)
+            outputs.append(x.transpose(0, 1).contiguous())
+            finals.append(final)
+        logits = model.output(x[:, -1])  # (B, V)
+    return ReadsTrace(inputs, outputs, torch.stack(finals), logits)
+
+
 def backward_context(engine: StepEngine, trace: ContextTrace, seeds: Tensor, on_top: Tensor | None = None) -> Tensor:
     """Gradients (k, T, E) with respect to the context's input embeddings, from seeds (L, k, S) on the final state
     and, when given, gradients `on_top` (T, k, H) on the top layer's outputs from whatever else read them (the
@@ -80,13 +114,30 @@ def backward_context(engine: StepEngine, trace: ContextTrace, seeds: Tensor, on_
     Each layer's backward is its cell family's (`Cell.backward` in `lm/cells`), top layer first; the
     engine supplies the prepacked W_hh products and the input products (from its input table for layer 0).
     """
+    grad = _backward(engine, trace.ids, [x[:, None] for x in trace.inputs], [h[:, None] for h in trace.outputs],
+                     seeds[:, None], None if on_top is None else on_top[:, None])  # (T, 1, k, E)
+    return grad[:, 0].transpose(0, 1)
+
+
+def backward_reads(engine: StepEngine, trace: ReadsTrace, seeds: Tensor, on_top: Tensor | None = None) -> Tensor:
+    """Gradients (B, k, T, E) with respect to each of B traced reads' input embeddings, from seeds (L, B, k, S) on
+    their final states and, when given, gradients `on_top` (T, B, k, H) on their top layer's outputs: the B x k
+    gradients carried back side by side (`backward_context` for many reads)."""
+    grad = _backward(engine, None, trace.inputs, trace.outputs, seeds, on_top)  # (T, B, k, E)
+    return grad.permute(1, 2, 0, 3)
+
+
+def _backward(engine: StepEngine, ids: Tensor | None, inputs: list[Tensor], outputs: list[Tensor], seeds: Tensor,
+              on_top: Tensor | None) -> Tensor:
+    """The layers' backward, top first: inputs (T, B, C) and outputs (T, B, H) per layer, seeds (L, B, k, S), on_top
+    (T, B, k, H) or None -> (T, B, k, E); `ids` (T,) when B = 1 and the inputs are those units' embeddings."""
     model, cell = engine.model, engine.cell
-    injected = on_top  # (T, k, C): the gradients on the layer's outputs from outside its recurrence
+    injected = on_top  # (T, B, k, C): the gradients on the layer's outputs from outside its recurrence
     with torch.no_grad():
         for index in reversed(range(model.config.num_layers)):
-            seed = seeds[index].to(trace.final.dtype)
-            inputs = trace.inputs[index]
+            seed = seeds[index].to(outputs[index].dtype)
+            layer_inputs = inputs[index]
             injected = cell.backward(layer_weights(model.layers[index]), engine.recurrent_backward(index),
-                                     lambda: engine.input_part(index, trace.ids, inputs), trace.outputs[index], seed,
+                                     lambda: engine.input_part(index, ids, layer_inputs), outputs[index], seed,
                                      injected)
-    return injected.transpose(0, 1)
+    return injected

@@ -118,14 +118,15 @@ class StepEngine:
 
         return self.packed("input_table", (embedding, weights.input, weights.input_bias, weights.recurrent_bias), build)
 
-    def input_part(self, index: int, ids: Tensor, inputs: Tensor) -> Tensor:
-        """Layer `index`'s input product for a whole read, x_t @ W_ih.T + the cell's input biases (T, G), from its
-        inputs (T, C); layer 0 gathers the rows of the units `ids` (T,) from the input table when there is one."""
-        table = self.input_table() if index == 0 else None
+    def input_part(self, index: int, ids: Tensor | None, inputs: Tensor) -> Tensor:
+        """Layer `index`'s input product for whole reads, x_t @ W_ih.T + the cell's input biases (T, B, G), from
+        their inputs (T, B, C); layer 0 gathers the rows of the units `ids` (T,) from the input table when there is
+        one (B = 1; ids None: the inputs are not units' embeddings, so always the product)."""
+        table = self.input_table() if index == 0 and ids is not None else None
         if table is not None:
-            return table.index_select(0, ids)
+            return table.index_select(0, ids).unsqueeze(1)
         weights = layer_weights(self.model.layers[index])
-        return torch.addmm(self.cell.input_bias(weights), inputs, weights.input.t())
+        return torch.nn.functional.linear(inputs, weights.input, self.cell.input_bias(weights))
 
     def recurrent_backward(self, index: int) -> Callable[[Tensor], Tensor]:
         """g (k, G) -> g @ W_hh (k, H) for layer `index`, prepacked: a backward pass through a long read makes

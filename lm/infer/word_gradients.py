@@ -19,6 +19,8 @@ text), and the backward pass injects those at their positions.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from lm.config import TextCacheConfig
@@ -26,7 +28,7 @@ from lm.infer.context_grad import ContextTrace
 from lm.infer.predictor import PredictionResult, Predictor
 from lm.infer.textcache import Memory, cache_votes, mix_distributions
 
-__all__ = ["CacheMix", "path_logprobs", "prediction_gradients"]
+__all__ = ["CacheMix", "WordSeeds", "path_logprobs", "prediction_gradients", "word_seeds"]
 
 
 class CacheMix:
@@ -161,60 +163,95 @@ def path_logprobs(predictor: Predictor, states: torch.Tensor, first_logprobs: to
     return total
 
 
-def prediction_gradients(predictor: Predictor, trace: ContextTrace, result: PredictionResult, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """d log P(word_j | text) / d x_t for every prediction j and context unit t: (k, n, E), and x: (n, E).
+@dataclass
+class WordSeeds:
+    """What the word paths give the backward pass for B reads of one text (one read: B = 1)."""
 
-    Autograd differentiates each word's paths from the state after the text,
-    one row per word; the hand-written pass of `Predictor.backward` carries the
-    k gradients on that state back through the text. When the result was
-    mixed with the continuous cache, the paths' distributions are the mixed
-    ones: autograd also gives each word's gradient on the cache's keys (the
-    context's top-layer outputs), which the backward pass injects at their
-    positions, so the gradient is that of the log-probability served.
+    seeds: torch.Tensor  # (L, B, k, S): d log P(word_j | read b) / d the state after read b
+    on_top: torch.Tensor | None  # (T, B, k, H) on the reads' top-layer outputs (the continuous cache's keys), or None
+    values: torch.Tensor  # (B, k) float32: log P(word_j | read b) as differentiated (the healed part divided out)
+
+
+def word_seeds(predictor: Predictor, final: torch.Tensor, result: PredictionResult, temperature: float,
+               top_outputs: torch.Tensor | None = None, ids: torch.Tensor | None = None) -> WordSeeds:
+    """The gradient of each predicted word's log-probability on the state after each of B reads, final (L, B, S):
+    autograd through the words' unit paths, one row per (read, word).
+
+    When the result was mixed with the continuous cache, the paths' distributions are the mixed ones, with each
+    read's own keys: its top-layer outputs, top_outputs (T, B, H), after units `ids` (T,) (the leading line break
+    first); their gradients come back as `on_top`.
     """
     settings = predictor.text_cache_settings if result.text_cache else None  # the served distribution: mixed, or the model's
     k = len(result.predictions)
+    reads = final.size(1)
     ends = torch.from_numpy(predictor.units.ends)
     required = bool(result.query.required)
-    # Row j < k carries word j's paths; with a healed text, one more row carries the required part's
+    # Row j < k of a read carries word j's paths; with a healed text, one more row carries the required part's
     # spellings, the same for every word (often thousands of one-unit paths: read them once, not k times).
-    rows_count = k + 1 if required else k
+    per_read = k + 1 if required else k
+    rows_count = reads * per_read
     with torch.enable_grad():
-        states = trace.final.clone().expand(-1, rows_count, -1).contiguous().requires_grad_(True)  # (L, rows, S)
+        states = final.detach().repeat_interleave(per_read, dim=1).requires_grad_(True)  # (L, rows, S)
         scaled = predictor.output_from_state(states, differentiable=True) / temperature  # (rows, V)
         mix = None
         if settings is None:
             first = torch.log_softmax(scaled, dim=-1)
         else:
             # The keys the served mixture saw: the context's top-layer outputs before each unit, the last `window`.
-            keys = trace.outputs[-1][:-1][-settings.window :]  # (n', H)
-            keys = keys.expand(rows_count, -1, -1).clone().requires_grad_(True)  # (rows, n', H): a copy per row
-            mix = CacheMix(settings, keys, trace.ids[1:][-keys.size(1) :], predictor.model.config.hidden_dim)
+            keys = top_outputs[:-1][-settings.window :].transpose(0, 1)  # (B, n', H)
+            keys = keys.repeat_interleave(per_read, dim=0).requires_grad_(True)  # (rows, n', H): a copy per row
+            mix = CacheMix(settings, keys, ids[1:][-keys.size(1) :], predictor.model.config.hidden_dim)
             first = mix.first(scaled, states)  # (rows, V) float64
-        paths, rows, bounds = [], [], []
+        word_paths, word_rows, word_bounds = [], [], []
         for row, prediction in enumerate(result.predictions):
-            bounds.append((len(paths), len(paths) + len(prediction.paths)))
-            paths.extend(prediction.paths)
-            rows.extend([row] * len(prediction.paths))
+            word_bounds.append((len(word_paths), len(word_paths) + len(prediction.paths)))
+            word_paths.extend(prediction.paths)
+            word_rows.extend([row] * len(prediction.paths))
         if required:
-            bounds.append((len(paths), len(paths) + len(result.required_paths)))
-            paths.extend(result.required_paths)
-            rows.extend([k] * len(result.required_paths))
+            word_bounds.append((len(word_paths), len(word_paths) + len(result.required_paths)))
+            word_paths.extend(result.required_paths)
+            word_rows.extend([k] * len(result.required_paths))
+        paths, rows, bounds = [], [], []  # every read's copy of the paths, on its own rows
+        for read in range(reads):
+            bounds.extend((start + read * len(word_paths), end + read * len(word_paths)) for start, end in word_bounds)
+            paths.extend(word_paths)
+            rows.extend(row + read * per_read for row in word_rows)
         values = path_logprobs(predictor, states, first, rows, paths, ends, temperature, mix)
-        totals = torch.stack([torch.logsumexp(values[start:end], 0) for start, end in bounds])  # (rows,)
+        totals = torch.stack([torch.logsumexp(values[start:end], 0) for start, end in bounds]).view(reads, per_read)
         # log P(word_j | text) = totals[j] - totals[k] when healed: the required row's gradient joins every word's.
-        objective = totals[:k].sum() - (totals[k] if required else 0.0)
+        words = totals[:, :k] - totals[:, k:] if required else totals  # (B, k)
+        objective = totals[:, :k].sum() - (totals[:, k].sum() if required else 0.0)
         if mix is None:
             (seeds,) = torch.autograd.grad(objective, states)  # (L, rows, S)
             on_keys = None
         else:
             seeds, on_keys = torch.autograd.grad(objective, [states, mix.keys])  # (L, rows, S), (rows, n', H)
+    seeds = seeds.view(seeds.size(0), reads, per_read, -1)
     if required:
-        seeds = seeds[:, :k] + seeds[:, k:]  # d(-log P(required)) / d state belongs to every word
-        on_keys = on_keys[:k] + on_keys[k:] if on_keys is not None else None
+        seeds = seeds[:, :, :k] + seeds[:, :, k:]  # d(-log P(required)) / d state belongs to every word
     on_top = None
-    if on_keys is not None:  # the keys are the top layer's outputs 0..n-1 (the last n' of them): (n + 1, k, H)
-        on_top = trace.outputs[-1].new_zeros(len(trace.ids), k, on_keys.size(-1))
-        on_top[len(trace.ids) - 1 - on_keys.size(1) : len(trace.ids) - 1] = on_keys.transpose(0, 1)
-    grad = predictor.backward(trace, seeds, on_top)  # (k, n + 1, E)
+    if on_keys is not None:  # the keys are the top layer's outputs 0..n-1 (the last n' of them): (n + 1, B, k, H)
+        on_keys = on_keys.view(reads, per_read, *on_keys.shape[1:])
+        if required:
+            on_keys = on_keys[:, :k] + on_keys[:, k:]
+        count = len(ids)
+        on_top = top_outputs.new_zeros(count, reads, k, on_keys.size(-1))
+        on_top[count - 1 - on_keys.size(2) : count - 1] = on_keys.permute(2, 0, 1, 3)
+    return WordSeeds(seeds, on_top, words.detach().float())
+
+
+def prediction_gradients(predictor: Predictor, trace: ContextTrace, result: PredictionResult, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """d log P(word_j | text) / d x_t for every prediction j and context unit t: (k, n, E), and x: (n, E).
+
+    Autograd differentiates each word's paths from the state after the text,
+    one row per word (`word_seeds`); the hand-written pass of `Predictor.backward`
+    carries the k gradients on that state back through the text. When the result was
+    mixed with the continuous cache, the paths' distributions are the mixed
+    ones: autograd also gives each word's gradient on the cache's keys (the
+    context's top-layer outputs), which the backward pass injects at their
+    positions, so the gradient is that of the log-probability served.
+    """
+    found = word_seeds(predictor, trace.final, result, temperature, trace.outputs[-1][:, None], trace.ids)
+    on_top = None if found.on_top is None else found.on_top[:, 0]
+    grad = predictor.backward(trace, found.seeds[:, 0], on_top)  # (k, n + 1, E)
     return grad[:, 1:], trace.inputs[0][1:]
