@@ -21,7 +21,7 @@ __all__ = ["ATTRIBUTION_METHODS", "TextCacheConfig", "ModelConfig", "TokenizerCo
 
 # The attribution methods registered in lm/infer/methods (one module each), named here, at the bottom, so that the
 # CLI's choices need no torch; tests/test_methods.py checks that this list and the registry agree.
-ATTRIBUTION_METHODS = ("saliency", "grad_x_input", "occlusion")
+ATTRIBUTION_METHODS = ("saliency", "grad_x_input", "integrated_gradients", "occlusion")
 
 log = logging.getLogger(__name__)
 

@@ -49,7 +49,7 @@ import numpy as np
 import torch
 
 from corpora import normalize_line
-from lm.infer.context_grad import ContextTrace, backward_context, trace_context
+from lm.infer.context_grad import ContextTrace, ReadsTrace, backward_context, backward_reads, trace_context, trace_embeddings
 from lm.infer.engine import StepEngine
 from lm.infer.query import Cut, Query, keep_last_units, make_query
 from lm.infer.reads import ContextState, Reads, StepRows
@@ -208,6 +208,17 @@ class Predictor:
         """Gradients (k, T, E) on a traced read's input embeddings from seeds (L, k, S) on its final state and, when
         given, gradients (T, k, H) on its top layer's outputs (`context_grad.backward_context`)."""
         return backward_context(self._engine, trace, seeds, on_top)
+
+    def trace_embeddings(self, embeds: torch.Tensor) -> ReadsTrace:
+        """Read B sequences of input embeddings (B, T, E) from the zero state as one batch, keeping every layer's
+        inputs and outputs for `backward_reads` (integrated gradients' scaled texts; lm/infer/context_grad.py)."""
+        return trace_embeddings(self.model, embeds)
+
+    def backward_reads(self, trace: ReadsTrace, seeds: torch.Tensor, on_top: torch.Tensor | None = None) -> torch.Tensor:
+        """Gradients (B, k, T, E) on B traced reads' input embeddings from seeds (L, B, k, S) on their final states
+        and, when given, gradients (T, B, k, H) on their top layer's outputs, all B x k side by side
+        (`context_grad.backward_reads`)."""
+        return backward_reads(self._engine, trace, seeds, on_top)
 
     # Context -----------------------------------------------------------
 
