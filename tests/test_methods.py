@@ -103,11 +103,15 @@ def _replaced(predictor, units, distance):
     return (*filler, *units[n - distance:])
 
 
-@pytest.mark.parametrize("which", ["char", "subword"])
+@pytest.mark.parametrize("which", ["char", "subword", "subword-healed"])
 def test_occlusion_equals_brute_force_rescoring(which, char_predictor, subword_predictor):
-    """Every rung's value is the exact log P(word) of the replaced text read alone (no batch, no prefix cache)."""
+    """Every rung's value is the exact log P(word) of the replaced text read alone (no batch, no prefix cache): with
+    the text cache (char), along the spellings batched over the rungs (subword), with a healed unfinished word."""
     predictor = char_predictor if which == "char" else subword_predictor
-    result = attribute(predictor, TEXT, k=2, method="occlusion", options=MethodOptions(rungs=6))
+    text = TEXT + "rel" if which == "subword-healed" else TEXT
+    result = attribute(predictor, text, k=2, method="occlusion", options=MethodOptions(rungs=6))
+    if which == "subword-healed":  # the unfinished word is spelled after the context and divided out
+        assert result.result.query.required == " rel" and result.result.completing
     units = tuple(predictor.tokenizer.encode(result.result.query.context))
     assert result.result.text_cache == (which == "char")  # the tiny char run's text cache is mixed in by default
     for entry in result.predictions:

@@ -10,8 +10,9 @@ units and only the replaced ones differ.
 
 The ladder: distance 0 (the whole text replaced), then `rungs - 1` distances
 geometric from 1 unit to the text's length (exclusive; the unchanged text is
-the last rung, d = n, change 0), duplicates dropped. Every rung is read in
-one batch with the model's fused layers (R rows of n units), then scored.
+the last rung, d = n, change 0), duplicates dropped. The rungs share their
+filler prefix, read once; their kept texts are read side by side, and every
+word is scored on every rung in one batched pass (see `rung_values`).
 
 Influence per unit comes from the ladder: the change between consecutive
 rungs, |c(d_i) - c(d_(i+1))|, spread evenly over the units between them (at
@@ -30,8 +31,10 @@ import torch
 
 from lm.infer.faithfulness import FILLER
 from lm.infer.methods.base import Method, MethodContext, MethodFigures, MethodOutput, Rung
+from lm.infer.predictor import WordPrediction
 from lm.infer.scoring import NEG, score_words
 from lm.infer.textcache import read_memory
+from lm.infer.word_gradients import path_logprobs
 
 __all__ = ["OCCLUSION_TOLERANCE", "ladder", "METHOD"]
 
@@ -61,26 +64,93 @@ def filler_units(ctx: MethodContext, count: int) -> list[int]:
     return units[:count]
 
 
-def rung_values(ctx: MethodContext, distances: list[int], words: list[str]) -> np.ndarray:
-    """Exact log P(word | the text with the units farther back than d replaced by filler): (R, W) float64."""
+def rung_values(ctx: MethodContext, distances: list[int], words: list[WordPrediction]) -> np.ndarray:
+    """Exact log P(word | the text with the units farther back than d replaced by filler): (R, W) float64.
+
+    Without the text cache the rungs share their filler: it is read once, in
+    segments, keeping the state where each rung's own text begins; the rungs'
+    kept texts are then read from those states side by side (one packed batch:
+    each row stops at its own length, so the work is the sum of the kept
+    lengths, not R times the longest); and every word of every rung is scored
+    along its spellings (`path_logprobs`, the same unit sequences the exact
+    scoring found for the unchanged text) in one batched pass. With the text
+    cache each rung's memory needs its every output: the rungs are read whole,
+    side by side, and scored one by one (`score_words`)."""
+    if ctx.result.text_cache:
+        return _cached_rung_values(ctx, distances, [word.word for word in words])
+    predictor, units = ctx.predictor, ctx.units
+    n = len(units)
+    filler = filler_units(ctx, n)
+    model = predictor.model
+    with torch.inference_mode():
+        # The filler, read once: states[m] after the line break and m filler units, for every rung's m = n - d.
+        starts = sorted({n - d for d in distances})
+        state, read, after = predictor.zero_state(), 0, {}
+        pending = [predictor.tokenizer.newline_id]
+        for m in starts:
+            state = _read(predictor, pending + filler[read:m], state)
+            pending, read = [], m
+            after[m] = state
+        # Each rung's kept text from its filler state (one read each: the kept lengths sum to about twice the
+        # longest, and a packed batch of such unequal rows costs more than that on a CPU).
+        finals = {d: _read(predictor, list(units[n - d:]), after[n - d]) for d in distances}
+        states = torch.cat([finals[d] for d in distances], dim=1)  # (L, R, S), in ladder order
+        logits = predictor.output_from_state(states).double() / ctx.temperature  # (R, V)
+    # Where a rung's text ends differently (the whole text replaced after a line break), its spellings may differ.
+    last = [filler[n - 1] if d == 0 else units[-1] for d in distances]
+    same_start = [predictor.ends_line(unit) == ctx.result.line_start for unit in last]
+    values = np.full((len(distances), len(words)), NEG)
+    with torch.no_grad():
+        first = torch.log_softmax(logits, dim=-1)
+        targets = [word.paths for word in words] + ([ctx.result.required_paths] if ctx.query.required else [])
+        paths = [path for spellings in targets for path in spellings]  # one rung's paths, target by target
+        if paths:
+            ends = torch.from_numpy(predictor.units.ends)
+            rows = np.repeat(np.arange(len(distances)), len(paths)).tolist()
+            totals = path_logprobs(predictor, states, first, rows, paths * len(distances), ends, ctx.temperature)
+            totals = totals.numpy().reshape(len(distances), len(paths))  # (R, P)
+            sums = np.full((len(distances), len(targets)), NEG)
+            start = 0
+            for target, spellings in enumerate(targets):
+                if spellings:
+                    sums[:, target] = np.logaddexp.reduce(totals[:, start : start + len(spellings)], axis=1)
+                start += len(spellings)
+            values = sums[:, : len(words)] - (sums[:, len(words):] if ctx.query.required else 0.0)
+            values[~np.isfinite(values)] = NEG
+    for rung, same in enumerate(same_start):
+        if not same:  # scored afresh after that rung's own read
+            context = predictor.context_from(tuple(filler[: n - distances[rung]]) + tuple(units[n - distances[rung]:]),
+                                             states[:, rung : rung + 1].contiguous(), logits[rung].float() * ctx.temperature)
+            reads = predictor.reads_after(context, ctx.temperature, False)
+            exact, _ = score_words(predictor.units, reads, context.line_start, ctx.query, [word.word for word in words])
+            values[rung] = [spelling.logprob for spelling in exact]
+    return values
+
+
+def _read(predictor, inputs: list[int], state: torch.Tensor) -> torch.Tensor:
+    """The state after `inputs` from `state` (L, 1, S) (`state` itself when there are none)."""
+    return predictor.read(inputs, state)[0] if inputs else state
+
+
+def _cached_rung_values(ctx: MethodContext, distances: list[int], words: list[str]) -> np.ndarray:
+    """`rung_values` with the text cache: every rung read whole (for its memory), side by side, scored one by one."""
     predictor, units = ctx.predictor, ctx.units
     n = len(units)
     filler = filler_units(ctx, n)
     rows = torch.tensor([[predictor.tokenizer.newline_id, *filler[: n - d], *units[n - d:]] for d in distances],
                         dtype=torch.long)  # (R, n + 1)
     model = predictor.model
-    settings = predictor.text_cache_settings if ctx.result.text_cache else None
+    settings = predictor.text_cache_settings
     with torch.inference_mode():
         outputs, states = model.features(rows, model.init_state(len(distances)))  # (R, n + 1, H), (L, R, S)
         logits = predictor.output_from_state(states).float()  # (R, V)
     values = np.empty((len(distances), len(words)))
     for index in range(len(distances)):
         kept = tuple(int(unit) for unit in rows[index, 1:])
-        memory = None
-        if settings is not None:  # the text cache over the replaced text, as a served prediction would build it
-            memory = read_memory(None, None, outputs[index].float(), rows[index].tolist(), settings.window)
+        # The text cache over the replaced text, as a served prediction would build it.
+        memory = read_memory(None, None, outputs[index].float(), rows[index].tolist(), settings.window)
         context = predictor.context_from(kept, states[:, index : index + 1].contiguous(), logits[index], memory)
-        reads = predictor.reads_after(context, ctx.temperature, settings is not None)
+        reads = predictor.reads_after(context, ctx.temperature, True)
         exact, _ = score_words(predictor.units, reads, context.line_start, ctx.query, words)
         values[index] = [spelling.logprob for spelling in exact]
     return values
@@ -116,7 +186,7 @@ def compute(ctx: MethodContext) -> MethodOutput:
         return MethodOutput(np.zeros((len(predictions), 0)), [MethodFigures(ladder=[], exact_reach=0, tolerance=OCCLUSION_TOLERANCE) for _ in predictions])
     if ctx.foil is not None and ctx.foil.logprob == NEG:  # no contrast with a word of probability 0
         return MethodOutput(np.zeros((len(predictions), n)), [MethodFigures(ladder=[], exact_reach=0, tolerance=OCCLUSION_TOLERANCE) for _ in predictions])
-    words = [prediction.word for prediction in predictions] + ([ctx.foil.word] if ctx.foil is not None else [])
+    words = list(predictions) + ([ctx.foil] if ctx.foil is not None else [])
     values = rung_values(ctx, distances, words)  # (R, W)
     original = np.array([prediction.logprob for prediction in predictions])  # (k,)
     spellable = (values > NEG / 2).all(axis=1, keepdims=True) if ctx.foil is not None else values > NEG / 2
