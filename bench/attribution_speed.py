@@ -1,6 +1,6 @@
 """Time of gradient-reach attribution (k = 5) against plain prediction of the same text, for 20, 200 and 1,000 words.
 
-    python bench/attribution_speed.py --model runs/base [--corpus DIR] [--contexts 5] [--repeats 3]
+    python bench/attribution_speed.py --model runs/base [--corpus DIR] [--contexts 5] [--repeats 3] [--saliency-only]
 
 Both are cold (empty prefix cache) and include reading the context. Each
 context is timed `repeats` times, prediction and attribution back to back,
@@ -13,6 +13,12 @@ context is also attributed with the cache off in the same run: "cache
 cost" is the median per-context ratio of attribution with the cache (the
 mixed distributions differentiated, the keys' gradients carried back, the
 pointer found) to attribution of the model alone.
+
+The other methods are timed on the same contexts in the same run (unless
+`--saliency-only`): integrated gradients (16 steps, zero baseline) as a
+ratio to saliency attribution (the aim is at most 6), and occlusion (a
+10-rung ladder) as a ratio to prediction (the aim is at most 3); each is
+the median of the per-context ratios, and includes the prediction.
 
 "floor" is the ratio no implementation of exact gradients can beat here:
 the prediction plus only the matrix products that carrying k = 5 gradients
@@ -55,7 +61,9 @@ def products_s(engine, units: int, k: int = 5, block: int = 64) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = speed_arguments(__doc__.split("\n\n")[0], contexts=5).parse_args(argv)
+    parser = speed_arguments(__doc__.split("\n\n")[0], contexts=5)
+    parser.add_argument("--saliency-only", action="store_true", help="skip integrated gradients and occlusion")
+    args = parser.parse_args(argv)
     checkpoint, text, predictor = speed_setup(args, "attribution_speed", prefix_cache_size=0)
 
     cached = predictor.text_cache_settings is not None
@@ -66,15 +74,26 @@ def main(argv: list[str] | None = None) -> int:
         attributed = timed(lambda: attribute(predictor, context, k=5))
         alone = timed(lambda: attribute(predictor, context, k=5, text_cache=False)) if cached else attributed
         floor = (plain + products_s(predictor.step_engine, len(checkpoint.tokenizer.encode(context)) + 1)) / plain
-        return plain, attributed, attributed / plain, floor, attributed / alone
+        if args.saliency_only:
+            integrated = occluded = float("nan")
+        else:
+            integrated = timed(lambda: attribute(predictor, context, k=5, method="integrated_gradients"))
+            occluded = timed(lambda: attribute(predictor, context, k=5, method="occlusion"))
+        return (plain, attributed, attributed / plain, floor, attributed / alone, integrated, integrated / attributed,
+                occluded / plain)
 
     for words in (20, 200, 1000):
-        plain, attributed, ratios, floors, costs = zip(*per_context(contexts(text, words, args.contexts, seed=words), both,
-                                                                    args.repeats))
+        plain, attributed, ratios, floors, costs, integrated, integrated_ratios, occluded_ratios = zip(
+            *per_context(contexts(text, words, args.contexts, seed=words), both, args.repeats))
         print(f"{words:>5} words: prediction {statistics.median(plain) * 1000:7.1f} ms   "
               f"attribution {statistics.median(attributed) * 1000:7.1f} ms   ratio {statistics.median(ratios):.2f}   "
-              f"floor {statistics.median(floors):.2f}"
-              + (f"   cache cost {statistics.median(costs):.2f}x the model alone's attribution" if cached else ""))
+              f"floor {statistics.median(floors):.2f}   ratio / floor "
+              f"{statistics.median(r / f for r, f in zip(ratios, floors)):.2f}"
+              + (f"   cache cost {statistics.median(costs):.2f}x the model alone's attribution" if cached else "")
+              + ("" if args.saliency_only else
+                 f"   integrated gradients {statistics.median(integrated) * 1000:7.1f} ms "
+                 f"({statistics.median(integrated_ratios):.2f}x saliency)   "
+                 f"occlusion {statistics.median(occluded_ratios):.2f}x prediction"))
     print(f"reference (one 16-row model step): {reference_ms(predictor):.3f} ms")
     return 0
 

@@ -124,3 +124,6 @@ def test_the_batched_backward_equals_autograd_for_every_read(cell):
             (expected,) = torch.autograd.grad(objective, copies)
         torch.testing.assert_close(got[read], expected, rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(trace.final[:, 1], model(embeds=embeds[1:2])[1][:, 0])
+    # Summed over the reads before the input product (what integrated gradients asks for): the same sum.
+    summed = backward_reads(StepEngine(model), trace, seeds, on_top, sum_reads=True)  # (1, k, T, E)
+    torch.testing.assert_close(summed[0], got.sum(0), rtol=1e-4, atol=1e-6)

@@ -93,9 +93,10 @@ class Cell:
         raise NotImplementedError
 
     def backward(self, weights: LayerWeights, back: Callable[[Tensor], Tensor], input_part: Callable[[], Tensor],
-                 outputs: Tensor, seed: Tensor, injected: Tensor | None) -> Tensor:
+                 outputs: Tensor, seed: Tensor, injected: Tensor | None, sum_reads: bool = False) -> Tensor:
         """Gradients (T, B, k, C) with respect to one layer's inputs over B reads of T steps side by side, k seeds
-        per read (B x k gradients at once; a single read is B = 1).
+        per read (B x k gradients at once; a single read is B = 1); with `sum_reads`, their sum over the B reads
+        (T, 1, k, C), for B times fewer input products (integrated gradients needs only the mean over its path).
 
         back: g (B k, G) -> g W_hh (B k, H), the recurrent weight's transpose product;
         input_part(): the input product of every step (T, B, G) with `input_bias`
@@ -122,12 +123,15 @@ class InputGradients:
     gradients with one (block x B x k, G) x (G, C) product.
     """
 
-    def __init__(self, steps: int, rows: tuple[int, int], width: int, weight_ih: Tensor, block: int = 64):
+    def __init__(self, steps: int, rows: tuple[int, int], width: int, weight_ih: Tensor, block: int = 64,
+                 sum_reads: bool = False):
         self.weight = weight_ih  # (G, C)
         self.block = min(block, steps)
         self.buffer = weight_ih.new_empty(self.block, *rows, width)  # (block, B, k, G)
         self.slots = self.buffer.unbind(0)
-        self.result = weight_ih.new_empty(steps, *rows, weight_ih.size(1))  # (T, B, k, C)
+        # With sum_reads, the B reads' gate gradients are summed before the product (it is linear): (T, 1, k, C).
+        self.sum_reads = sum_reads
+        self.result = weight_ih.new_empty(steps, 1 if sum_reads else rows[0], rows[1], weight_ih.size(1))
 
     def row(self, t: int) -> Tensor:
         """Where step t's (B, k, G) gradients go."""
@@ -138,5 +142,7 @@ class InputGradients:
         if t % self.block == 0:
             count = min(self.block, self.result.size(0) - t)
             done = self.buffer[:count]
+            if self.sum_reads:
+                done = done.sum(dim=1)  # (count, k, G)
             torch.mm(done.reshape(-1, done.size(-1)), self.weight,
                      out=self.result[t : t + count].view(-1, self.weight.size(1)))

@@ -32,13 +32,13 @@ class ElmanCell(Cell):
         return self.activation(pre)
 
     def backward(self, weights: LayerWeights, back: Callable[[Tensor], Tensor], input_part: Callable[[], Tensor],
-                 outputs: Tensor, seed: Tensor, injected: Tensor | None) -> Tensor:
+                 outputs: Tensor, seed: Tensor, injected: Tensor | None, sum_reads: bool = False) -> Tensor:
         """dh_(t-1) = (dh_t * act'(pre_t)) W_hh; act' comes from the outputs alone (1 - h^2, or h > 0)."""
         h = outputs  # (T, B, H)
         steps, reads, hidden = h.shape
         slope = (h > 0).to(h.dtype) if self.nonlinearity == "relu" else 1 - h * h  # (T, B, H)
         rows = seed.size(1)
-        sink = InputGradients(steps, (reads, rows), hidden, weights.input)
+        sink = InputGradients(steps, (reads, rows), hidden, weights.input, sum_reads=sum_reads)
         slope_rows = slope.unsqueeze(2).unbind(0)  # (B, 1, H) each
         injected_rows = injected.unbind(0) if injected is not None else None
         dh = seed  # (B, k, H)

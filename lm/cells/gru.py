@@ -44,7 +44,7 @@ class GRUCell(Cell):
         return (1 - z) * n + z * h
 
     def backward(self, weights: LayerWeights, back: Callable[[Tensor], Tensor], input_part: Callable[[], Tensor],
-                 outputs: Tensor, seed: Tensor, injected: Tensor | None) -> Tensor:
+                 outputs: Tensor, seed: Tensor, injected: Tensor | None, sum_reads: bool = False) -> Tensor:
         """Gates recomputed from the outputs; per step d [pre_r, pre_z, pre_n] from dh, and dh_prev through z and
         through r * (W_hn h_prev)."""
         h = outputs  # (T, B, H)
@@ -59,7 +59,7 @@ class GRUCell(Cell):
         scale_x = torch.cat([to_n * hn * r * (1 - r), (h_prev - n) * z * (1 - z), to_n], dim=-1)  # dh -> d [pre_r, pre_z, pre_n]
         scale_h = torch.cat([scale_x[..., : 2 * hidden], to_n * r], dim=-1)  # the hidden side sees r * (W_hn h_prev)
         rows = seed.size(1)
-        sink = InputGradients(steps, (reads, rows), 3 * hidden, weights.input)
+        sink = InputGradients(steps, (reads, rows), 3 * hidden, weights.input, sum_reads=sum_reads)
         x_rows, h_rows, z_rows = (x.unsqueeze(2).unbind(0) for x in (scale_x, scale_h, z))  # (B, 1, *) each
         injected_rows = injected.unbind(0) if injected is not None else None
         dh = seed  # (B, k, H)

@@ -53,7 +53,7 @@ class LSTMCell(Cell):
         return torch.cat([h, c], dim=-1)
 
     def backward(self, weights: LayerWeights, back: Callable[[Tensor], Tensor], input_part: Callable[[], Tensor],
-                 outputs: Tensor, seed: Tensor, injected: Tensor | None) -> Tensor:
+                 outputs: Tensor, seed: Tensor, injected: Tensor | None, sum_reads: bool = False) -> Tensor:
         """Gates recomputed from the outputs in one product, the cell state rebuilt (nn.LSTM returns only its last
         value), then per step: dc += dh o tanh'(c); d pre = [dc g i', dc c_prev f', dc i g', dh tanh(c) o']."""
         h = outputs  # (T, B, H)
@@ -73,7 +73,7 @@ class LSTMCell(Cell):
         # d pre / d [c, c, c, h]: input, forget, cell and output gates. (T, B, 4H)
         scale = torch.cat([g * i * (1 - i), zeros_before(c) * f * (1 - f), i * (1 - g * g), tanh_c * o * (1 - o)], dim=-1)
         rows = seed.size(1)
-        sink = InputGradients(steps, (reads, rows), gates, weights.input)
+        sink = InputGradients(steps, (reads, rows), gates, weights.input, sum_reads=sum_reads)
         # Rows as (B, 1, *) views made in one call each (they broadcast over the k seeds): indexing in the loop would
         # cost a Python call per tensor per step.
         through_rows, scale_rows, forget_rows = (x.unsqueeze(2).unbind(0) for x in (through_h, scale, f))

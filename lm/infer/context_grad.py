@@ -119,18 +119,21 @@ def backward_context(engine: StepEngine, trace: ContextTrace, seeds: Tensor, on_
     return grad[:, 0].transpose(0, 1)
 
 
-def backward_reads(engine: StepEngine, trace: ReadsTrace, seeds: Tensor, on_top: Tensor | None = None) -> Tensor:
+def backward_reads(engine: StepEngine, trace: ReadsTrace, seeds: Tensor, on_top: Tensor | None = None,
+                   sum_reads: bool = False) -> Tensor:
     """Gradients (B, k, T, E) with respect to each of B traced reads' input embeddings, from seeds (L, B, k, S) on
     their final states and, when given, gradients `on_top` (T, B, k, H) on their top layer's outputs: the B x k
-    gradients carried back side by side (`backward_context` for many reads)."""
-    grad = _backward(engine, None, trace.inputs, trace.outputs, seeds, on_top)  # (T, B, k, E)
+    gradients carried back side by side (`backward_context` for many reads). With `sum_reads`, only their sum over
+    the B reads (1, k, T, E): the last product, gate gradients to input gradients, then runs once, not B times."""
+    grad = _backward(engine, None, trace.inputs, trace.outputs, seeds, on_top, sum_reads)  # (T, B or 1, k, E)
     return grad.permute(1, 2, 0, 3)
 
 
 def _backward(engine: StepEngine, ids: Tensor | None, inputs: list[Tensor], outputs: list[Tensor], seeds: Tensor,
-              on_top: Tensor | None) -> Tensor:
+              on_top: Tensor | None, sum_reads: bool = False) -> Tensor:
     """The layers' backward, top first: inputs (T, B, C) and outputs (T, B, H) per layer, seeds (L, B, k, S), on_top
-    (T, B, k, H) or None -> (T, B, k, E); `ids` (T,) when B = 1 and the inputs are those units' embeddings."""
+    (T, B, k, H) or None -> (T, B, k, E), or summed over the reads (T, 1, k, E) with `sum_reads`; `ids` (T,) when
+    B = 1 and the inputs are those units' embeddings."""
     model, cell = engine.model, engine.cell
     injected = on_top  # (T, B, k, C): the gradients on the layer's outputs from outside its recurrence
     with torch.no_grad():
@@ -139,5 +142,5 @@ def _backward(engine: StepEngine, ids: Tensor | None, inputs: list[Tensor], outp
             layer_inputs = inputs[index]
             injected = cell.backward(layer_weights(model.layers[index]), engine.recurrent_backward(index),
                                      lambda: engine.input_part(index, ids, layer_inputs), outputs[index], seed,
-                                     injected)
+                                     injected, sum_reads=sum_reads and index == 0)  # the layers above need each read's
     return injected

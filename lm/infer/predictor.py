@@ -214,11 +214,12 @@ class Predictor:
         inputs and outputs for `backward_reads` (integrated gradients' scaled texts; lm/infer/context_grad.py)."""
         return trace_embeddings(self.model, embeds)
 
-    def backward_reads(self, trace: ReadsTrace, seeds: torch.Tensor, on_top: torch.Tensor | None = None) -> torch.Tensor:
+    def backward_reads(self, trace: ReadsTrace, seeds: torch.Tensor, on_top: torch.Tensor | None = None,
+                       sum_reads: bool = False) -> torch.Tensor:
         """Gradients (B, k, T, E) on B traced reads' input embeddings from seeds (L, B, k, S) on their final states
-        and, when given, gradients (T, B, k, H) on their top layer's outputs, all B x k side by side
-        (`context_grad.backward_reads`)."""
-        return backward_reads(self._engine, trace, seeds, on_top)
+        and, when given, gradients (T, B, k, H) on their top layer's outputs, all B x k side by side; with
+        `sum_reads` their sum over the reads (1, k, T, E) (`context_grad.backward_reads`)."""
+        return backward_reads(self._engine, trace, seeds, on_top, sum_reads)
 
     # Context -----------------------------------------------------------
 

@@ -14,7 +14,9 @@ foil's when contrastive) and objective(x') is read at the baseline in the same b
 Cost: the `steps` scaled texts and the baseline are read as one batch (lm/infer/context_grad.py:
 `trace_embeddings`), the words' paths are differentiated from every read's final state at once
 (lm/infer/word_gradients.py: `word_seeds`), and one hand-written backward pass carries the steps x k gradients
-side by side (`backward_reads`): one (steps k, G) x (G, H) product per unit of the text, not `steps` passes.
+side by side (`backward_reads`): one (steps k, G) x (G, H) product per unit of the text, not `steps` passes;
+only the path's mean gradient is needed, so the gate gradients are summed over the steps before the last
+product turns them into input gradients.
 With the continuous cache, each scaled read's mixture uses that read's own keys (its top-layer outputs).
 """
 
@@ -59,8 +61,8 @@ def integrated_gradients(ctx: MethodContext, rows_result=None) -> tuple[torch.Te
     on_path = ReadsTrace([layer[:, :steps] for layer in reads.inputs], [layer[:, :steps] for layer in reads.outputs],
                          reads.final[:, :steps], reads.logits[:steps])
     on_top = None if found.on_top is None else found.on_top[:, :steps]
-    grads = predictor.backward_reads(on_path, found.seeds[:, :steps], on_top)  # (steps, k', n + 1, E)
-    mean = grads.mean(dim=0)  # (k', n + 1, E)
+    summed = predictor.backward_reads(on_path, found.seeds[:, :steps], on_top, sum_reads=True)  # (1, k', n + 1, E)
+    mean = summed[0] / steps  # (k', n + 1, E)
     attributions = (mean * (x - baseline)).sum(-1)[:, 1:]  # (k', n)
     return attributions, found.values[steps]
 
