@@ -262,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
                 + f"; prediction {statistics.median(row['prediction_ms'] for row in record['cost'][words].values()):.0f} ms")
     record["seconds"] = time.perf_counter() - began
     if args.json:
-        args.json.write_text(json.dumps(record, indent=1), encoding="utf-8")
+        args.json.write_text(json.dumps(record, indent=1, default=lambda value: value.item()), encoding="utf-8")  # numpy scalars
     return 0
 
 
