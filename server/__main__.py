@@ -21,6 +21,9 @@ LIMIT_FLAGS = (
     ("--prefix-cache-mb", "REACH_PREFIX_CACHE_MB", "REACH_PREFIX_CACHE_MB",
      "prefix cache megabytes per model (the latest context is always kept)"),
     ("--max-content-length", "MAX_CONTENT_LENGTH", "REACH_MAX_CONTENT_LENGTH", "largest request body"),
+    ("--max-in-flight", "REACH_MAX_IN_FLIGHT", "REACH_MAX_IN_FLIGHT",
+     "model requests computing at once; past it 429 with Retry-After at once"),
+    ("--rate-limit", "REACH_RATE_LIMIT", "REACH_RATE_LIMIT", "requests per minute per API key (0: none; needs keys)"),
 )
 # Flags renamed by the naming pass of issue 27, kept working (hidden, with a warning line): old flag -> new flag.
 DEPRECATED_FLAGS = {"--cache-size": "--prefix-cache-size", "--cache-mb": "--prefix-cache-mb"}
@@ -41,11 +44,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
     parser.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: $REACH_THREADS, else all cores)")
     limits = parser.add_argument_group("limits", "each defaults to its environment variable (docs/API.md), else the value shown")
-    prefix_cache = set(DEPRECATED.values())
+    zero_allowed = {*DEPRECATED.values(), "REACH_RATE_LIMIT"}
     for flag, key, variable, what in LIMIT_FLAGS:
-        limits.add_argument(flag, type=_non_negative_int if key in prefix_cache else positive_int, default=None,
+        limits.add_argument(flag, type=_non_negative_int if key in zero_allowed else positive_int, default=None,
                             metavar="BYTES" if key == "MAX_CONTENT_LENGTH" else "N",
                             help=f"{what} (default: ${variable} or {DEFAULTS[key]})")
+    access = parser.add_argument_group("access and metrics", "docs/DEPLOY.md")
+    access.add_argument("--api-key", action="append", default=None, metavar="KEY",
+                        help="a key that /v1/* accepts as 'Authorization: Bearer KEY'; repeat for several (default: "
+                             "$REACH_API_KEYS; a key here shows in the process list: prefer --api-keys-file)")
+    access.add_argument("--api-keys-file", default=None, metavar="PATH",
+                        help="a file of keys, one a line: KEY or NAME KEY (default: $REACH_API_KEYS_FILE)")
+    access.add_argument("--no-metrics", action="store_true", help="switch GET /metrics off (default: $REACH_METRICS or on)")
     for old, new in DEPRECATED_FLAGS.items():
         add_deprecated_flag(limits, old, new, dest=new[2:].replace("-", "_"), type=_non_negative_int, default=None, metavar="N")
     return parser.parse_args(argv)
@@ -63,6 +73,9 @@ def main(argv: list[str] | None = None) -> int:
         # Only the flags given: the others must not hide the environment (REACH_THREADS=1 python -m server ...).
         given = {key: getattr(args, flag[2:].replace("-", "_")) for flag, key, _, _ in LIMIT_FLAGS}
         given["REACH_THREADS"] = args.threads
+        given["REACH_API_KEYS"] = tuple(args.api_key) if args.api_key else None
+        given["REACH_API_KEYS_FILE"] = args.api_keys_file
+        given["REACH_METRICS"] = False if args.no_metrics else None
         config.update({key: value for key, value in given.items() if value is not None})
         app = create_app(config)
     except (ValueError, CheckpointError) as error:

@@ -26,6 +26,7 @@ from lm.infer.generate import GeneratedWord, GenerationSettings, generate_words,
 from lm.tokenizers import is_word_char
 from server.openai_protocol import CompletionChoice, CompletionChunk, CompletionChunkChoice, CompletionLogprobs, \
     CompletionResponse, CompletionUsage, TextCacheUse, TokenReach, completion_request_model
+from server.observability import note_generated_words
 from server.operations import Limits, Operation, body_errors, current_limits
 from server.registry import LoadedModel
 from server.routes import served_model
@@ -188,6 +189,7 @@ def choice_pieces(plan: Plan, prompt: str) -> Iterator[Piece]:
     for word in generate_words(predictor, generation):
         start = len(completion)
         plan.completion_tokens += 1
+        note_generated_words(1)
         words.append((start, start + len(word.text), word))
         completion += word.text
         if plan.stops and (cut := _first_stop(completion, plan.stops, start - hold)) is not None:

@@ -1,20 +1,22 @@
 """Every error the API returns: one exception class and the handlers that turn errors into JSON.
 
 The body is always {"error": {"code": str, "message": str, "type": str,
-"param": str | null}} (server/protocol.py's `ErrorBody`): codes are stable
-(clients and tests rely on them), messages are for people, `type` is the
-error's class in OpenAI's terms (so that OpenAI clients show it as they
-expect) and `param` names the request field at fault, when one is.
+"param": str | null, "request_id": str}} (server/protocol.py's `ErrorBody`):
+codes are stable (clients and tests rely on them), messages are for people,
+`type` is the error's class in OpenAI's terms (so that OpenAI clients show it
+as they expect), `param` names the request field at fault, when one is, and
+`request_id` is the request's X-Request-ID (server/observability.py), to find
+its log line.
 """
 
 from __future__ import annotations
 
 import logging
 
-from flask import Flask, jsonify
+from flask import Flask, g, has_request_context, jsonify
 from werkzeug.exceptions import HTTPException
 
-__all__ = ["ApiError", "ERROR_TYPES", "error_payload", "error_type", "register_error_handlers"]
+__all__ = ["ApiError", "ERROR_TYPES", "current_request_id", "error_payload", "error_type", "register_error_handlers"]
 
 log = logging.getLogger(__name__)
 
@@ -31,9 +33,11 @@ _HTTP_CODES = {
 class ApiError(Exception):
     """An error with an HTTP status, a stable code and a message for people."""
 
-    def __init__(self, status: int, code: str, message: str, param: str | None = None):
+    def __init__(self, status: int, code: str, message: str, param: str | None = None,
+                 headers: dict[str, str] | None = None):
         super().__init__(message)
         self.status, self.code, self.message, self.param = status, code, message, param
+        self.headers = headers or {}  # sent with the error (Retry-After with a 429, WWW-Authenticate with a 401)
 
 
 # The error's class in OpenAI's terms, by HTTP status.
@@ -46,12 +50,20 @@ def error_type(status: int) -> str:
     return ERROR_TYPES.get(status, "invalid_request_error" if status < 500 else "server_error")
 
 
+def current_request_id() -> str | None:
+    """The request id of the request being handled (None outside a request, or before it was given one)."""
+    return g.get("request_id") if has_request_context() else None
+
+
 def error_payload(status: int, code: str, message: str, param: str | None = None) -> dict:
     """The JSON error body, server/protocol.py's `ErrorBody` (also sent as a server-sent event when a stream fails
-    after it started)."""
+    after it started), with the current request's id."""
     from server.protocol import ErrorBody, ErrorDetail
 
-    return ErrorBody(error=ErrorDetail(code=code, message=message, type=error_type(status), param=param)).model_dump()
+    request_id = current_request_id()
+    extra = {"request_id": request_id} if request_id is not None else {}
+    return ErrorBody(error=ErrorDetail(code=code, message=message, type=error_type(status), param=param,
+                                       **extra)).model_dump()
 
 
 def _body(status: int, code: str, message: str, param: str | None = None):
@@ -65,7 +77,9 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(ApiError)
     def api_error(error: ApiError):
-        return _body(error.status, error.code, error.message, error.param)
+        response = _body(error.status, error.code, error.message, error.param)
+        response.headers.update(error.headers)
+        return response
 
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException):
@@ -82,5 +96,5 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def unexpected(error: Exception):
-        log.exception("unexpected error while handling a request")
+        log.exception("unexpected error while handling request %s", current_request_id() or "-")
         return _body(500, "internal_error", "an unexpected error occurred; it has been logged")

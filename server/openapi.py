@@ -22,9 +22,10 @@ REF = "#/components/schemas/{model}"
 def all_operations(limits: Limits) -> list[Operation]:
     """Every endpoint the app serves, from each blueprint module's `operations`."""
     from server.completions import operations as completions
+    from server.metrics import operations as metrics
     from server.routes import operations as reach
 
-    return [*reach(limits), *completions(limits)]
+    return [*reach(limits), *completions(limits), *metrics()]
 
 
 def openapi_document(limits: Limits) -> dict:

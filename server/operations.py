@@ -17,7 +17,7 @@ from functools import lru_cache
 from flask import current_app
 from pydantic import BaseModel
 
-__all__ = ["COMMON_ERRORS", "Limits", "Operation", "body_errors", "current_limits"]
+__all__ = ["COMMON_ERRORS", "KEY_ERRORS", "Limits", "Operation", "body_errors", "current_limits"]
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,12 @@ COMMON_ERRORS = {
     500: "unexpected error (logged; no internals returned)",
 }
 
+# Statuses of every /v1/* endpoint (server/access.py): the API key, and its rate limit.
+KEY_ERRORS = {
+    401: "API keys are set (REACH_API_KEYS) and the request sent none ('Authorization: Bearer KEY'), or not one of them",
+    429: "this key's rate limit (REACH_RATE_LIMIT) is reached; Retry-After says when to retry",
+}
+
 
 def body_errors(limits: Limits, text_field: str = "text", bad_type: str = "", bad_value: str = "") -> dict[int, str]:
     """The statuses every endpoint with a JSON body answers with (server/validation.py), worded for its fields."""
@@ -59,6 +65,9 @@ def body_errors(limits: Limits, text_field: str = "text", bad_type: str = "", ba
         415: "the body is not JSON",
         422: "a value out of range" + (f" or {bad_value}" if bad_value else "") + f", or a {text_field} with a control "
              "character",
+        **KEY_ERRORS,
+        429: "the worker's bound on requests in flight (REACH_MAX_IN_FLIGHT) is reached, or this key's rate limit "
+             "(REACH_RATE_LIMIT); Retry-After says when to retry",
         **COMMON_ERRORS,
     }
 

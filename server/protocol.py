@@ -151,15 +151,18 @@ def generate_request_model(limits: Limits) -> type[RequestModel]:
 class ErrorDetail(Answer):
     code: str = Field(description="stable, for programs: unknown_field, missing_field, invalid_type, invalid_value, "
                                   "invalid_text, text_too_long, body_too_large, malformed_json, unsupported_media_type, "
-                                  "unknown_model, not_found, method_not_allowed, not_ready, internal_error")
+                                  "unknown_model, not_found, method_not_allowed, not_ready, internal_error, "
+                                  "missing_api_key, invalid_api_key, overloaded, rate_limited, metrics_off")
     message: str = Field(description="for people")
     type: str = Field(description="the error's class in OpenAI's terms (invalid_request_error, not_found_error, "
                                   "server_error ...)")
     param: str | None = Field(description="the request field at fault, null when none is")
+    request_id: str | None = Field(None, description="the request's X-Request-ID (the one sent, or the one made for it), "
+                                                     "as in the response header and the server's log")
 
 
 class ErrorBody(Answer):
-    """Every error: {"error": {"code", "message", "type", "param"}}."""
+    """Every error: {"error": {"code", "message", "type", "param", "request_id"}}."""
 
     error: ErrorDetail
 

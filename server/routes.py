@@ -19,7 +19,8 @@ from lm.infer.attribution import HOW, attribute
 from lm.infer.generate import GenerationSettings, generate as generate_text
 from lm.infer.methods import MethodOptions
 from server.errors import ApiError
-from server.operations import COMMON_ERRORS, Limits, Operation, body_errors, current_limits
+from server.observability import note_generated_words, note_model
+from server.operations import COMMON_ERRORS, KEY_ERRORS, Limits, Operation, body_errors, current_limits
 from server.protocol import ModelEntry, ModelsResponse, Status, generate_request_model, predict_request_model
 from server.registry import LoadedModel, registry
 from server.validation import parse_json
@@ -41,6 +42,7 @@ def served_model(name: str | None) -> LoadedModel:
     if model is None:
         known = ", ".join(registry().models) or "none"
         raise ApiError(404, "unknown_model", f"no model named {name!r} is served (served: {known})", param="model")
+    note_model(model.name)
     return model
 
 
@@ -90,6 +92,7 @@ def generate():
 
         return stream_generation(model, query.text, settings, seed=query.seed, text_cache=query.wants_text_cache())
     generation = generate_text(model.predictor, query.text, settings, seed=query.seed, text_cache=query.wants_text_cache())
+    note_generated_words(len(generation.words))
     return answer_response(generation_answer(model.name, generation), _deprecated(query))
 
 
@@ -155,7 +158,7 @@ def operations(limits: Limits) -> list[Operation]:
         Operation("/v1/generate", "post", "Continue a text word by word, sampled from the model", GenerateResponse,
                   generate_request_model(limits), errors, stream_event=GenerateEvent, tags=("reach",)),
         Operation("/v1/models", "get", "The served models: OpenAI's model list and Reach's cards", ModelsResponse,
-                  errors=COMMON_ERRORS, tags=("models",)),
+                  errors={**KEY_ERRORS, **COMMON_ERRORS}, tags=("models",)),
         Operation("/healthz", "get", "Liveness", Status, errors=COMMON_ERRORS, tags=("operations",)),
         Operation("/readyz", "get", "Readiness: models loaded and warmed up", Status,
                   errors={503: "no model is loaded", **COMMON_ERRORS}, tags=("operations",)),

@@ -23,6 +23,7 @@ from pydantic import BaseModel, Field, RootModel
 from lm.answers import GeneratedWord, generated_word
 from lm.infer.generate import GenerationSettings, generate_words, new_generation
 from server.errors import ApiError, error_payload
+from server.observability import note_generated_words
 from server.registry import LoadedModel
 
 __all__ = ["DONE", "GenerateEvent", "GenerationEnd", "GenerationStart", "GenerationWord", "sse_event", "sse_response",
@@ -96,6 +97,7 @@ def generation_events(model: LoadedModel, text: str, settings: GenerationSetting
     generation = new_generation(model.predictor, text, settings, seed=seed, text_cache=text_cache)
     yield GenerationStart(model=model.name, text=generation.text, seed=generation.seed, text_cache=generation.text_cache)
     for index, word in enumerate(generate_words(model.predictor, generation)):
+        note_generated_words(1)
         yield GenerationWord(index=index, **generated_word(word).model_dump())
     yield GenerationEnd(stopped=generation.stopped, continuation=generation.continuation)
 

@@ -61,13 +61,27 @@ from lm.config import TextCacheConfig
 from lm.model import RNNLanguageModel
 from lm.tokenizers import Tokenizer
 
-__all__ = ["DEFAULT_PREFIX_CACHE_BYTES", "PredictionResult", "Predictor", "WordPrediction"]
+__all__ = ["DEFAULT_PREFIX_CACHE_BYTES", "PredictionResult", "Predictor", "PrefixCacheStats", "WordPrediction"]
 
 # A cached context followed by at most this many new units is read with single cell steps (StepEngine.read_steps):
 # with the input table, steps beat the fused layer's set-up up to about seven units on the default model.
 STEPWISE_READ = 6
 # The prefix cache's default bound in bytes (Predictor's prefix_cache_bytes; the server's REACH_CACHE_MB).
 DEFAULT_PREFIX_CACHE_BYTES = 256 * 2**20
+
+
+@dataclass(frozen=True)
+class PrefixCacheStats:
+    """The prefix cache's lookups since the predictor was made, and what it holds now (a server's metrics read it).
+
+    A hit found the whole context (cached, or read ahead by the latest prediction); a miss read some units, from a
+    cached prefix (`prefix_reuses`, counted among the misses) or from the start."""
+
+    hits: int
+    misses: int
+    prefix_reuses: int
+    contexts: int
+    bytes_used: int
 
 
 @dataclass
@@ -150,6 +164,7 @@ class Predictor:
         # state: a context extended from a cached prefix or from the lookahead gets its memory exactly as a fresh
         # read would, so reuse stays correct with the text cache on or off.
         self._prefix_cache: OrderedDict[tuple[int, ...], ContextState] = OrderedDict()
+        self._prefix_cache_lookups = {"hits": 0, "misses": 0, "prefix_reuses": 0}  # for prefix_cache_stats
         # What the latest prediction read past its context (the beam's and exact scoring's unit sequences):
         # when the next text is that context plus one of them (the user typed a word the model had
         # weighed), its state is already known and the text needs no model step at all.
@@ -235,6 +250,13 @@ class Predictor:
         with self._lock:
             return self._prefix_cache_bytes_used
 
+    @property
+    def prefix_cache_stats(self) -> PrefixCacheStats:
+        """The prefix cache's hits and misses so far, and its contexts and bytes now."""
+        with self._lock:
+            return PrefixCacheStats(contexts=len(self._prefix_cache), bytes_used=self._prefix_cache_bytes_used,
+                                    **self._prefix_cache_lookups)
+
     def context_state(self, units: tuple[int, ...], use_prefix_cache: bool = True) -> ContextState:
         """Read `units` from a zero state (after a line break); reuses the longest prefix in the prefix cache."""
         start_units: tuple[int, ...] = ()
@@ -246,8 +268,10 @@ class Predictor:
                 hit = self._prefix_cache.get(units)
                 if hit is not None:
                     self._prefix_cache.move_to_end(units)
+                    self._prefix_cache_lookups["hits"] += 1
                     return hit
                 ahead = self._ahead(units)
+                self._prefix_cache_lookups["hits" if ahead is not None else "misses"] += 1
             if ahead is not None:
                 return self._remember(units, self.context_from(units, *ahead))
             with self._lock:
@@ -255,6 +279,7 @@ class Predictor:
                     if len(cached_units) < len(units) and units[: len(cached_units)] == cached_units:
                         cached = self._prefix_cache[cached_units]
                         start_units, state, logits, memory = cached_units, cached.state, cached.logits, cached.memory
+                        self._prefix_cache_lookups["prefix_reuses"] += 1
                         break
         with torch.inference_mode():
             if state is None:

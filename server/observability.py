@@ -1,0 +1,125 @@
+"""Each request's way through the app: its id, the access checks, the metrics and its access-log line.
+
+In order, for every request:
+1. its id: the client's `X-Request-ID` when it is a plain token (letters,
+   digits and `-_.:`, at most 128 characters), else a new one; it goes back
+   in the response's `X-Request-ID` header, in any error body, and in the log;
+2. for /v1/*: the API key (when keys are set), the key's rate limit, then,
+   for a model request (a POST), a slot under the in-flight bound
+   (server/access.py); a refusal is the usual JSON error;
+3. at its end (a stream's end for a streamed answer, since Flask tears a
+   streamed request down only when its last event is sent): the slot is
+   given back, the metrics count it (server/metrics.py), and one access-log
+   line is written: a JSON object with the id, method, endpoint, model,
+   status, milliseconds, the characters of its text and the key's name. The
+   text itself never goes in the log, nor does a key.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+import uuid
+
+from flask import Flask, Response, current_app, g, request
+
+from server.access import InFlightBound, KeyRing, RateLimiter
+from server.errors import current_request_id
+from server.metrics import RequestRecord
+
+__all__ = ["ACCESS_LOG", "install_request_hooks", "note_generated_words", "note_model", "request_id_of"]
+
+ACCESS_LOG = "server.access"
+access_log = logging.getLogger(ACCESS_LOG)
+HEADER = "X-Request-ID"
+_TOKEN = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+def request_id_of(sent: str | None) -> str:
+    """The id of a request: the client's when it is a plain token, else a new random one (32 hex digits)."""
+    if sent and _TOKEN.fullmatch(sent):
+        return sent
+    return uuid.uuid4().hex
+
+
+def note_model(name: str) -> None:
+    """Record which served model the current request uses (its metrics and log line name it)."""
+    g.reach_model = name
+
+
+def note_generated_words(count: int) -> None:
+    """Add words generated for the current request (the generated-words metric and the log line count them)."""
+    g.reach_generated_words = g.get("reach_generated_words", 0) + count
+
+
+def _text_chars() -> int | None:
+    """Characters of the request's "text" or "prompt" (a list of prompts: all of them), None without one."""
+    body = request.get_json(silent=True) if request.is_json else None
+    if not isinstance(body, dict):
+        return None
+    text = body.get("text", body.get("prompt"))
+    if isinstance(text, str):
+        return len(text)
+    if isinstance(text, list):
+        return sum(len(item) for item in text if isinstance(item, str))
+    return None
+
+
+def _attribution() -> str:
+    """/v1/predict's attribution mode as asked ("summary" when not given), "" for every other endpoint."""
+    if request.url_rule is None or request.url_rule.rule != "/v1/predict":
+        return ""
+    body = request.get_json(silent=True) if request.is_json else None
+    asked = body.get("attribution") if isinstance(body, dict) else None
+    return asked if asked in ("none", "summary", "full") else "summary"
+
+
+def install_request_hooks(app: Flask, keys: KeyRing, limiter: RateLimiter, bound: InFlightBound) -> None:
+    """Register the hooks above on `app` (before the blueprints, so that they run first)."""
+
+    @app.before_request
+    def begin() -> None:
+        g.request_id = request_id_of(request.headers.get(HEADER))
+        g.reach_started = time.perf_counter()
+        g.reach_slot = False
+        metrics = app.extensions.get("reach_metrics")
+        if metrics is not None:
+            metrics.started()
+            g.reach_counted = True
+        if not request.path.startswith("/v1/"):
+            return
+        if keys:
+            g.reach_key = keys.check(request.headers.get("Authorization"))
+            limiter.admit(g.reach_key)
+        if request.method == "POST":
+            bound.enter()
+            g.reach_slot = True
+
+    @app.after_request
+    def stamp(response: Response) -> Response:
+        response.headers[HEADER] = g.get("request_id") or request_id_of(None)
+        g.reach_status = response.status_code
+        return response
+
+    @app.teardown_request
+    def finish(error: BaseException | None) -> None:
+        if g.pop("reach_slot", False):
+            bound.leave()
+        if "reach_started" not in g:
+            return
+        record = RequestRecord(
+            request_id=current_request_id() or "-", method=request.method,
+            endpoint=request.url_rule.rule if request.url_rule is not None else "unmatched",
+            model=g.get("reach_model", ""), status=g.get("reach_status", 500 if error else 200),
+            seconds=time.perf_counter() - g.pop("reach_started"), text_chars=_text_chars(), attribution=_attribution(),
+            generated_words=g.get("reach_generated_words", 0), key=g.get("reach_key"))
+        metrics = app.extensions.get("reach_metrics")
+        if metrics is not None and g.pop("reach_counted", False):
+            metrics.finished(record, current_app.extensions["reach"])
+        access_log.info("%s", json.dumps({
+            "request_id": record.request_id, "method": record.method, "endpoint": record.endpoint,
+            "model": record.model or None, "status": record.status, "ms": round(1000 * record.seconds, 1),
+            "text_chars": record.text_chars, "attribution": record.attribution or None,
+            "generated_words": record.generated_words or None, "key": record.key}))
