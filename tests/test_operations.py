@@ -1,0 +1,86 @@
+"""Running the service for others: API keys, the in-flight bound (429), request ids and /metrics."""
+
+import json
+import logging
+import threading
+import time
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from server import create_app
+
+KEY = "test-key-0123456789abcdef"
+
+
+@pytest.fixture(scope="module")
+def guarded(tiny_run):
+    """The tiny char model behind one API key, with one request in flight at most."""
+    return create_app({"TESTING": True, "REACH_MODELS": {"char": str(tiny_run.out)}, "REACH_API_KEYS": (KEY,),
+                       "REACH_MAX_IN_FLIGHT": 1})
+
+
+def test_keys_missing_wrong_and_right_and_never_logged(guarded, caplog):
+    client = guarded.test_client()
+    with caplog.at_level(logging.INFO):
+        missing = client.post("/v1/predict", json={"text": "The "})
+        wrong = client.post("/v1/predict", json={"text": "The "}, headers={"Authorization": "Bearer " + KEY[:-1] + "x"})
+        right = client.post("/v1/predict", json={"text": "The "}, headers={"Authorization": "Bearer " + KEY})
+    assert missing.status_code == 401 and missing.get_json()["error"]["code"] == "missing_api_key"
+    assert wrong.status_code == 401 and wrong.get_json()["error"]["code"] == "invalid_api_key"
+    assert "Bearer" in wrong.headers["WWW-Authenticate"]
+    assert right.status_code == 200 and right.get_json()["predictions"]
+    assert client.get("/healthz").status_code == 200 and client.get("/readyz").status_code == 200
+    with client.get("/") as page:
+        assert page.status_code == 200
+    access = [json.loads(r.getMessage()) for r in caplog.records if r.name == "server.access"]
+    assert [line["status"] for line in access[:3]] == [401, 401, 200] and access[2]["key"] == "key-1"
+    assert KEY not in caplog.text and KEY[:-1] not in caplog.text and "The " not in caplog.text
+
+
+def test_past_the_bound_a_request_gets_429_at_once():
+    """One model request held in flight (on an Event) fills a bound of 1: the next is refused at once, then admitted."""
+    app = create_app({"TESTING": True, "REACH_MAX_IN_FLIGHT": 1})
+    entered, release = threading.Event(), threading.Event()
+
+    @app.post("/v1/hold")
+    def hold():
+        entered.set()
+        release.wait(10)
+        return {"held": True}
+
+    held = threading.Thread(target=lambda: app.test_client().post("/v1/hold", json={}))
+    held.start()
+    assert entered.wait(10)
+    begun = time.perf_counter()
+    refused = app.test_client().post("/v1/predict", json={"text": "The "})
+    assert time.perf_counter() - begun < 1
+    assert refused.status_code == 429 and refused.get_json()["error"]["code"] == "overloaded"
+    assert refused.headers["Retry-After"] == "1"
+    release.set()
+    held.join(10)
+    assert app.test_client().post("/v1/predict", json={"text": "The "}).status_code == 404  # admitted: no model served
+
+
+def test_a_request_id_goes_round_trip_and_into_error_bodies(app):
+    client = app.test_client()
+    sent = client.get("/healthz", headers={"X-Request-ID": "abc-123"})
+    assert sent.headers["X-Request-ID"] == "abc-123"
+    made = client.post("/v1/predict", json={"text": "x", "k": 0}, headers={"X-Request-ID": "bad id\t"})
+    assert made.status_code == 422 and len(made.headers["X-Request-ID"]) == 32
+    assert made.get_json()["error"]["request_id"] == made.headers["X-Request-ID"]
+
+
+def test_metrics_parse_and_count_a_request(app):
+    client = app.test_client()
+    def count():
+        families = {f.name: f for f in text_string_to_metric_families(client.get("/metrics").get_data(as_text=True))}
+        return sum(s.value for s in families["reach_requests"].samples if s.name == "reach_requests_total"
+                   and s.labels == {"endpoint": "/v1/predict", "model": "char", "status": "200"}), families
+    before, _ = count()
+    assert client.post("/v1/predict", json={"text": "The ", "k": 2}).status_code == 200
+    after, families = count()
+    assert after == before + 1
+    assert families["reach_models_loaded"].samples[0].value == 2
+    assert {"reach_prefix_cache_hits", "reach_prefix_cache_misses", "reach_prefix_cache_bytes",
+            "reach_request_duration_seconds", "reach_requests_in_flight", "reach_generated_words"} <= set(families)
