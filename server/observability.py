@@ -7,8 +7,8 @@ In order, for every request:
 2. for /v1/*: the API key (when keys are set), the key's rate limit, then,
    for a model request (a POST), a slot under the in-flight bound
    (server/access.py); a refusal is the usual JSON error;
-3. at its end (a stream's end for a streamed answer, since Flask tears a
-   streamed request down only when its last event is sent): the slot is
+3. at its end (Flask's teardown; for a streamed answer that may come before
+   its last event is sent: unchecked): the slot is
    given back, the metrics count it (server/metrics.py), and one access-log
    line is written: a JSON object with the id, method, endpoint, model,
    status, milliseconds, the characters of its text and the key's name. The
