@@ -24,6 +24,7 @@ import time
 import uuid
 
 from flask import Flask, Response, current_app, g, request
+from werkzeug.exceptions import HTTPException
 
 from server.access import InFlightBound, KeyRing, RateLimiter
 from server.errors import current_request_id
@@ -54,9 +55,24 @@ def note_generated_words(count: int) -> None:
     g.reach_generated_words = g.get("reach_generated_words", 0) + count
 
 
+def _json_body() -> object:
+    """The request's JSON body for the log line, or None: not JSON, malformed, without a declared length, or
+    refused for its size (a body over MAX_CONTENT_LENGTH is never read here, and one that breaks off raises
+    nothing)."""
+    if not request.is_json:
+        return None
+    limit = current_app.config.get("MAX_CONTENT_LENGTH")
+    if request.content_length is None or (limit is not None and request.content_length > limit):
+        return None
+    try:
+        return request.get_json(silent=True)
+    except HTTPException:
+        return None
+
+
 def _text_chars() -> int | None:
     """Characters of the request's "text" or "prompt" (a list of prompts: all of them), None without one."""
-    body = request.get_json(silent=True) if request.is_json else None
+    body = _json_body()
     if not isinstance(body, dict):
         return None
     text = body.get("text", body.get("prompt"))
@@ -71,7 +87,7 @@ def _attribution() -> str:
     """/v1/predict's attribution mode as asked ("summary" when not given), "" for every other endpoint."""
     if request.url_rule is None or request.url_rule.rule != "/v1/predict":
         return ""
-    body = request.get_json(silent=True) if request.is_json else None
+    body = _json_body()
     asked = body.get("attribution") if isinstance(body, dict) else None
     return asked if asked in ("none", "summary", "full") else "summary"
 

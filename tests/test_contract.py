@@ -260,7 +260,9 @@ def test_malformed_and_non_json_bodies_get_declared_errors(fuzzed_app, document)
                                                                               "application/json", 413)):
             response = client.open(path, method=method.upper(), data=data, content_type=content_type)
             assert response.status_code == status and str(status) in declared, (path, data[:10], response.status_code)
-            assert set(response.get_json()["error"]) == {"code", "message", "type", "param"}
+            error = response.get_json()["error"]
+            assert set(error) == {"code", "message", "type", "param", "request_id"}
+            assert error["request_id"] == response.headers["X-Request-ID"]
 
 
 def teardown_module():
