@@ -78,7 +78,7 @@ class ServerMetrics:
         self.requests = Counter("reach_requests", "Requests answered, by endpoint, model and status",
                                 ["endpoint", "model", "status"], registry=registry)
         self.latency = Histogram("reach_request_duration_seconds", "Time from a request's arrival to the end of its "
-                                 "answer (a stream's last event), by endpoint and attribution mode",
+                                 "answer (a stream: until it closes), by endpoint and attribution mode",
                                  ["endpoint", "attribution"], buckets=LATENCY_BUCKETS, registry=registry)
         self.in_flight = Gauge("reach_requests_in_flight", "Requests being handled now (all workers)",
                                registry=registry, multiprocess_mode="livesum")

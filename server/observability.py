@@ -7,8 +7,8 @@ In order, for every request:
 2. for /v1/*: the API key (when keys are set), the key's rate limit, then,
    for a model request (a POST), a slot under the in-flight bound
    (server/access.py); a refusal is the usual JSON error;
-3. at its end (Flask's teardown; for a streamed answer that may come before
-   its last event is sent: unchecked): the slot is
+3. at its end (Flask's teardown; for a streamed answer, when the response
+   closes: after its last event, or when the client goes away): the slot is
    given back, the metrics count it (server/metrics.py), and one access-log
    line is written: a JSON object with the id, method, endpoint, model,
    status, milliseconds, the characters of its text and the key's name. The
@@ -17,17 +17,18 @@ In order, for every request:
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
 import time
 import uuid
+from typing import NamedTuple
 
 from flask import Flask, Response, current_app, g, request
 from werkzeug.exceptions import HTTPException
 
 from server.access import InFlightBound, KeyRing, RateLimiter
-from server.errors import current_request_id
 from server.metrics import RequestRecord
 
 __all__ = ["ACCESS_LOG", "install_request_hooks", "note_generated_words", "note_model", "request_id_of"]
@@ -117,25 +118,59 @@ def install_request_hooks(app: Flask, keys: KeyRing, limiter: RateLimiter, bound
     def stamp(response: Response) -> Response:
         response.headers[HEADER] = g.get("request_id") or request_id_of(None)
         g.reach_status = response.status_code
+        if response.is_streamed and "reach_started" in g:
+            # A streamed answer is computed while it is sent, after the view has returned (and Flask's teardown may
+            # run before its first event): its slot, its metrics and its log line wait until the response closes,
+            # at its last event or when the client goes away.
+            g.reach_deferred = True
+            response.call_on_close(functools.partial(
+                _end_request, app, bound, g._get_current_object(), _request_fields(), None))
         return response
 
     @app.teardown_request
     def finish(error: BaseException | None) -> None:
-        if g.pop("reach_slot", False):
-            bound.leave()
-        if "reach_started" not in g:
+        if g.get("reach_deferred"):
             return
-        record = RequestRecord(
-            request_id=current_request_id() or "-", method=request.method,
-            endpoint=request.url_rule.rule if request.url_rule is not None else "unmatched",
-            model=g.get("reach_model", ""), status=g.get("reach_status", 500 if error else 200),
-            seconds=time.perf_counter() - g.pop("reach_started"), text_chars=_text_chars(), attribution=_attribution(),
-            generated_words=g.get("reach_generated_words", 0), key=g.get("reach_key"))
-        metrics = app.extensions.get("reach_metrics")
-        if metrics is not None and g.pop("reach_counted", False):
-            metrics.finished(record, current_app.extensions["reach"])
-        access_log.info("%s", json.dumps({
-            "request_id": record.request_id, "method": record.method, "endpoint": record.endpoint,
-            "model": record.model or None, "status": record.status, "ms": round(1000 * record.seconds, 1),
-            "text_chars": record.text_chars, "attribution": record.attribution or None,
-            "generated_words": record.generated_words or None, "key": record.key}))
+        _end_request(app, bound, g._get_current_object(), _request_fields(), error)
+
+
+class _RequestFields(NamedTuple):
+    """What the log line takes from the request itself (read while its context is there)."""
+
+    method: str
+    endpoint: str
+    text_chars: int | None
+    attribution: str
+
+
+def _request_fields() -> _RequestFields:
+    return _RequestFields(method=request.method,
+                          endpoint=request.url_rule.rule if request.url_rule is not None else "unmatched",
+                          text_chars=_text_chars(), attribution=_attribution())
+
+
+def _end_request(app: Flask, bound: InFlightBound, state: object, fields: _RequestFields,
+                 error: BaseException | None) -> None:
+    """Give back the request's slot, count it and write its log line; `state` is the request's `flask.g` (kept past
+    its context for a streamed answer). Runs once: a second call finds nothing to do."""
+    if getattr(state, "reach_slot", False):
+        state.reach_slot = False
+        bound.leave()
+    started = getattr(state, "reach_started", None)
+    if started is None:
+        return
+    del state.reach_started
+    record = RequestRecord(
+        request_id=getattr(state, "request_id", None) or "-", method=fields.method, endpoint=fields.endpoint,
+        model=getattr(state, "reach_model", ""), status=getattr(state, "reach_status", 500 if error else 200),
+        seconds=time.perf_counter() - started, text_chars=fields.text_chars, attribution=fields.attribution,
+        generated_words=getattr(state, "reach_generated_words", 0), key=getattr(state, "reach_key", None))
+    metrics = app.extensions.get("reach_metrics")
+    if metrics is not None and getattr(state, "reach_counted", False):
+        state.reach_counted = False
+        metrics.finished(record, app.extensions["reach"])
+    access_log.info("%s", json.dumps({
+        "request_id": record.request_id, "method": record.method, "endpoint": record.endpoint,
+        "model": record.model or None, "status": record.status, "ms": round(1000 * record.seconds, 1),
+        "text_chars": record.text_chars, "attribution": record.attribution or None,
+        "generated_words": record.generated_words or None, "key": record.key}))

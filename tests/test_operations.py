@@ -84,3 +84,38 @@ def test_metrics_parse_and_count_a_request(app):
     assert families["reach_models_loaded"].samples[0].value == 2
     assert {"reach_prefix_cache_hits", "reach_prefix_cache_misses", "reach_prefix_cache_bytes",
             "reach_request_duration_seconds", "reach_requests_in_flight", "reach_generated_words"} <= set(families)
+
+
+def test_a_stream_keeps_its_slot_until_it_closes(tiny_run, caplog):
+    """A streamed generation is computed while it is sent: its slot is taken until the response closes, and its log
+    line (written then) counts the words it sent."""
+    app = create_app({"TESTING": True, "REACH_MODELS": {"char": str(tiny_run.out)}, "REACH_MAX_IN_FLIGHT": 1})
+    client = app.test_client()
+
+    def post_from_another_thread(body):
+        # As a server's other thread would: the suspended stream keeps its request context current in this thread.
+        answers = []
+        thread = threading.Thread(target=lambda: answers.append(app.test_client().post("/v1/predict", json=body)))
+        thread.start()
+        thread.join(30)
+        return answers[0]
+
+    with caplog.at_level(logging.INFO):
+        stream = client.post("/v1/generate", json={"text": "The ", "max_words": 3, "stream": True, "seed": 1},
+                             buffered=False)
+        assert stream.status_code == 200
+        first = next(iter(stream.response))
+        assert b"start" in first
+        refused = post_from_another_thread({"text": "The "})
+        assert refused.status_code == 429 and refused.get_json()["error"]["code"] == "overloaded"
+        rest = b"".join(stream.response)
+        stream.close()
+        assert b"[DONE]" in rest
+        assert post_from_another_thread({"text": "The "}).status_code == 200
+    access = [json.loads(r.getMessage()) for r in caplog.records if r.name == "server.access"]
+    streamed = [line for line in access if line["endpoint"] == "/v1/generate"]
+    events = [json.loads(line[len(b"data: "):]) for line in (first + rest).splitlines()
+              if line.startswith(b"data: {")]
+    words = sum(event["event"] == "word" for event in events)
+    assert words >= 1 and len(streamed) == 1 and streamed[0]["status"] == 200
+    assert streamed[0]["generated_words"] == words
