@@ -22,8 +22,8 @@ ARTIFACTS = ROOT / "artifacts"
 pytestmark = pytest.mark.browser
 
 
-@pytest.fixture(scope="module")
-def page_server(app):
+def _serve(app):
+    """Serve `app` on a free port of 127.0.0.1 in a thread; yields its address."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -34,17 +34,26 @@ def page_server(app):
     server.shutdown()
 
 
-def test_type_see_predictions_select_one_see_the_heatmap_continue(page_server):
+@pytest.fixture(scope="module")
+def page_server(app):
+    yield from _serve(app)
+
+
+def _launch(playwright):
     if not CHROMIUM.exists():
         if os.environ.get("CI") == "true":
             pytest.fail("CI must install Debian's chromium for the browser test")
         pytest.skip("Debian's chromium is not installed")
+    return playwright.chromium.launch(executable_path=str(CHROMIUM), args=[
+        "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--no-first-run", "--disable-sync"])
+
+
+def test_type_see_predictions_select_one_see_the_heatmap_continue(page_server):
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--no-first-run", "--disable-sync"])
+        browser = _launch(playwright)
         try:
             page = browser.new_page(viewport={"width": 1200, "height": 900})
             errors = []
@@ -117,3 +126,40 @@ def test_type_see_predictions_select_one_see_the_heatmap_continue(page_server):
             assert not errors
         finally:
             browser.close()
+
+
+KEY = "page-key-0123456789abcdef"
+
+
+def test_a_server_with_keys_gets_its_key_from_the_page(tiny_run):
+    """With API keys set, the page's first call is refused (401): it shows the key box; a wrong key is refused
+    again, the right one brings the models and the predictions, every call sending it as a Bearer token."""
+    from playwright.sync_api import sync_playwright
+
+    from server import create_app
+
+    app = create_app({"TESTING": True, "REACH_MODELS": {"char": str(tiny_run.out)}, "REACH_API_KEYS": (KEY,)})
+    with sync_playwright() as playwright:
+        browser = _launch(playwright)
+        served = _serve(app)
+        address = next(served)
+        try:
+            page = browser.new_page()
+            errors = []
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            page.goto(address + "/")
+            page.wait_for_function("!document.getElementById('keybox').hidden", timeout=20_000)
+            assert "missing_api_key" in page.text_content("#status")
+            page.fill("#apikey", "wrong-key-0123456789abcdef")
+            page.dispatch_event("#apikey", "change")
+            page.wait_for_function("document.getElementById('status').textContent.includes('invalid_api_key')")
+            page.fill("#apikey", KEY)
+            page.dispatch_event("#apikey", "change")
+            page.wait_for_function("document.querySelectorAll('#model option').length === 1", timeout=20_000)
+            page.fill("#text", "The album was ")
+            page.wait_for_function("document.querySelectorAll('#predictions li').length === 5", timeout=20_000)
+            assert not page.is_visible("#status.error") and not errors
+            assert page.evaluate("sessionStorage.getItem('reach-api-key')") == KEY
+        finally:
+            browser.close()
+            next(served, None)

@@ -18,9 +18,25 @@ function setStatus(message, isError) {
   $("status").className = isError ? "error" : "";
 }
 
+// The API key, when the server asks for one (401): kept for this tab only (sessionStorage), sent as a Bearer token.
+function requestHeaders(json) {
+  const headers = json ? { "Content-Type": "application/json" } : {};
+  const key = $("apikey").value.trim();
+  if (key) headers.Authorization = `Bearer ${key}`;
+  return headers;
+}
+
+function askForKey(body) {
+  $("keybox").hidden = false;
+  $("apikey").focus();
+  setStatus(`${body.error.code}: ${body.error.message}`, true);
+}
+
 async function loadModels() {
-  const response = await fetch("/v1/models");
+  const response = await fetch("/v1/models", { headers: requestHeaders(false) });
   const body = await response.json();
+  if (response.status === 401) { askForKey(body); return false; }
+  if (!response.ok) throw new Error(`${body.error.code}: ${body.error.message}`);
   const select = $("model");
   select.innerHTML = "";
   for (const card of body.models) {
@@ -35,6 +51,7 @@ async function loadModels() {
     const ppl = test.word_ppl != null ? `per-word perplexity ${test.word_ppl.toFixed(1)}` : "";
     return `${c.name}: ${c.cell}, ${c.layers}×${c.hidden_dim}, ${c.parameters.toLocaleString()} parameters, ${bpc} ${ppl}`;
   }).join(" · ");
+  return true;
 }
 
 function schedule() {
@@ -49,12 +66,13 @@ async function predict() {
   try {
     const response = await fetch("/v1/predict", {
       method: "POST",
-      headers: { "Content-Type": "application/json" },
+      headers: requestHeaders(true),
       body: JSON.stringify({ text, k: Number($("k").value), model: $("model").value || null,
                              attribution: "full", method: $("method").value, foil: $("foil").value.trim() || null }),
     });
     const body = await response.json();
     if (mine !== sequence) return;
+    if (response.status === 401) { askForKey(body); return; }
     if (!response.ok) {
       setStatus(`${body.error.code}: ${body.error.message}`, true);
       return;
@@ -106,13 +124,14 @@ async function continueText() {
     // Streamed: each word is shown as soon as the server has sampled it (server-sent events, docs/API.md).
     const response = await fetch("/v1/generate", {
       method: "POST",
-      headers: { "Content-Type": "application/json" },
+      headers: requestHeaders(true),
       body: JSON.stringify({ text, max_words: Number($("words").value), temperature: Number($("temperature").value),
                              model: $("model").value || null, stream: true }),
     });
     if (!response.ok) {
       const body = await response.json();
-      if (mine === sequence) setStatus(`${body.error.code}: ${body.error.message}`, true);
+      if (response.status === 401) askForKey(body);
+      else if (mine === sequence) setStatus(`${body.error.code}: ${body.error.message}`, true);
       return;
     }
     let start = null, end = null, failure = null;
@@ -296,4 +315,14 @@ fetch("/openapi.json").then((response) => response.json()).then((document) => {
   if (methods.length) menu.innerHTML = methods.map((m) => `<option value="${m}">${labels[m] || m.replace(/_/g, " ")}</option>`).join("");
   if (methods.includes(chosen)) menu.value = chosen;
 }).catch(() => {});
-loadModels().then(predict).catch((error) => setStatus(`could not load models: ${error}`, true));
+function start() {
+  loadModels().then((loaded) => { if (loaded) predict(); })
+    .catch((error) => setStatus(`could not load models: ${error}`, true));
+}
+$("apikey").value = sessionStorage.getItem("reach-api-key") || "";
+if ($("apikey").value) $("keybox").hidden = false;
+$("apikey").addEventListener("change", () => {
+  sessionStorage.setItem("reach-api-key", $("apikey").value.trim());
+  start();
+});
+start();
