@@ -119,3 +119,26 @@ def test_a_stream_keeps_its_slot_until_it_closes(tiny_run, caplog):
     words = sum(event["event"] == "word" for event in events)
     assert words >= 1 and len(streamed) == 1 and streamed[0]["status"] == 200
     assert streamed[0]["generated_words"] == words
+
+
+def test_the_openai_client_s_api_key_is_the_server_s_key(guarded):
+    """The `openai` client sends its api_key as a Bearer token: the right key completes, a wrong one is the
+    client's AuthenticationError carrying the server's error code (the keyed app on 127.0.0.1)."""
+    import openai
+    from werkzeug.serving import make_server
+
+    server = make_server("127.0.0.1", 0, guarded, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{server.server_port}/v1"
+    try:
+        with openai.OpenAI(base_url=base, api_key=KEY, max_retries=0, timeout=60) as right:
+            completion = right.completions.create(model="char", prompt="The ", max_tokens=2, seed=3)
+            assert completion.choices[0].text
+            assert [model.id for model in right.models.list()] == ["char"]
+        with openai.OpenAI(base_url=base, api_key="wrong-key-0123456789abcdef", max_retries=0, timeout=60) as wrong:
+            with pytest.raises(openai.AuthenticationError) as refused:
+                wrong.completions.create(model="char", prompt="The ", max_tokens=2)
+        assert refused.value.status_code == 401 and refused.value.code == "invalid_api_key"
+    finally:
+        server.shutdown()
