@@ -11,7 +11,7 @@ import torch
 
 from lm.checkpoint import load_checkpoint
 from lm.config import TextCacheConfig
-from lm.infer.pointer import LISTED_SHARE, deletion_reach, explain_cache
+from lm.infer.pointer import LISTED_SHARE, deletion_reach, explain_cache, spelling_groups
 from lm.infer.predictor import Predictor
 
 TEXT = "The cat sat on the mat. The dog saw the cat. A bird sang to the cat and the dog. The "
@@ -184,3 +184,8 @@ def test_deletion_reach_is_where_no_deeper_cut_moves_the_word_more_than_the_tole
     assert deletion_reach(change, 0.01) == 4
     assert deletion_reach(change, 5.0) == 0
     assert deletion_reach(np.array([np.nan, 0.0]), 0.1) == 1
+
+
+def test_spellings_differing_only_in_their_last_unit_are_one_group():
+    paths = [((1, 2), False), ((1, 3), False), ((1, 2), True), ((), True), ((4,), False), ((5,), False)]
+    assert spelling_groups(paths) == [((1,), (2, 3)), ((1, 2), None), ((), None), ((), (4, 5))]

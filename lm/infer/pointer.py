@@ -49,7 +49,7 @@ from lm.infer.reach import distance_in
 from lm.infer.scoring import Path
 
 __all__ = ["CacheExplanation", "CacheRow", "DELETION_TOLERANCES", "Pointer", "PointerPosition", "cache_pointer",
-           "deletion_reach", "explain_cache"]
+           "deletion_reach", "explain_cache", "spelling_groups"]
 
 # log P moves by at most this when the text beyond the deletion reach is cut: about 1% (the 99% figure) and 10%.
 DELETION_TOLERANCES = {"99": -math.log(0.99), "90": -math.log(0.90)}
@@ -117,8 +117,19 @@ def explain_cache(predictor: Predictor, result: PredictionResult, prediction: Wo
             found = rows[prefix] = _row(predictor, reads, prefix, keys, hidden, temperature)
         return found
 
-    word = _paths_curve(prediction.paths, row, values, ends, size)
-    required = _paths_curve(result.required_paths, row, values, ends, size) if result.query.required else None
+    boundary_units = tuple(int(unit) for unit in np.flatnonzero(ends))
+    factors: dict[tuple[tuple[int, ...], tuple[int, ...]], tuple[np.ndarray, np.ndarray, float, float]] = {}
+
+    def factor(prefix: tuple[int, ...], targets: tuple[int, ...] | None) -> tuple[np.ndarray, np.ndarray, float, float]:
+        # Spellings share prefixes: each (row, targets) factor is computed once (targets None: the boundary units).
+        chosen = boundary_units if targets is None else targets
+        found = factors.get((prefix, chosen))
+        if found is None:
+            found = factors[(prefix, chosen)] = _factor(row(prefix), np.array(chosen, dtype=np.int64), values, size)
+        return found
+
+    word = _paths_curve(prediction.paths, factor, size)
+    required = _paths_curve(result.required_paths, factor, size) if result.query.required else None
     change = word.logprob - word.logprob[-1]
     logprob = float(word.logprob[-1])
     if required is not None:
@@ -201,18 +212,40 @@ class _Curve:
     own_copies: float
 
 
-def _paths_curve(paths: list[Path], row, values: np.ndarray, ends: np.ndarray, size: int) -> _Curve:
-    """The deletion curve, the model-only probability and the expected copies of a set of spellings."""
-    logprobs, model_only, copies, own = [], [], np.zeros(size), 0.0
+def spelling_groups(paths: list[Path]) -> list[tuple[tuple[int, ...], tuple[int, ...] | None]]:
+    """`paths` as (prefix, last targets) groups whose probabilities add up to theirs: spellings that differ only in
+    their last unit (no boundary after it) form one group, drawing any of those units after the shared prefix;
+    a spelling ending at a boundary is its own group, `last targets` None (the boundary units after all of it).
+
+    Exact because every factor of the text cache's mixture, (1 - w) m(T) + w copies(T), and each part of it, is a
+    sum over the units of T: the probability of a group is the sum of its spellings'. The constraint "a new word
+    starts" is thousands of one-unit spellings and becomes one group. A spelling with no units and no boundary is
+    the group ((), ()), with no factor (probability 1)."""
+    groups: dict[tuple[tuple[int, ...], bool], list[int]] = {}
     for units, boundary in paths:
-        factors = [(row(units[:depth]), np.array([units[depth]])) for depth in range(len(units))]
+        units = tuple(int(unit) for unit in units)
         if boundary:
-            factors.append((row(units), np.flatnonzero(ends)))
-        curve = np.zeros(size + 1)  # log P(spelling) with the last d entries, d = 0..size
+            groups.setdefault((units, True), [])
+        elif units:
+            groups.setdefault((units[:-1], False), []).append(units[-1])
+        else:
+            groups.setdefault(((), False), [])
+    return [(prefix, None if boundary else tuple(last)) for (prefix, boundary), last in groups.items()]
+
+
+def _paths_curve(paths: list[Path], factor, size: int) -> _Curve:
+    """The deletion curve, the model-only probability and the expected copies of a set of spellings; `factor(prefix,
+    targets)` is `_factor` at the row after `prefix` for drawing one of `targets` (None: the boundary units)."""
+    logprobs, model_only, copies, own = [], [], np.zeros(size), 0.0
+    for prefix, last in spelling_groups(paths):
+        steps = [(prefix[:depth], (prefix[depth],)) for depth in range(len(prefix))]
+        if last is None or last:
+            steps.append((prefix, last))
+        curve = np.zeros(size + 1)  # log P(group) with the last d entries, d = 0..size
         full, alone = 0.0, 0.0
         entry_parts, own_parts = [], 0.0  # sum over rows of C_ri / p_r, per entry
-        for cache_row, targets in factors:
-            mass, part_of_entries, own_part, alone_mass = _factor(cache_row, targets, values, size)
+        for row_prefix, targets in steps:
+            mass, part_of_entries, own_part, alone_mass = factor(row_prefix, targets)
             curve += np.log(mass)
             full += math.log(mass[-1])
             alone += math.log(alone_mass)
@@ -230,8 +263,9 @@ def _paths_curve(paths: list[Path], row, values: np.ndarray, ends: np.ndarray, s
     top = stacked.max(axis=0)
     safe = np.where(np.isfinite(top), top, 0.0)
     summed = safe + np.log(np.exp(stacked - safe).sum(axis=0))
-    alone_total = max(model_only) + math.log(sum(math.exp(a - max(model_only)) for a in model_only)) \
-        if max(model_only) > -math.inf else -math.inf
+    best_alone = max(model_only)
+    alone_total = best_alone + math.log(sum(math.exp(a - best_alone) for a in model_only)) \
+        if best_alone > -math.inf else -math.inf
     return _Curve(np.where(np.isfinite(top), summed, -math.inf), alone_total, copies, own)
 
 
