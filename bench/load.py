@@ -202,19 +202,34 @@ def overload(base: str, texts: list[str], clients: int, seconds: float) -> None:
     print(f"accepted p99 at {4 * clients} clients / at {clients}: {second['p99_ms'] / first['p99_ms']:.2f} (bound: 2)")
 
 
+def prefix_cache_mib(base: str) -> float:
+    """What the workers' prefix caches hold now (MiB), from /metrics (nan when it cannot be read)."""
+    try:
+        with urllib.request.urlopen(base + "/metrics", timeout=10) as response:
+            text = response.read().decode()
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return float("nan")
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("reach_prefix_cache_bytes{")) / 2**20
+
+
 def soak(base: str, texts: list[str], clients: int, seconds: float, master: int) -> None:
     samples: list[tuple[float, list[float]]] = []
 
+    cached: list[float] = []
+
     def sample(begun: float) -> None:
-        while time.perf_counter() - begun < seconds:
+        while True:
             samples.append((time.perf_counter() - begun, worker_memory(master)))
+            cached.append(prefix_cache_mib(base))
+            if time.perf_counter() - begun >= seconds:
+                break
             time.sleep(min(30.0, max(0.0, seconds - (time.perf_counter() - begun))))
-        samples.append((time.perf_counter() - begun, worker_memory(master)))
 
     figures = summary(*drive(base + "/v1/predict", texts, "summary", clients, seconds, during=sample))
     print(line(f"{clients} clients {seconds:.0f} s", figures))
-    for at, sizes in samples:
-        print(f"  {at:6.0f} s  worker RSS MiB {mib(sizes)}")
+    for (at, sizes), held in zip(samples, cached):
+        print(f"  {at:6.0f} s  worker RSS MiB {mib(sizes)}  prefix caches (both workers) {held:.0f} MiB")
     settled = next((sizes for at, sizes in samples if at >= 60), samples[0][1])
     last = samples[-1][1]
     change = [100 * (b - a) / a for a, b in zip(settled, last)]

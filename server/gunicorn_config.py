@@ -8,6 +8,8 @@
   queue, the thread pool's queue) for as long as the requests before it take.
 - Keep-alive off: a kept-alive connection would hold one of those
   connections between requests.
+- At most 2 malloc arenas per worker (glibc), set as each worker starts:
+  the memory of a long varied load stays flatter (post_fork below).
 - Metrics of every worker: PROMETHEUS_MULTIPROC_DIR (a new temporary folder
   when unset, emptied at start and removed at exit), and a dead worker's
   live gauges are dropped (server/metrics.py).
@@ -43,6 +45,26 @@ def on_starting(server) -> None:
     _metrics_folder.mkdir(parents=True, exist_ok=True)
     for stale in _metrics_folder.glob("*.db"):
         stale.unlink()
+
+
+M_ARENA_MAX = -8  # glibc's mallopt parameter (malloc.h)
+MALLOC_ARENAS = 2
+
+
+def post_fork(server, worker) -> None:
+    """Before the worker starts its threads: at most MALLOC_ARENAS malloc arenas (glibc; nothing elsewhere).
+
+    glibc gives each thread that meets a busy arena a new one, up to 8 per core; a gthread worker's threads each
+    computing with different tensor sizes then keep memory in many arenas, and the worker's memory creeps up
+    under a long varied load (docs/BENCHMARKS.md, the soak). MALLOC_ARENA_MAX in the environment wins."""
+    if os.environ.get("MALLOC_ARENA_MAX"):
+        return
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").mallopt(M_ARENA_MAX, MALLOC_ARENAS)
+    except (OSError, AttributeError):
+        pass
 
 
 def child_exit(server, worker) -> None:

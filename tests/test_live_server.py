@@ -9,6 +9,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -65,3 +66,47 @@ def test_gunicorn_serves_predictions_over_http(live_server):
     status, body = _request(live_server + "/v1/models")
     assert status == 200 and {m["name"] for m in body["models"]} == {"char", "subword"}
     assert _request(live_server + "/healthz") == (200, {"status": "ok"})
+
+
+def test_gunicorn_with_reach_s_config_counts_every_worker_in_metrics(tiny_run, tmp_path):
+    """`gunicorn -c python:server.gunicorn_config` with 2 workers: /metrics adds up both workers (multiprocess
+    mode), so every scrape, whichever worker answers it, counts every request."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    port = _free_port()
+    log = tmp_path / "stderr.log"
+    env = {**os.environ, "REACH_MODELS": f"char={tiny_run.out}", "REACH_THREADS": "1"}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    gunicorn = Path(sys.executable).with_name("gunicorn")
+    with open(log, "w") as stderr:
+        process = subprocess.Popen([str(gunicorn), "-c", "python:server.gunicorn_config", "--workers", "2",
+                                    "--bind", f"127.0.0.1:{port}", "server:create_app()"],
+                                   cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 90
+        while time.time() < deadline:
+            try:
+                if _request(base + "/readyz")[0] == 200:
+                    break
+            except (urllib.error.URLError, ConnectionError):
+                time.sleep(0.3)
+            if process.poll() is not None:
+                raise AssertionError(log.read_text())
+        sent = 12  # six at a time, on fresh connections (keep-alive is off): both workers take some
+        with ThreadPoolExecutor(6) as pool:
+            statuses = list(pool.map(lambda index: _request(base + "/v1/predict", {"text": f"The album {index} ",
+                                                                                  "k": 2})[0], range(sent)))
+        assert statuses == [200] * sent
+
+        def counted() -> float:
+            with urllib.request.urlopen(base + "/metrics", timeout=10) as response:
+                text = response.read().decode()
+            families = {family.name: family for family in text_string_to_metric_families(text)}
+            return sum(sample.value for sample in families["reach_requests"].samples
+                       if sample.name == "reach_requests_total" and sample.labels["endpoint"] == "/v1/predict")
+
+        assert {counted() for _ in range(6)} == {sent}
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
