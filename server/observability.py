@@ -7,8 +7,8 @@ In order, for every request:
 2. for /v1/*: the API key (when keys are set), the key's rate limit, then,
    for a model request (a POST), a slot under the in-flight bound
    (server/access.py); a refusal is the usual JSON error;
-3. at its end (Flask's teardown; for a streamed answer, when the response
-   closes: after its last event, or when the client goes away): the slot is
+3. at its end (Flask's teardown; for a streamed answer, after its last
+   event, or when the client goes away and the response is closed): the slot is
    given back, the metrics count it (server/metrics.py), and one access-log
    line is written: a JSON object with the id, method, endpoint, model,
    status, milliseconds, the characters of its text and the key's name. The
@@ -23,6 +23,7 @@ import logging
 import re
 import time
 import uuid
+from collections.abc import Callable, Iterable, Iterator
 from typing import NamedTuple
 
 from flask import Flask, Response, current_app, g, request
@@ -118,12 +119,12 @@ def install_request_hooks(app: Flask, keys: KeyRing, limiter: RateLimiter, bound
     def stamp(response: Response) -> Response:
         response.headers[HEADER] = g.get("request_id") or request_id_of(None)
         g.reach_status = response.status_code
-        if response.is_streamed and "reach_started" in g:
-            # A streamed answer is computed while it is sent, after the view has returned (and Flask's teardown may
-            # run before its first event): its slot, its metrics and its log line wait until the response closes,
-            # at its last event or when the client goes away.
+        if response.is_streamed and g.get("reach_slot") and "reach_started" in g:
+            # A streamed model answer is computed while it is sent, after the view has returned (and Flask's
+            # teardown may run before its first event): its slot, its metrics and its log line wait for its last
+            # event, or for the response to be closed or dropped when the client goes away.
             g.reach_deferred = True
-            response.call_on_close(functools.partial(
+            response.response = _then(response.response, functools.partial(
                 _end_request, app, bound, g._get_current_object(), _request_fields(), None))
         return response
 
@@ -132,6 +133,20 @@ def install_request_hooks(app: Flask, keys: KeyRing, limiter: RateLimiter, bound
         if g.get("reach_deferred"):
             return
         _end_request(app, bound, g._get_current_object(), _request_fields(), error)
+
+
+def _then(body: Iterable[bytes], end: Callable[[], None]) -> Iterator[bytes]:
+    """`body`'s chunks, then `end()`: after the last chunk, or when the response is closed or collected first
+    (a generator's `finally`); `body` is closed either way."""
+    try:
+        yield from body
+    finally:
+        try:
+            close = getattr(body, "close", None)
+            if close is not None:
+                close()
+        finally:
+            end()
 
 
 class _RequestFields(NamedTuple):
