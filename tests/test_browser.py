@@ -128,6 +128,32 @@ def test_type_see_predictions_select_one_see_the_heatmap_continue(page_server):
             browser.close()
 
 
+def test_a_prediction_for_the_same_text_does_not_stop_a_continuation(page_server):
+    """Changing the number of words shown re-predicts the same text while Continue streams: the continuation
+    still arrives whole (only a changed text, or a newer continuation, makes it stale)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = _launch(playwright)
+        try:
+            page = browser.new_page()
+            errors = []
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            page.goto(page_server + "/")
+            page.wait_for_function("document.querySelectorAll('#model option').length === 2")
+            typed = "The album was released in "
+            page.fill("#text", typed)
+            page.select_option("#words", "10")
+            # Continue, then at once (the same task, before any word arrives) a new number of words: a prediction.
+            page.evaluate("""() => { document.getElementById('continue').click();
+                const k = document.getElementById('k'); k.value = '3'; k.dispatchEvent(new Event('change')); }""")
+            page.wait_for_function("document.querySelector('#continuation').title.startsWith('seed')", timeout=20_000)
+            generated = page.eval_on_selector_all("#continuation .generated", "spans => spans.map(s => s.textContent)")
+            assert generated and page.input_value("#text") == typed + "".join(generated)
+            assert not errors
+        finally:
+            browser.close()
+
 KEY = "page-key-0123456789abcdef"
 
 

@@ -6,7 +6,8 @@ const DECADES = 4;
 let latest = null;      // the last response shown
 let selected = 0;       // index of the chosen prediction
 let pending = null;     // debounce timer
-let sequence = 0;       // drop answers to outdated requests
+let sequence = 0;       // drop answers to outdated predictions
+let continuing = 0;     // drop words of an outdated continuation
 
 function level(score, top) {
   if (!(top > 0) || !(score > 0)) return 0;
@@ -114,7 +115,9 @@ async function readEvents(response, onEvent) {
 
 async function continueText() {
   const text = $("text").value;
-  const mine = ++sequence;
+  const mine = ++continuing;
+  // Stale once a newer continuation starts or the text changes; a prediction for the same text is no reason to stop.
+  const stale = () => mine !== continuing || $("text").value !== text;
   $("continue").disabled = true;
   setStatus("continuing…");
   const shown = $("continuation");
@@ -131,12 +134,12 @@ async function continueText() {
     if (!response.ok) {
       const body = await response.json();
       if (response.status === 401) askForKey(body);
-      else if (mine === sequence) setStatus(`${body.error.code}: ${body.error.message}`, true);
+      else if (!stale()) setStatus(`${body.error.code}: ${body.error.message}`, true);
       return;
     }
     let start = null, end = null, failure = null;
     const finished = await readEvents(response, (event) => {
-      if (mine !== sequence) return false;  // the text changed meanwhile: this continuation is stale
+      if (stale()) return false;
       if (event.error) {
         failure = event.error;
       } else if (event.event === "start") {
@@ -154,7 +157,7 @@ async function continueText() {
       }
       return true;
     });
-    if (!finished || mine !== sequence) return;
+    if (!finished || stale()) return;
     if (failure) {
       setStatus(`${failure.code}: ${failure.message}`, true);
       return;
@@ -167,7 +170,7 @@ async function continueText() {
     $("text").value = start.text + end.continuation;
     predict();
   } catch (error) {
-    if (mine === sequence) setStatus(`request failed: ${error}`, true);
+    if (!stale()) setStatus(`request failed: ${error}`, true);
   } finally {
     $("continue").disabled = false;
   }
