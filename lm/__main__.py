@@ -162,7 +162,7 @@ def _attribute(args: argparse.Namespace) -> int:
         print(to_json(attribution_answer(str(checkpoint.directory), checkpoint.tokenizer, result, full=True, how=HOW), indent=1))
     else:
         color = not args.no_color and "NO_COLOR" not in os.environ and sys.stdout.isatty() or args.color
-        print(render_terminal(result, chosen=max(chosen, 0), color=color))
+        print(render_terminal(result, chosen=max(chosen, 0), color=color, view=args.view))
         if args.html:
             print(f"\nwrote {args.html}")
     return 0
@@ -515,6 +515,9 @@ def build_parser() -> argparse.ArgumentParser:
     attribute.add_argument("--verify", action="store_true", help="also replace text beyond the 99%% reach by filler and report the change")
     attribute.add_argument("--max-units", type=positive_int, default=None, help="read at most the last N units (reported)")
     attribute.add_argument("--index", type=positive_int, default=1, help="which prediction the heatmap shows (default: 1)")
+    attribute.add_argument("--view", choices=("units", "words", "sentences"), default="units",
+                           help="colour each unit, or each word or sentence by its units' influence summed (default: "
+                                "units; the HTML page has all three)")
     attribute.add_argument("--json", action="store_true", help="print the full structure as JSON (the HTTP API's field names)")
     attribute.add_argument("--html", type=Path, default=None, metavar="FILE", help="also write a self-contained HTML page")
     attribute.add_argument("--color", action="store_true", help="colour even when not writing to a terminal")

@@ -16,7 +16,7 @@ from lm.infer.word_gradients import path_logprobs, prediction_gradients
 from lm.checkpoint import load_checkpoint
 from lm.infer.context_grad import trace_context
 from lm.infer.predictor import PredictionResult, Predictor
-from lm.reports.views import render_html, render_terminal
+from lm.reports.views import pieces, render_html, render_terminal
 from lm.tokenizers import is_word_char
 
 TEXT = "The album was released in the United States in 1998, and it was "
@@ -219,6 +219,38 @@ def test_views_show_the_heatmap_and_reach(char_predictor):
     assert page.startswith("<!doctype html>") and "<svg" in page and external_references(page) == []  # self-contained
 
 
+def test_views_sum_the_influence_over_words_and_sentences(char_predictor):
+    text = "The album was released. It sold well! Then the band was "
+    result = attribute(char_predictor, text, k=1)
+    entry = result.predictions[0]
+    units, words, sentences = (pieces(result, entry, view) for view in ("units", "words", "sentences"))
+    assert [text[p.start:p.end] for p in sentences] == ["The album was released.", "It sold well!", "Then the band was"]
+    assert [text[p.start:p.end] for p in words] == text.split()
+    assert [p.score for p in words] == pytest.approx(result.word_scores(entry.influence))
+    # Each sentence is the sum of its words, and each word the sum of its units (a space goes with a word or none).
+    for sentence in sentences:
+        inside = [p.score for p in words if sentence.start <= p.start and p.end <= sentence.end]
+        assert sentence.score == pytest.approx(sum(inside))
+    for index in range(len(words) - 3, len(words)):
+        owned = [p.score for p, owner in zip(units, result.unit_word) if owner == index]
+        assert len(owned) >= len(text[words[index].start:words[index].end]) and words[index].score == pytest.approx(sum(owned))
+    # The reach is marked before its first unit and its first word; a sentence view has no mark.
+    assert [i for i, p in enumerate(units) if p.reach_mark] == [len(units) - entry.reach.tokens]
+    assert [i for i, p in enumerate(words) if p.reach_mark] == [len(words) - entry.reach.words]
+    assert not any(p.reach_mark for p in sentences)
+    shown = render_terminal(result, color=False, view="sentences")
+    assert "summed over each sentence" in shown and "strongest sentences" in shown
+    assert "|" not in shown.split("):\n")[1].splitlines()[0]  # the text line, with no reach mark
+    assert "|" in render_terminal(result, color=False, view="words").split("):\n")[1].splitlines()[0]
+    coloured = render_terminal(result, color=True, view="sentences")
+    assert coloured.count("\x1b[48;5;") - len(render_terminal(result, color=True).split("\n1e-")[1].split("\x1b[48;5;")) + 1 \
+        == 3 + sum(text[p.start:p.end].count("\n") for p in sentences)  # one coloured run per sentence (and legend)
+    with pytest.raises(ValueError, match="view must be one of"):
+        pieces(result, entry, "paragraphs")
+    page = render_html(result, "tiny")
+    assert page.count('data-view="sentences"') == 1 and page.count('data-view="words"') == 1
+
+
 def test_attribute_cli_json_and_html(tiny_run, tmp_path, capsys):
     page = tmp_path / "page.html"
     assert lm_main(["attribute", "--model", str(tiny_run.out), "--json", "--html", str(page), "-k", "2", TEXT]) == 0
@@ -227,6 +259,11 @@ def test_attribute_cli_json_and_html(tiny_run, tmp_path, capsys):
     assert page.read_text().count("<section>") == 2
     assert lm_main(["attribute", "--model", str(tiny_run.out), "--no-color", TEXT]) == 0
     assert "threshold reach" in capsys.readouterr().out
+    assert lm_main(["attribute", "--model", str(tiny_run.out), "--no-color", "--view", "words", TEXT]) == 0
+    assert "summed over each word" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit:
+        lm_main(["attribute", "--model", str(tiny_run.out), "--view", "paragraphs", TEXT])
+    assert exit.value.code == 2 and "invalid choice: 'paragraphs'" in capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -453,7 +490,7 @@ def test_cached_views_mark_the_pointer(cached_predictor):
     assert "the model alone" in render_terminal(attribute(cached_predictor, CACHED_TEXT, k=1, text_cache=False)).splitlines()[0]
     page = render_html(result, "tiny")
     marked = sum(len(p.text) for p in entry.pointer.positions)
-    first = page.split("<section>")[1].split("</section>")[0]
+    first = page.split("<section>")[1].split('data-view="units">')[1].split("</div>")[0]
     assert first.count('class="pointer"') == marked and external_references(page) == []
 
 

@@ -2,7 +2,8 @@
 
 Influence falls off by orders of magnitude over a text, so colours follow
 its logarithm: the strongest unit is hottest and anything below 1e-4 of it
-is uncoloured. With the continuous cache, the earlier occurrences its
+is uncoloured. A view colours units, or each word or sentence by the sum of
+its units' influence (the JSON's word_influence and sentence_influence). With the continuous cache, the earlier occurrences its
 pointer copies the word from are marked apart from the colours (underlined
 in a terminal, boxed in HTML).
 """
@@ -12,9 +13,13 @@ from __future__ import annotations
 import html
 import math
 
+from typing import NamedTuple
+
 from lm.infer.attribution import Attribution
 
-__all__ = ["level", "render_terminal", "render_html", "DECADES"]
+__all__ = ["level", "render_terminal", "render_html", "DECADES", "VIEWS", "Piece", "pieces"]
+
+VIEWS = ("units", "words", "sentences")  # what one coloured piece of the text is
 
 DECADES = 4  # orders of magnitude shown
 # xterm-256 background colours from cold to hot.
@@ -58,8 +63,42 @@ def _pointed(attribution: Attribution, entry) -> set[int]:
             if position.start <= start and end <= position.end}
 
 
-def render_terminal(attribution: Attribution, chosen: int = 0, color: bool = True) -> str:
-    """Predictions with their reach, then the text coloured by influence on the chosen prediction."""
+class Piece(NamedTuple):
+    """One coloured stretch of the context: a unit, a word or a sentence, with its (summed) influence."""
+
+    start: int  # offsets into the read text (result.query.context)
+    end: int
+    score: float
+    pointed: bool  # the cache's pointer copies the word from (part of) it
+    reach_mark: bool  # the threshold reach begins here ('|' before it)
+
+
+def pieces(attribution: Attribution, entry, view: str = "units") -> list[Piece]:
+    """The context cut into units, words or sentences for one prediction, each with its influence summed over its
+    units. The threshold reach is marked before its first unit or word (a sentence view has no mark: the reach is
+    counted in units and words)."""
+    if view not in VIEWS:
+        raise ValueError(f"view must be one of {', '.join(VIEWS)}, not {view!r}")
+    pointed = _pointed(attribution, entry)
+    if view == "units":
+        spans = [(start, end) for _, start, end in attribution.units]
+        scores = [float(score) for score in entry.influence]
+        marked = pointed
+        reach = len(spans) - entry.reach.tokens if entry.reach.tokens else None
+    else:
+        owner = attribution.unit_word if view == "words" else [
+            attribution.word_sentence[word] if word >= 0 else -1 for word in attribution.unit_word]
+        spans = [(start, end) for _, start, end in (attribution.words if view == "words" else attribution.sentences)]
+        scores = (attribution.word_scores if view == "words" else attribution.sentence_scores)(entry.influence)
+        marked = {owner[unit] for unit in pointed if owner[unit] >= 0}
+        reach = len(spans) - entry.reach.words if view == "words" and entry.reach.words else None
+    return [Piece(start, end, score, index in marked, index == reach)
+            for index, ((start, end), score) in enumerate(zip(spans, scores))]
+
+
+def render_terminal(attribution: Attribution, chosen: int = 0, color: bool = True, view: str = "units") -> str:
+    """Predictions with their reach, then the text coloured by influence on the chosen prediction: per unit, or
+    summed over each word or sentence (`view`)."""
     lines = []
     summary = attribution.context_summary()
     what = f"completing {attribution.result.query.partial!r}" if attribution.result.completing else "next word"
@@ -72,41 +111,54 @@ def render_terminal(attribution: Attribution, chosen: int = 0, color: bool = Tru
     if not attribution.predictions:
         return "\n".join(lines + ["(no prediction)"])
     entry = attribution.predictions[chosen]
-    pointed = _pointed(attribution, entry)
+    pointed = _pointed(attribution, entry)  # for the legend only; pieces() marks them
+    summed = "" if view == "units" else f"summed over each {view[:-1]}, "
     lines.append(f"\ninfluence of the text on {entry.prediction.word!r} ({attribution.method}; colour = log10 of influence "
-                 f"relative to the strongest unit, {DECADES} decades; '|' marks the threshold reach"
+                 f"{summed}relative to the strongest {view[:-1]}, {DECADES} decades"
+                 + ("" if view == "sentences" else "; '|' marks the threshold reach")
                  + ("; underlined: where the cache's pointer copies the word from" if pointed and color else "") + "):")
-    top = float(entry.influence.max()) if entry.influence.size else 0.0
-    reach_unit = len(attribution.units) - entry.reach.tokens if entry.reach.tokens else None
+    shown_pieces = pieces(attribution, entry, view)
+    top = max((piece.score for piece in shown_pieces), default=0.0)
     text = attribution.result.query.context
-    pieces, cursor = [], 0
-    for index, ((unit_text, start, end), score) in enumerate(zip(attribution.units, entry.influence)):
-        if start > cursor:
-            pieces.append(text[cursor:start])
-        if index == reach_unit:
-            pieces.append("\x1b[1;33m|\x1b[0m" if color else "|")
-        shown = text[start:end]
+    out, cursor = [], 0
+    for piece in shown_pieces:
+        if piece.start > cursor:
+            out.append(text[cursor:piece.start])
+        if piece.reach_mark:
+            out.append("\x1b[1;33m|\x1b[0m" if color else "|")
+        shown = text[max(piece.start, cursor):piece.end]
         if color:
-            code = _RAMP[min(len(_RAMP) - 1, int(level(float(score), top) * (len(_RAMP) - 1)))]
+            code = _RAMP[min(len(_RAMP) - 1, int(level(piece.score, top) * (len(_RAMP) - 1)))]
             foreground = "\x1b[97m" if code not in (236, 237) else ""
-            underline = "\x1b[4m" if index in pointed else ""
+            underline = "\x1b[4m" if piece.pointed else ""
             shown = "".join(f"\x1b[48;5;{code}m{foreground}{underline}{part}\x1b[0m" if part else "\n"
                             for part in shown.split("\n"))
-        pieces.append(shown)
-        cursor = max(cursor, end)
-    pieces.append(text[cursor:])
-    lines.append("".join(pieces) + ("\x1b[0m" if color else ""))
+        out.append(shown)
+        cursor = max(cursor, piece.end)
+    out.append(text[cursor:])
+    lines.append("".join(out) + ("\x1b[0m" if color else ""))
     if color:
         legend = "".join(f"\x1b[48;5;{code}m  \x1b[0m" for code in _RAMP)
-        lines.append(f"\n1e-{DECADES} {legend} 1 (of the strongest unit)")
+        lines.append(f"\n1e-{DECADES} {legend} 1 (of the strongest {view[:-1]})")
     else:
         ranked = sorted(zip(attribution.word_scores(entry.influence), attribution.words), key=lambda item: -item[0])[:10]
         lines.append("\nstrongest words: " + ", ".join(f"{word!r} {score / (ranked[0][0] or 1):.3f}" for score, (word, _, _) in ranked))
+    if len(attribution.sentences) > 1:
+        total = sum(attribution.sentence_scores(entry.influence)) or 1.0
+        ranked = sorted(zip(attribution.sentence_scores(entry.influence), attribution.sentences), key=lambda item: -item[0])[:3]
+        lines.append("strongest sentences (share of the influence): " + "; ".join(
+            f"{score / total:.1%} {_clip(sentence)!r}" for score, (sentence, _, _) in ranked))
     if entry.pointer is not None and entry.pointer.positions:
         strongest = sorted(entry.pointer.positions, key=lambda position: -position.share)[:10]
         lines.append("cache pointer (copies the word from): " + ", ".join(
             f"{position.text!r} at char {position.start} ({position.share:.1%})" for position in strongest))
     return "\n".join(lines)
+
+
+def _clip(sentence: str, width: int = 60) -> str:
+    """A sentence shortened to about `width` characters for a one-line summary."""
+    sentence = " ".join(sentence.split())
+    return sentence if len(sentence) <= width else sentence[:width - 1] + "…"
 
 
 def _svg_profile(profile: list[float], width: int = 520, height: int = 160) -> str:
@@ -130,26 +182,34 @@ def _svg_profile(profile: list[float], width: int = 520, height: int = 160) -> s
             + "".join(ticks) + "</svg>")
 
 
-def render_html(attribution: Attribution, model_name: str = "") -> str:
-    """A self-contained page: the predictions, the text coloured by influence for each, and decay profiles."""
+_VIEW_TITLES = {"units": "per unit", "words": "per word (its units' influence summed)",
+                "sentences": "per sentence (its words' influence summed)"}
+
+
+def _html_text(attribution: Attribution, entry, view: str) -> str:
+    """The context as spans coloured by influence (one per unit, word or sentence), the reach marked, the pointer boxed."""
     text = attribution.result.query.context
+    shown_pieces = pieces(attribution, entry, view)
+    top = max((piece.score for piece in shown_pieces), default=0.0)
+    spans, cursor = [], 0
+    for piece in shown_pieces:
+        if piece.start > cursor:
+            spans.append(html.escape(text[cursor:piece.start]))
+        if piece.reach_mark:
+            spans.append('<span class="reach" title="threshold reach">|</span>')
+        pointer = ' class="pointer"' if piece.pointed else ""
+        spans.append(f'<span{pointer} style="background:rgba(214,39,40,{level(piece.score, top):.3f})" '
+                     f'title="{piece.score:.3e}">{html.escape(text[max(piece.start, cursor):piece.end])}</span>')
+        cursor = max(cursor, piece.end)
+    spans.append(html.escape(text[cursor:]))
+    return "".join(spans)
+
+
+def render_html(attribution: Attribution, model_name: str = "") -> str:
+    """A self-contained page: the predictions, the text coloured by influence for each (per unit, per word and per
+    sentence, one tab each), and decay profiles."""
     sections = []
     for rank, entry in enumerate(attribution.predictions, 1):
-        top = float(entry.influence.max()) if entry.influence.size else 0.0
-        reach_unit = len(attribution.units) - entry.reach.tokens if entry.reach.tokens else None
-        spans, cursor = [], 0
-        pointed = _pointed(attribution, entry)
-        for index, ((_, start, end), score) in enumerate(zip(attribution.units, entry.influence)):
-            if start > cursor:
-                spans.append(html.escape(text[cursor:start]))
-            if index == reach_unit:
-                spans.append('<span class="reach" title="threshold reach">|</span>')
-            alpha = level(float(score), top)
-            pointer = ' class="pointer"' if index in pointed else ""
-            spans.append(f'<span{pointer} style="background:rgba(214,39,40,{alpha:.3f})" title="{float(score):.3e}">'
-                         f"{html.escape(text[start:end])}</span>")
-            cursor = max(cursor, end)
-        spans.append(html.escape(text[cursor:]))
         faith = ""
         if entry.faithfulness:
             faith = f"<li>filler beyond the 99% reach moves log P by {entry.faithfulness['logprob_change']:+.3f}</li>"
@@ -160,8 +220,10 @@ def render_html(attribution: Attribution, model_name: str = "") -> str:
             f"<ul><li>threshold reach ({r.threshold:g}): {r.tokens} units, {r.words} words, {r.chars} characters</li>"
             f"<li>90% of influence within {r.mass90_tokens} units ({r.mass90_words} words); 99% within {r.mass99_tokens} units ({r.mass99_words} words)</li>"
             f"{f'<li>{html.escape(_pointer_line(entry.pointer))}</li>' if entry.pointer is not None else ''}{faith}</ul>"
-            f'<div class="text">{"".join(spans)}</div>'
-            f"<h3>influence by distance (log-log)</h3>{_svg_profile(entry.profile())}</section>")
+            + "".join(f'<details{" open" if view == "units" else ""}><summary>{_VIEW_TITLES[view]}</summary>'
+                      f'<div class="text" data-view="{view}">{_html_text(attribution, entry, view)}</div></details>'
+                      for view in VIEWS)
+            + f"<h3>influence by distance (log-log)</h3>{_svg_profile(entry.profile())}</section>")
     summary = attribution.context_summary()
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Reach: gradient influence</title>
@@ -175,7 +237,7 @@ small {{ color: #666; font-weight: normal; }}
 <h1>Gradient reach</h1>
 <p>Model {html.escape(model_name)}; method {attribution.method}; context {summary['tokens']} units, {summary['words']} words,
 {summary['chars']} characters{' (truncated)' if summary['truncated'] else ''}. Colour: log10 of each unit's influence relative to the
-strongest, over {DECADES} decades. The model reads the text in evaluation mode from a zero state.
+strongest, over {DECADES} decades; per word and per sentence, the sum over its units. The model reads the text in evaluation mode from a zero state.
 <span class="pointer">Boxed</span>: the units of the text the continuous cache copies the word from (its pointer).</p>
 {''.join(sections)}
 </body></html>
