@@ -508,7 +508,8 @@ def test_cached_healed_subword_gradients_are_per_word_and_of_the_served_probabil
     trace = trace_context(cached.model, torch.tensor([tokenizer.newline_id, *units]))
     batched, _ = prediction_gradients(cached, trace, result.result, 1.0)
     for row, entry in enumerate(result.predictions):
-        assert entry.prediction.logprob == pytest.approx(cached.score_word(text, entry.prediction.word), abs=1e-6)
+        # Attribution reads the text traced, score_word with the fused layers: float32 reads agreeing to about 1e-6.
+        assert entry.prediction.logprob == pytest.approx(cached.score_word(text, entry.prediction.word), abs=1e-5)
         alone = PredictionResult(result.result.query, [entry.prediction], len(units), result.result.required_logprob,
                                  result.result.required_paths, text_cache=True)
         single, _ = prediction_gradients(cached, trace, alone, 1.0)

@@ -15,7 +15,7 @@ from lm.infer.attribution import HOW, attribute
 from lm.infer.faithfulness import FILLER
 from lm.infer.methods import Method, MethodFigures, MethodOptions, MethodOutput, get_method, method_names, register, \
     unregister
-from lm.infer.methods.occlusion import OCCLUSION_TOLERANCE, influence_from_ladder, ladder
+from lm.infer.methods.occlusion import OCCLUSION_TOLERANCE, FillerStates, influence_from_ladder, ladder
 from lm.infer.predictor import Predictor
 from lm.infer.reach import sentences_of, word_sentences, words_of
 
@@ -131,6 +131,34 @@ def test_occlusion_equals_brute_force_rescoring(which, char_predictor, subword_p
         assert all(abs(rung.change) < OCCLUSION_TOLERANCE for rung in beyond)
         before = [rung for rung in rungs if rung.distance < entry.figures.exact_reach]
         assert not before or abs(before[-1].change) >= OCCLUSION_TOLERANCE
+
+
+def test_the_filler_states_are_read_once_and_kept_until_a_weight_changes(subword_predictor):
+    """FillerStates: the states along the filler equal a fused read of it; a shorter or equal filler reads nothing
+    more, a longer one only its new units, a different one from the first difference, and a changed weight all."""
+    checkpoint_model = subword_predictor.model
+    predictor = Predictor(checkpoint_model, subword_predictor.tokenizer)  # its own, so read_states can be watched
+    filler = predictor.tokenizer.encode(FILLER * 20)
+    read = []
+    original = predictor.read_states
+    predictor.read_states = lambda inputs, state: read.append(len(inputs)) or original(inputs, state)
+    kept = FillerStates()
+    states = kept.along(predictor, filler[:30])
+    assert read == [1, 30] and states.shape[0] == 31  # the line break, then the units
+    for m in (0, 7, 30):
+        fused, _ = Predictor(checkpoint_model, predictor.tokenizer).read([predictor.tokenizer.newline_id, *filler[:m]],
+                                                                          predictor.zero_state())
+        torch.testing.assert_close(states[m], fused, rtol=1e-4, atol=1e-5)
+    assert torch.equal(kept.along(predictor, filler[:12]), states[:13]) and read == [1, 30]
+    longer = kept.along(predictor, filler[:40])
+    assert read == [1, 30, 10] and torch.equal(longer[:31], states)
+    other = filler[:20] + [filler[0]] * 5
+    kept.along(predictor, other)
+    assert read == [1, 30, 10, 5]
+    with torch.no_grad():
+        checkpoint_model.decoder.bias.add_(0.0)  # a new version of a parameter: its states may differ
+    kept.along(predictor, filler[:12])
+    assert read == [1, 30, 10, 5, 1, 12]
 
 
 def test_contrastive_occlusion_is_the_difference_of_the_two_ladders(subword_predictor):

@@ -84,6 +84,16 @@ class StepEngine:
                 state = self._cell_step(state, False, ids=ids[:, t])
             return state
 
+    def read_states(self, ids: Tensor, state: Tensor) -> Tensor:
+        """Every state along a read, without autograd: (T, L, N, S), the state after each of ids (N, T) from `state`
+        (L, N, S), one cell step at a time (what `read_steps` computes, every step kept)."""
+        with torch.inference_mode():
+            states = []
+            for t in range(ids.size(1)):
+                state = self._cell_step(state, False, ids=ids[:, t])
+                states.append(state)
+            return torch.stack(states) if states else state.new_zeros(0, *state.shape)
+
     def output(self, x: Tensor, differentiable: bool = False) -> Tensor:
         """Logits (N, V) from top-layer features (N, H) through prepacked products (the model's own output layer
         for an adaptive softmax); `differentiable` as in `differentiable_step`."""

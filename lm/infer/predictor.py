@@ -142,7 +142,7 @@ class Predictor:
 
     What attribution, generation, accuracy and the lab need from the model's
     steps goes through the methods of "Reading for others" (`zero_state`,
-    `read`, `step`, `trace`, `differentiable_step`, `output_from_state`,
+    `read`, `read_states`, `step`, `trace`, `differentiable_step`, `output_from_state`,
     `backward`); `step_engine` is the engine itself, for benchmarks that time
     its parts.
     """
@@ -197,6 +197,11 @@ class Predictor:
         with torch.inference_mode():
             out, state = self.model(torch.tensor([inputs], dtype=torch.long), state, score_from=len(inputs) - 1)  # (1, 1, V)
         return state, out[0, -1].float()
+
+    def read_states(self, inputs: list[int], state: torch.Tensor) -> torch.Tensor:
+        """Every state along reading `inputs` after `state` (L, 1, S), without autograd: (T, L, 1, S), one cell step at
+        a time (a state kept for every unit of a fixed text, such as occlusion's filler)."""
+        return self._engine.read_states(torch.tensor([inputs], dtype=torch.long), state)
 
     def step(self, units: torch.Tensor, state: torch.Tensor, parents: torch.Tensor | None = None
              ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -28,7 +28,7 @@ from lm.infer.context_grad import ContextTrace
 from lm.infer.predictor import PredictionResult, Predictor
 from lm.infer.textcache import Memory, cache_votes, mix_distributions
 
-__all__ = ["CacheMix", "WordSeeds", "path_logprobs", "prediction_gradients", "word_seeds"]
+__all__ = ["CacheMix", "WordSeeds", "path_logprobs", "prediction_gradients", "target_logprobs", "word_seeds"]
 
 
 class CacheMix:
@@ -163,6 +163,57 @@ def path_logprobs(predictor: Predictor, states: torch.Tensor, first_logprobs: to
     return total
 
 
+Spellings = list[tuple[tuple[int, ...], bool]]  # a target's unit paths, each with its boundary flag
+
+
+def target_logprobs(predictor: Predictor, states: torch.Tensor, first_logprobs: torch.Tensor,
+                    targets: list[tuple[int, Spellings]], ends: torch.Tensor, temperature: float = 1.0,
+                    mix: CacheMix | None = None) -> torch.Tensor:
+    """log P of each target (row, spellings): the log-sum over its spellings of `path_logprobs`, (T,) differentiable
+    like it (a target with no spelling is -inf).
+
+    Assumes what `path_logprobs` does, and that a one-unit spelling without a
+    boundary is log P(that unit) in its row's first distribution and nothing
+    else, so those spellings of a target are one gather and one log-sum-exp
+    rather than a path each. A healed text's required part is thousands of
+    them (every unit that begins a word), so this takes the per-path Python
+    work off attribution's every call; spellings of two or more units, or
+    with a boundary, go through `path_logprobs`. Targets sharing one spellings
+    list (one per rung or read) are split once."""
+    split: dict[int, tuple[torch.Tensor, Spellings]] = {}  # id(spellings) -> (first units, the other spellings)
+    for _, spellings in targets:
+        if id(spellings) not in split:
+            single = [units[0] for units, boundary in spellings if len(units) == 1 and not boundary]
+            split[id(spellings)] = (torch.tensor(single, dtype=torch.long),
+                                    [path for path in spellings if len(path[0]) != 1 or path[1]])
+    rows, paths, owners = [], [], []
+    for index, (row, spellings) in enumerate(targets):
+        others = split[id(spellings)][1]
+        paths.extend(others)
+        rows.extend([row] * len(others))
+        owners.extend([index] * len(others))
+    values = path_logprobs(predictor, states, first_logprobs, rows, paths, ends, temperature, mix) if paths else None
+    # Per target: the log-sum of its path values (owners are grouped, in target order) and of its single units.
+    bounds, start = [], 0
+    for index in range(len(targets)):
+        end = start
+        while end < len(owners) and owners[end] == index:
+            end += 1
+        bounds.append((start, end))
+        start = end
+    totals = []
+    for (row, spellings), (start, end) in zip(targets, bounds):
+        single = split[id(spellings)][0]
+        parts = []
+        if single.numel():
+            parts.append(torch.logsumexp(first_logprobs[row, single], 0))
+        if end > start:
+            parts.append(torch.logsumexp(values[start:end], 0))
+        totals.append(parts[0] if len(parts) == 1 else torch.logsumexp(torch.stack(parts), 0) if parts
+                      else first_logprobs.new_tensor(float("-inf")))
+    return torch.stack(totals) if totals else first_logprobs.new_zeros(0)
+
+
 @dataclass
 class WordSeeds:
     """What the word paths give the backward pass for B reads of one text (one read: B = 1)."""
@@ -202,22 +253,9 @@ def word_seeds(predictor: Predictor, final: torch.Tensor, result: PredictionResu
             keys = keys.repeat_interleave(per_read, dim=0).requires_grad_(True)  # (rows, n', H): a copy per row
             mix = CacheMix(settings, keys, ids[1:][-keys.size(1) :], predictor.model.config.hidden_dim)
             first = mix.first(scaled, states)  # (rows, V) float64
-        word_paths, word_rows, word_bounds = [], [], []
-        for row, prediction in enumerate(result.predictions):
-            word_bounds.append((len(word_paths), len(word_paths) + len(prediction.paths)))
-            word_paths.extend(prediction.paths)
-            word_rows.extend([row] * len(prediction.paths))
-        if required:
-            word_bounds.append((len(word_paths), len(word_paths) + len(result.required_paths)))
-            word_paths.extend(result.required_paths)
-            word_rows.extend([k] * len(result.required_paths))
-        paths, rows, bounds = [], [], []  # every read's copy of the paths, on its own rows
-        for read in range(reads):
-            bounds.extend((start + read * len(word_paths), end + read * len(word_paths)) for start, end in word_bounds)
-            paths.extend(word_paths)
-            rows.extend(row + read * per_read for row in word_rows)
-        values = path_logprobs(predictor, states, first, rows, paths, ends, temperature, mix)
-        totals = torch.stack([torch.logsumexp(values[start:end], 0) for start, end in bounds]).view(reads, per_read)
+        spellings = [prediction.paths for prediction in result.predictions] + ([result.required_paths] if required else [])
+        targets = [(read * per_read + row, paths) for read in range(reads) for row, paths in enumerate(spellings)]
+        totals = target_logprobs(predictor, states, first, targets, ends, temperature, mix).view(reads, per_read)
         # log P(word_j | text) = totals[j] - totals[k] when healed: the required row's gradient joins every word's.
         words = totals[:, :k] - totals[:, k:] if required else totals  # (B, k)
         objective = totals[:, :k].sum() - (totals[:, k].sum() if required else 0.0)

@@ -11,7 +11,8 @@ units and only the replaced ones differ.
 The ladder: distance 0 (the whole text replaced), then `rungs - 1` distances
 geometric from 1 unit to the text's length (exclusive; the unchanged text is
 the last rung, d = n, change 0), duplicates dropped. The rungs share their
-filler prefix, read once; their kept texts are read side by side, and every
+filler prefix, whose states are read once per model and kept for every
+request (`FillerStates`); each rung reads only its kept text, and every
 word is scored on every rung in one batched pass (see `rung_values`).
 
 Influence per unit comes from the ladder: the change between consecutive
@@ -25,6 +26,8 @@ With a foil the objective is log P(word) - log P(foil), both re-scored.
 from __future__ import annotations
 
 import math
+import threading
+import weakref
 
 import numpy as np
 import torch
@@ -34,11 +37,14 @@ from lm.infer.methods.base import Method, MethodContext, MethodFigures, MethodOu
 from lm.infer.predictor import WordPrediction
 from lm.infer.scoring import NEG, score_words
 from lm.infer.textcache import read_memory
-from lm.infer.word_gradients import path_logprobs
+from lm.infer.word_gradients import target_logprobs
 
-__all__ = ["OCCLUSION_TOLERANCE", "ladder", "METHOD"]
+__all__ = ["FILLER_STATES_BYTES", "OCCLUSION_TOLERANCE", "FillerStates", "filler_states", "ladder", "METHOD"]
 
 OCCLUSION_TOLERANCE = 0.1  # nats: a cut that moves log P by less than this leaves the prediction as it was
+# The most bytes one model's kept filler states may hold (the default 1 x 512 LSTM: 4 KB a unit, so 16,000 units);
+# a longer filler is read for its request alone.
+FILLER_STATES_BYTES = 64 * 2**20
 
 
 def ladder(n: int, rungs: int) -> list[int]:
@@ -64,18 +70,73 @@ def filler_units(ctx: MethodContext, count: int) -> list[int]:
     return units[:count]
 
 
+class FillerStates:
+    """Every state along the filler, kept for one predictor's model: the filler is the same text for every request,
+    so its read (as long as the text occluded) is done once, not once per request.
+
+    `along(predictor, units)` gives (len(units) + 1, L, 1, S): the state after
+    the line break and the first m of `units`, for every m. It assumes:
+    - the states depend only on the model's weights and the units: they are
+      read again when a parameter of the model changes (its storage or version
+      counter, as the step engine checks its packed weights);
+    - fillers of different lengths share their start (`filler_units` cuts
+      them from the same repeated text): units are compared with the kept
+      ones, and only those past the first difference are read;
+    - the top layer's output at each position is the first H numbers of its
+      top state row (as the step engine's `output_from_state` takes it), so the
+      text cache's memory over the filler comes from the same states.
+    States past FILLER_STATES_BYTES are read for the request and not kept.
+    The states come from single cell steps (`Predictor.read_states`), which
+    agree with the fused layers' read to float32 rounding."""
+
+    def __init__(self) -> None:
+        self._units: list[int] = []
+        self._states: torch.Tensor | None = None  # (len(_units) + 1, L, 1, S)
+        self._weights: tuple = ()
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _weights_key(model: torch.nn.Module) -> tuple:
+        return tuple((p.data_ptr(), p._version) for p in model.parameters())
+
+    def along(self, predictor, units: list[int]) -> torch.Tensor:
+        with self._lock:
+            key = self._weights_key(predictor.model)
+            if key != self._weights or self._states is None:
+                start = predictor.read_states([predictor.tokenizer.newline_id], predictor.zero_state())  # (1, L, 1, S)
+                self._units, self._states, self._weights = [], start, key
+            kept = self._units[: len(units)]
+            same = len(kept) if kept == units[: len(kept)] else next(i for i, (a, b) in enumerate(zip(kept, units)) if a != b)
+            if same == len(units):
+                return self._states[: len(units) + 1]
+            more = predictor.read_states(units[same:], self._states[same])  # (len(units) - same, L, 1, S)
+            states = torch.cat([self._states[: same + 1], more])
+            if states.numel() * states.element_size() <= FILLER_STATES_BYTES:
+                self._units, self._states = list(units), states
+            return states
+
+
+_FILLERS: "weakref.WeakKeyDictionary[object, FillerStates]" = weakref.WeakKeyDictionary()
+_FILLERS_LOCK = threading.Lock()
+
+
+def filler_states(predictor, units: list[int]) -> torch.Tensor:
+    """The states along the filler `units` (len + 1, L, 1, S), from the predictor's kept `FillerStates`."""
+    with _FILLERS_LOCK:
+        kept = _FILLERS.setdefault(predictor, FillerStates())
+    return kept.along(predictor, units)
+
+
 def rung_values(ctx: MethodContext, distances: list[int], words: list[WordPrediction]) -> np.ndarray:
     """Exact log P(word | the text with the units farther back than d replaced by filler): (R, W) float64.
 
-    Without the text cache the rungs share their filler: it is read once, in
-    segments, keeping the state where each rung's own text begins; the rungs'
-    kept texts are then read from those states side by side (one packed batch:
-    each row stops at its own length, so the work is the sum of the kept
-    lengths, not R times the longest); and every word of every rung is scored
-    along its spellings (`path_logprobs`, the same unit sequences the exact
+    The rungs share their filler, and so does every request: its states are
+    read once per model and kept (`FillerStates`); each rung's kept text is
+    read from the state where it begins (so the work is the sum of the kept
+    lengths, not R times the text); and every word of every rung is scored
+    along its spellings (`target_logprobs`, the same unit sequences the exact
     scoring found for the unchanged text) in one batched pass. With the text
-    cache each rung's memory needs its every output: the rungs are read whole,
-    side by side, and scored one by one (`score_words`)."""
+    cache each rung is scored on its own (`score_words`), with its memory."""
     if ctx.result.text_cache:
         return _cached_rung_values(ctx, distances, [word.word for word in words])
     predictor, units = ctx.predictor, ctx.units
@@ -83,17 +144,11 @@ def rung_values(ctx: MethodContext, distances: list[int], words: list[WordPredic
     filler = filler_units(ctx, n)
     model = predictor.model
     with torch.inference_mode():
-        # The filler, read once: states[m] after the line break and m filler units, for every rung's m = n - d.
-        starts = sorted({n - d for d in distances})
-        state, read, after = predictor.zero_state(), 0, {}
-        pending = [predictor.tokenizer.newline_id]
-        for m in starts:
-            state = _read(predictor, pending + filler[read:m], state)
-            pending, read = [], m
-            after[m] = state
+        # The filler's states, kept across requests: along[m] after the line break and m filler units.
+        along = filler_states(predictor, filler)
         # Each rung's kept text from its filler state (one read each: the kept lengths sum to about twice the
         # longest, and a packed batch of such unequal rows costs more than that on a CPU).
-        finals = {d: _read(predictor, list(units[n - d:]), after[n - d]) for d in distances}
+        finals = {d: _read(predictor, list(units[n - d:]), along[n - d]) for d in distances}
         states = torch.cat([finals[d] for d in distances], dim=1)  # (L, R, S), in ladder order
         logits = predictor.output_from_state(states).double() / ctx.temperature  # (R, V)
     # Where a rung's text ends differently (the whole text replaced after a line break), its spellings may differ.
@@ -102,19 +157,12 @@ def rung_values(ctx: MethodContext, distances: list[int], words: list[WordPredic
     values = np.full((len(distances), len(words)), NEG)
     with torch.no_grad():
         first = torch.log_softmax(logits, dim=-1)
-        targets = [word.paths for word in words] + ([ctx.result.required_paths] if ctx.query.required else [])
-        paths = [path for spellings in targets for path in spellings]  # one rung's paths, target by target
-        if paths:
+        spellings = [word.paths for word in words] + ([ctx.result.required_paths] if ctx.query.required else [])
+        if any(spellings):
             ends = torch.from_numpy(predictor.units.ends)
-            rows = np.repeat(np.arange(len(distances)), len(paths)).tolist()
-            totals = path_logprobs(predictor, states, first, rows, paths * len(distances), ends, ctx.temperature)
-            totals = totals.numpy().reshape(len(distances), len(paths))  # (R, P)
-            sums = np.full((len(distances), len(targets)), NEG)
-            start = 0
-            for target, spellings in enumerate(targets):
-                if spellings:
-                    sums[:, target] = np.logaddexp.reduce(totals[:, start : start + len(spellings)], axis=1)
-                start += len(spellings)
+            targets = [(rung, paths) for rung in range(len(distances)) for paths in spellings]
+            sums = target_logprobs(predictor, states, first, targets, ends, ctx.temperature).numpy()
+            sums = sums.reshape(len(distances), len(spellings))  # (R, targets)
             values = sums[:, : len(words)] - (sums[:, len(words):] if ctx.query.required else 0.0)
             values[~np.isfinite(values)] = NEG
     for rung, same in enumerate(same_start):
@@ -133,23 +181,31 @@ def _read(predictor, inputs: list[int], state: torch.Tensor) -> torch.Tensor:
 
 
 def _cached_rung_values(ctx: MethodContext, distances: list[int], words: list[str]) -> np.ndarray:
-    """`rung_values` with the text cache: every rung read whole (for its memory), side by side, scored one by one."""
+    """`rung_values` with the text cache: every rung's memory needs the outputs of its whole read, the kept filler
+    states' top rows and then its kept text's, read from its filler state; the rungs are scored one by one."""
     predictor, units = ctx.predictor, ctx.units
     n = len(units)
     filler = filler_units(ctx, n)
-    rows = torch.tensor([[predictor.tokenizer.newline_id, *filler[: n - d], *units[n - d:]] for d in distances],
-                        dtype=torch.long)  # (R, n + 1)
     model = predictor.model
+    hidden = model.config.hidden_dim
     settings = predictor.text_cache_settings
-    with torch.inference_mode():
-        outputs, states = model.features(rows, model.init_state(len(distances)))  # (R, n + 1, H), (L, R, S)
-        logits = predictor.output_from_state(states).float()  # (R, V)
     values = np.empty((len(distances), len(words)))
-    for index in range(len(distances)):
-        kept = tuple(int(unit) for unit in rows[index, 1:])
+    with torch.inference_mode():
+        along = filler_states(predictor, filler)  # (n + 1, L, 1, S), kept across requests
+    for index, distance in enumerate(distances):
+        ids = [predictor.tokenizer.newline_id, *filler[: n - distance], *units[n - distance:]]
+        with torch.inference_mode():
+            # The filler part's outputs are its kept states' top rows; the kept text is read from the last of them.
+            start = along[n - distance]  # (L, 1, S)
+            if distance:
+                outputs, state = model.features(torch.tensor([units[n - distance:]], dtype=torch.long), start)
+                outputs = torch.cat([along[: n - distance + 1, -1, 0, :hidden], outputs[0]])  # (n + 1, H)
+            else:
+                outputs, state = along[:, -1, 0, :hidden], start
+            logits = predictor.output_from_state(state).float()[0]  # (V,)
         # The text cache over the replaced text, as a served prediction would build it.
-        memory = read_memory(None, None, outputs[index].float(), rows[index].tolist(), settings.window)
-        context = predictor.context_from(kept, states[:, index : index + 1].contiguous(), logits[index], memory)
+        memory = read_memory(None, None, outputs.float(), ids, settings.window)
+        context = predictor.context_from(tuple(ids[1:]), state.contiguous(), logits, memory)
         reads = predictor.reads_after(context, ctx.temperature, True)
         exact, _ = score_words(predictor.units, reads, context.line_start, ctx.query, words)
         values[index] = [spelling.logprob for spelling in exact]
