@@ -63,7 +63,7 @@ import time
 from lm.infer.attributed import Attribution, AttributedPrediction, Cost, Foil
 from lm.infer.faithfulness import faithfulness
 from lm.infer.methods import MethodContext, MethodFigures, MethodOptions, get_method, method_names
-from lm.infer.pointer import cache_pointer, deletion_reach, explain_cache
+from lm.infer.pointer import CacheExplainer, cache_pointer, deletion_reach
 from lm.infer.predictor import Predictor, WordPrediction
 from lm.infer.query import keep_last_units
 from lm.infer.reach import reach_figures, sentences_of, unit_words, widest, word_sentences, words_of
@@ -141,13 +141,14 @@ def attribute(predictor: Predictor, text: str, k: int = 5, method: str = "salien
     if output.influence.shape != (len(result.predictions), len(spans)):
         raise ValueError(f"method {chosen.name!r} gave influence of shape {output.influence.shape}, not "
                          f"{(len(result.predictions), len(spans))}")
+    explainer = CacheExplainer(predictor, result, spans, query.context, temperature) if result.text_cache else None
     for row, prediction in enumerate(result.predictions):
         influence_np = output.influence[row]
         gradient_reach = reach_figures(influence_np, spans, unit_word, len(query.context), len(words), threshold)
         figures = output.figures[row] if output.figures else MethodFigures()
         item = AttributedPrediction(prediction, influence_np, gradient_reach, gradient_reach, figures=figures)
         if result.text_cache:
-            explanation = explain_cache(predictor, result, prediction, spans, query.context, temperature)
+            explanation = explainer.explain(prediction)
             item.pointer = cache_pointer(explanation, spans, unit_word, len(query.context), threshold)
             item.reach = widest(gradient_reach, deletion_reach(explanation.logprob_change, -math.log1p(-threshold)),
                                 item.pointer.deletion_tokens("90"), item.pointer.deletion_tokens("99"), spans, unit_word,

@@ -48,7 +48,7 @@ from lm.infer.predictor import PredictionResult, Predictor, WordPrediction
 from lm.infer.reach import distance_in
 from lm.infer.scoring import Path
 
-__all__ = ["CacheExplanation", "CacheRow", "DELETION_TOLERANCES", "Pointer", "PointerPosition", "cache_pointer",
+__all__ = ["CacheExplainer", "CacheExplanation", "CacheRow", "DELETION_TOLERANCES", "Pointer", "PointerPosition", "cache_pointer",
            "deletion_reach", "explain_cache", "spelling_groups"]
 
 # log P moves by at most this when the text beyond the deletion reach is cut: about 1% (the 99% figure) and 10%.
@@ -95,57 +95,77 @@ class CacheExplanation:
     logprob: float  # log P(word) as served, computed again from the rows (checks the rows are the served ones)
 
 
+class CacheExplainer:
+    """Explains the predictions of one result (predicted with the text cache): the rows of the mixture after each
+    prefix, their factors and the healed part's curve are computed once and shared by every prediction (the
+    context's own row and the required part's thousands of one-unit spellings are the same for all k)."""
+
+    def __init__(self, predictor: Predictor, result: PredictionResult, spans: list[tuple[int, int]], context: str,
+                 temperature: float = 1.0):
+        reads = result.reads
+        if reads is None or reads.text_cache is None:
+            raise ValueError("the prediction was not mixed with the text cache")
+        self.predictor, self.result, self.spans, self.context, self.temperature = predictor, result, spans, context, temperature
+        memory = reads.text_cache.memory
+        self.size = len(memory.values)
+        self.keys = memory.keys.double().numpy()  # (n, H)
+        self.values = memory.values.numpy()
+        self.hidden = reads.text_cache.hidden_dim
+        self.boundary_units = tuple(int(unit) for unit in np.flatnonzero(predictor.units.ends))
+        self.rows: dict[tuple[int, ...], CacheRow] = {}
+        self.factors: dict[tuple[tuple[int, ...], tuple[int, ...]], tuple[np.ndarray, np.ndarray, float, float]] = {}
+        self._required: _Curve | None = None
+
+    def row(self, prefix: tuple[int, ...]) -> CacheRow:
+        found = self.rows.get(prefix)
+        if found is None:
+            found = self.rows[prefix] = _row(self.predictor, self.result.reads, prefix, self.keys, self.hidden,
+                                             self.temperature)
+        return found
+
+    def factor(self, prefix: tuple[int, ...], targets: tuple[int, ...] | None) -> tuple[np.ndarray, np.ndarray, float, float]:
+        # Spellings share prefixes: each (row, targets) factor is computed once (targets None: the boundary units).
+        chosen = self.boundary_units if targets is None else targets
+        found = self.factors.get((prefix, chosen))
+        if found is None:
+            found = self.factors[(prefix, chosen)] = _factor(self.row(prefix), np.array(chosen, dtype=np.int64),
+                                                             self.values, self.size)
+        return found
+
+    def required(self) -> _Curve:
+        """The curve of the healed part (the required spellings), the same for every prediction."""
+        if self._required is None:
+            self._required = _paths_curve(self.result.required_paths, self.factor, self.size)
+        return self._required
+
+    def explain(self, prediction: WordPrediction) -> CacheExplanation:
+        """The pointer and the deletion curve of `prediction`, one of the result's."""
+        size, spans, context = self.size, self.spans, self.context
+        word = _paths_curve(prediction.paths, self.factor, size)
+        required = self.required() if self.result.query.required else None
+        change = word.logprob - word.logprob[-1]
+        logprob = float(word.logprob[-1])
+        if required is not None:
+            change = change - (required.logprob - required.logprob[-1])
+            logprob -= float(required.logprob[-1])
+        offset = len(spans) - size  # context entry i is followed by context unit offset + i
+        total_copies = word.copies.sum() + word.own_copies
+        positions = []
+        if total_copies > 0:
+            for i in np.flatnonzero(word.copies / total_copies >= LISTED_SHARE):
+                start, end = spans[offset + i]
+                positions.append(PointerPosition(context[start:end], start, end, offset + int(i),
+                                                 float(word.copies[i] / total_copies)))
+        copy_probability = 1.0 - math.exp(word.model_only - word.logprob[-1]) if word.logprob[-1] > -math.inf else 0.0
+        return CacheExplanation(max(0.0, copy_probability), positions, int(np.count_nonzero(word.copies)),
+                                float(word.own_copies / total_copies) if total_copies > 0 else 0.0, change, size, logprob)
+
+
 def explain_cache(predictor: Predictor, result: PredictionResult, prediction: WordPrediction, spans: list[tuple[int, int]],
                   context: str, temperature: float = 1.0) -> CacheExplanation:
     """The pointer and the deletion curve of `prediction`, one of `result`'s (predicted with the text cache), whose
-    context's units span `spans` of `context`."""
-    reads = result.reads
-    if reads is None or reads.text_cache is None:
-        raise ValueError("the prediction was not mixed with the text cache")
-    text_cache = reads.text_cache
-    memory = text_cache.memory
-    size = len(memory.values)
-    keys = memory.keys.double().numpy()  # (n, H)
-    values = memory.values.numpy()
-    hidden = text_cache.hidden_dim
-    ends = predictor.units.ends
-    rows: dict[tuple[int, ...], CacheRow] = {}
-
-    def row(prefix: tuple[int, ...]) -> CacheRow:
-        found = rows.get(prefix)
-        if found is None:
-            found = rows[prefix] = _row(predictor, reads, prefix, keys, hidden, temperature)
-        return found
-
-    boundary_units = tuple(int(unit) for unit in np.flatnonzero(ends))
-    factors: dict[tuple[tuple[int, ...], tuple[int, ...]], tuple[np.ndarray, np.ndarray, float, float]] = {}
-
-    def factor(prefix: tuple[int, ...], targets: tuple[int, ...] | None) -> tuple[np.ndarray, np.ndarray, float, float]:
-        # Spellings share prefixes: each (row, targets) factor is computed once (targets None: the boundary units).
-        chosen = boundary_units if targets is None else targets
-        found = factors.get((prefix, chosen))
-        if found is None:
-            found = factors[(prefix, chosen)] = _factor(row(prefix), np.array(chosen, dtype=np.int64), values, size)
-        return found
-
-    word = _paths_curve(prediction.paths, factor, size)
-    required = _paths_curve(result.required_paths, factor, size) if result.query.required else None
-    change = word.logprob - word.logprob[-1]
-    logprob = float(word.logprob[-1])
-    if required is not None:
-        change = change - (required.logprob - required.logprob[-1])
-        logprob -= float(required.logprob[-1])
-    offset = len(spans) - size  # context entry i is followed by context unit offset + i
-    total_copies = word.copies.sum() + word.own_copies
-    positions = []
-    if total_copies > 0:
-        for i in np.flatnonzero(word.copies / total_copies >= LISTED_SHARE):
-            start, end = spans[offset + i]
-            positions.append(PointerPosition(context[start:end], start, end, offset + int(i),
-                                             float(word.copies[i] / total_copies)))
-    copy_probability = 1.0 - math.exp(word.model_only - word.logprob[-1]) if word.logprob[-1] > -math.inf else 0.0
-    return CacheExplanation(max(0.0, copy_probability), positions, int(np.count_nonzero(word.copies)),
-                            float(word.own_copies / total_copies) if total_copies > 0 else 0.0, change, size, logprob)
+    context's units span `spans` of `context` (one prediction; `CacheExplainer` explains several sharing work)."""
+    return CacheExplainer(predictor, result, spans, context, temperature).explain(prediction)
 
 
 @dataclass(frozen=True)
