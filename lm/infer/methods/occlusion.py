@@ -97,7 +97,7 @@ class FillerStates:
 
     @staticmethod
     def _weights_key(model: torch.nn.Module) -> tuple:
-        return tuple((p.data_ptr(), p._version) for p in model.parameters())
+        return tuple((id(p), p.data_ptr(), p._version) for p in model.parameters())  # as StepEngine.packed checks
 
     def along(self, predictor, units: list[int]) -> torch.Tensor:
         with self._lock:
