@@ -248,17 +248,19 @@ def _distinct(units: np.ndarray, vocabulary: int) -> np.ndarray:
 
 
 def cache_votes(settings: TextCacheConfig, queries: Tensor, memory: Memory, path_keys: Tensor, path_values: Tensor,
-                depths: Tensor) -> tuple[Tensor, Tensor]:
+                depths: Tensor, context_products: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Each query's votes over the keys it sees: the context's (`memory`, n keys) and its own path's.
 
     queries (N, H); path_keys (N, M, H) and path_values (N, M), of which row i's first depths[i] are its path's.
     Returns votes (N, n + M) float64 (softmax_i(theta * q . h_i) over the visible keys, 0 elsewhere and on rows
     that see no key) and the value (unit) of each column (N, n + M). Differentiable in the queries and keys
-    (attribution goes through it): no in-place operation on anything autograd keeps.
+    (attribution goes through it): no in-place operation on anything autograd keeps. `context_products`: the
+    caller's queries @ memory.keys.T (N, n), when it differentiates with respect to them (attribution's CacheMix).
     """
     count, size = queries.size(0), len(memory.values)
     first_visible = size + depths - settings.window  # (N,): older keys are beyond the window
-    scores = (settings.theta * (queries @ memory.keys.T)).double()  # (N, n)
+    products = queries @ memory.keys.T if context_products is None else context_products
+    scores = (settings.theta * products).double()  # (N, n)
     place = torch.arange(path_keys.size(1))[None, :]
     path_scores = (settings.theta * torch.einsum("nh,nmh->nm", queries, path_keys)).double()  # (N, M)
     visible = torch.cat([torch.arange(size)[None, :] >= first_visible[:, None],

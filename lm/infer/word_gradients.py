@@ -35,36 +35,59 @@ class CacheMix:
     """The continuous cache mixed into attribution's distributions, differentiably (lm/infer/textcache.py's
     `cache_votes` and `mix_distributions`, the served mixture's own code).
 
-    Each row (word) has its own copy of the context's keys, so that autograd
-    gives every word its own gradient on them; the path keys are the states
-    along each spelling, differentiable through the state after the context.
+    Every row (read, word) needs its own gradient on its read's context keys,
+    but the rows of one read share those keys. So the keys are constants
+    here, and each query's products with them, q . h_i, are recorded
+    (`products`): autograd gives d objective / d (q . h_i) for every query,
+    and the gradient on row r's keys is the sum over r's queries of that
+    times q (`key_gradients`), one product per row. The path keys (the
+    states along each spelling) are differentiable through the state after
+    the context, as any state is.
     """
 
-    def __init__(self, settings: TextCacheConfig, keys: torch.Tensor, values: torch.Tensor, hidden: int):
+    def __init__(self, settings: TextCacheConfig, keys: torch.Tensor, values: torch.Tensor, hidden: int,
+                 row_read: torch.Tensor):
         self.settings = settings
-        self.keys = keys  # (rows, n, H), requires grad: the context's top-layer outputs (the last `window`)
-        # Each row's keys as views made in one call: autograd then stacks their gradients once. Indexing keys[row]
-        # per use would add a full (rows, n, H) gradient for every use (integrated gradients: 102 rows, 289 uses
-        # at 200 words, 6.3 s of its 7.1 s).
-        self.row_keys = keys.unbind(0)
+        self.keys = keys  # (B, n, H), constants: each read's context keys, its top-layer outputs (the last `window`)
         self.values = values  # (n,) long: the unit that followed each key
         self.hidden = hidden
+        self.row_read = row_read  # (rows,) long: the read of each row
+        # Every (products (N, n) in the graph, queries (N, H) as values, rows (N,)) the distributions used.
+        self.products: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
 
     def logprobs(self, scaled: torch.Tensor, queries: torch.Tensor, path_keys: torch.Tensor, path_values: torch.Tensor,
                  rows: torch.Tensor) -> torch.Tensor:
         """log of the mixed distributions (M, V) float64 after M paths of one length d: tempered logits (M, V),
         queries (M, H), each path's keys (M, d, H) and values (M, d), and each path's row (M,)."""
         depth = path_values.size(1)
+        reads = self.row_read[rows]
         pieces, order = [], []
-        for row in torch.unique(rows).tolist():
-            chosen = torch.nonzero(rows == row)[:, 0]
+        for read in torch.unique(reads).tolist():
+            chosen = torch.nonzero(reads == read)[:, 0]
             count = len(chosen)
-            votes, values = cache_votes(self.settings, queries[chosen], Memory(self.row_keys[row], self.values),
-                                        path_keys[chosen], path_values[chosen], torch.full((count,), depth))
+            keys = self.keys[read]  # (n, H), shared by the read's rows
+            products = queries[chosen] @ keys.T  # (count, n)
+            self.products.append((products, queries[chosen].detach(), rows[chosen]))
+            votes, values = cache_votes(self.settings, queries[chosen], Memory(keys, self.values), path_keys[chosen],
+                                        path_values[chosen], torch.full((count,), depth), context_products=products)
             sizes = torch.full((count,), min(depth + len(self.values), self.settings.window))  # the keys each row sees
             pieces.append(torch.log(mix_distributions(self.settings, scaled[chosen], votes, values, sizes)))
             order.append(chosen)
         return torch.cat(pieces)[torch.argsort(torch.cat(order))]
+
+    def key_gradients(self, product_grads: list[torch.Tensor | None], rows: int) -> torch.Tensor:
+        """d objective / d each row's context keys (rows, n, H) from the gradients on `products` (in their order):
+        row r's is the sum over its queries q of d objective / d (q . h_i) times q."""
+        grads = [grad if grad is not None else torch.zeros_like(products)
+                 for grad, (products, _, _) in zip(product_grads, self.products)]
+        grad = torch.cat(grads) if grads else self.keys.new_zeros(0, self.keys.size(1))  # (N, n)
+        queries = torch.cat([queries for _, queries, _ in self.products]) if grads else self.keys.new_zeros(0, self.hidden)
+        owners = torch.cat([owner for _, _, owner in self.products]) if grads else torch.zeros(0, dtype=torch.long)
+        out = self.keys.new_zeros(rows, self.keys.size(1), self.keys.size(2))
+        for row in torch.unique(owners).tolist():
+            chosen = torch.nonzero(owners == row)[:, 0]
+            out[row] = grad[chosen].T.to(out.dtype) @ queries[chosen].to(out.dtype)
+        return out
 
     def first(self, scaled: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
         """The mixed log-probabilities (rows, V) of the first unit after the context: row i queries with states[:, i]."""
@@ -253,9 +276,10 @@ def word_seeds(predictor: Predictor, final: torch.Tensor, result: PredictionResu
             first = torch.log_softmax(scaled, dim=-1)
         else:
             # The keys the served mixture saw: the context's top-layer outputs before each unit, the last `window`.
-            keys = top_outputs[:-1][-settings.window :].transpose(0, 1)  # (B, n', H)
-            keys = keys.repeat_interleave(per_read, dim=0).requires_grad_(True)  # (rows, n', H): a copy per row
-            mix = CacheMix(settings, keys, ids[1:][-keys.size(1) :], predictor.model.config.hidden_dim)
+            # (B, n', H): one copy per read (the trace's tensors come from inference mode, which autograd refuses).
+            keys = top_outputs[:-1][-settings.window :].transpose(0, 1).clone()
+            mix = CacheMix(settings, keys, ids[1:][-keys.size(1) :], predictor.model.config.hidden_dim,
+                           torch.arange(rows_count) // per_read)
             first = mix.first(scaled, states)  # (rows, V) float64
         spellings = [prediction.paths for prediction in result.predictions] + ([result.required_paths] if required else [])
         targets = [(read * per_read + row, paths) for read in range(reads) for row, paths in enumerate(spellings)]
@@ -267,7 +291,9 @@ def word_seeds(predictor: Predictor, final: torch.Tensor, result: PredictionResu
             (seeds,) = torch.autograd.grad(objective, states)  # (L, rows, S)
             on_keys = None
         else:
-            seeds, on_keys = torch.autograd.grad(objective, [states, mix.keys])  # (L, rows, S), (rows, n', H)
+            seeds, *product_grads = torch.autograd.grad(objective, [states, *(p for p, _, _ in mix.products)],
+                                                        allow_unused=True)  # (L, rows, S), then (N, n') each
+            on_keys = mix.key_gradients(product_grads, rows_count)  # (rows, n', H)
     seeds = seeds.view(seeds.size(0), reads, per_read, -1)
     if required:
         seeds = seeds[:, :, :k] + seeds[:, :, k:]  # d(-log P(required)) / d state belongs to every word
