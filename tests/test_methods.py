@@ -161,6 +161,22 @@ def test_the_filler_states_are_read_once_and_kept_until_a_weight_changes(subword
     assert read == [1, 30, 10, 5, 1, 12]
 
 
+@pytest.mark.parametrize("which", ["subword", "char-cached"])
+def test_occlusion_searches_afresh_where_the_spellings_can_change(which, char_predictor, subword_predictor, monkeypatch):
+    """The rung that replaces the whole text ends differently, so it gets a spelling search of its own; with the
+    text cache every rung does (its mixture copies from its own text); the others reuse the text's spellings."""
+    import lm.infer.methods.occlusion as occlusion
+
+    predictor = subword_predictor if which == "subword" else char_predictor
+    searched = []
+    original = occlusion.score_words
+    monkeypatch.setattr(occlusion, "score_words", lambda *args: searched.append(args[2]) or original(*args))
+    result = attribute(predictor, TEXT, k=2, method="occlusion", options=MethodOptions(rungs=6))
+    rungs = len(result.predictions[0].figures.ladder)
+    assert result.result.text_cache == (which == "char-cached")
+    assert len(searched) == (rungs if which == "char-cached" else 1)
+
+
 def test_contrastive_occlusion_is_the_difference_of_the_two_ladders(subword_predictor):
     plain = attribute(subword_predictor, TEXT, k=2, method="occlusion", options=MethodOptions(rungs=5))
     foil = plain.predictions[1].prediction.word
