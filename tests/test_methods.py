@@ -297,5 +297,15 @@ def test_attribute_cli_takes_method_foil_and_rungs(tiny_subword_run, capsys):
     assert payload["attribution"]["method"] == "occlusion" and payload["attribution"]["foil"]["word"] == "album"
     assert len(payload["predictions"][0]["ladder"]) == len(ladder(payload["context"]["tokens"], 4))
     assert "sentence_influence" in payload["predictions"][0]
+    # The terminal view names the method, its cost, the foil and each prediction's own figures, as the JSON gives them.
+    assert lm_main(["attribute", "--model", model, "--no-color", "-k", "2", "--method", "occlusion", "--rungs", "4",
+                    "--foil", "album", TEXT]) == 0
+    shown = capsys.readouterr().out
+    reach = payload["predictions"][0]["occlusion_reach"]
+    assert "method occlusion: " in shown and "x the prediction's" in shown and "against 'album'" in shown
+    assert f"occlusion reach {reach['tokens']} units / {reach['words']} words" in shown
+    assert lm_main(["attribute", "--model", model, "--no-color", "-k", "1", "--method", "integrated_gradients", TEXT]) == 0
+    shown = capsys.readouterr().out
+    assert "completeness: the attributions sum to" in shown and "(gap " in shown
     assert lm_main(["attribute", "--model", model, "--method", "occlusion", "--rungs", "1", TEXT]) == 2
     assert "rungs must be between 2 and 32" in capsys.readouterr().err

@@ -16,6 +16,7 @@ import math
 from typing import NamedTuple
 
 from lm.infer.attribution import Attribution
+from lm.infer.reach import distance_in
 
 __all__ = ["level", "render_terminal", "render_html", "DECADES", "VIEWS", "Piece", "pieces"]
 
@@ -43,6 +44,37 @@ def _reach_line(entry) -> str:
         f = entry.faithfulness
         line += (f";  beyond the 99% reach, filler moves log P by {f['logprob_change']:+.3f} and cutting the text by "
                  f"{f['cut']['logprob_change']:+.3f}")
+    return line
+
+
+def _figures_line(attribution: Attribution, entry) -> str:
+    """The method's own figures on one prediction (occlusion's exact reach, integrated gradients' completeness), or ''."""
+    figures = entry.figures
+    objective = "log P" if attribution.foil is None else "log P - log P(foil)"
+    parts = []
+    if figures.exact_reach is not None:
+        spans = [(start, end) for _, start, end in attribution.units]
+        words, _ = (distance_in(figures.exact_reach, spans, attribution.unit_word, len(attribution.result.query.context))
+                    if figures.exact_reach else (0, 0))
+        parts.append(f"occlusion reach {figures.exact_reach} units / {words} words: keeping that much or more, replacing "
+                     f"the rest by filler moves {objective} by under {figures.tolerance:g} nats")
+    if figures.completeness is not None:
+        check = figures.completeness
+        parts.append(f"completeness: the attributions sum to {check.attribution_sum:+.4f}, {objective} changes by "
+                     f"{check.input_value - check.baseline_value:+.4f} from the baseline (gap {check.gap:+.1e})")
+    return ";  ".join(parts)
+
+
+def _method_line(attribution: Attribution) -> str:
+    """The method, what it cost against the prediction, and the foil."""
+    cost = attribution.cost
+    line = f"method {attribution.method}: {cost.method_ms:.0f} ms"
+    if cost.prediction_ms > 0:
+        line += f", {cost.method_ms / cost.prediction_ms:.1f}x the prediction's {cost.prediction_ms:.0f} ms"
+    if attribution.foil is not None:
+        foil = attribution.foil
+        line += (f"; against {foil.word!r} (log P {foil.logprob:.3f}): each word's log P minus the foil's"
+                 if foil.logprob is not None else f"; {foil.word!r} has probability 0 here: no contrast")
     return line
 
 
@@ -105,9 +137,13 @@ def render_terminal(attribution: Attribution, chosen: int = 0, color: bool = Tru
     lines.append(f"{what}; context {summary['tokens']} units, {summary['words']} words, {summary['chars']} chars"
                  + (f" (truncated: the first {summary['dropped_chars']} chars were not read)" if summary["truncated"] else "")
                  + ("; with the continuous cache over the text" if attribution.result.text_cache else "; the model alone"))
+    lines.append(_method_line(attribution))
     for rank, entry in enumerate(attribution.predictions, 1):
         mark = "*" if rank - 1 == chosen else " "
         lines.append(f"{mark}{rank:>2}. {entry.prediction.word!r:<18} p={entry.prediction.probability:.4f}  {_reach_line(entry)}")
+        figures = _figures_line(attribution, entry)
+        if figures:
+            lines.append(f"     {figures}")
     if not attribution.predictions:
         return "\n".join(lines + ["(no prediction)"])
     entry = attribution.predictions[chosen]
@@ -213,6 +249,9 @@ def render_html(attribution: Attribution, model_name: str = "") -> str:
         faith = ""
         if entry.faithfulness:
             faith = f"<li>filler beyond the 99% reach moves log P by {entry.faithfulness['logprob_change']:+.3f}</li>"
+        figures = _figures_line(attribution, entry)
+        if figures:
+            faith += "".join(f"<li>{html.escape(part)}</li>" for part in figures.split(";  "))
         r = entry.reach
         sections.append(
             f"<section><h2>{rank}. {html.escape(entry.prediction.word)} "
@@ -235,7 +274,7 @@ body {{ font: 15px/1.5 system-ui, sans-serif; max-width: 60rem; margin: 2rem aut
 small {{ color: #666; font-weight: normal; }}
 </style></head><body>
 <h1>Gradient reach</h1>
-<p>Model {html.escape(model_name)}; method {attribution.method}; context {summary['tokens']} units, {summary['words']} words,
+<p>Model {html.escape(model_name)}; {html.escape(_method_line(attribution))}; context {summary['tokens']} units, {summary['words']} words,
 {summary['chars']} characters{' (truncated)' if summary['truncated'] else ''}. Colour: log10 of each unit's influence relative to the
 strongest, over {DECADES} decades; per word and per sentence, the sum over its units. The model reads the text in evaluation mode from a zero state.
 <span class="pointer">Boxed</span>: the units of the text the continuous cache copies the word from (its pointer).</p>
