@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 from flask import Blueprint, Response, current_app
 
+from lm.infer.methods.occlusion import filler_states_bytes
 from server.errors import ApiError
 from server.operations import Operation
 from server.registry import ModelRegistry
@@ -94,6 +95,9 @@ class ServerMetrics:
                                   ["model"], registry=registry, multiprocess_mode="livesum")
         self.prefix_contexts = Gauge("reach_prefix_cache_contexts", "Contexts the prefix caches hold now (all workers)",
                                      ["model"], registry=registry, multiprocess_mode="livesum")
+        self.filler_bytes = Gauge("reach_occlusion_filler_bytes", "Bytes of occlusion's filler states kept now (all "
+                                  "workers; lm/infer/methods/occlusion.py: FillerStates)", ["model"], registry=registry,
+                                  multiprocess_mode="livesum")
         self.generated_words = Counter("reach_generated_words", "Words generated (/v1/generate and /v1/completions)",
                                        ["endpoint", "model"], registry=registry)
         self.models_loaded = Gauge("reach_models_loaded", "Models each worker serves", registry=registry,
@@ -125,6 +129,7 @@ class ServerMetrics:
                 seen.hits, seen.misses, seen.prefix_reuses = stats.hits, stats.misses, stats.prefix_reuses
                 self.prefix_bytes.labels(name).set(stats.bytes_used)
                 self.prefix_contexts.labels(name).set(stats.contexts)
+                self.filler_bytes.labels(name).set(filler_states_bytes(model.predictor))
 
     def exposition(self) -> bytes:
         """Every worker's figures (multiprocess mode) or this process's, in the text format."""

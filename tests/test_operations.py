@@ -84,6 +84,13 @@ def test_metrics_parse_and_count_a_request(app):
     assert families["reach_models_loaded"].samples[0].value == 2
     assert {"reach_prefix_cache_hits", "reach_prefix_cache_misses", "reach_prefix_cache_bytes",
             "reach_request_duration_seconds", "reach_requests_in_flight", "reach_generated_words"} <= set(families)
+    # Occlusion keeps its filler's states per model: the gauge shows what they hold (a state per unit read).
+    text = "The album was released in 1998, and it was "
+    assert client.post("/v1/predict", json={"text": text, "k": 1, "attribution": "full", "method": "occlusion"}
+                       ).status_code == 200
+    _, families = count()
+    held = {s.labels["model"]: s.value for s in families["reach_occlusion_filler_bytes"].samples}
+    assert held["char"] >= (len(text) + 1) * 4 * 2  # at least the text's length of float32 states, h and c
 
 
 def test_a_stream_keeps_its_slot_until_it_closes(tiny_run, caplog):

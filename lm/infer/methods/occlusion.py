@@ -40,8 +40,8 @@ from lm.infer.scoring import NEG, score_words
 from lm.infer.textcache import read_memory
 from lm.infer.word_gradients import target_logprobs
 
-__all__ = ["FILLER_STATES_BYTES", "OCCLUSION_TOLERANCE", "FillerStates", "RungRead", "filler_states", "ladder", "read_rung",
-           "rung_values", "METHOD"]
+__all__ = ["FILLER_STATES_BYTES", "OCCLUSION_TOLERANCE", "FillerStates", "RungRead", "filler_states",
+           "filler_states_bytes", "ladder", "read_rung", "rung_values", "METHOD"]
 
 OCCLUSION_TOLERANCE = 0.1  # nats: a cut that moves log P by less than this leaves the prediction as it was
 # The most bytes one model's kept filler states may hold (the default 1 x 512 LSTM: 4 KB a unit, so 16,000 units);
@@ -101,6 +101,12 @@ class FillerStates:
     def _weights_key(model: torch.nn.Module) -> tuple:
         return tuple((id(p), p.data_ptr(), p._version) for p in model.parameters())  # as StepEngine.packed checks
 
+    @property
+    def nbytes(self) -> int:
+        """The bytes its kept states hold."""
+        states = self._states
+        return 0 if states is None else states.numel() * states.element_size()
+
     def along(self, predictor, units: list[int]) -> torch.Tensor:
         with self._lock:
             key = self._weights_key(predictor.model)
@@ -120,6 +126,13 @@ class FillerStates:
 
 _FILLERS: "weakref.WeakKeyDictionary[object, FillerStates]" = weakref.WeakKeyDictionary()
 _FILLERS_LOCK = threading.Lock()
+
+
+def filler_states_bytes(predictor) -> int:
+    """Bytes of filler states kept for `predictor` (0 before its first occlusion); for operators' metrics."""
+    with _FILLERS_LOCK:
+        kept = _FILLERS.get(predictor)
+    return kept.nbytes if kept is not None else 0
 
 
 def filler_states(predictor, units: list[int]) -> torch.Tensor:
