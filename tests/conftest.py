@@ -17,7 +17,10 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import socket
 import tempfile
+import threading
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -58,6 +61,45 @@ def external_references(page: str) -> list[str]:
     """What a page would load from elsewhere. Empty for a self-contained page; inline data: URIs are fine
     (searching for "http" instead fails by chance: base64 images contain it about once in 17 million characters)."""
     return [match.group(0) for match in _EXTERNAL.finditer(page)]
+
+
+CHROMIUM = Path("/usr/bin/chromium")  # Debian's, for the browser tests (`.ci/run` installs it)
+
+
+def serve(app):
+    """Serve `app` on a free port of 127.0.0.1 in a thread; yields its address, then shuts it down."""
+    from werkzeug.serving import make_server
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = make_server("127.0.0.1", port, app, threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{port}"
+    server.shutdown()
+
+
+@contextmanager
+def browser_page(**options):
+    """A new page in headless Chromium and the list its page errors go to; the browser closes after. Skipped
+    without Debian's chromium, except in CI (CI=true), where that fails."""
+    if not CHROMIUM.exists():
+        if os.environ.get("CI") == "true":
+            pytest.fail("CI must install Debian's chromium for the browser test")
+        pytest.skip("Debian's chromium is not installed")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--no-first-run", "--disable-sync"])
+        try:
+            page = browser.new_page(**options)
+            errors: list[str] = []
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            yield page, errors
+        finally:
+            browser.close()
 
 
 _SESSION_CACHE: list[str] = []

@@ -33,15 +33,16 @@ def _request(url, body=None):
         return error.code, json.loads(error.read())
 
 
-@pytest.fixture(scope="module")
-def live_server(tiny_run, tiny_subword_run, tmp_path_factory):
+def _gunicorn(arguments: list[str], models: str, log: Path) -> tuple[subprocess.Popen, str]:
+    """gunicorn with `arguments` over the app factory on a free 127.0.0.1 port, serving `models` (REACH_MODELS), its
+    stderr in `log`: the process and its base URL once /readyz answers 200 (at most 90 s)."""
     port = _free_port()
-    log = tmp_path_factory.mktemp("gunicorn") / "stderr.log"
-    env = {**os.environ, "REACH_MODELS": f"char={tiny_run.out},subword={tiny_subword_run.out}", "REACH_THREADS": "1"}
+    env = {**os.environ, "REACH_MODELS": models, "REACH_THREADS": "1"}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     gunicorn = Path(sys.executable).with_name("gunicorn")
     with open(log, "w") as stderr:
-        process = subprocess.Popen([str(gunicorn), "--workers", "2", "--bind", f"127.0.0.1:{port}", "--timeout", "60",
-                                    "server:create_app()"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
+        process = subprocess.Popen([str(gunicorn), *arguments, "--bind", f"127.0.0.1:{port}", "server:create_app()"],
+                                   cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
     base = f"http://127.0.0.1:{port}"
     deadline = time.time() + 90
     while time.time() < deadline:
@@ -52,6 +53,13 @@ def live_server(tiny_run, tiny_subword_run, tmp_path_factory):
             time.sleep(0.3)
         if process.poll() is not None:
             raise AssertionError(log.read_text())
+    return process, base
+
+
+@pytest.fixture(scope="module")
+def live_server(tiny_run, tiny_subword_run, tmp_path_factory):
+    process, base = _gunicorn(["--workers", "2", "--timeout", "60"], f"char={tiny_run.out},subword={tiny_subword_run.out}",
+                              tmp_path_factory.mktemp("gunicorn") / "stderr.log")
     yield base
     process.send_signal(signal.SIGTERM)
     process.wait(timeout=30)
@@ -73,26 +81,9 @@ def test_gunicorn_with_reach_s_config_counts_every_worker_in_metrics(tiny_run, t
     mode), so every scrape, whichever worker answers it, counts every request."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    port = _free_port()
-    log = tmp_path / "stderr.log"
-    env = {**os.environ, "REACH_MODELS": f"char={tiny_run.out}", "REACH_THREADS": "1"}
-    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    gunicorn = Path(sys.executable).with_name("gunicorn")
-    with open(log, "w") as stderr:
-        process = subprocess.Popen([str(gunicorn), "-c", "python:server.gunicorn_config", "--workers", "2",
-                                    "--bind", f"127.0.0.1:{port}", "server:create_app()"],
-                                   cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
-    base = f"http://127.0.0.1:{port}"
+    process, base = _gunicorn(["-c", "python:server.gunicorn_config", "--workers", "2"], f"char={tiny_run.out}",
+                              tmp_path / "stderr.log")
     try:
-        deadline = time.time() + 90
-        while time.time() < deadline:
-            try:
-                if _request(base + "/readyz")[0] == 200:
-                    break
-            except (urllib.error.URLError, ConnectionError):
-                time.sleep(0.3)
-            if process.poll() is not None:
-                raise AssertionError(log.read_text())
         sent = 12  # six at a time, on fresh connections (keep-alive is off): both workers take some
         with ThreadPoolExecutor(6) as pool:
             statuses = list(pool.map(lambda index: _request(base + "/v1/predict", {"text": f"The album {index} ",

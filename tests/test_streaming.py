@@ -3,19 +3,13 @@ chunks, an error after the stream started, and the page's Continue showing words
 
 import json
 import logging
-import os
-import socket
-import threading
-from pathlib import Path
 
 import pytest
-from werkzeug.serving import make_server
 
+
+from conftest import browser_page, serve
 from server.errors import ApiError
 from server.streaming import sse_response
-
-CHROMIUM = Path("/usr/bin/chromium")
-
 
 def _frames(body: str) -> list[str]:
     """The events of a stream, checking its framing: blank-line separated, the last one [DONE]."""
@@ -91,55 +85,33 @@ def test_completions_stream_chunks_add_up_to_the_answer(client):
 
 @pytest.fixture(scope="module")
 def page_server(app):
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = make_server("127.0.0.1", port, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{port}"
-    server.shutdown()
+    yield from serve(app)
 
 
 @pytest.mark.browser
 def test_the_page_continues_from_the_word_stream(page_server):
-    if not CHROMIUM.exists():
-        if os.environ.get("CI") == "true":
-            pytest.fail("CI must install Debian's chromium for the browser test")
-        pytest.skip("Debian's chromium is not installed")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--no-first-run", "--disable-sync"])
-        try:
-            page = browser.new_page(viewport={"width": 1200, "height": 900})
-            errors = []
-            page.on("pageerror", lambda error: errors.append(str(error)))
-            page.goto(page_server + "/")
-            page.wait_for_function("document.querySelectorAll('#model option').length === 2")
-            typed = "The album was released in "
-            page.fill("#text", typed)
-            # Count the generated words on screen at each change, to see them arrive.
-            page.evaluate("""() => { window.shown = []; new MutationObserver(() => window.shown.push(
-                document.querySelectorAll('#continuation .generated').length)).observe(
-                document.getElementById('continuation'), {childList: true}); }""")
-            page.select_option("#words", "10")
-            with page.expect_response("**/v1/generate") as answer:
-                page.click("#continue")
-            response = answer.value
-            assert json.loads(response.request.post_data)["stream"] is True
-            assert response.headers["content-type"].startswith("text/event-stream")
-            page.wait_for_function("document.querySelector('#continuation').title.startsWith('seed')", timeout=20_000)
-            events = [json.loads(frame.removeprefix("data: ")) for frame in _frames(response.text())]
-            words = [event for event in events if event["event"] == "word"]
-            spans = page.eval_on_selector_all("#continuation .generated", "spans => spans.map(s => [s.textContent, s.title])")
-            assert [text for text, _ in spans] == [word["text"] for word in words] and len(words) == 10
-            assert all(title.startswith(f"{word['word']}: ") for (_, title), word in zip(spans, words))
-            assert page.input_value("#text") == events[0]["text"] + events[-1]["continuation"]
-            shown = page.evaluate("window.shown")
-            assert shown[-1] == 10 and shown == sorted(shown)  # cleared once, then only appended to
-            assert not errors
-        finally:
-            browser.close()
+    with browser_page(viewport={"width": 1200, "height": 900}) as (page, errors):
+        page.goto(page_server + "/")
+        page.wait_for_function("document.querySelectorAll('#model option').length === 2")
+        typed = "The album was released in "
+        page.fill("#text", typed)
+        # Count the generated words on screen at each change, to see them arrive.
+        page.evaluate("""() => { window.shown = []; new MutationObserver(() => window.shown.push(
+            document.querySelectorAll('#continuation .generated').length)).observe(
+            document.getElementById('continuation'), {childList: true}); }""")
+        page.select_option("#words", "10")
+        with page.expect_response("**/v1/generate") as answer:
+            page.click("#continue")
+        response = answer.value
+        assert json.loads(response.request.post_data)["stream"] is True
+        assert response.headers["content-type"].startswith("text/event-stream")
+        page.wait_for_function("document.querySelector('#continuation').title.startsWith('seed')", timeout=20_000)
+        events = [json.loads(frame.removeprefix("data: ")) for frame in _frames(response.text())]
+        words = [event for event in events if event["event"] == "word"]
+        spans = page.eval_on_selector_all("#continuation .generated", "spans => spans.map(s => [s.textContent, s.title])")
+        assert [text for text, _ in spans] == [word["text"] for word in words] and len(words) == 10
+        assert all(title.startswith(f"{word['word']}: ") for (_, title), word in zip(spans, words))
+        assert page.input_value("#text") == events[0]["text"] + events[-1]["continuation"]
+        shown = page.evaluate("window.shown")
+        assert shown[-1] == 10 and shown == sorted(shown)  # cleared once, then only appended to
+        assert not errors
