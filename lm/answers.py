@@ -30,7 +30,7 @@ from lm.infer.generate import Generation
 from lm.infer.pointer import Pointer as PointerFigures
 from lm.infer.predictor import PredictionResult, WordPrediction
 from lm.infer.methods import MethodFigures
-from lm.infer.reach import Reach as ReachFigures, distance_in
+from lm.infer.reach import Reach as ReachFigures
 from lm.tokenizers import Tokenizer
 
 __all__ = ["Answer", "AttributionInfo", "Completeness", "ContextSummary", "Cost", "Distance", "Foil", "OcclusionReach",
@@ -363,9 +363,7 @@ def _method_figures(answer: Prediction, attribution: Attribution, figures: Metho
     if figures.ladder is not None:
         answer.ladder = [Rung(distance=rung.distance, value=rung.value, change=rung.change) for rung in figures.ladder]
     if figures.exact_reach is not None:
-        spans = [(start, end) for _, start, end in attribution.units]
-        words, chars = (distance_in(figures.exact_reach, spans, attribution.unit_word, len(attribution.result.query.context))
-                        if figures.exact_reach else (0, 0))
+        words, chars = attribution.distance(figures.exact_reach)
         answer.occlusion_reach = OcclusionReach(tokens=figures.exact_reach, words=words, chars=chars,
                                                 tolerance=figures.tolerance)
 

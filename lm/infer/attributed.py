@@ -14,7 +14,7 @@ import numpy as np
 from lm.infer.methods import MethodFigures, MethodOptions
 from lm.infer.pointer import Pointer
 from lm.infer.predictor import PredictionResult, WordPrediction
-from lm.infer.reach import Reach
+from lm.infer.reach import Reach, distance_in
 
 __all__ = ["Attribution", "AttributedPrediction", "Cost", "Foil"]
 
@@ -76,6 +76,13 @@ class Attribution:
         """What was read: units, words and characters of the context, and what an input limit left unread (the
         prediction's own summary: the attribution reads the same units)."""
         return self.result.context_summary()
+
+    def distance(self, tokens: int) -> tuple[int, int]:
+        """The last `tokens` units of the context in words and characters ((0, 0) for none)."""
+        if not tokens:
+            return 0, 0
+        spans = [(start, end) for _, start, end in self.units]
+        return distance_in(tokens, spans, self.unit_word, len(self.result.query.context))
 
     def word_scores(self, influence: np.ndarray) -> list[float]:
         """Per-unit influence (n,) summed over each word of the context."""

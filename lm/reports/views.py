@@ -16,7 +16,6 @@ import math
 from typing import NamedTuple
 
 from lm.infer.attribution import Attribution
-from lm.infer.reach import distance_in
 
 __all__ = ["level", "render_terminal", "render_html", "DECADES", "VIEWS", "Piece", "pieces"]
 
@@ -53,9 +52,7 @@ def _figures_line(attribution: Attribution, entry) -> str:
     objective = "log P" if attribution.foil is None else "log P - log P(foil)"
     parts = []
     if figures.exact_reach is not None:
-        spans = [(start, end) for _, start, end in attribution.units]
-        words, _ = (distance_in(figures.exact_reach, spans, attribution.unit_word, len(attribution.result.query.context))
-                    if figures.exact_reach else (0, 0))
+        words, _ = attribution.distance(figures.exact_reach)
         parts.append(f"occlusion reach {figures.exact_reach} units / {words} words: keeping that much or more, replacing "
                      f"the rest by filler moves {objective} by under {figures.tolerance:g} nats")
     if figures.completeness is not None:
@@ -180,8 +177,9 @@ def render_terminal(attribution: Attribution, chosen: int = 0, color: bool = Tru
         ranked = sorted(zip(attribution.word_scores(entry.influence), attribution.words), key=lambda item: -item[0])[:10]
         lines.append("\nstrongest words: " + ", ".join(f"{word!r} {score / (ranked[0][0] or 1):.3f}" for score, (word, _, _) in ranked))
     if len(attribution.sentences) > 1:
-        total = sum(attribution.sentence_scores(entry.influence)) or 1.0
-        ranked = sorted(zip(attribution.sentence_scores(entry.influence), attribution.sentences), key=lambda item: -item[0])[:3]
+        sentence_scores = attribution.sentence_scores(entry.influence)
+        total = sum(sentence_scores) or 1.0
+        ranked = sorted(zip(sentence_scores, attribution.sentences), key=lambda item: -item[0])[:3]
         lines.append("strongest sentences (share of the influence): " + "; ".join(
             f"{score / total:.1%} {_clip(sentence)!r}" for score, (sentence, _, _) in ranked))
     if entry.pointer is not None and entry.pointer.positions:
