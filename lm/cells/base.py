@@ -92,15 +92,15 @@ class Cell:
         """
         raise NotImplementedError
 
-    def backward(self, weights: LayerWeights, back: Callable[[Tensor], Tensor], input_part: Callable[[], Tensor],
+    def backward(self, weights: LayerWeights, back: Callable[..., Tensor], input_part: Callable[[], Tensor],
                  outputs: Tensor, seed: Tensor, injected: Tensor | None, sum_reads: bool = False) -> Tensor:
         """Gradients (T, B, k, C) with respect to one layer's inputs over B reads of T steps side by side, k seeds
         per read (B x k gradients at once; a single read is B = 1); with `sum_reads`, their sum over the B reads
         (T, 1, k, C), for B times fewer input products (integrated gradients needs only the mean over its path).
 
-        back: g (B k, G) -> g W_hh (B k, H), the recurrent weight's transpose product;
-        input_part(): the input product of every step (T, B, G) with `input_bias`
-        (called only by families that need the gate values); outputs: the
+        back(g, out): g (B k, G) -> g W_hh (B k, H), the recurrent weight's transpose product, written into
+        `out` (B k, H) when given; input_part(): the input product of every step (T, B, G) with `input_bias`,
+        a fresh tensor the backward may overwrite (called only by families that need the gate values); outputs: the
         layer's h_1..h_T of each read (T, B, H); seed (B, k, S): gradients on
         each read's final state; injected (T, B, k, H) or None: gradients
         arriving on each output from the layer above.
@@ -132,6 +132,10 @@ class InputGradients:
         # With sum_reads, the B reads' gate gradients are summed before the product (it is linear): (T, 1, k, C).
         self.sum_reads = sum_reads
         self.result = weight_ih.new_empty(steps, 1 if sum_reads else rows[0], rows[1], weight_ih.size(1))
+
+    def slot(self, t: int) -> int:
+        """The index in `slots` (and in views made of them) where step t's gradients go."""
+        return t % self.block
 
     def row(self, t: int) -> Tensor:
         """Where step t's (B, k, G) gradients go."""

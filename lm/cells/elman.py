@@ -31,7 +31,7 @@ class ElmanCell(Cell):
         pre = from_x if from_h is None else from_x + from_h  # (N, H)
         return self.activation(pre)
 
-    def backward(self, weights: LayerWeights, back: Callable[[Tensor], Tensor], input_part: Callable[[], Tensor],
+    def backward(self, weights: LayerWeights, back: Callable[..., Tensor], input_part: Callable[[], Tensor],
                  outputs: Tensor, seed: Tensor, injected: Tensor | None, sum_reads: bool = False) -> Tensor:
         """dh_(t-1) = (dh_t * act'(pre_t)) W_hh; act' comes from the outputs alone (1 - h^2, or h > 0)."""
         h = outputs  # (T, B, H)
@@ -40,11 +40,15 @@ class ElmanCell(Cell):
         rows = seed.size(1)
         sink = InputGradients(steps, (reads, rows), hidden, weights.input, sum_reads=sum_reads)
         slope_rows = slope.unsqueeze(2).unbind(0)  # (B, 1, H) each
+        flat_slots = [slot.view(-1, hidden) for slot in sink.slots]
         injected_rows = injected.unbind(0) if injected is not None else None
-        dh = seed  # (B, k, H)
+        dh = seed.clone(memory_format=torch.contiguous_format)  # (B, k, H), written in place (as in the LSTM's)
+        dh_flat = dh.view(-1, hidden)
         for t in range(steps - 1, -1, -1):
+            j = sink.slot(t)
             if injected_rows is not None:
-                dh = dh + injected_rows[t]
-            dh = back(torch.mul(dh, slope_rows[t], out=sink.row(t)).view(-1, hidden)).view(reads, rows, hidden)
+                dh.add_(injected_rows[t])
+            torch.mul(dh, slope_rows[t], out=sink.slots[j])
+            back(flat_slots[j], dh_flat)
             sink.written(t)
         return sink.result

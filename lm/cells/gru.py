@@ -43,7 +43,7 @@ class GRUCell(Cell):
         n = torch.tanh(xn + r * hn)
         return (1 - z) * n + z * h
 
-    def backward(self, weights: LayerWeights, back: Callable[[Tensor], Tensor], input_part: Callable[[], Tensor],
+    def backward(self, weights: LayerWeights, back: Callable[..., Tensor], input_part: Callable[[], Tensor],
                  outputs: Tensor, seed: Tensor, injected: Tensor | None, sum_reads: bool = False) -> Tensor:
         """Gates recomputed from the outputs; per step d [pre_r, pre_z, pre_n] from dh, and dh_prev through z and
         through r * (W_hn h_prev)."""
@@ -60,14 +60,23 @@ class GRUCell(Cell):
         scale_h = torch.cat([scale_x[..., : 2 * hidden], to_n * r], dim=-1)  # the hidden side sees r * (W_hn h_prev)
         rows = seed.size(1)
         sink = InputGradients(steps, (reads, rows), 3 * hidden, weights.input, sum_reads=sum_reads)
-        x_rows, h_rows, z_rows = (x.unsqueeze(2).unbind(0) for x in (scale_x, scale_h, z))  # (B, 1, *) each
+        # As in the LSTM's backward: every step writes into memory made once (views of it made before the loop), the
+        # three gates' rows as (B, k, 3, H) products of dh with the step's scales.
+        x_rows, h_rows = (x.view(steps, reads, 1, 3, hidden).unbind(0) for x in (scale_x, scale_h))  # (B, 1, 3, H)
+        z_rows = z.unsqueeze(2).unbind(0)  # (B, 1, H)
+        slots3 = [slot.view(reads, rows, 3, hidden) for slot in sink.slots]
         injected_rows = injected.unbind(0) if injected is not None else None
-        dh = seed  # (B, k, H)
+        dh = seed.clone(memory_format=torch.contiguous_format)  # (B, k, H)
+        spare = torch.empty_like(dh)  # the next dh, swapped with dh each step
+        hidden_side = dh.new_empty(reads, rows, 3, hidden)  # d [pre_r, pre_z, pre_n] as the hidden side sees them
+        hidden_flat = hidden_side.view(-1, 3 * hidden)
         for t in range(steps - 1, -1, -1):
             if injected_rows is not None:
-                dh = dh + injected_rows[t]
-            wide = torch.cat([dh, dh, dh], dim=-1)  # (B, k, 3H)
-            torch.mul(wide, x_rows[t], out=sink.row(t))
-            dh = torch.addcmul(back((wide * h_rows[t]).view(-1, 3 * hidden)).view(reads, rows, hidden), dh, z_rows[t])
+                dh.add_(injected_rows[t])
+            wide = dh.unsqueeze(2)  # (B, k, 1, H)
+            torch.mul(wide, x_rows[t], out=slots3[sink.slot(t)])
+            torch.mul(wide, h_rows[t], out=hidden_side)
+            back(hidden_flat, spare.view(-1, hidden)).view(reads, rows, hidden).addcmul_(dh, z_rows[t])
+            dh, spare = spare, dh
             sink.written(t)
         return sink.result

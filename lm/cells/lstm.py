@@ -11,7 +11,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from lm.cells.base import Cell, InputGradients, LayerWeights, layer_weights, zeros_before
+from lm.cells.base import Cell, InputGradients, LayerWeights, layer_weights
 
 __all__ = ["LSTMCell"]
 
@@ -52,39 +52,62 @@ class LSTMCell(Cell):
         h = torch.sigmoid(o) * torch.tanh(c)
         return torch.cat([h, c], dim=-1)
 
-    def backward(self, weights: LayerWeights, back: Callable[[Tensor], Tensor], input_part: Callable[[], Tensor],
+    def backward(self, weights: LayerWeights, back: Callable[..., Tensor], input_part: Callable[[], Tensor],
                  outputs: Tensor, seed: Tensor, injected: Tensor | None, sum_reads: bool = False) -> Tensor:
         """Gates recomputed from the outputs in one product, the cell state rebuilt (nn.LSTM returns only its last
-        value), then per step: dc += dh o tanh'(c); d pre = [dc g i', dc c_prev f', dc i g', dh tanh(c) o']."""
+        value), then per step: dc += dh o tanh'(c); d pre = [dc g i', dc c_prev f', dc i g', dh tanh(c) o'].
+
+        The gates, then their scales, are computed in place in the input part's (T, B, 4H) tensor, with four
+        (T, B, H) beside it: fresh memory this size costs page faults beyond its arithmetic (integrated
+        gradients reads 17 texts side by side: gigabytes a call at 1,000 words when every term was its own
+        tensor)."""
         h = outputs  # (T, B, H)
         steps, reads, hidden = h.shape
         gates = 4 * hidden
-        h_prev = zeros_before(h)
-        pre = torch.addmm(input_part().reshape(-1, gates), h_prev.reshape(-1, hidden), weights.recurrent.t())
-        i, f, g, o = pre.view(steps, reads, gates).chunk(4, dim=-1)  # each (T, B, H)
-        i, f, g, o = i.sigmoid(), f.sigmoid(), g.tanh(), o.sigmoid()
-        c = torch.empty_like(h)
-        running = h.new_zeros(reads, hidden)
-        update = i * g
-        for update_t, forget_t, c_t in zip(update.unbind(0), f.unbind(0), c.unbind(0)):
-            running = torch.addcmul(update_t, forget_t, running, out=c_t)
+        pre = input_part().reshape(steps, reads, gates)  # fresh: ours to overwrite
+        if steps > 1:  # h_0 = 0: the first step has no recurrent part
+            pre[1:].view(-1, gates).addmm_(h[:-1].reshape(-1, hidden), weights.recurrent.t())
+        i, f, g, o = pre.chunk(4, dim=-1)  # views, each (T, B, H)
+        i.sigmoid_(), f.sigmoid_(), g.tanh_(), o.sigmoid_()
+        forget = f.clone()  # the backward steps' forget gates; f's place becomes its scale
+        c = torch.mul(i, g)  # each step's update, made the cell state in place: c_t = f_t c_(t-1) + i_t g_t
+        c_rows, f_rows = c.unbind(0), forget.unbind(0)
+        for t in range(1, steps):
+            c_rows[t].addcmul_(f_rows[t], c_rows[t - 1])
         tanh_c = c.tanh()
-        through_h = o * (1 - tanh_c * tanh_c)  # d c_t / d h_t's path: dc += dh * o * tanh'(c)
-        # d pre / d [c, c, c, h]: input, forget, cell and output gates. (T, B, 4H)
-        scale = torch.cat([g * i * (1 - i), zeros_before(c) * f * (1 - f), i * (1 - g * g), tanh_c * o * (1 - o)], dim=-1)
+        through_h = torch.mul(tanh_c, tanh_c).neg_().add_(1).mul_(o)  # d c_t / d h_t's path: dc += dh * o * tanh'(c)
+        # d pre / d [c, c, c, h], in the gates' places: input, forget, cell and output gates. (T, B, 4H)
+        o.addcmul_(o, o, value=-1).mul_(tanh_c)  # tanh(c) o (1 - o)
+        kept_g = tanh_c.copy_(g)  # tanh(c) is used up: its memory keeps g for the input gate's scale
+        g.mul_(g).neg_().add_(1).mul_(i)  # i (1 - g^2)
+        i.addcmul_(i, i, value=-1).mul_(kept_g)  # g i (1 - i)
+        f.addcmul_(f, f, value=-1)  # f (1 - f) ...
+        f[1:].mul_(c[:-1])  # ... times c_(t-1), which is 0 before the first step
+        f[0].zero_()
+        scale = pre
         rows = seed.size(1)
         sink = InputGradients(steps, (reads, rows), gates, weights.input, sum_reads=sum_reads)
-        # Rows as (B, 1, *) views made in one call each (they broadcast over the k seeds): indexing in the loop would
-        # cost a Python call per tensor per step.
-        through_rows, scale_rows, forget_rows = (x.unsqueeze(2).unbind(0) for x in (through_h, scale, f))
+        # Per step, every tensor is written into memory made once, in place or with out=: allocating each step's few
+        # small results cost more than their arithmetic. Views made once per step row or buffer slot (one call each):
+        # the gate gradients [dc s_i, dc s_f, dc s_g, dh s_o] are two products into a slot seen as (B, k, 4, H).
+        through_rows, forget_rows = (x.unsqueeze(2).unbind(0) for x in (through_h, forget))  # (B, 1, H) each
+        scale4 = scale.view(steps, reads, 1, 4, hidden)
+        cell_scales, out_scales = scale4[:, :, :, :3].unbind(0), scale4[:, :, :, 3].unbind(0)  # (B, 1, 3, H), (B, 1, H)
+        slots4 = [slot.view(reads, rows, 4, hidden) for slot in sink.slots]
+        cell_slots, out_slots = [slot[:, :, :3] for slot in slots4], [slot[:, :, 3] for slot in slots4]
+        flat_slots = [slot.view(-1, gates) for slot in sink.slots]
         injected_rows = injected.unbind(0) if injected is not None else None
-        dh, dc = seed[..., :hidden], seed[..., hidden:]  # (B, k, H)
+        dh = seed[..., :hidden].clone(memory_format=torch.contiguous_format)  # (B, k, H)
+        dc = seed[..., hidden:].clone(memory_format=torch.contiguous_format)
+        dc_wide, dh_flat = dc.unsqueeze(2), dh.view(-1, hidden)  # (B, k, 1, H) and (B k, H): views of the two
         for t in range(steps - 1, -1, -1):
+            j = sink.slot(t)
             if injected_rows is not None:
-                dh = dh + injected_rows[t]
-            dc = torch.addcmul(dc, dh, through_rows[t])
-            step = torch.mul(torch.cat([dc, dc, dc, dh], dim=-1), scale_rows[t], out=sink.row(t))  # (B, k, 4H)
-            dc = dc * forget_rows[t]
-            dh = back(step.view(-1, gates)).view(reads, rows, hidden)
+                dh.add_(injected_rows[t])
+            dc.addcmul_(dh, through_rows[t])
+            torch.mul(dc_wide, cell_scales[t], out=cell_slots[j])
+            torch.mul(dh, out_scales[t], out=out_slots[j])
+            dc.mul_(forget_rows[t])
+            back(flat_slots[j], dh_flat)  # dh for step t - 1, in place
             sink.written(t)
         return sink.result

@@ -17,7 +17,9 @@ read it once. Here that one read is reused, the gate activations are
 recomputed from its outputs in one large matrix product (the first
 layer's input part is gathered from the engine's per-unit table), and each backward
 step is a few element-wise operations and one (k, G) x (G, H) product with
-the recurrent weight prepacked (`lm/infer/packed.py`). Measured on the default
+the recurrent weight, every one written in place or into memory made once
+before the loop (a fresh small tensor per operation cost about as much as
+its arithmetic; `lm/infer/packed.py`: `product_into`). Measured on the default
 model (LSTM 1x512) for a 1,922-unit text and k = 5: 546 ms, the read
 included, against 769 ms for autograd through five copies (2 CPU cores).
 The per-step product is the floor: 10.5 MFLOP, about 120 us here, against
@@ -112,7 +114,7 @@ def backward_context(engine: StepEngine, trace: ContextTrace, seeds: Tensor, on_
     continuous cache's keys: lm/infer/textcache.py).
 
     Each layer's backward is its cell family's (`Cell.backward` in `lm/cells`), top layer first; the
-    engine supplies the prepacked W_hh products and the input products (from its input table for layer 0).
+    engine supplies the W_hh products and the input products (from its input table for layer 0).
     """
     grad = _backward(engine, trace.ids, [x[:, None] for x in trace.inputs], [h[:, None] for h in trace.outputs],
                      seeds[:, None], None if on_top is None else on_top[:, None])  # (T, 1, k, E)

@@ -35,7 +35,7 @@ import torch
 from torch import Tensor
 
 from lm.cells import layer_weights
-from lm.infer.packed import constant_weight_linear, packed_linear
+from lm.infer.packed import constant_weight_linear, packed_linear, product_into
 from lm.model import RNNLanguageModel
 
 __all__ = ["INPUT_TABLE_BYTES", "StepEngine"]
@@ -138,11 +138,12 @@ class StepEngine:
         weights = layer_weights(self.model.layers[index])
         return torch.nn.functional.linear(inputs, weights.input, self.cell.input_bias(weights))
 
-    def recurrent_backward(self, index: int) -> Callable[[Tensor], Tensor]:
-        """g (k, G) -> g @ W_hh (k, H) for layer `index`, prepacked: a backward pass through a long read makes
-        thousands of these products (packing costs a few ms, so it is kept)."""
+    def recurrent_backward(self, index: int) -> Callable[..., Tensor]:
+        """back(g, out=None): g (k, G) -> g @ W_hh (k, H) for layer `index`, into `out` when given
+        (`packed.product_into`): a backward pass through a long read makes thousands of these products, each
+        written into the same memory."""
         weight = layer_weights(self.model.layers[index]).recurrent
-        return self.packed(f"backward{index}", (weight,), lambda: packed_linear(weight.t(), None, rows=8))
+        return self.packed(f"backward{index}", (weight,), lambda: product_into(weight))
 
     def packed(self, name: str, sources: tuple[Tensor, ...], build):
         """`build()`, made from `sources` and kept under `name` until one of them changes (an optimiser step, a
