@@ -78,6 +78,18 @@ def test_suffixes_read_side_by_side_equal_each_read_alone(cell):
     assert engine.read_suffixes(ids, starts, states)[1] is None
 
 
+@pytest.mark.parametrize("cell", ["rnn_relu", "lstm", "gru"])
+def test_the_input_part_on_a_line_equals_the_product_of_each_point(cell):
+    model = make_model(cell, tie_weights=True, embed_dim=8, hidden_dim=12).eval()
+    engine = StepEngine(model)
+    start, direction = torch.randn(6, 8), torch.randn(6, 8)
+    alphas = torch.tensor([0.25, 0.75, 1.0])
+    points = start[:, None] + alphas[None, :, None] * direction[:, None]  # (T, B, E)
+    part = engine.input_part_on_line(start, direction, alphas)
+    assert part.shape == (6, 3, 3 * 12 if cell == "gru" else 4 * 12 if cell == "lstm" else 12)
+    torch.testing.assert_close(part, engine.input_part(0, None, points), rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("cell", ["rnn_tanh", "lstm", "gru"])
 def test_a_differentiable_step_gives_autograds_state_gradients_and_none_to_the_weights(cell):
     model = make_model(cell, tie_weights=True, embed_dim=8, hidden_dim=12, num_layers=2).eval()

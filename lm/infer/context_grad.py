@@ -42,13 +42,16 @@ width, H its hidden size, G = gates x H.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
+from typing import NamedTuple
+
 import torch
 from torch import Tensor
 
 from lm.cells import layer_weights
 from lm.infer.engine import StepEngine
 
-__all__ = ["ContextTrace", "ReadsTrace", "backward_context", "backward_reads", "trace_context", "trace_embeddings"]
+__all__ = ["ContextTrace", "InputLine", "ReadsTrace", "backward_context", "backward_reads", "trace_context", "trace_embeddings"]
 
 
 @dataclass
@@ -80,6 +83,14 @@ def trace_context(model, ids: Tensor) -> ContextTrace:
     return ContextTrace(ids, inputs, outputs, torch.stack(finals), logits)
 
 
+class InputLine(NamedTuple):
+    """Reads whose embeddings are points on one line: read b's are start + alphas[b] * direction."""
+
+    start: Tensor  # (T, E)
+    direction: Tensor  # (T, E)
+    alphas: Tensor  # (B,)
+
+
 @dataclass
 class ReadsTrace:
     """What B reads of one length, read side by side from input embeddings, leave for the backward pass."""
@@ -88,6 +99,9 @@ class ReadsTrace:
     outputs: list[Tensor]  # per layer, its outputs h_1..h_T (T, B, H)
     final: Tensor  # (L, B, S): each read's state after it
     logits: Tensor  # (B, V): the model's output after each read's last position
+    # When the reads' embeddings lie on one line (integrated gradients' path), the backward's first-layer input
+    # part is two products, not B (`StepEngine.input_part_on_line`); inputs[0] must be those points.
+    line: InputLine | None = None
 
 
 def trace_embeddings(model, embeds: Tensor) -> ReadsTrace:
@@ -127,22 +141,25 @@ def backward_reads(engine: StepEngine, trace: ReadsTrace, seeds: Tensor, on_top:
     their final states and, when given, gradients `on_top` (T, B, k, H) on their top layer's outputs: the B x k
     gradients carried back side by side (`backward_context` for many reads). With `sum_reads`, only their sum over
     the B reads (1, k, T, E): the last product, gate gradients to input gradients, then runs once, not B times."""
-    grad = _backward(engine, None, trace.inputs, trace.outputs, seeds, on_top, sum_reads)  # (T, B or 1, k, E)
+    grad = _backward(engine, None, trace.inputs, trace.outputs, seeds, on_top, sum_reads, trace.line)  # (T, B or 1, k, E)
     return grad.permute(1, 2, 0, 3)
 
 
 def _backward(engine: StepEngine, ids: Tensor | None, inputs: list[Tensor], outputs: list[Tensor], seeds: Tensor,
-              on_top: Tensor | None, sum_reads: bool = False) -> Tensor:
+              on_top: Tensor | None, sum_reads: bool = False, line: InputLine | None = None) -> Tensor:
     """The layers' backward, top first: inputs (T, B, C) and outputs (T, B, H) per layer, seeds (L, B, k, S), on_top
     (T, B, k, H) or None -> (T, B, k, E), or summed over the reads (T, 1, k, E) with `sum_reads`; `ids` (T,) when
-    B = 1 and the inputs are those units' embeddings."""
+    B = 1 and the inputs are those units' embeddings; `line` when the first layer's inputs lie on it."""
     model, cell = engine.model, engine.cell
     injected = on_top  # (T, B, k, C): the gradients on the layer's outputs from outside its recurrence
     with torch.no_grad():
         for index in reversed(range(model.config.num_layers)):
             seed = seeds[index].to(outputs[index].dtype)
-            layer_inputs = inputs[index]
-            injected = cell.backward(layer_weights(model.layers[index]), engine.recurrent_backward(index),
-                                     lambda: engine.input_part(index, ids, layer_inputs), outputs[index], seed,
-                                     injected, sum_reads=sum_reads and index == 0)  # the layers above need each read's
+            if index == 0 and line is not None:
+                input_part = partial(engine.input_part_on_line, *line)
+            else:
+                input_part = partial(engine.input_part, index, ids, inputs[index])
+            # Only the first layer's gradients may be summed over the reads: the layers above need each read's.
+            injected = cell.backward(layer_weights(model.layers[index]), engine.recurrent_backward(index), input_part,
+                                     outputs[index], seed, injected, sum_reads=sum_reads and index == 0)
     return injected

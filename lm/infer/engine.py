@@ -175,6 +175,21 @@ class StepEngine:
         weights = layer_weights(self.model.layers[index])
         return torch.nn.functional.linear(inputs, weights.input, self.cell.input_bias(weights))
 
+    def input_part_on_line(self, start: Tensor, direction: Tensor, alphas: Tensor) -> Tensor:
+        """The first layer's input part (T, B, G), fresh, for B reads whose inputs are points on one line,
+        start + alphas[b] * direction (start and direction (T, E), alphas (B,)): what `input_part(0, None, inputs)`
+        gives for those inputs (T, B, E), to float32 rounding.
+
+        It assumes the reads lie on that line (integrated gradients' path from a baseline to the text): the
+        product is affine in alpha, x W^T + b = (start W^T + b) + alpha (direction W^T), so two (T, E) x (E, G)
+        products and one pass over the (T, B, G) result replace B products (16 steps at 1,900 units: about 0.1 s
+        against 0.3 s here)."""
+        weights = layer_weights(self.model.layers[0])
+        at_start = torch.nn.functional.linear(start, weights.input, self.cell.input_bias(weights))  # (T, G)
+        along = torch.nn.functional.linear(direction, weights.input)  # (T, G)
+        part = torch.mul(along.unsqueeze(1), alphas.to(along.dtype)[None, :, None])  # (T, B, G)
+        return part.add_(at_start.unsqueeze(1))
+
     def recurrent_backward(self, index: int) -> Callable[..., Tensor]:
         """back(g, out=None): g (k, G) -> g @ W_hh (k, H) for layer `index`, into `out` when given
         (`packed.product_into`): a backward pass through a long read makes thousands of these products, each

@@ -16,7 +16,8 @@ Cost: the `steps` scaled texts and the baseline are read as one batch (lm/infer/
 (lm/infer/word_gradients.py: `word_seeds`), and one hand-written backward pass carries the steps x k gradients
 side by side (`backward_reads`): one (steps k, G) x (G, H) product per unit of the text, not `steps` passes;
 only the path's mean gradient is needed, so the gate gradients are summed over the steps before the last
-product turns them into input gradients.
+product turns them into input gradients. The scaled texts lie on one line, so the backward's first-layer input
+products are two, not `steps` (`InputLine`; lm/infer/engine.py: `input_part_on_line`).
 With the continuous cache, each scaled read's mixture uses that read's own keys (its top-layer outputs).
 """
 
@@ -27,7 +28,7 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from lm.infer.context_grad import ReadsTrace
+from lm.infer.context_grad import InputLine, ReadsTrace
 from lm.infer.methods.base import Completeness, Method, MethodContext, MethodFigures, MethodOutput
 from lm.infer.scoring import NEG
 from lm.infer.word_gradients import word_seeds
@@ -59,7 +60,7 @@ def integrated_gradients(ctx: MethodContext, rows_result=None) -> tuple[torch.Te
     reads = predictor.trace_embeddings(torch.cat([path, baseline[None]]))  # the baseline last, not differentiated
     found = word_seeds(predictor, reads.final, result, ctx.temperature, reads.outputs[-1], trace.ids)
     on_path = ReadsTrace([layer[:, :steps] for layer in reads.inputs], [layer[:, :steps] for layer in reads.outputs],
-                         reads.final[:, :steps], reads.logits[:steps])
+                         reads.final[:, :steps], reads.logits[:steps], InputLine(baseline, x - baseline, alphas))
     on_top = None if found.on_top is None else found.on_top[:, :steps]
     summed = predictor.backward_reads(on_path, found.seeds[:, :steps], on_top, sum_reads=True)  # (1, k', n + 1, E)
     mean = summed[0] / steps  # (k', n + 1, E)
