@@ -75,19 +75,25 @@ class CacheMix:
             order.append(chosen)
         return torch.cat(pieces)[torch.argsort(torch.cat(order))]
 
-    def key_gradients(self, product_grads: list[torch.Tensor | None], rows: int) -> torch.Tensor:
-        """d objective / d each row's context keys (rows, n, H) from the gradients on `products` (in their order):
-        row r's is the sum over its queries q of d objective / d (q . h_i) times q."""
+    def key_gradients(self, product_grads: list[torch.Tensor | None], into: torch.Tensor,
+                      places: list[tuple[int, slice]]) -> None:
+        """Add d objective / d each row's context keys into `into` (n, B, k, H) from the gradients on `products` (in
+        their order): row r's, the sum over its queries q of d objective / d (q . h_i) times q (n, H), is added at
+        into[:, b, words] for places[r] = (b, words) (a slice of the k words: a healed text's required row belongs
+        to every word of its read). Written in place, in the backward pass's layout: at 1,000 words and 17 reads
+        the gradients are hundreds of MB, and a (rows, n, H) tensor reordered afterwards cost more than the
+        products."""
         grads = [grad if grad is not None else torch.zeros_like(products)
                  for grad, (products, _, _) in zip(product_grads, self.products)]
-        grad = torch.cat(grads) if grads else self.keys.new_zeros(0, self.keys.size(1))  # (N, n)
-        queries = torch.cat([queries for _, queries, _ in self.products]) if grads else self.keys.new_zeros(0, self.hidden)
-        owners = torch.cat([owner for _, _, owner in self.products]) if grads else torch.zeros(0, dtype=torch.long)
-        out = self.keys.new_zeros(rows, self.keys.size(1), self.keys.size(2))
+        if not grads:
+            return
+        grad = torch.cat(grads)  # (N, n)
+        queries = torch.cat([queries for _, queries, _ in self.products])  # (N, H)
+        owners = torch.cat([owner for _, _, owner in self.products])  # (N,)
         for row in torch.unique(owners).tolist():
             chosen = torch.nonzero(owners == row)[:, 0]
-            out[row] = grad[chosen].T.to(out.dtype) @ queries[chosen].to(out.dtype)
-        return out
+            read, words = places[row]
+            into[:, read, words].add_((grad[chosen].T.to(into.dtype) @ queries[chosen].to(into.dtype)).unsqueeze(1))
 
     def first(self, scaled: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
         """The mixed log-probabilities (rows, V) of the first unit after the context: row i queries with states[:, i]."""
@@ -287,24 +293,22 @@ def word_seeds(predictor: Predictor, final: torch.Tensor, result: PredictionResu
         # log P(word_j | text) = totals[j] - totals[k] when healed: the required row's gradient joins every word's.
         words = totals[:, :k] - totals[:, k:] if required else totals  # (B, k)
         objective = totals[:, :k].sum() - (totals[:, k].sum() if required else 0.0)
+        on_top = None
         if mix is None:
             (seeds,) = torch.autograd.grad(objective, states)  # (L, rows, S)
-            on_keys = None
         else:
             seeds, *product_grads = torch.autograd.grad(objective, [states, *(p for p, _, _ in mix.products)],
                                                         allow_unused=True)  # (L, rows, S), then (N, n') each
-            on_keys = mix.key_gradients(product_grads, rows_count)  # (rows, n', H)
+            # The keys are the top layer's outputs 0..n-1 (the last n' of them): on_top (n + 1, B, k, H) holds their
+            # gradients in place, zero before the window and after the last key.
+            count, window = len(ids), keys.size(1)
+            on_top = top_outputs.new_zeros(count, reads, k, top_outputs.size(-1))
+            places = [(read, slice(row, row + 1) if row < k else slice(0, k))  # the required row: every word's
+                      for read in range(reads) for row in range(per_read)]
+            mix.key_gradients(product_grads, on_top[count - 1 - window : count - 1], places)
     seeds = seeds.view(seeds.size(0), reads, per_read, -1)
     if required:
         seeds = seeds[:, :, :k] + seeds[:, :, k:]  # d(-log P(required)) / d state belongs to every word
-    on_top = None
-    if on_keys is not None:  # the keys are the top layer's outputs 0..n-1 (the last n' of them): (n + 1, B, k, H)
-        on_keys = on_keys.view(reads, per_read, *on_keys.shape[1:])
-        if required:
-            on_keys = on_keys[:, :k] + on_keys[:, k:]
-        count = len(ids)
-        on_top = top_outputs.new_zeros(count, reads, k, on_keys.size(-1))
-        on_top[count - 1 - on_keys.size(2) : count - 1] = on_keys.permute(2, 0, 1, 3)
     return WordSeeds(seeds, on_top, words.detach().float())
 
 
