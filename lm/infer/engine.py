@@ -182,8 +182,8 @@ class StepEngine:
 
         It assumes the reads lie on that line (integrated gradients' path from a baseline to the text): the
         product is affine in alpha, x W^T + b = (start W^T + b) + alpha (direction W^T), so two (T, E) x (E, G)
-        products and one pass over the (T, B, G) result replace B products (16 steps at 1,900 units: about 0.1 s
-        against 0.3 s here)."""
+        products and one pass over the (T, B, G) result replace B products (16 reads of 1,300 units: 0.07 s
+        against 0.20 s on 2 cores)."""
         weights = layer_weights(self.model.layers[0])
         at_start = torch.nn.functional.linear(start, weights.input, self.cell.input_bias(weights))  # (T, G)
         along = torch.nn.functional.linear(direction, weights.input)  # (T, G)
