@@ -51,7 +51,8 @@ from torch import Tensor
 from lm.cells import layer_weights
 from lm.infer.engine import StepEngine
 
-__all__ = ["ContextTrace", "InputLine", "ReadsTrace", "backward_context", "backward_reads", "trace_context", "trace_embeddings"]
+__all__ = ["ContextTrace", "InputLine", "ReadsTrace", "backward_context", "backward_reads", "trace_context",
+           "trace_embeddings"]
 
 
 @dataclass
@@ -141,7 +142,8 @@ def backward_reads(engine: StepEngine, trace: ReadsTrace, seeds: Tensor, on_top:
     their final states and, when given, gradients `on_top` (T, B, k, H) on their top layer's outputs: the B x k
     gradients carried back side by side (`backward_context` for many reads). With `sum_reads`, only their sum over
     the B reads (1, k, T, E): the last product, gate gradients to input gradients, then runs once, not B times."""
-    grad = _backward(engine, None, trace.inputs, trace.outputs, seeds, on_top, sum_reads, trace.line)  # (T, B or 1, k, E)
+    grad = _backward(engine, None, trace.inputs, trace.outputs, seeds, on_top, sum_reads,
+                     trace.line)  # (T, B or 1, k, E)
     return grad.permute(1, 2, 0, 3)
 
 

@@ -41,8 +41,8 @@ from lm.infer.scoring import NEG, score_words
 from lm.infer.textcache import read_memory
 from lm.infer.word_gradients import target_logprobs
 
-__all__ = ["FILLER_STATES_BYTES", "OCCLUSION_TOLERANCE", "SIDE_BY_SIDE_UNITS", "FillerStates", "RungRead", "filler_states",
-           "filler_states_bytes", "ladder", "read_rungs", "rung_values", "METHOD"]
+__all__ = ["FILLER_STATES_BYTES", "OCCLUSION_TOLERANCE", "SIDE_BY_SIDE_UNITS", "FillerStates", "RungRead",
+           "filler_states", "filler_states_bytes", "ladder", "read_rungs", "rung_values", "METHOD"]
 
 OCCLUSION_TOLERANCE = 0.1  # nats: a cut that moves log P by less than this leaves the prediction as it was
 # The most bytes one model's kept filler states may hold (the default 1 x 512 LSTM: 4 KB a unit, so 16,000 units);
@@ -172,8 +172,9 @@ def read_rungs(predictor, along: torch.Tensor, filler: list[int], units: tuple[i
     own_outputs: dict[int, torch.Tensor] = {}  # row -> the rung's own outputs (distance, H)
     if together:
         chosen = [starts[row] for row in together]
-        state, outputs = predictor.read_suffixes(list(units), chosen, torch.cat([along[start] for start in chosen], dim=1),
-                                                 with_outputs)  # (L, R', S), (n - first, R', H) or None
+        starting = torch.cat([along[start] for start in chosen], dim=1)  # (L, R', S)
+        # (L, R', S), and (n - first, R', H) or None
+        state, outputs = predictor.read_suffixes(list(units), chosen, starting, with_outputs)
         first = min(chosen)
         for column, row in enumerate(together):
             finals[row] = state[:, column : column + 1]
