@@ -243,7 +243,10 @@ def spelling_groups(paths: list[Path]) -> list[tuple[tuple[int, ...], tuple[int,
     the group ((), ()), with no factor (probability 1)."""
     groups: dict[tuple[tuple[int, ...], bool], list[int]] = {}
     for units, boundary in paths:
-        units = tuple(int(unit) for unit in units)
+        if len(units) == 1 and not boundary:  # most spellings: a healed text's thousands of one-unit ones
+            groups.setdefault(((), False), []).append(int(units[0]))
+            continue
+        units = tuple(map(int, units))
         if boundary:
             groups.setdefault((units, True), [])
         elif units:
@@ -295,8 +298,10 @@ def _factor(cache_row: CacheRow, targets: np.ndarray, values: np.ndarray, size: 
     context entries for d = 0..size, (size + 1,); each entry's term C_ri at full memory, (size,); the spelling's own
     keys' term; and the model's term (1 - weight) m(targets)."""
     model = float(cache_row.model[targets].sum())
-    hit = np.isin(values, targets)  # (size,): entries followed by a target unit
-    own_hit = np.isin(cache_row.own_values, targets)
+    if len(targets) == 1:  # most factors: one unit of a spelling (np.isin sorts, for any number of targets)
+        hit, own_hit = values == targets[0], cache_row.own_values == targets[0]  # (size,): entries followed by it
+    else:
+        hit, own_hit = np.isin(values, targets), np.isin(cache_row.own_values, targets)
     own_votes = float(cache_row.own_votes.sum())
     own_numerator = float(cache_row.own_votes[own_hit].sum())
     nearest_first = cache_row.votes[::-1]  # entry size-1 (distance 1) first
