@@ -168,13 +168,45 @@ def test_occlusion_searches_afresh_where_the_spellings_can_change(which, char_pr
     import lm.infer.methods.occlusion as occlusion
 
     predictor = subword_predictor if which == "subword" else char_predictor
-    searched = []
-    original = occlusion.score_words
-    monkeypatch.setattr(occlusion, "score_words", lambda *args: searched.append(args[2]) or original(*args))
+    searched = []  # one entry per context searched: the rungs' searches run side by side in one call
+    original = occlusion.score_words_many
+    monkeypatch.setattr(occlusion, "score_words_many", lambda *args: searched.extend(args[1]) or original(*args))
     result = attribute(predictor, TEXT, k=2, method="occlusion", options=MethodOptions(rungs=6))
     rungs = len(result.predictions[0].figures.ladder)
     assert result.result.text_cache == (which == "char-cached")
     assert len(searched) == (rungs if which == "char-cached" else 1)
+
+
+@pytest.mark.parametrize("which", ["subword", "char-cached"])
+def test_searches_side_by_side_equal_each_alone_in_fewer_steps(which, char_predictor, subword_predictor, monkeypatch):
+    """score_words_many: the same words after several contexts, each round's reads of every search in one step."""
+    from lm.infer.query import make_query
+    from lm.infer.scoring import score_words, score_words_many
+
+    predictor = subword_predictor if which == "subword" else char_predictor
+    cached = which == "char-cached"
+    texts = [TEXT, "The river flows ", "In 1990 the"]
+    query = make_query(TEXT, predictor.tokenizer)
+    words = [prediction.word for prediction in predictor.predict(TEXT, k=3).predictions] + ["the"]
+    contexts = [predictor.context_state(tuple(predictor.tokenizer.encode(make_query(text, predictor.tokenizer).context)))
+                for text in texts]
+    steps = []  # one item per batched model step
+    monkeypatch.setattr(predictor, "step", lambda *args, **kwargs: steps.append(1) or Predictor.step(predictor, *args, **kwargs))
+    alone, steps_alone = [], []
+    for context in contexts:
+        before = len(steps)
+        alone.append(score_words(predictor.units, predictor.reads_after(context, text_cache=cached), context.line_start,
+                                 query, words))
+        steps_alone.append(len(steps) - before)
+    knowns = [predictor.reads_after(context, text_cache=cached) for context in contexts]
+    before = len(steps)
+    together = score_words_many(predictor.units, knowns, [context.line_start for context in contexts], query, words)
+    assert max(steps_alone) <= len(steps) - before < sum(steps_alone)
+    for (exact, required), (exact_alone, required_alone) in zip(together, alone):
+        assert required.logprob == pytest.approx(required_alone.logprob, abs=1e-9)
+        for spelling, spelling_alone in zip(exact, exact_alone):
+            assert spelling.logprob == pytest.approx(spelling_alone.logprob, abs=1e-9)
+            assert sorted(spelling.paths) == sorted(spelling_alone.paths)
 
 
 def test_contrastive_occlusion_is_the_difference_of_the_two_ladders(subword_predictor):

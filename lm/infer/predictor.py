@@ -455,7 +455,7 @@ class Predictor:
             if text_cache and self.text_cache_settings is not None and context.memory is not None:
                 mixed = TextCache(self.text_cache_settings, context.memory, self.model.config.hidden_dim, self.units.ends_mask)
             return Reads(context, first, lambda states, units, parents: self._step(temperature, states, units, parents),
-                         mixed)
+                         mixed, step_key=(id(self), temperature))
 
     # Scoring and prediction ------------------------------------------------
 

@@ -90,11 +90,14 @@ class Reads:
     looks at their distribution.
     """
 
-    def __init__(self, context: ContextState, first: StepRows, step: Stepper, text_cache: TextCache | None = None):
+    def __init__(self, context: ContextState, first: StepRows, step: Stepper, text_cache: TextCache | None = None,
+                 step_key: object = None):
         """`first`: the context's own row (its state (L, 1, S) and logits); `step` reads the sequences missing later;
-        `text_cache`: the continuous cache over the text every row is mixed with (None: the model alone)."""
+        `text_cache`: the continuous cache over the text every row is mixed with (None: the model alone);
+        `step_key`: equal for Reads whose steps are the same function (`read_together`), None when unknown."""
         self.context_units = context.units  # None when the context state does not keep its units
         self.text_cache = text_cache
+        self.step_key = step_key
         self._step = step
         self._after: dict[tuple[int, ...], Read] = {}
         self._logprobs: dict[tuple[int, ...], np.ndarray] = {}
@@ -116,15 +119,56 @@ class Reads:
 
     def read_all(self, sequences: list[tuple[int, ...]]) -> None:
         """Read every unit sequence not yet read (each one unit past a read one), in one batched step."""
+        missing, states, parents = self._to_read(sequences)
+        if missing:
+            self._store(missing, states, parents, self._step(states, [units[-1] for units in missing], parents))
+
+    @staticmethod
+    def read_together(reads: list["Reads"], sequences: list[list[tuple[int, ...]]]) -> None:
+        """reads[i].read_all(sequences[i]) for every i, in one batched step for all of them.
+
+        It assumes the Reads step alike: made with the same `step_key` (the predictor's model at one temperature,
+        `Predictor.reads_after`), so that one call of the first one's `step` on every parent state side by side
+        gives each row what its own Reads' step would. Each Reads then mixes its rows with its own text cache.
+        Reads without a `step_key`, or with one of their own, are read alone."""
+        alike = [index for index, known in enumerate(reads)
+                 if known.step_key is not None and known.step_key == reads[0].step_key]
+        for index, known in enumerate(reads):
+            if index not in alike or len(alike) == 1:
+                known.read_all(sequences[index])
+        if len(alike) < 2:
+            return
+        plans = [(reads[index], *reads[index]._to_read(sequences[index])) for index in alike]
+        plans = [plan for plan in plans if plan[1]]  # (reads, missing, parent states, parents), with something to read
+        if not plans:
+            return
+        offsets, units, parents, start = [], [], [], 0
+        for _, missing, states, own_parents in plans:
+            offsets.append(len(units))
+            units.extend(sequence[-1] for sequence in missing)
+            parents.extend(start + parent for parent in own_parents)
+            start += states.size(1)
+        rows = plans[0][0]._step(torch.cat([states for _, _, states, _ in plans], dim=1), units, parents)
+        for (known, missing, states, own_parents), offset in zip(plans, offsets):
+            part = slice(offset, offset + len(missing))
+            own = StepRows(rows.states[:, part], rows.logits[part], rows.scaled[part], rows.normalisers[part],
+                           rows.boundaries[part])
+            known._store(missing, states, own_parents, own)
+
+    def _to_read(self, sequences: list[tuple[int, ...]]) -> tuple[list[tuple[int, ...]], torch.Tensor | None, list[int]]:
+        """The sequences not read yet (each once), their distinct parents' states stacked (L, M, S), and each one's
+        parent among them."""
         missing = list(dict.fromkeys(units for units in sequences if units not in self._after))
         if not missing:
-            return
+            return missing, None, []
         # Many sequences continue the same one (the beam's first step: all of them): each distinct state is
         # stacked once and the step's recurrent products run once per state (StepEngine.step's parents).
         slots: dict[tuple[int, ...], int] = {}
         parents = [slots.setdefault(units[:-1], len(slots)) for units in missing]
-        states = torch.stack([self.state(units) for units in slots], dim=1)  # (L, distinct, S)
-        rows = self._step(states, [units[-1] for units in missing], parents)
+        return missing, torch.stack([self.state(units) for units in slots], dim=1), parents
+
+    def _store(self, missing: list[tuple[int, ...]], states: torch.Tensor, parents: list[int], rows: StepRows) -> None:
+        """Keep the rows read for `missing` from the parent `states`, mixed with the text cache when there is one."""
         if self.text_cache is not None:  # each new sequence's path: its parent's, and the parent's output followed by its unit
             keys = states[-1, parents, : self.text_cache.hidden_dim].numpy()  # (N, H)
             paths = self.text_cache.extend([self._paths[units[:-1]] for units in missing], keys, [units[-1] for units in missing])

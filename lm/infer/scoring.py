@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from operator import attrgetter
-from typing import NamedTuple
+from typing import Generator, NamedTuple
 
 import numpy as np
 
@@ -21,7 +21,8 @@ from lm.infer.reads import Reads
 from lm.infer.units import UnitTable
 from lm.tokenizers import is_word_char
 
-__all__ = ["NEG", "SPELLING_TOLERANCE", "Spelling", "logaddexp", "logsumexp", "score_words", "spell_many", "word_targets"]
+__all__ = ["NEG", "SPELLING_TOLERANCE", "Spelling", "logaddexp", "logsumexp", "score_words", "score_words_many", "spell_many",
+           "spellings", "word_targets"]
 
 NEG = -math.inf
 _LN2 = math.log(2.0)
@@ -102,6 +103,20 @@ def spell_many(table: UnitTable, known: Reads, line_start: bool, targets: list[t
     context (the beam's): they, and a sequence shared by several targets,
     are read only once.
     """
+    spelling = spellings(table, known, line_start, targets, max_nodes, tolerance)
+    try:
+        while True:
+            known.read_all(next(spelling))
+    except StopIteration as done:
+        return done.value
+
+
+def spellings(table: UnitTable, known: Reads, line_start: bool, targets: list[tuple[str, bool]],
+              max_nodes: int = 1024, tolerance: float = SPELLING_TOLERANCE
+              ) -> Generator[list[tuple[int, ...]], None, list[Spelling]]:
+    """`spell_many` as a generator: it yields each batch of unit sequences it needs read into `known`, to be read
+    before it is resumed, and returns the spellings. Several searches (after different contexts) can so share
+    each batched model step (`score_words_many`)."""
     totals = [NEG] * len(targets)
     dropped = [NEG] * len(targets)  # log of the probability of the partial spellings dropped so far
     log_tolerance = math.log(tolerance) if tolerance > 0 else NEG
@@ -176,7 +191,7 @@ def spell_many(table: UnitTable, known: Reads, line_start: bool, targets: list[t
         if len(pending) > max_nodes:
             pending.sort(key=_by_logprob, reverse=True)
             pending = pending[:max_nodes]
-        known.read_all([node.units for node in pending])
+        yield [node.units for node in pending]  # read into `known` before this resumes
         for node in pending:
             if node.terminal:
                 mass = known.boundary(node.units)
@@ -202,6 +217,38 @@ def word_targets(query: Query, word: str) -> list[str]:
 def score_words(table: UnitTable, known: Reads, line_start: bool, query: Query, words: list[str]
                 ) -> tuple[list[Spelling], Spelling]:
     """Exact log P(word | text) for each word, with their unit sequences; and log P(required part), with its."""
+    targets, owners = _word_targets(query, words)
+    return _word_scores(spell_many(table, known, line_start, targets), owners, len(words))
+
+
+def score_words_many(table: UnitTable, knowns: list[Reads], line_starts: list[bool], query: Query, words: list[str]
+                     ) -> list[tuple[list[Spelling], Spelling]]:
+    """`score_words` of the same words after each of several contexts (knowns[i], line_starts[i]), the searches
+    side by side: each round's sequences, from every search, are read in one batched model step
+    (`Reads.read_together`), so R searches cost about as many steps as the deepest one, not R times as many.
+    Each result equals `score_words` after its own context (the same search, only its reads batched)."""
+    targets, owners = _word_targets(query, words)
+    searches = [spellings(table, known, line_start, targets) for known, line_start in zip(knowns, line_starts)]
+    results: list[list[Spelling] | None] = [None] * len(searches)
+    wanted: dict[int, list[tuple[int, ...]]] = {}
+    for index, search in enumerate(searches):
+        try:
+            wanted[index] = next(search)
+        except StopIteration as done:
+            results[index] = done.value
+    while wanted:
+        Reads.read_together([knowns[index] for index in wanted], list(wanted.values()))
+        for index in list(wanted):
+            try:
+                wanted[index] = next(searches[index])
+            except StopIteration as done:
+                results[index] = done.value
+                del wanted[index]
+    return [_word_scores(result, owners, len(words)) for result in results]
+
+
+def _word_targets(query: Query, words: list[str]) -> tuple[list[tuple[str, bool]], list[int]]:
+    """The targets to spell (the required part first) and the word each belongs to (-1: the required part)."""
     targets: list[tuple[str, bool]] = [(query.required, False)]
     owners: list[int] = [-1]
     for number, word in enumerate(words):
@@ -210,9 +257,13 @@ def score_words(table: UnitTable, known: Reads, line_start: bool, query: Query, 
         for target in word_targets(query, word):
             targets.append((target, is_word_char(word[0])))
             owners.append(number)
-    results = spell_many(table, known, line_start, targets)
+    return targets, owners
+
+
+def _word_scores(results: list[Spelling], owners: list[int], count: int) -> tuple[list[Spelling], Spelling]:
+    """Each word's exact log-probability (its targets summed, the required part divided out), and the required part's."""
     required = results[0]
-    scores: list[tuple[float, list[Path]]] = [(NEG, []) for _ in words]
+    scores: list[tuple[float, list[Path]]] = [(NEG, []) for _ in range(count)]
     for owner, result in zip(owners[1:], results[1:]):
         total, found = scores[owner]
         scores[owner] = (logaddexp(total, result.logprob), found + result.paths)

@@ -37,7 +37,7 @@ import torch
 from lm.infer.faithfulness import FILLER
 from lm.infer.methods.base import Method, MethodContext, MethodFigures, MethodOutput, Rung
 from lm.infer.predictor import WordPrediction
-from lm.infer.scoring import NEG, score_words
+from lm.infer.scoring import NEG, score_words_many
 from lm.infer.textcache import read_memory
 from lm.infer.word_gradients import target_logprobs
 
@@ -216,7 +216,9 @@ def rung_values(ctx: MethodContext, distances: list[int], words: list[WordPredic
     nats off on "The capital of France is "): it is scored afresh
     (`score_words`), a search of its own. With the text
     cache every rung's mixture copies from its own text, so every rung is
-    scored afresh, with its own memory, as a served prediction would be."""
+    scored afresh, with its own memory, as a served prediction would be;
+    the rungs' searches run side by side (`score_words_many`: one batched
+    step per round for all of them)."""
     predictor, units = ctx.predictor, ctx.units
     n = len(units)
     filler = filler_units(ctx, n)
@@ -242,14 +244,18 @@ def rung_values(ctx: MethodContext, distances: list[int], words: list[WordPredic
             found = sums[:, : len(words)] - (sums[:, len(words):] if ctx.query.required else 0.0)
             found[~np.isfinite(found)] = NEG
             values[batched] = found
-    for rung, alone in enumerate(fresh):
-        if alone:
-            read = reads[rung]
-            memory = None if settings is None else read_memory(None, None, read.outputs.float(), read.ids, settings.window)
-            context = predictor.context_from(tuple(read.ids[1:]), read.state.contiguous(), logits[rung], memory)
-            known = predictor.reads_after(context, ctx.temperature, cached)
-            exact, _ = score_words(predictor.units, known, context.line_start, ctx.query, [word.word for word in words])
-            values[rung] = [spelling.logprob for spelling in exact]
+    searched = [rung for rung, alone in enumerate(fresh) if alone]
+    knowns, line_starts = [], []
+    for rung in searched:
+        read = reads[rung]
+        memory = None if settings is None else read_memory(None, None, read.outputs.float(), read.ids, settings.window)
+        context = predictor.context_from(tuple(read.ids[1:]), read.state.contiguous(), logits[rung], memory)
+        knowns.append(predictor.reads_after(context, ctx.temperature, cached))
+        line_starts.append(context.line_start)
+    # The rungs' searches side by side: each round's reads of every rung in one batched step.
+    scored = score_words_many(predictor.units, knowns, line_starts, ctx.query, [word.word for word in words])
+    for rung, (exact, _) in zip(searched, scored):
+        values[rung] = [spelling.logprob for spelling in exact]
     return values
 
 
