@@ -49,7 +49,10 @@ OCCLUSION_TOLERANCE = 0.1  # nats: a cut that moves log P by less than this leav
 # a longer filler is read for its request alone.
 FILLER_STATES_BYTES = 64 * 2**20
 # Rungs keeping at most this many units are read side by side in cell steps, longer ones alone (`read_rungs`).
-SIDE_BY_SIDE_UNITS = 24
+# Measured on runs/base (2 cores, 5 texts x 3, median ms of occlusion): 24 / 10 / 6 units gave 53.1 / 50.4 / 49.1
+# at 20 words and 105.8 / 101.9 / 102.8 at 200 without the cache; 84.9 / 70.3 / 69.3 at 20 words and
+# 381.5 / 382.2 / 400.8 at 1,000 with it.
+SIDE_BY_SIDE_UNITS = 10
 
 
 def ladder(n: int, rungs: int) -> list[int]:
@@ -163,7 +166,7 @@ def read_rungs(predictor, along: torch.Tensor, filler: list[int], units: tuple[i
     The rungs' texts end together. Those keeping at most SIDE_BY_SIDE_UNITS units are read side by side
     (`Predictor.read_suffixes`: the longest one's length in batched cell steps); each longer one is read alone
     with the fused layers, whose set-up (about 0.9 ms) a long read repays: a batched cell step of nine rows
-    costs about 0.25 ms against 0.055 ms a unit for a fused read (runs/base, 2 cores)."""
+    costs about 0.25-0.5 ms against 0.055 ms a unit for a fused read (runs/base, 2 cores)."""
     n = len(units)
     hidden = predictor.model.config.hidden_dim
     starts = [n - distance for distance in distances]
