@@ -116,18 +116,16 @@ class StepEngine:
         outputs = []
         with torch.inference_mode():
             state = states.clone()
-            for t in range(first, n):
+            for t in range(first, n + 1):
                 rows = beginning.get(t)
                 if rows is not None and t > first:  # rows beginning at `first` already hold their start state
                     index = torch.tensor(rows, dtype=torch.long)
                     state.index_copy_(1, index, states.index_select(1, index))
+                if t == n:  # rows beginning here read nothing
+                    break
                 state = self._cell_step(state, False, ids=ids[t].expand(len(starts)))
                 if keep_outputs:
                     outputs.append(state[-1, :, :hidden])
-            rows = beginning.get(n)
-            if rows is not None and n > first:
-                index = torch.tensor(rows, dtype=torch.long)
-                state.index_copy_(1, index, states.index_select(1, index))
         kept = (torch.stack(outputs) if outputs else states.new_zeros(0, len(starts), hidden)) if keep_outputs else None
         return state, kept
 

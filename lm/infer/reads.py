@@ -133,10 +133,12 @@ class Reads:
         Reads without a `step_key`, or with one of their own, are read alone."""
         alike = [index for index, known in enumerate(reads)
                  if known.step_key is not None and known.step_key == reads[0].step_key]
-        for index, known in enumerate(reads):
-            if index not in alike or len(alike) == 1:
-                known.read_all(sequences[index])
         if len(alike) < 2:
+            alike = []
+        for index, known in enumerate(reads):
+            if index not in alike:
+                known.read_all(sequences[index])
+        if not alike:
             return
         plans = [(reads[index], *reads[index]._to_read(sequences[index])) for index in alike]
         plans = [plan for plan in plans if plan[1]]  # (reads, missing, parent states, parents), with something to read

@@ -103,12 +103,7 @@ def spell_many(table: UnitTable, known: Reads, line_start: bool, targets: list[t
     context (the beam's): they, and a sequence shared by several targets,
     are read only once.
     """
-    spelling = spellings(table, known, line_start, targets, max_nodes, tolerance)
-    try:
-        while True:
-            known.read_all(next(spelling))
-    except StopIteration as done:
-        return done.value
+    return _side_by_side([spellings(table, known, line_start, targets, max_nodes, tolerance)], [known])[0]
 
 
 def spellings(table: UnitTable, known: Reads, line_start: bool, targets: list[tuple[str, bool]],
@@ -229,22 +224,29 @@ def score_words_many(table: UnitTable, knowns: list[Reads], line_starts: list[bo
     Each result equals `score_words` after its own context (the same search, only its reads batched)."""
     targets, owners = _word_targets(query, words)
     searches = [spellings(table, known, line_start, targets) for known, line_start in zip(knowns, line_starts)]
+    return [_word_scores(result, owners, len(words)) for result in _side_by_side(searches, knowns)]
+
+
+def _side_by_side(searches: list[Generator], knowns: list[Reads]) -> list[list[Spelling]]:
+    """Run `spellings` searches to their ends, search i reading into knowns[i]: each round, what every search still
+    running asks for is read in one batched step (`Reads.read_together`; one search alone: its `read_all`)."""
     results: list[list[Spelling] | None] = [None] * len(searches)
-    wanted: dict[int, list[tuple[int, ...]]] = {}
-    for index, search in enumerate(searches):
+    wanted: dict[int, list[tuple[int, ...]]] = {}  # search -> the sequences it waits for
+
+    def advance(index: int) -> None:
         try:
-            wanted[index] = next(search)
+            wanted[index] = next(searches[index])
         except StopIteration as done:
             results[index] = done.value
+            wanted.pop(index, None)
+
+    for index in range(len(searches)):
+        advance(index)
     while wanted:
         Reads.read_together([knowns[index] for index in wanted], list(wanted.values()))
         for index in list(wanted):
-            try:
-                wanted[index] = next(searches[index])
-            except StopIteration as done:
-                results[index] = done.value
-                del wanted[index]
-    return [_word_scores(result, owners, len(words)) for result in results]
+            advance(index)
+    return results
 
 
 def _word_targets(query: Query, words: list[str]) -> tuple[list[tuple[str, bool]], list[int]]:

@@ -83,13 +83,13 @@ class CacheMix:
         to every word of its read). Written in place, in the backward pass's layout: at 1,000 words and 17 reads
         the gradients are hundreds of MB, and a (rows, n, H) tensor reordered afterwards cost more than the
         products."""
-        grads = [grad if grad is not None else torch.zeros_like(products)
-                 for grad, (products, _, _) in zip(product_grads, self.products)]
-        if not grads:
+        used = [(grad, queries, owner) for grad, (_, queries, owner) in zip(product_grads, self.products)
+                if grad is not None]  # a product autograd found unused adds nothing
+        if not used:
             return
-        grad = torch.cat(grads)  # (N, n)
-        queries = torch.cat([queries for _, queries, _ in self.products])  # (N, H)
-        owners = torch.cat([owner for _, _, owner in self.products])  # (N,)
+        grad = torch.cat([grad for grad, _, _ in used])  # (N, n)
+        queries = torch.cat([queries for _, queries, _ in used])  # (N, H)
+        owners = torch.cat([owner for _, _, owner in used])  # (N,)
         for row in torch.unique(owners).tolist():
             chosen = torch.nonzero(owners == row)[:, 0]
             read, words = places[row]
