@@ -61,23 +61,6 @@ def test_a_step_from_shared_parents_equals_one_from_each_childs_own_copy(cell, t
     torch.testing.assert_close(grad, reference, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("cell", ["rnn_tanh", "lstm", "gru"])
-def test_suffixes_read_side_by_side_equal_each_read_alone(cell):
-    model = make_model(cell, tie_weights=True, embed_dim=8, hidden_dim=12, num_layers=2).eval()
-    engine = StepEngine(model)
-    ids = torch.randint(0, 50, (9,))
-    starts = [9, 0, 4, 4, 7]  # one row reads nothing, two begin together, none begins at the earliest but one
-    states = model(torch.randint(0, 50, (5, 3)))[1].detach()  # (L, 5, S): each row's own start
-    final, outputs = engine.read_suffixes(ids, starts, states, keep_outputs=True)
-    assert outputs.shape == (9, 5, 12)
-    for row, start in enumerate(starts):
-        own_outputs, own_final = model.features(ids[start:].unsqueeze(0), states[:, row : row + 1]) if start < 9 \
-            else (torch.zeros(1, 0, 12), states[:, row : row + 1])
-        torch.testing.assert_close(final[:, row : row + 1], own_final, rtol=1e-5, atol=1e-6)
-        torch.testing.assert_close(outputs[start:, row], own_outputs[0], rtol=1e-5, atol=1e-6)
-    assert engine.read_suffixes(ids, starts, states)[1] is None
-
-
 @pytest.mark.parametrize("cell", ["rnn_relu", "lstm", "gru"])
 def test_the_input_part_on_a_line_equals_the_product_of_each_point(cell):
     model = make_model(cell, tie_weights=True, embed_dim=8, hidden_dim=12).eval()

@@ -2,6 +2,7 @@
 words and sentences, and method, foil and options over HTTP and the CLI."""
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from lm.infer.attribution import HOW, attribute
 from lm.infer.faithfulness import FILLER
 from lm.infer.methods import Method, MethodFigures, MethodOptions, MethodOutput, get_method, method_names, register, \
     unregister
+from lm.infer.methods import occlusion
 from lm.infer.methods.occlusion import OCCLUSION_TOLERANCE, FillerStates, influence_from_ladder, ladder
 from lm.infer.predictor import Predictor
 from lm.infer.reach import sentences_of, word_sentences, words_of
@@ -133,6 +135,30 @@ def test_occlusion_equals_brute_force_rescoring(which, char_predictor, subword_p
         assert not before or abs(before[-1].change) >= OCCLUSION_TOLERANCE
 
 
+@pytest.mark.parametrize("together", [0, 4, 48])
+def test_each_rung_read_equals_its_text_read_alone(together, subword_predictor, monkeypatch):
+    """read_rungs, the short rungs as one batch (each reading filler up to its own text) and the longer ones alone:
+    every rung's state and top-layer outputs equal a fused read of its whole text from the zero state."""
+    monkeypatch.setattr(occlusion, "TOGETHER_UNITS", together)
+    predictor = subword_predictor
+    units = tuple(predictor.tokenizer.encode(TEXT))
+    n = len(units)
+    distances = ladder(n, 6)
+    filler = occlusion.filler_units(SimpleNamespace(predictor=predictor), n)  # it asks the context for the predictor alone
+    with torch.inference_mode():
+        along = occlusion.filler_states(predictor, filler)
+        reads = occlusion.read_rungs(predictor, along, filler, units, distances, with_outputs=True)
+    assert len(reads) == len(distances) and distances[0] == 0
+    batched = {distance <= together for distance in distances[1:]}  # read in the batch, or alone
+    assert batched == {0: {False}, 4: {True, False}, 48: {True}}[together]
+    for read, distance in zip(reads, distances):
+        assert read.ids == [predictor.tokenizer.newline_id, *_replaced(predictor, units, distance)]
+        with torch.inference_mode():
+            outputs, state = predictor.model.features(torch.tensor([read.ids]), predictor.zero_state())
+        torch.testing.assert_close(read.state, state, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(read.outputs, outputs[0], rtol=1e-4, atol=1e-5)
+
+
 def test_the_filler_states_are_read_once_and_kept_until_a_weight_changes(subword_predictor):
     """FillerStates: the states along the filler equal a fused read of it; a shorter or equal filler reads nothing
     more, a longer one only its new units, a different one from the first difference, and a changed weight all."""
@@ -165,8 +191,6 @@ def test_the_filler_states_are_read_once_and_kept_until_a_weight_changes(subword
 def test_occlusion_searches_afresh_where_the_spellings_can_change(which, char_predictor, subword_predictor, monkeypatch):
     """The rung that replaces the whole text ends differently, so it gets a spelling search of its own; with the
     text cache every rung does (its mixture copies from its own text); the others reuse the text's spellings."""
-    import lm.infer.methods.occlusion as occlusion
-
     predictor = subword_predictor if which == "subword" else char_predictor
     searched = []  # one entry per context searched: the rungs' searches run side by side in one call
     original = occlusion.score_words_many

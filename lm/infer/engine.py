@@ -94,41 +94,6 @@ class StepEngine:
                 states.append(state)
             return torch.stack(states) if states else state.new_zeros(0, *state.shape)
 
-    def read_suffixes(self, ids: Tensor, starts: list[int], states: Tensor, keep_outputs: bool = False
-                      ) -> tuple[Tensor, Tensor | None]:
-        """Read, for each of R rows, the suffix ids[starts[r]:] of one text ids (n,) from its own state states[:, r]
-        (L, R, S), without autograd: the states after the text (L, R, S) and, with `keep_outputs`, the top layer's
-        output after each position from min(starts) on ((n - min(starts), R, H); row r's own are those from
-        starts[r] - min(starts) on). A row with starts[r] = n reads nothing.
-
-        The rows end together, so they are read side by side: one batched cell step per position from the
-        earliest start, every row stepping (a row whose suffix has not begun steps on values that are then
-        replaced by its start state, as its suffix begins). It assumes what makes this pay: a cell step of
-        a few rows costs about what one row's does (the weights' memory traffic, not the rows, sets the
-        price), so R reads of lengths d_r cost max d_r steps rather than sum d_r, and that a text this short
-        would not pay for the fused layers' set-up R times (occlusion's ladder of rungs: lm/infer/methods/occlusion.py).
-        """
-        n, hidden = ids.size(0), self.model.config.hidden_dim
-        first = min(starts, default=n)
-        beginning: dict[int, list[int]] = {}
-        for row, start in enumerate(starts):
-            beginning.setdefault(start, []).append(row)
-        outputs = []
-        with torch.inference_mode():
-            state = states.clone()
-            for t in range(first, n + 1):
-                rows = beginning.get(t)
-                if rows is not None and t > first:  # rows beginning at `first` already hold their start state
-                    index = torch.tensor(rows, dtype=torch.long)
-                    state.index_copy_(1, index, states.index_select(1, index))
-                if t == n:  # rows beginning here read nothing
-                    break
-                state = self._cell_step(state, False, ids=ids[t].expand(len(starts)))
-                if keep_outputs:
-                    outputs.append(state[-1, :, :hidden])
-        kept = (torch.stack(outputs) if outputs else states.new_zeros(0, len(starts), hidden)) if keep_outputs else None
-        return state, kept
-
     def output(self, x: Tensor, differentiable: bool = False) -> Tensor:
         """Logits (N, V) from top-layer features (N, H) through prepacked products (the model's own output layer
         for an adaptive softmax); `differentiable` as in `differentiable_step`."""

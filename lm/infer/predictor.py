@@ -203,13 +203,6 @@ class Predictor:
         a time (a state kept for every unit of a fixed text, such as occlusion's filler)."""
         return self._engine.read_states(torch.tensor([inputs], dtype=torch.long), state)
 
-    def read_suffixes(self, units: list[int], starts: list[int], states: torch.Tensor, keep_outputs: bool = False
-                      ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Read units[starts[r]:] from states[:, r] (L, R, S) for every row r, side by side, without autograd: the
-        states after them (L, R, S) and, with `keep_outputs`, the top layer's outputs from min(starts) on
-        (`StepEngine.read_suffixes`)."""
-        return self._engine.read_suffixes(torch.tensor(units, dtype=torch.long), starts, states, keep_outputs)
-
     def step(self, units: torch.Tensor, state: torch.Tensor, parents: torch.Tensor | None = None
              ) -> tuple[torch.Tensor, torch.Tensor]:
         """One batched step without autograd: unit i (N,) read after states[:, parents[i]] (after state row i when

@@ -13,7 +13,7 @@ geometric from 1 unit to the text's length (exclusive; the unchanged text is
 the last rung, d = n, change 0), duplicates dropped. The rungs share their
 filler prefix, whose states are read once per model and kept for every
 request (`FillerStates`); each rung reads only its kept text (the short ones
-side by side, `read_rungs`), and every word is scored on every rung in one
+as one batch of the fused layers, `read_rungs`), and every word is scored on every rung in one
 batched pass (see `rung_values`).
 
 Influence per unit comes from the ladder: the change between consecutive
@@ -41,18 +41,19 @@ from lm.infer.scoring import NEG, score_words_many
 from lm.infer.textcache import read_memory
 from lm.infer.word_gradients import target_logprobs
 
-__all__ = ["FILLER_STATES_BYTES", "OCCLUSION_TOLERANCE", "SIDE_BY_SIDE_UNITS", "FillerStates", "RungRead",
+__all__ = ["FILLER_STATES_BYTES", "OCCLUSION_TOLERANCE", "TOGETHER_UNITS", "FillerStates", "RungRead",
            "filler_states", "filler_states_bytes", "ladder", "read_rungs", "rung_values", "METHOD"]
 
 OCCLUSION_TOLERANCE = 0.1  # nats: a cut that moves log P by less than this leaves the prediction as it was
 # The most bytes one model's kept filler states may hold (the default 1 x 512 LSTM: 4 KB a unit, so 16,000 units);
 # a longer filler is read for its request alone.
 FILLER_STATES_BYTES = 64 * 2**20
-# Rungs keeping at most this many units are read side by side in cell steps, longer ones alone (`read_rungs`).
-# Measured on runs/base (2 cores, 5 texts x 3, median ms of occlusion): 24 / 10 / 6 units gave 53.1 / 50.4 / 49.1
-# at 20 words and 105.8 / 101.9 / 102.8 at 200 without the cache; 84.9 / 70.3 / 69.3 at 20 words and
-# 381.5 / 382.2 / 400.8 at 1,000 with it.
-SIDE_BY_SIDE_UNITS = 10
+# Rungs keeping at most this many units are read as one batch, longer ones alone (`read_rungs`). Measured on
+# runs/base (2 cores, 5 texts x 3, mean of median ms of occlusion) with 24 / 48 / 96 / every rung in the batch:
+# without the cache 49.0 / 47.2 / 45.6 / 48.2 at 20 words, 112.6 / 111.8 / 108.5 / 107.8 at 200 and
+# 337.6 / 299.4 / 299.6 / 337.6 at 1,000; with it 79.5 / 74.0 / 75.5 / 77.2, 171.1 / 162.8 / 168.0 / 172.3 and
+# 410.6 / 410.5 / 403.8 / 466.1.
+TOGETHER_UNITS = 48
 
 
 def ladder(n: int, rungs: int) -> list[int]:
@@ -159,44 +160,42 @@ class RungRead(NamedTuple):
 
 def read_rungs(predictor, along: torch.Tensor, filler: list[int], units: tuple[int, ...], distances: list[int],
                with_outputs: bool) -> list[RungRead]:
-    """Each rung's text, the units farther back than its distance replaced by filler, read from the kept filler
-    state where its own text begins (`along`, from `filler_states`); the filler part's outputs are those states'
-    top rows.
+    """Each rung's text, the units farther back than its distance replaced by filler, read with the model's fused
+    layers from a kept filler state (`along`, from `filler_states`); the filler part's outputs are those states' top
+    rows.
 
-    The rungs' texts end together. Those keeping at most SIDE_BY_SIDE_UNITS units are read side by side
-    (`Predictor.read_suffixes`: the longest one's length in batched cell steps); each longer one is read alone
-    with the fused layers, whose set-up (about 0.9 ms) a long read repays: a batched cell step of nine rows
-    costs about 0.25-0.5 ms against 0.055 ms a unit for a fused read (runs/base, 2 cores)."""
+    The rungs' texts end together. Those keeping at most TOGETHER_UNITS units are read as one batch, every row as
+    long as the longest of them: from the filler state where that one begins, each shorter rung reading filler
+    up to where its own text begins (what its kept state holds, to float32 rounding). Each longer rung is read
+    alone, from its own kept state. It assumes what makes this pay (runs/base, 2 cores): a fused read costs about
+    1 ms to set up and 0.07 ms a unit for one row, 0.13-0.16 ms a unit for two to eight rows, against 0.4-0.5 ms
+    for a cell step; so the short rungs of a geometric ladder cost one set-up and the longest one's length, and a
+    long rung's own length is not paid twice over."""
     n = len(units)
     hidden = predictor.model.config.hidden_dim
     starts = [n - distance for distance in distances]
-    together = [row for row, distance in enumerate(distances) if distance <= SIDE_BY_SIDE_UNITS]
+    reading = [row for row, distance in enumerate(distances) if distance > 0]
+    together = [row for row in reading if distances[row] <= TOGETHER_UNITS]
+    groups = ([together] if together else []) + [[row] for row in reading if distances[row] > TOGETHER_UNITS]
     finals: dict[int, torch.Tensor] = {}  # row -> (L, 1, S)
     own_outputs: dict[int, torch.Tensor] = {}  # row -> the rung's own outputs (distance, H)
-    if together:
-        chosen = [starts[row] for row in together]
-        starting = torch.cat([along[start] for start in chosen], dim=1)  # (L, R', S)
-        # (L, R', S), and (n - first, R', H) or None
-        state, outputs = predictor.read_suffixes(list(units), chosen, starting, with_outputs)
-        first = min(chosen)
-        for column, row in enumerate(together):
+    for group in groups:
+        begin = min(starts[row] for row in group)
+        ids = torch.tensor([[*filler[begin : starts[row]], *units[starts[row] :]] for row in group], dtype=torch.long)
+        outputs, state = predictor.model.features(ids, along[begin].expand(-1, len(group), -1).contiguous())
+        for column, row in enumerate(group):
             finals[row] = state[:, column : column + 1]
-            if with_outputs:
-                own_outputs[row] = outputs[starts[row] - first :, column]
-    for row, start in enumerate(starts):
-        if row in finals:
-            continue
-        kept = list(units[start:])
-        if with_outputs:
-            outputs, finals[row] = predictor.model.features(torch.tensor([kept], dtype=torch.long), along[start])
-            own_outputs[row] = outputs[0]
-        else:
-            finals[row] = predictor.read(kept, along[start])[0]
+            own_outputs[row] = outputs[column, starts[row] - begin :]
     reads = []
     for row, start in enumerate(starts):
         ids = [predictor.tokenizer.newline_id, *filler[:start], *units[start:]]
-        own = torch.cat([along[: start + 1, -1, 0, :hidden], own_outputs[row]]) if with_outputs else None
-        reads.append(RungRead(ids, finals[row], own))
+        state = finals.get(row, along[start])  # a rung of distance 0 is the filler alone
+        own = None
+        if with_outputs:
+            own = along[: start + 1, -1, 0, :hidden]
+            if row in own_outputs:
+                own = torch.cat([own, own_outputs[row]])
+        reads.append(RungRead(ids, state, own))
     return reads
 
 
@@ -206,7 +205,7 @@ def rung_values(ctx: MethodContext, distances: list[int], words: list[WordPredic
     The rungs share their filler, and so does every request: its states are
     read once per model and kept (`FillerStates`); each rung's kept text is
     read from the state where it begins (`read_rungs`: the work is the
-    longest short rung's length in batched steps plus each long rung's own
+    longest short rung's length in one batched read plus each long rung's own
     length, not R times the text).
 
     Without the text cache, the rungs that keep part of the text (d >= 1)
