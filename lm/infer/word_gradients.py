@@ -20,6 +20,7 @@ text), and the backward pass injects those at their positions.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
@@ -181,19 +182,45 @@ def path_logprobs(predictor: Predictor, states: torch.Tensor, first_logprobs: to
             steps.append(mix.after_paths(step_logits / temperature, states, level_states, levels, keys))
         offsets.append(offsets[-1] + len(keys))
         parents = level
-    if mix is None:  # every needed distribution at once, in the precision of first_logprobs: (M, V)
-        after = torch.log_softmax(torch.cat(steps).to(first_logprobs.dtype), dim=-1)
-    else:
-        after = torch.cat(steps)  # (M, V) float64 log-probabilities of the mixed distributions
+    scores = torch.cat(steps)  # (M, V): tempered logits, or with `mix` the mixed log-probabilities (float64)
+    rows = None if mix is not None else Normalised.of(scores)
     if later:
         node, unit, owner = (torch.tensor(column, dtype=torch.long) for column in
                              zip(*((offsets[depth - 1] + place, unit, path) for depth, place, unit, path in later)))
-        total = total.index_add(0, owner, after[node, unit])
+        picked = scores[node, unit] if rows is None else scores[node, unit].double() - rows.normalisers[node]
+        total = total.index_add(0, owner, picked.to(total.dtype))
     if bounded:
         node, owner = (torch.tensor(column, dtype=torch.long) for column in
                        zip(*((offsets[depth - 1] + place, path) for depth, place, path in bounded)))
-        total = total.index_add(0, owner, torch.logsumexp(after[node][:, ends], dim=-1))
+        if rows is None:
+            masses = torch.logsumexp(scores[node][:, ends], dim=-1)
+        else:  # the boundary units' share of each row's weights
+            masses = torch.log(rows.weights[node][:, ends].sum(dim=-1, dtype=torch.float64)) - rows.log_totals[node]
+        total = total.index_add(0, owner, masses.to(total.dtype))
     return total
+
+
+class Normalised(NamedTuple):
+    """Rows of scores (M, V) normalised as `Predictor._normalized` does the served rows: log P(u) = score[u] -
+    normalisers, all differentiable with respect to the scores.
+
+    `of` runs the exponentials in the scores' precision (each within an ulp,
+    below the scores' own rounding) and the sums in float64, so no (M, V)
+    float64 array is made: word paths of a few hundred rows over thousands of
+    units spent more converting and normalising whole rows in float64 than on
+    their model steps (occlusion at 20 words). The row maximum is a constant
+    for autograd: its gradient through the normaliser is exactly zero."""
+
+    weights: torch.Tensor  # (M, V): exp(score - the row's maximum), at most 1
+    log_totals: torch.Tensor  # (M,) float64: the log of each row's sum of weights
+    normalisers: torch.Tensor  # (M,) float64: the row's maximum plus log_totals
+
+    @staticmethod
+    def of(scores: torch.Tensor) -> "Normalised":
+        top = scores.detach().amax(dim=-1)  # (M,)
+        weights = torch.exp(scores - top[:, None])
+        log_totals = torch.log(weights.sum(dim=-1, dtype=torch.float64))
+        return Normalised(weights, log_totals, top.double() + log_totals)
 
 
 Spellings = list[tuple[tuple[int, ...], bool]]  # a target's unit paths, each with its boundary flag
@@ -225,26 +252,27 @@ def target_logprobs(predictor: Predictor, states: torch.Tensor, first_logprobs: 
         paths.extend(others)
         rows.extend([row] * len(others))
         owners.extend([index] * len(others))
-    values = path_logprobs(predictor, states, first_logprobs, rows, paths, ends, temperature, mix) if paths else None
-    # Per target: the log-sum of its path values (owners are grouped, in target order) and of its single units.
-    bounds, start = [], 0
-    for index in range(len(targets)):
-        end = start
-        while end < len(owners) and owners[end] == index:
-            end += 1
-        bounds.append((start, end))
-        start = end
-    totals = []
-    for (row, spellings), (start, end) in zip(targets, bounds):
-        single = split[id(spellings)][0]
-        parts = []
-        if single.numel():
-            parts.append(torch.logsumexp(first_logprobs[row, single], 0))
-        if end > start:
-            parts.append(torch.logsumexp(values[start:end], 0))
-        totals.append(parts[0] if len(parts) == 1 else torch.logsumexp(torch.stack(parts), 0) if parts
-                      else first_logprobs.new_tensor(float("-inf")))
-    return torch.stack(totals) if totals else first_logprobs.new_zeros(0)
+    if not targets:
+        return first_logprobs.new_zeros(0)
+    # Every term of every target: its one-unit spellings gathered from its row's first distribution, then its paths.
+    singles = [split[id(spellings)][0] for _, spellings in targets]
+    counts = torch.tensor([len(single) for single in singles], dtype=torch.long)
+    single_rows = torch.tensor([row for row, _ in targets], dtype=torch.long).repeat_interleave(counts)
+    terms = [first_logprobs[single_rows, torch.cat(singles)]]
+    term_owners = [torch.arange(len(targets)).repeat_interleave(counts)]
+    if paths:
+        terms.append(path_logprobs(predictor, states, first_logprobs, rows, paths, ends, temperature, mix))
+        term_owners.append(torch.tensor(owners, dtype=torch.long))
+    return _log_sums(torch.cat(terms), torch.cat(term_owners), len(targets))
+
+
+def _log_sums(values: torch.Tensor, owners: torch.Tensor, count: int) -> torch.Tensor:
+    """log sum exp of the values of each owner (count,), differentiable: one pass for every target, where a
+    log-sum-exp per target cost tens of small operations a call. An owner of no value (or only -inf) gets -inf."""
+    top = torch.full((count,), float("-inf"), dtype=values.dtype).scatter_reduce(0, owners, values.detach(), "amax")
+    top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))  # a constant for autograd, as in logsumexp
+    sums = values.new_zeros(count).index_add(0, owners, torch.exp(values - top[owners]))
+    return top + torch.log(sums)
 
 
 @dataclass
