@@ -111,7 +111,7 @@ class CacheExplainer:
         self.keys = memory.keys.double().numpy()  # (n, H)
         self.values = memory.values.numpy()
         self.hidden = reads.text_cache.hidden_dim
-        self.boundary_units = tuple(int(unit) for unit in np.flatnonzero(predictor.units.ends))
+        self.boundary_mask = predictor.units.ends  # (V,) bool: the units that begin with a boundary
         self.rows: dict[tuple[int, ...], CacheRow] = {}
         self.factors: dict[tuple[tuple[int, ...], tuple[int, ...]], tuple[np.ndarray, np.ndarray, float, float]] = {}
         self._required: _Curve | None = None
@@ -125,11 +125,10 @@ class CacheExplainer:
 
     def factor(self, prefix: tuple[int, ...], targets: tuple[int, ...] | None) -> tuple[np.ndarray, np.ndarray, float, float]:
         # Spellings share prefixes: each (row, targets) factor is computed once (targets None: the boundary units).
-        chosen = self.boundary_units if targets is None else targets
-        found = self.factors.get((prefix, chosen))
+        found = self.factors.get((prefix, targets))
         if found is None:
-            found = self.factors[(prefix, chosen)] = _factor(self.row(prefix), np.array(chosen, dtype=np.int64),
-                                                             self.values, self.size)
+            chosen = self.boundary_mask if targets is None else np.array(targets, dtype=np.int64)
+            found = self.factors[(prefix, targets)] = _factor(self.row(prefix), chosen, self.values, self.size)
         return found
 
     def required(self) -> _Curve:
@@ -294,11 +293,13 @@ def _paths_curve(paths: list[Path], factor, size: int) -> _Curve:
 
 def _factor(cache_row: CacheRow, targets: np.ndarray, values: np.ndarray, size: int
             ) -> tuple[np.ndarray, np.ndarray, float, float]:
-    """One row's factor for drawing one of `targets` (a unit, or the boundary units): its value with the last d
-    context entries for d = 0..size, (size + 1,); each entry's term C_ri at full memory, (size,); the spelling's own
-    keys' term; and the model's term (1 - weight) m(targets)."""
+    """One row's factor for drawing one of `targets` (units, or a boolean mask over the vocabulary: the boundary
+    units): its value with the last d context entries for d = 0..size, (size + 1,); each entry's term C_ri at full
+    memory, (size,); the spelling's own keys' term; and the model's term (1 - weight) m(targets)."""
     model = float(cache_row.model[targets].sum())
-    if len(targets) == 1:  # most factors: one unit of a spelling (np.isin sorts, for any number of targets)
+    if targets.dtype == np.bool_:  # a mask (the boundary units, thousands): membership is a lookup, not a sort
+        hit, own_hit = targets[values], targets[cache_row.own_values]
+    elif len(targets) == 1:  # most factors: one unit of a spelling (np.isin sorts, for any number of targets)
         hit, own_hit = values == targets[0], cache_row.own_values == targets[0]  # (size,): entries followed by it
     else:
         hit, own_hit = np.isin(values, targets), np.isin(cache_row.own_values, targets)
