@@ -12,7 +12,7 @@ from lm.__main__ import main as lm_main
 from lm.answers import attribution_answer, to_json
 from lm.infer.attribution import HOW, attribute
 from lm.infer.reach import reach_figures, unit_words, words_of
-from lm.infer.word_gradients import path_logprobs, prediction_gradients
+from lm.infer.word_gradients import path_logprobs, prediction_gradients, target_logprobs
 from lm.checkpoint import load_checkpoint
 from lm.infer.context_grad import trace_context
 from lm.infer.predictor import PredictionResult, Predictor
@@ -348,6 +348,35 @@ def test_one_unit_spellings_do_not_run_the_model(subword_predictor, monkeypatch)
     torch.testing.assert_close(values, first[torch.tensor(rows), torch.tensor([p[0][0] for p in paths])])
     (grad,) = torch.autograd.grad(values.sum(), state)
     assert torch.isfinite(grad).all()
+
+
+def test_target_logprobs_equal_the_log_sum_of_each_targets_paths(subword_predictor):
+    """Each target's log P is the log-sum over its spellings of their path values, in value and in gradient: one-unit
+    spellings gathered, longer ones through path_logprobs, a spellings list shared by two rows, a target with no
+    spelling at -inf."""
+    model = subword_predictor.model
+    ends = torch.from_numpy(subword_predictor.units.ends)
+    line = subword_predictor.tokenizer.newline_id
+    with torch.no_grad():
+        _, state = model(torch.tensor([[line, 40, 41], [line, 7, 9]]))  # (L, 2, S): two different contexts
+    shared = [((40,), False), ((41,), False), ((40, 41), True), ((123,), True)]
+    targets = [(0, shared), (1, shared), (1, [((7, 8), False), ((9,), False)]), (0, []), (1, [((), True)])]
+
+    def fresh():
+        states = state.clone().requires_grad_(True)
+        first = torch.log_softmax(model.output(states[-1, :, : model.config.hidden_dim]).double(), dim=-1)
+        return states, first
+
+    states, first = fresh()
+    got = target_logprobs(subword_predictor, states, first, targets, ends)
+    assert got.shape == (5,) and got[3] == float("-inf") and torch.isfinite(got[[0, 1, 2, 4]]).all()
+    (got_grad,) = torch.autograd.grad(got[[0, 1, 2, 4]].sum(), states)
+    states, first = fresh()
+    expected = torch.stack([torch.logsumexp(path_logprobs(subword_predictor, states, first, [row] * len(spellings),
+                                                          spellings, ends), 0) for row, spellings in targets if spellings])
+    (expected_grad,) = torch.autograd.grad(expected.sum(), states)
+    torch.testing.assert_close(got[[0, 1, 2, 4]], expected, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(got_grad, expected_grad, rtol=1e-6, atol=1e-8)
 
 
 # The continuous cache in the reach -------------------------------------------------------------------------------
