@@ -29,7 +29,7 @@ from lm.infer.context_grad import ContextTrace
 from lm.infer.predictor import PredictionResult, Predictor
 from lm.infer.textcache import Memory, cache_votes, mix_distributions
 
-__all__ = ["CacheMix", "WordSeeds", "path_logprobs", "prediction_gradients", "target_logprobs", "word_seeds"]
+__all__ = ["CacheMix", "Normalised", "WordSeeds", "path_logprobs", "prediction_gradients", "target_logprobs", "word_seeds"]
 
 
 class CacheMix:

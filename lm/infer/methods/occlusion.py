@@ -13,8 +13,8 @@ geometric from 1 unit to the text's length (exclusive; the unchanged text is
 the last rung, d = n, change 0), duplicates dropped. The rungs share their
 filler prefix, whose states are read once per model and kept for every
 request (`FillerStates`); each rung reads only its kept text (the short ones
-as one batch of the fused layers, `read_rungs`), and every word is scored on every rung in one
-batched pass (see `rung_values`).
+as one batch of the fused layers, `read_rungs`), and every word is scored on
+every rung in one batched pass (see `rung_values`).
 
 Influence per unit comes from the ladder: the change between consecutive
 rungs, |c(d_i) - c(d_(i+1))|, spread evenly over the units between them (at
