@@ -199,6 +199,9 @@ class SubwordTokenizer:
             else:
                 self._surface.append(self._sp.id_to_piece(unit).replace(_SPACE_MARK, " "))
                 self._byte.append(None)
+        # The bytes each unit covers in its line (a byte unit one; an unknown or control unit, one like a space).
+        self._widths = [1 if byte is not None else len((surface or " ").encode("utf-8"))
+                        for byte, surface in zip(self._byte, self._surface)]
 
     @classmethod
     def train(cls, text: str, vocab_size: int = 4000, model_type: str = "unigram") -> "SubwordTokenizer":
@@ -259,28 +262,33 @@ class SubwordTokenizer:
             return [], []
         ids = list(self._line_ids(line))
         data = line.encode("utf-8")
+        if len(data) == len(line):  # every character one byte: byte offsets are character offsets
+            return ids, self._spans(ids, len(data))
         # For every byte offset: the character holding that byte (span
         # starts) and the number of characters begun before it (span ends),
         # so that the bytes of one rare character each cover that character.
         # SentencePiece's dummy leading space is one byte that covers nothing.
-        first = [0] * (len(data) + 1)
-        until = [0] * (len(data) + 1)
-        position = 0
-        for index, char in enumerate(line):
-            width = len(char.encode("utf-8"))
-            for k in range(width):
-                first[position + k] = index
-                until[position + k + 1] = index + 1
-            position += width
-        first[len(data)] = len(line)
+        holder = [index for index, char in enumerate(line) for _ in range(1 if char < "\x80" else len(char.encode("utf-8")))]
+        first = holder + [len(line)]  # (bytes + 1,)
+        until = [0] + [index + 1 for index in holder]  # (bytes + 1,)
+        return ids, self._spans(ids, len(data), first.__getitem__, until.__getitem__)
+
+    def _spans(self, ids: list[int], size: int, first=None, until=None) -> list[tuple[int, int]]:
+        """Each unit's character span in a line of `size` bytes, from `first(byte)` (the character holding it) and
+        `until(byte)` (the characters begun before it); without them every character is one byte."""
         spans = []
         cursor = 0
+        widths = self._widths
         for unit in ids:
-            size = 1 if self._byte[unit] is not None else len((self._surface[unit] or " ").encode("utf-8"))
-            start, cursor = cursor, cursor + size
-            lo, hi = max(0, start - 1), min(len(data), max(0, cursor - 1))
-            spans.append((first[lo], max(first[lo], until[hi])))
-        return ids, spans
+            start = cursor
+            cursor += widths[unit]
+            lo, hi = max(0, start - 1), min(size, cursor - 1)
+            if first is None:
+                spans.append((lo, max(lo, hi)))
+            else:
+                begin = first(lo)
+                spans.append((begin, max(begin, until(hi))))
+        return spans
 
     def encode(self, text: str) -> list[int]:
         # The same ids as encode_with_offsets, without working out the spans (prediction encodes every request).
