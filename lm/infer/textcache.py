@@ -276,9 +276,11 @@ def cache_votes(settings: TextCacheConfig, queries: Tensor, memory: Memory, path
 def mix_distributions(settings: TextCacheConfig, scaled: Tensor, votes: Tensor, values: Tensor, sizes: Tensor) -> Tensor:
     """(1 - weight) p_model + weight p_cache (N, V) float64, from tempered logits (N, V), votes and their values
     (N, K) (see `cache_votes`), the weight for the number of keys each row sees, sizes (N,) (0: p_model)."""
-    # p_model as in Predictor._normalized (exponentials in the logits' precision, within an ulp), normalised in float64.
-    model = (scaled - scaled.amax(dim=-1, keepdim=True)).exp().double()
-    model = model / model.sum(dim=-1, keepdim=True)  # (N, V) p_model
-    cached = torch.zeros_like(model).scatter_add(1, values, votes)  # (N, V) p_cache
     weight = torch.from_numpy(settings.weights(sizes.numpy()))[:, None]  # (N, 1): 0 where no key is visible
-    return model * (1 - weight) + cached * weight
+    # p_model as in Predictor._normalized (exponentials in the logits' precision, within an ulp), normalised in float64;
+    # the row maximum is a constant (its gradient through the normaliser is zero). Each (N, V) float64 array costs
+    # its memory and a pass in both directions, so the weights are folded in and the votes added where they fall:
+    # two such arrays, not seven.
+    model = (scaled - scaled.detach().amax(dim=-1, keepdim=True)).exp().double()  # (N, V)
+    model = model * ((1 - weight) / model.sum(dim=-1, keepdim=True))  # (1 - weight) p_model
+    return model.scatter_add(1, values, votes * weight)  # + weight p_cache
