@@ -52,7 +52,7 @@ from corpora import normalize_line
 from lm.infer.context_grad import ContextTrace, ReadsTrace, backward_context, backward_reads, trace_context, trace_embeddings
 from lm.infer.engine import StepEngine
 from lm.infer.query import Cut, Query, keep_last_units, make_query
-from lm.infer.reads import ContextState, Reads, StepRows
+from lm.infer.reads import ContextState, Normalised, Reads, StepRows
 from lm.infer.scoring import NEG, Path, score_words
 from lm.infer.search import beam_search
 from lm.infer.textcache import Memory, TextCache, read_memory
@@ -425,18 +425,14 @@ class Predictor:
         float64 and log P(the next unit begins with a boundary) (N,) float64; log P(u) = scaled[u] - normaliser.
 
         The exponentials run in float32 (each within an ulp, below the logits'
-        own float32 rounding), the sums and the rest in float64. No (N, V)
-        float64 array is made here (see `Reads.logprobs`).
+        own float32 rounding), the sums and the rest in float64 (`Normalised`).
+        No (N, V) float64 array is kept (see `Reads.logprobs`).
         """
         raw = logits
         if temperature != 1.0:
             logits = logits / temperature
-        top = logits.amax(dim=-1, keepdim=True)
-        weights = (logits - top).exp_().double()
-        total = weights.sum(dim=-1)
-        normaliser = top[:, 0].double() + torch.log(total)
-        boundaries = torch.log((weights @ self.units.ends_mask) / total)
-        return StepRows(states, raw, logits.numpy(), normaliser.numpy(), boundaries.numpy())
+        rows = Normalised.of(logits)
+        return StepRows(states, raw, logits.numpy(), rows.normalisers.numpy(), rows.boundaries(self.units.ends_mask).numpy())
 
     def reads_after(self, context: ContextState, temperature: float = 1.0, text_cache: bool = True) -> Reads:
         """What the model has read after a context, holding only the context itself so far; it reads more

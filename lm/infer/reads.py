@@ -27,7 +27,7 @@ import torch
 if TYPE_CHECKING:
     from lm.infer.textcache import CachePath, Memory, TextCache
 
-__all__ = ["ContextState", "Read", "Reads", "StepRows"]
+__all__ = ["ContextState", "Normalised", "Read", "Reads", "StepRows"]
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,36 @@ class StepRows(NamedTuple):
     # (V,) int64: unit u's place j in `support` (support[j] == u); -1, or a place >= S, when u is not in it. Shared
     # with later rows of the same cache, whose supports extend this one (TextCache keeps it append-only).
     columns: np.ndarray | None = None
+
+
+class Normalised(NamedTuple):
+    """Rows of scores (M, V) (tempered logits) normalised: log P(u) = score[u] - normalisers, differentiable with
+    respect to the scores. The one normalisation of the served rows (`Predictor._normalized`), the word paths that
+    attribution differentiates (lm/infer/word_gradients.py) and the differentiable mixture with the text cache
+    (`textcache.mix_distributions`).
+
+    `of` runs the exponentials in the scores' precision (each within an ulp,
+    below the scores' own rounding) and the sums in float64, so no (M, V)
+    float64 array is made: word paths of a few hundred rows over thousands of
+    units spent more converting and normalising whole rows in float64 than on
+    their model steps (occlusion at 20 words). The row maximum is a constant
+    for autograd: its gradient through the normaliser is exactly zero."""
+
+    weights: torch.Tensor  # (M, V): exp(score - the row's maximum), at most 1, in the scores' precision
+    log_totals: torch.Tensor  # (M,) float64: the log of each row's sum of weights
+    normalisers: torch.Tensor  # (M,) float64: the row's maximum plus log_totals
+
+    @staticmethod
+    def of(scores: torch.Tensor) -> "Normalised":
+        top = scores.detach().amax(dim=-1)  # (M,)
+        weights = torch.exp(scores - top[:, None])
+        log_totals = torch.log(weights.sum(dim=-1, dtype=torch.float64))
+        return Normalised(weights, log_totals, top.double() + log_totals)
+
+    def boundaries(self, ends_mask: torch.Tensor, rows: torch.Tensor | slice = slice(None)) -> torch.Tensor:
+        """log P(the next unit begins with a boundary) (R,) float64 for the chosen rows; ends_mask (V,) float64 marks
+        those units (a product: gathering the masked columns costs several times more)."""
+        return torch.log(self.weights[rows].double() @ ends_mask) - self.log_totals[rows]
 
 
 # Reads a batch of units: (states (L, M, S), units (N,), parents (N,) into the M states) -> their rows.

@@ -48,7 +48,7 @@ import torch
 from torch import Tensor
 
 from lm.config import TextCacheConfig
-from lm.infer.reads import StepRows
+from lm.infer.reads import Normalised, StepRows
 
 __all__ = ["CachePath", "Memory", "TextCache", "cache_votes", "mix_distributions", "read_memory"]
 
@@ -277,10 +277,8 @@ def mix_distributions(settings: TextCacheConfig, scaled: Tensor, votes: Tensor, 
     """(1 - weight) p_model + weight p_cache (N, V) float64, from tempered logits (N, V), votes and their values
     (N, K) (see `cache_votes`), the weight for the number of keys each row sees, sizes (N,) (0: p_model)."""
     weight = torch.from_numpy(settings.weights(sizes.numpy()))[:, None]  # (N, 1): 0 where no key is visible
-    # p_model as in Predictor._normalized (exponentials in the logits' precision, within an ulp), normalised in float64;
-    # the row maximum is a constant (its gradient through the normaliser is zero). Each (N, V) float64 array costs
-    # its memory and a pass in both directions, so the weights are folded in and the votes added where they fall:
-    # two such arrays, not seven.
-    model = (scaled - scaled.detach().amax(dim=-1, keepdim=True)).exp().double()  # (N, V)
-    model = model * ((1 - weight) / model.sum(dim=-1, keepdim=True))  # (1 - weight) p_model
+    # p_model normalised as the served rows are (`Normalised`). Each (N, V) float64 array costs its memory and a pass
+    # in both directions, so the weights are folded in and the votes added where they fall: two such arrays, not seven.
+    rows = Normalised.of(scaled)
+    model = rows.weights.double() * ((1 - weight) / rows.log_totals.exp()[:, None])  # (1 - weight) p_model
     return model.scatter_add(1, values, votes * weight)  # + weight p_cache

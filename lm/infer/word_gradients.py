@@ -20,16 +20,16 @@ text), and the backward pass injects those at their positions.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
 
 import torch
 
 from lm.config import TextCacheConfig
 from lm.infer.context_grad import ContextTrace
 from lm.infer.predictor import PredictionResult, Predictor
+from lm.infer.reads import Normalised
 from lm.infer.textcache import Memory, cache_votes, mix_distributions
 
-__all__ = ["CacheMix", "Normalised", "WordSeeds", "path_logprobs", "prediction_gradients", "target_logprobs", "word_seeds"]
+__all__ = ["CacheMix", "WordSeeds", "path_logprobs", "prediction_gradients", "target_logprobs", "word_seeds"]
 
 
 class CacheMix:
@@ -194,33 +194,10 @@ def path_logprobs(predictor: Predictor, states: torch.Tensor, first_logprobs: to
                        zip(*((offsets[depth - 1] + place, path) for depth, place, path in bounded)))
         if rows is None:
             masses = torch.logsumexp(scores[node][:, ends], dim=-1)
-        else:  # the boundary units' share of each row's weights
-            masses = torch.log(rows.weights[node][:, ends].sum(dim=-1, dtype=torch.float64)) - rows.log_totals[node]
+        else:
+            masses = rows.boundaries(ends.double(), node)
         total = total.index_add(0, owner, masses.to(total.dtype))
     return total
-
-
-class Normalised(NamedTuple):
-    """Rows of scores (M, V) normalised as `Predictor._normalized` does the served rows: log P(u) = score[u] -
-    normalisers, all differentiable with respect to the scores.
-
-    `of` runs the exponentials in the scores' precision (each within an ulp,
-    below the scores' own rounding) and the sums in float64, so no (M, V)
-    float64 array is made: word paths of a few hundred rows over thousands of
-    units spent more converting and normalising whole rows in float64 than on
-    their model steps (occlusion at 20 words). The row maximum is a constant
-    for autograd: its gradient through the normaliser is exactly zero."""
-
-    weights: torch.Tensor  # (M, V): exp(score - the row's maximum), at most 1
-    log_totals: torch.Tensor  # (M,) float64: the log of each row's sum of weights
-    normalisers: torch.Tensor  # (M,) float64: the row's maximum plus log_totals
-
-    @staticmethod
-    def of(scores: torch.Tensor) -> "Normalised":
-        top = scores.detach().amax(dim=-1)  # (M,)
-        weights = torch.exp(scores - top[:, None])
-        log_totals = torch.log(weights.sum(dim=-1, dtype=torch.float64))
-        return Normalised(weights, log_totals, top.double() + log_totals)
 
 
 Spellings = list[tuple[tuple[int, ...], bool]]  # a target's unit paths, each with its boundary flag
