@@ -93,6 +93,14 @@ class Normalised(NamedTuple):
         return torch.log(self.weights[rows].double() @ ends_mask) - self.log_totals[rows]
 
 
+class ToRead(NamedTuple):
+    """What one batched step must read for a Reads (`Reads._to_read`)."""
+
+    missing: list[tuple[int, ...]]  # the sequences not read yet, each once
+    states: torch.Tensor | None  # (L, M, S): their distinct parents' states (None when nothing is missing)
+    parents: list[int]  # each missing sequence's parent among those M states
+
+
 # Reads a batch of units: (states (L, M, S), units (N,), parents (N,) into the M states) -> their rows.
 Stepper = Callable[[torch.Tensor, list[int], list[int]], StepRows]
 
@@ -149,9 +157,9 @@ class Reads:
 
     def read_all(self, sequences: list[tuple[int, ...]]) -> None:
         """Read every unit sequence not yet read (each one unit past a read one), in one batched step."""
-        missing, states, parents = self._to_read(sequences)
-        if missing:
-            self._store(missing, states, parents, self._step(states, [units[-1] for units in missing], parents))
+        pending = self._to_read(sequences)
+        if pending.missing:
+            self._store(pending, self._step(pending.states, [units[-1] for units in pending.missing], pending.parents))
 
     @staticmethod
     def read_together(reads: list["Reads"], sequences: list[list[tuple[int, ...]]]) -> None:
@@ -170,37 +178,38 @@ class Reads:
                 known.read_all(sequences[index])
         if not alike:
             return
-        plans = [(reads[index], *reads[index]._to_read(sequences[index])) for index in alike]
-        plans = [plan for plan in plans if plan[1]]  # (reads, missing, parent states, parents), with something to read
+        plans = [(reads[index], reads[index]._to_read(sequences[index])) for index in alike]
+        plans = [(known, pending) for known, pending in plans if pending.missing]  # those with something to read
         if not plans:
             return
         offsets, units, parents, start = [], [], [], 0
-        for _, missing, states, own_parents in plans:
+        for _, pending in plans:
             offsets.append(len(units))
-            units.extend(sequence[-1] for sequence in missing)
-            parents.extend(start + parent for parent in own_parents)
-            start += states.size(1)
-        rows = plans[0][0]._step(torch.cat([states for _, _, states, _ in plans], dim=1), units, parents)
-        for (known, missing, states, own_parents), offset in zip(plans, offsets):
-            part = slice(offset, offset + len(missing))
+            units.extend(sequence[-1] for sequence in pending.missing)
+            parents.extend(start + parent for parent in pending.parents)
+            start += pending.states.size(1)
+        rows = plans[0][0]._step(torch.cat([pending.states for _, pending in plans], dim=1), units, parents)
+        for (known, pending), offset in zip(plans, offsets):
+            part = slice(offset, offset + len(pending.missing))
             own = StepRows(rows.states[:, part], rows.logits[part], rows.scaled[part], rows.normalisers[part],
                            rows.boundaries[part])
-            known._store(missing, states, own_parents, own)
+            known._store(pending, own)
 
-    def _to_read(self, sequences: list[tuple[int, ...]]) -> tuple[list[tuple[int, ...]], torch.Tensor | None, list[int]]:
+    def _to_read(self, sequences: list[tuple[int, ...]]) -> ToRead:
         """The sequences not read yet (each once), their distinct parents' states stacked (L, M, S), and each one's
         parent among them."""
         missing = list(dict.fromkeys(units for units in sequences if units not in self._after))
         if not missing:
-            return missing, None, []
+            return ToRead(missing, None, [])
         # Many sequences continue the same one (the beam's first step: all of them): each distinct state is
         # stacked once and the step's recurrent products run once per state (StepEngine.step's parents).
         slots: dict[tuple[int, ...], int] = {}
         parents = [slots.setdefault(units[:-1], len(slots)) for units in missing]
-        return missing, torch.stack([self.state(units) for units in slots], dim=1), parents
+        return ToRead(missing, torch.stack([self.state(units) for units in slots], dim=1), parents)
 
-    def _store(self, missing: list[tuple[int, ...]], states: torch.Tensor, parents: list[int], rows: StepRows) -> None:
-        """Keep the rows read for `missing` from the parent `states`, mixed with the text cache when there is one."""
+    def _store(self, pending: ToRead, rows: StepRows) -> None:
+        """Keep the rows read for `pending.missing` from its parent states, mixed with the text cache when there is one."""
+        missing, states, parents = pending.missing, pending.states, pending.parents
         if self.text_cache is not None:  # each new sequence's path: its parent's, and the parent's output followed by its unit
             keys = states[-1, parents, : self.text_cache.hidden_dim].numpy()  # (N, H)
             paths = self.text_cache.extend([self._paths[units[:-1]] for units in missing], keys, [units[-1] for units in missing])
