@@ -305,13 +305,16 @@ def test_path_logprobs_equal_a_path_by_path_sum(subword_predictor, monkeypatch):
         return state, first
 
     state, first = fresh()
-    stepped, step = [], subword_predictor.differentiable_step
-    monkeypatch.setattr(subword_predictor, "differentiable_step",
-                        lambda ids, *args, **kwargs: (stepped.append(ids.tolist()), step(ids, *args, **kwargs))[1])
+    stepped, cells, outputs = [], subword_predictor.differentiable_cells, subword_predictor.output_from_state
+    monkeypatch.setattr(subword_predictor, "differentiable_cells",
+                        lambda ids, *args, **kwargs: (stepped.append(ids.tolist()), cells(ids, *args, **kwargs))[1])
+    monkeypatch.setattr(subword_predictor, "output_from_state",
+                        lambda state, **kwargs: (stepped.append(state.size(1)), outputs(state, **kwargs))[1])
     gathered = path_logprobs(subword_predictor, state, first, path_rows, paths, ends)
     monkeypatch.undo()
-    # One step per distinct prefix whose distribution is used: row 1's (a), (a, b), (a, b, c) and row 0's (b).
-    assert stepped == [[a, b], [b], [c]]
+    # One cell step per distinct prefix whose distribution is used: row 1's (a), (a, b), (a, b, c) and row 0's (b),
+    # a depth at a time; then one output product for all four.
+    assert stepped == [[a, b], [b], [c], 4]
     (gathered_grad,) = torch.autograd.grad(gathered.sum(), state)
 
     state, first = fresh()
@@ -334,8 +337,10 @@ def test_path_logprobs_equal_a_path_by_path_sum(subword_predictor, monkeypatch):
 def test_one_unit_spellings_do_not_run_the_model(subword_predictor, monkeypatch):
     """A required space has a spelling per unit that begins with one: those must cost no model pass."""
     calls = []
-    step = subword_predictor.differentiable_step
-    monkeypatch.setattr(subword_predictor, "differentiable_step", lambda *args, **kwargs: (calls.append(args), step(*args, **kwargs))[1])
+    for name in ("differentiable_step", "differentiable_cells", "output_from_state"):
+        method = getattr(subword_predictor, name)
+        monkeypatch.setattr(subword_predictor, name,
+                            lambda *args, method=method, **kwargs: (calls.append(args), method(*args, **kwargs))[1])
     model = subword_predictor.model
     ends = torch.from_numpy(subword_predictor.units.ends)
     state = model.init_state(3).requires_grad_(True)

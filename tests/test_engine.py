@@ -59,6 +59,14 @@ def test_a_step_from_shared_parents_equals_one_from_each_childs_own_copy(cell, t
     (reference,) = torch.autograd.grad(reference_logits.sum() + reference_state.sum(), start)
     torch.testing.assert_close(logits, reference_logits, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(grad, reference, rtol=1e-4, atol=1e-5)
+    # The cells alone (no output layer): the same state, and the state's own gradient.
+    start = parents_state.clone().requires_grad_(True)
+    cells = engine.differentiable_cells(ids, start, parents=parents)
+    torch.testing.assert_close(cells, reference_state, rtol=1e-5, atol=1e-6)
+    (grad,) = torch.autograd.grad(cells.sum(), start)
+    start = parents_state.clone().requires_grad_(True)
+    (reference,) = torch.autograd.grad(model.step(ids, start[:, parents])[1].sum(), start)
+    torch.testing.assert_close(grad, reference, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("cell", ["rnn_relu", "lstm", "gru"])

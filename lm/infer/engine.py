@@ -18,9 +18,9 @@ and version counter with those they were made from.
 
 Two numerical modes, each its own method:
 - `step` / `read_steps`: inference, no autograd at all;
-- `differentiable_step`: the same products with autograd for their inputs
-  alone (the weights constants), so gradients reach the states but never
-  the weights: what attribution needs.
+- `differentiable_step` / `differentiable_cells`: the same products with
+  autograd for their inputs alone (the weights constants), so gradients
+  reach the states but never the weights: what attribution needs.
 
 Assumes: the model is in evaluation mode (no dropout), float32, on the CPU.
 The equations themselves are the cell family's (`lm/cells`); the portable
@@ -70,8 +70,13 @@ class StepEngine:
     def differentiable_step(self, ids: Tensor, state: Tensor, parents: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """`step` with autograd for the state: gradients reach `state` (and nothing else; the weights and the
         input table are constants). Call with gradients enabled."""
-        new_state = self._cell_step(state, True, ids=ids, parents=parents)
+        new_state = self.differentiable_cells(ids, state, parents)
         return self.output(new_state[-1, :, : self.model.config.hidden_dim], differentiable=True), new_state
+
+    def differentiable_cells(self, ids: Tensor, state: Tensor, parents: Tensor | None = None) -> Tensor:
+        """`differentiable_step`'s new state alone, without the output layer: for callers that need no logits
+        after this step, or that put many steps' states through the output layer in one product."""
+        return self._cell_step(state, True, ids=ids, parents=parents)
 
     def read_steps(self, ids: Tensor, state: Tensor) -> Tensor:
         """The state (L, N, S) after reading ids (N, T) one cell step at a time, without autograd.

@@ -142,9 +142,9 @@ class Predictor:
 
     What attribution, generation, accuracy and the lab need from the model's
     steps goes through the methods of "Reading for others" (`zero_state`,
-    `read`, `read_states`, `step`, `trace`, `differentiable_step`, `output_from_state`,
-    `backward`); `step_engine` is the engine itself, for benchmarks that time
-    its parts.
+    `read`, `read_states`, `step`, `trace`, `differentiable_step`,
+    `differentiable_cells`, `output_from_state`, `backward`); `step_engine`
+    is the engine itself, for benchmarks that time its parts.
     """
 
     def __init__(self, model: RNNLanguageModel, tokenizer: Tokenizer, prefix_cache_size: int = 64,
@@ -218,6 +218,11 @@ class Predictor:
                             ) -> tuple[torch.Tensor, torch.Tensor]:
         """`step` with gradients flowing to `state` (not to the parameters): the logits (N, V) and new states."""
         return self._engine.differentiable_step(units, state, parents=parents)
+
+    def differentiable_cells(self, units: torch.Tensor, state: torch.Tensor, parents: torch.Tensor | None = None
+                             ) -> torch.Tensor:
+        """`differentiable_step`'s new states (L, N, S) alone: no output layer."""
+        return self._engine.differentiable_cells(units, state, parents=parents)
 
     def output_from_state(self, state: torch.Tensor, differentiable: bool = False) -> torch.Tensor:
         """The logits (N, V) after states (L, N, S): the output layer on the top layer's h; `differentiable` keeps

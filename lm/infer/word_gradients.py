@@ -57,21 +57,20 @@ class CacheMix:
         self.products: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
 
     def logprobs(self, scaled: torch.Tensor, queries: torch.Tensor, path_keys: torch.Tensor, path_values: torch.Tensor,
-                 rows: torch.Tensor) -> torch.Tensor:
-        """log of the mixed distributions (M, V) float64 after M paths of one length d: tempered logits (M, V),
-        queries (M, H), each path's keys (M, d, H) and values (M, d), and each path's row (M,)."""
-        depth = path_values.size(1)
+                 depths: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """log of the mixed distributions (M, V) float64 after M paths: tempered logits (M, V), queries (M, H), each
+        path's keys (M, D, H) and values (M, D) of which row i's first depths[i] (M,) are its own, and each path's
+        row (M,)."""
         reads = self.row_read[rows]
         pieces, order = [], []
         for read in torch.unique(reads).tolist():
             chosen = torch.nonzero(reads == read)[:, 0]
-            count = len(chosen)
             keys = self.keys[read]  # (n, H), shared by the read's rows
             products = queries[chosen] @ keys.T  # (count, n)
             self.products.append((products, queries[chosen].detach(), rows[chosen]))
             votes, values = cache_votes(self.settings, queries[chosen], Memory(keys, self.values), path_keys[chosen],
-                                        path_values[chosen], torch.full((count,), depth), context_products=products)
-            sizes = torch.full((count,), min(depth + len(self.values), self.settings.window))  # the keys each row sees
+                                        path_values[chosen], depths[chosen], context_products=products)
+            sizes = torch.clamp(depths[chosen] + len(self.values), max=self.settings.window)  # the keys each row sees
             pieces.append(torch.log(mix_distributions(self.settings, scaled[chosen], votes, values, sizes)))
             order.append(chosen)
         return torch.cat(pieces)[torch.argsort(torch.cat(order))]
@@ -101,22 +100,31 @@ class CacheMix:
         count = states.size(1)
         queries = states[-1, :, : self.hidden]  # (rows, H)
         return self.logprobs(scaled, queries, queries.new_zeros(count, 0, self.hidden),
-                             torch.zeros(count, 0, dtype=torch.long), torch.arange(count))
+                             torch.zeros(count, 0, dtype=torch.long), torch.zeros(count, dtype=torch.long),
+                             torch.arange(count))
 
-    def after_paths(self, scaled: torch.Tensor, states: torch.Tensor, level_states: list[torch.Tensor],
-                    levels: list[dict], keys: list[tuple[int, tuple[int, ...]]]) -> torch.Tensor:
-        """The mixed log-probabilities after the prefixes `keys` ((row, prefix) of one length d, in the order of
-        level_states[d - 1]); states (L, rows, S) after the context, level_states[j - 1] after the prefixes of
-        length j (`levels[j - 1]` says where). A path's keys are the outputs before each of its units."""
-        depth = len(keys[0][1])
-        rows = torch.tensor([row for row, _ in keys], dtype=torch.long)
-        columns = [states[-1, rows, : self.hidden]]  # the context's last output, followed by each prefix's first unit
-        for length in range(1, depth):
-            places = torch.tensor([levels[length - 1][(row, prefix[:length])] for row, prefix in keys], dtype=torch.long)
-            columns.append(level_states[length - 1][-1, places, : self.hidden])
-        path_keys = torch.stack(columns, dim=1)  # (M, d, H)
-        path_values = torch.tensor([prefix for _, prefix in keys], dtype=torch.long)  # (M, d)
-        return self.logprobs(scaled, level_states[depth - 1][-1, :, : self.hidden], path_keys, path_values, rows)
+    def after_paths(self, scaled: torch.Tensor, states: torch.Tensor, path_states: torch.Tensor, levels: list[dict],
+                    offsets: list[int]) -> torch.Tensor:
+        """The mixed log-probabilities (M, V) after every prefix of `levels` (levels[d - 1] maps (row, prefix of
+        length d) to its place among that depth's prefixes), in the order of path_states (L, M, S): depth by depth,
+        depth d's from offsets[d - 1]; states (L, rows, S) after the context. A path's keys are the outputs before
+        each of its units: the context's last, then its own prefixes'; its values, its units."""
+        outputs = torch.cat([states[-1, :, : self.hidden], path_states[-1, :, : self.hidden]])  # (rows + M, H)
+        first_path = states.size(1)  # where path_states' outputs begin in `outputs`
+        longest = len(levels)
+        places, values, depths, rows = [], [], [], []
+        for depth, level in enumerate(levels, start=1):
+            for row, prefix in level:  # in place order
+                keys = [row] + [first_path + offsets[length - 1] + levels[length - 1][(row, prefix[:length])]
+                                for length in range(1, depth)]
+                places.append(keys + [0] * (longest - depth))  # padding, hidden by the depth
+                values.append(list(prefix) + [0] * (longest - depth))
+                depths.append(depth)
+                rows.append(row)
+        path_keys = outputs[torch.tensor(places, dtype=torch.long)]  # (M, D, H)
+        return self.logprobs(scaled, path_states[-1, :, : self.hidden], path_keys,
+                             torch.tensor(values, dtype=torch.long), torch.tensor(depths, dtype=torch.long),
+                             torch.tensor(rows, dtype=torch.long))
 
 
 def path_logprobs(predictor: Predictor, states: torch.Tensor, first_logprobs: torch.Tensor, rows: list[int],
@@ -129,7 +137,7 @@ def path_logprobs(predictor: Predictor, states: torch.Tensor, first_logprobs: to
     passes the model's float32: these values only seed gradients; exact scoring reports the figures).
     With `mix` (the continuous cache), every distribution after a path's first unit is the mixed one,
     its keys the context's and the path's own (differentiable too); first_logprobs is then mixed already. The steps
-    are `predictor.differentiable_step`s.
+    are `predictor.differentiable_cells`, then one `output_from_state` for them all.
 
     Every term is gathered at once (one autograd node per kind of term: a
     required space alone can have thousands of one-unit spellings), and the
@@ -165,8 +173,10 @@ def path_logprobs(predictor: Predictor, states: torch.Tensor, first_logprobs: to
                 bounded.append((depth, place, path))
     if not levels:
         return total
-    # Paths are a few units long: single cell steps beat the fused layers' set-up, forward and backward.
-    steps, offsets, state, parents, level_states = [], [0], states, None, []
+    # Paths are a few units long: single cell steps beat the fused layers' set-up, forward and backward. The cells
+    # step one depth at a time; the output layer (and the cache's mixture) then runs once over every depth's states:
+    # one product each way and one normalisation, where a step per depth made as many, each with its fixed costs.
+    level_states, parents = [], None
     for depth, level in enumerate(levels, start=1):
         keys = list(level)  # in place order
         if depth == 1:
@@ -174,15 +184,16 @@ def path_logprobs(predictor: Predictor, states: torch.Tensor, first_logprobs: to
         else:
             source = torch.tensor([parents[(row, prefix[:-1])] for row, prefix in keys], dtype=torch.long)
         units = torch.tensor([prefix[-1] for _, prefix in keys], dtype=torch.long)
-        step_logits, state = predictor.differentiable_step(units, state, parents=source)  # (M_d, V)
-        level_states.append(state)
-        if mix is None:
-            steps.append(step_logits / temperature)  # temperature scales every step
-        else:
-            steps.append(mix.after_paths(step_logits / temperature, states, level_states, levels, keys))
-        offsets.append(offsets[-1] + len(keys))
+        level_states.append(predictor.differentiable_cells(units, level_states[-1] if level_states else states,
+                                                           parents=source))  # (L, M_d, S)
         parents = level
-    scores = torch.cat(steps)  # (M, V): tempered logits, or with `mix` the mixed log-probabilities (float64)
+    offsets = [0]
+    for level in levels:
+        offsets.append(offsets[-1] + len(level))
+    path_states = torch.cat(level_states, dim=1)  # (L, M, S): every depth's, in level and place order
+    scaled = predictor.output_from_state(path_states, differentiable=True) / temperature  # temperature scales every step
+    # (M, V): tempered logits, or with `mix` the mixed log-probabilities (float64)
+    scores = scaled if mix is None else mix.after_paths(scaled, states, path_states, levels, offsets)
     rows = None if mix is not None else Normalised.of(scores)
     if later:
         node, unit, owner = (torch.tensor(column, dtype=torch.long) for column in

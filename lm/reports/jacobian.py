@@ -27,7 +27,7 @@ def hidden_jacobian_norms(predictor: Predictor, text: str, probes: int = 8, seed
     random vector v, one backward pass of v . h_T gives v^T J_d for every d
     at once, and E ||v^T J_d||^2 = ||J_d||_F^2; `probes` vectors run side by
     side as a batch. The recurrence is stepped one unit at a time
-    (`Predictor.differentiable_step`) so that each intermediate state can be
+    (`Predictor.differentiable_cells`: no output layer) so that each intermediate state can be
     differentiated.
     """
     tokenizer = predictor.tokenizer
@@ -42,7 +42,7 @@ def hidden_jacobian_norms(predictor: Predictor, text: str, probes: int = 8, seed
             tap = torch.zeros_like(state, requires_grad=True)  # d(v . h_T)/d tap_t = v^T d h_T / d h_t
             state = state + tap
             taps.append(tap)
-            _, state = predictor.differentiable_step(torch.full((probes,), unit, dtype=torch.long), state)
+            state = predictor.differentiable_cells(torch.full((probes,), unit, dtype=torch.long), state)
         v = torch.randn(state.shape, generator=generator, dtype=state.dtype)
         grads = torch.autograd.grad((state * v).sum(), taps, allow_unused=True)
     norms = []

@@ -18,7 +18,7 @@ The contract, for a module `lm/infer/methods/<name>.py`:
 
 `compute` gets one `MethodContext` per attributed text:
 - `ctx.predictor`: the Predictor (its public reading methods: `trace`,
-  `backward`, `differentiable_step`, `output_from_state`, `context_from`,
+  `backward`, `differentiable_step`, `differentiable_cells`, `output_from_state`, `context_from`,
   `reads_after`, `score_word` ...; `predictor.model`, `predictor.tokenizer`);
 - `ctx.trace`: the one read of the text that the prediction used
   (lm/infer/context_grad.py ContextTrace: `ids` (n + 1,) with the leading
