@@ -29,7 +29,7 @@ from lm.infer.predictor import PredictionResult, Predictor
 from lm.infer.reads import Normalised
 from lm.infer.textcache import Memory, cache_votes, mix_distributions
 
-__all__ = ["CacheMix", "WordSeeds", "path_logprobs", "prediction_gradients", "target_logprobs", "word_seeds"]
+__all__ = ["CacheMix", "WordSeeds", "boundary_logprobs", "path_logprobs", "prediction_gradients", "target_logprobs", "word_seeds"]
 
 
 class CacheMix:
@@ -62,29 +62,25 @@ class CacheMix:
         path's keys (M, D, H) and values (M, D) of which row i's first depths[i] (M,) are its own, and each path's
         row (M,).
 
-        The rows are put in order of their read once, and each read's run is a slice of one `torch.split`: picking
-        each read's rows by index instead made autograd fill a zero tensor the size of every input per read (17 reads
-        of integrated gradients: a third of a served short prompt's time)."""
+        Only the products with the context's keys differ by read (each read has its own keys; their values, the
+        text's units, are the same): they are made a read at a time, and the votes and the mixture then run once
+        for every row. A pass per read picked each read's rows by index, and autograd filled a zero tensor the
+        size of every input per read (integrated gradients' 17 reads: a third of a served short prompt's time)."""
         reads = self.row_read[rows]
-        order = torch.argsort(reads, stable=True)
-        grouped = bool((order == torch.arange(len(order))).all())
-        if not grouped:
-            scaled, queries, path_keys, path_values, depths, rows, reads = (
-                x[order] for x in (scaled, queries, path_keys, path_values, depths, rows, reads))
-        runs, counts = torch.unique_consecutive(reads, return_counts=True)
-        sizes = counts.tolist()
-        pieces = []
-        for read, scaled_run, queries_run, keys_run, values_run, depths_run, rows_run in zip(
-                runs.tolist(), *(torch.split(x, sizes) for x in (scaled, queries, path_keys, path_values, depths, rows))):
-            keys = self.keys[read]  # (n, H), shared by the read's rows
-            products = queries_run @ keys.T  # (count, n)
-            self.products.append((products, queries_run.detach(), rows_run))
-            votes, values = cache_votes(self.settings, queries_run, Memory(keys, self.values), keys_run, values_run,
-                                        depths_run, context_products=products)
-            seen = torch.clamp(depths_run + len(self.values), max=self.settings.window)  # the keys each row sees
-            pieces.append(torch.log(mix_distributions(self.settings, scaled_run, votes, values, seen)))
-        mixed = torch.cat(pieces)
-        return mixed if grouped else mixed[torch.argsort(order)]
+        if self.keys.size(0) == 1:
+            products = queries @ self.keys[0].T  # (M, n)
+        else:
+            order = torch.argsort(reads, stable=True)
+            runs, counts = torch.unique_consecutive(reads[order], return_counts=True)
+            parts = [part @ self.keys[read].T
+                     for read, part in zip(runs.tolist(), torch.split(queries.index_select(0, order), counts.tolist()))]
+            products = torch.cat(parts).index_select(0, torch.argsort(order))  # (M, n), in the rows' order
+        self.products.append((products, queries.detach(), rows))
+        # The keys themselves are not read when the products are given: any read's stand in for the Memory.
+        votes, values = cache_votes(self.settings, queries, Memory(self.keys[0], self.values), path_keys, path_values,
+                                    depths, context_products=products)
+        seen = torch.clamp(depths + len(self.values), max=self.settings.window)  # the keys each row sees
+        return torch.log(mix_distributions(self.settings, scaled, votes, values, seen))
 
     def key_gradients(self, product_grads: list[torch.Tensor | None], into: torch.Tensor,
                       places: list[tuple[int, slice]]) -> None:
@@ -114,28 +110,26 @@ class CacheMix:
                              torch.zeros(count, 0, dtype=torch.long), torch.zeros(count, dtype=torch.long),
                              torch.arange(count))
 
-    def after_paths(self, scaled: torch.Tensor, states: torch.Tensor, path_states: torch.Tensor, levels: list[dict],
-                    offsets: list[int]) -> torch.Tensor:
-        """The mixed log-probabilities (M, V) after every prefix of `levels` (levels[d - 1] maps (row, prefix of
-        length d) to its place among that depth's prefixes), in the order of path_states (L, M, S): depth by depth,
-        depth d's from offsets[d - 1]; states (L, rows, S) after the context. A path's keys are the outputs before
-        each of its units: the context's last, then its own prefixes'; its values, its units."""
+    def after_paths(self, scaled: torch.Tensor, states: torch.Tensor, path_states: torch.Tensor,
+                    nodes: list[tuple[int, tuple[int, ...]]], where: dict[tuple[int, tuple[int, ...]], int]) -> torch.Tensor:
+        """The mixed log-probabilities (M, V) after each prefix `nodes` (row, prefix), whose states are path_states
+        (L, M, S) in that order; where[(row, prefix)]: a prefix's place among them (every shorter prefix of a node is
+        one); states (L, rows, S) after the context. A path's keys are the outputs before each of its units: the
+        context's last, then its own prefixes'; its values, its units."""
         outputs = torch.cat([states[-1, :, : self.hidden], path_states[-1, :, : self.hidden]])  # (rows + M, H)
         first_path = states.size(1)  # where path_states' outputs begin in `outputs`
-        longest = len(levels)
-        places, values, depths, rows = [], [], [], []
-        for depth, level in enumerate(levels, start=1):
-            for row, prefix in level:  # in place order
-                keys = [row] + [first_path + offsets[length - 1] + levels[length - 1][(row, prefix[:length])]
-                                for length in range(1, depth)]
-                places.append(keys + [0] * (longest - depth))  # padding, hidden by the depth
-                values.append(list(prefix) + [0] * (longest - depth))
-                depths.append(depth)
-                rows.append(row)
-        path_keys = outputs[torch.tensor(places, dtype=torch.long)]  # (M, D, H)
+        longest = max(len(prefix) for _, prefix in nodes)
+        places, values = [], []
+        for row, prefix in nodes:
+            depth = len(prefix)
+            keys = [row] + [first_path + where[(row, prefix[:length])] for length in range(1, depth)]
+            places.extend(keys + [0] * (longest - depth))  # padding, hidden by the depth
+            values.append(list(prefix) + [0] * (longest - depth))
+        path_keys = outputs.index_select(0, torch.tensor(places, dtype=torch.long)).view(len(nodes), longest, -1)
         return self.logprobs(scaled, path_states[-1, :, : self.hidden], path_keys,
-                             torch.tensor(values, dtype=torch.long), torch.tensor(depths, dtype=torch.long),
-                             torch.tensor(rows, dtype=torch.long))
+                             torch.tensor(values, dtype=torch.long),
+                             torch.tensor([len(prefix) for _, prefix in nodes], dtype=torch.long),
+                             torch.tensor([row for row, _ in nodes], dtype=torch.long))
 
 
 def path_logprobs(predictor: Predictor, states: torch.Tensor, first_logprobs: torch.Tensor, rows: list[int],
@@ -166,8 +160,9 @@ def path_logprobs(predictor: Predictor, states: torch.Tensor, first_logprobs: to
     starts = torch.tensor([units[0] if units else 0 for units, _ in paths], dtype=torch.long)
     zeros = first_logprobs.new_zeros(count)
     total = torch.where(has_units, first_logprobs[row_index, starts], zeros)  # gathers P numbers, copies no rows
-    ends_first = torch.logsumexp(first_logprobs[:, ends], dim=-1)[row_index]  # (P,): a boundary straight after the context
-    total = total + torch.where(flagged & ~has_units, ends_first, zeros)
+    straight = flagged & ~has_units  # a boundary straight after the context
+    if straight.any():
+        total = total + torch.where(straight, boundary_logprobs(first_logprobs, ends)[row_index].to(total.dtype), zeros)
     # The trie of prefixes that need the distribution after them: levels[d - 1] maps (row, prefix of length d)
     # to its place in that level's step.
     levels: list[dict[tuple[int, tuple[int, ...]], int]] = []
@@ -202,9 +197,10 @@ def path_logprobs(predictor: Predictor, states: torch.Tensor, first_logprobs: to
     for level in levels:
         offsets.append(offsets[-1] + len(level))
     path_states = torch.cat(level_states, dim=1)  # (L, M, S): every depth's, in level and place order
-    scaled = predictor.output_from_state(path_states, differentiable=True) / temperature  # temperature scales every step
-    # (M, V): tempered logits, or with `mix` the mixed log-probabilities (float64)
-    scores = scaled if mix is None else mix.after_paths(scaled, states, path_states, levels, offsets)
+    scores = predictor.output_from_state(path_states, differentiable=True) / temperature  # temperature scales every step
+    if mix is not None:  # the mixed log-probabilities (M, V) float64 instead of the tempered logits
+        nodes = [key for level in levels for key in level]
+        scores = mix.after_paths(scores, states, path_states, nodes, {key: node for node, key in enumerate(nodes)})
     rows = None if mix is not None else Normalised.of(scores)
     if later:
         node, unit, owner = (torch.tensor(column, dtype=torch.long) for column in
@@ -215,7 +211,7 @@ def path_logprobs(predictor: Predictor, states: torch.Tensor, first_logprobs: to
         node, owner = (torch.tensor(column, dtype=torch.long) for column in
                        zip(*((offsets[depth - 1] + place, path) for depth, place, path in bounded)))
         if rows is None:
-            masses = torch.logsumexp(scores[node][:, ends], dim=-1)
+            masses = boundary_logprobs(scores, ends)[node]
         else:
             masses = rows.boundaries(ends.double(), node)
         total = total.index_add(0, owner, masses.to(total.dtype))
@@ -253,16 +249,36 @@ def target_logprobs(predictor: Predictor, states: torch.Tensor, first_logprobs: 
         owners.extend([index] * len(others))
     if not targets:
         return first_logprobs.new_zeros(0)
-    # Every term of every target: its one-unit spellings gathered from its row's first distribution, then its paths.
-    singles = [split[id(spellings)][0] for _, spellings in targets]
-    counts = torch.tensor([len(single) for single in singles], dtype=torch.long)
-    single_rows = torch.tensor([row for row, _ in targets], dtype=torch.long).repeat_interleave(counts)
-    terms = [first_logprobs[single_rows, torch.cat(singles)]]
-    term_owners = [torch.arange(len(targets)).repeat_interleave(counts)]
+    # Every term of every target: the probability of its one-unit spellings, then its paths. The one-unit spellings
+    # of a list are a mask over the units, so each row's sum over them is one product, (rows, V) x (V, lists):
+    # gathering them one by one (thousands a row) cost a scatter of each in the backward pass.
+    lists = {key: place for place, key in enumerate(key for key, (units, _) in split.items() if len(units))}
+    terms, term_owners = [], []
+    if lists:
+        masks = first_logprobs.new_zeros(first_logprobs.size(1), len(lists), dtype=torch.float64)
+        for key, place in lists.items():  # a unit listed twice counts twice, as two terms would
+            units = split[key][0]
+            masks.index_put_((units, torch.full_like(units, place)), torch.ones(len(units), dtype=torch.float64),
+                             accumulate=True)
+        owners_with = [index for index, (_, spellings) in enumerate(targets) if id(spellings) in lists]
+        picked_rows = torch.tensor([targets[index][0] for index in owners_with], dtype=torch.long)
+        picked_lists = torch.tensor([lists[id(targets[index][1])] for index in owners_with], dtype=torch.long)
+        sums = torch.exp(first_logprobs.double()) @ masks  # (rows, lists)
+        terms.append(torch.log(sums[picked_rows, picked_lists]).to(first_logprobs.dtype))
+        term_owners.append(torch.tensor(owners_with, dtype=torch.long))
     if paths:
         terms.append(path_logprobs(predictor, states, first_logprobs, rows, paths, ends, temperature, mix))
         term_owners.append(torch.tensor(owners, dtype=torch.long))
+    if not terms:
+        return first_logprobs.new_full((len(targets),), float("-inf"))
     return _log_sums(torch.cat(terms), torch.cat(term_owners), len(targets))
+
+
+def boundary_logprobs(logprobs: torch.Tensor, ends: torch.Tensor) -> torch.Tensor:
+    """log P(the next unit begins with a boundary) (R,) float64 for rows of log-probabilities (R, V); ends (V,) bool
+    marks those units. One product of the probabilities with the mask: gathering the marked columns (half the
+    vocabulary) cost a scatter of every one of them in the backward pass."""
+    return torch.log(torch.exp(logprobs.double()) @ ends.double())
 
 
 def _log_sums(values: torch.Tensor, owners: torch.Tensor, count: int) -> torch.Tensor:
