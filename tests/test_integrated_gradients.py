@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from conftest import make_model
+from lm.cells.base import BlockRows
 from lm.checkpoint import load_checkpoint
 from lm.config import TextCacheConfig
 from lm.infer.attribution import attribute
@@ -127,3 +128,17 @@ def test_the_batched_backward_equals_autograd_for_every_read(cell):
     # Summed over the reads before the input product (what integrated gradients asks for): the same sum.
     summed = backward_reads(StepEngine(model), trace, seeds, on_top, sum_reads=True)  # (1, k, T, E)
     torch.testing.assert_close(summed[0], got.sum(0), rtol=1e-4, atol=1e-6)
+    # The injected gradients made a block at a time (9 steps: the last block short), into one reused buffer.
+    made, buffer = [], torch.empty(9, *on_top.shape[1:])
+    lazy = BlockRows(70, 9, lambda start, stop: (made.append(start), buffer[: stop - start].copy_(on_top[start:stop]))[1])
+    torch.testing.assert_close(backward_reads(StepEngine(model), trace, seeds, lazy), got)
+    assert made == [63, 54, 45, 36, 27, 18, 9, 0]  # each block once, walking back (only the top layer's are injected)
+
+
+def test_block_rows_remake_a_block_only_when_asked_for_a_step_outside_it():
+    rows = torch.arange(10.0).view(10, 1)
+    made = []
+    lazy = BlockRows(10, 4, lambda start, stop: (made.append(start), rows[start:stop])[1])
+    assert len(lazy) == 10
+    assert [float(lazy[t]) for t in (9, 8, 7, 3, 0, 5, 9)] == [9, 8, 7, 3, 0, 5, 9]
+    assert made == [8, 4, 0, 4, 8]

@@ -16,12 +16,13 @@ gate order: i, f, g, o for the LSTM; r, z, n for the GRU.
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from typing import Callable, NamedTuple, Sequence
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["Cell", "InputGradients", "LayerWeights", "RECURRENT_WEIGHT", "layer_weights", "zeros_before"]
+__all__ = ["BlockRows", "Cell", "InputGradients", "LayerWeights", "RECURRENT_WEIGHT", "layer_weights", "step_rows",
+           "zeros_before"]
 
 # torch.nn's name for a one-layer module's hidden-to-hidden weight (DropConnect replaces it by name).
 RECURRENT_WEIGHT = "weight_hh_l0"
@@ -93,7 +94,7 @@ class Cell:
         raise NotImplementedError
 
     def backward(self, weights: LayerWeights, back: Callable[..., Tensor], input_part: Callable[[], Tensor],
-                 outputs: Tensor, seed: Tensor, injected: Tensor | None, sum_reads: bool = False) -> Tensor:
+                 outputs: Tensor, seed: Tensor, injected: Tensor | BlockRows | None, sum_reads: bool = False) -> Tensor:
         """Gradients (T, B, k, C) with respect to one layer's inputs over B reads of T steps side by side, k seeds
         per read (B x k gradients at once; a single read is B = 1); with `sum_reads`, their sum over the B reads
         (T, 1, k, C), for B times fewer input products (integrated gradients needs only the mean over its path).
@@ -103,9 +104,44 @@ class Cell:
         a fresh tensor the backward may overwrite (called only by families that need the gate values); outputs: the
         layer's h_1..h_T of each read (T, B, H); seed (B, k, S): gradients on
         each read's final state; injected (T, B, k, H) or None: gradients
-        arriving on each output from the layer above.
+        arriving on each output from the layer above, a tensor or `BlockRows`
+        (`step_rows` gives its steps).
         """
         raise NotImplementedError
+
+
+class BlockRows:
+    """Rows (T, B, k, H) made a block of steps at a time, for a backward pass that walks from the last step down:
+    `make(start, stop)` gives rows start..stop - 1 as (stop - start, B, k, H), and only the block being walked is
+    held (make may reuse one block's memory for the next: a row is valid until another block is made).
+
+    Gradients arriving on every output from outside the recurrence (the text
+    cache's keys: lm/infer/word_gradients.py) are T x B x k x H numbers: for
+    integrated gradients' 16 reads of a 4,000-unit text, 700 MB, the largest
+    tensor of the request, where a block of them is a few MB. Indexing with
+    t outside the current block makes t's block; asking for steps in any order
+    works, but each jump back into an earlier block remakes it."""
+
+    def __init__(self, steps: int, block: int, make: Callable[[int, int], Tensor]):
+        self.steps, self.block, self.make = steps, max(1, block), make
+        self._start, self._rows = -1, ()
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __getitem__(self, t: int) -> Tensor:
+        if not self._start <= t < self._start + len(self._rows):
+            self._start = t - t % self.block
+            self._rows = self.make(self._start, min(self._start + self.block, self.steps)).unbind(0)
+        return self._rows[t - self._start]
+
+
+def step_rows(injected: Tensor | BlockRows | None) -> Sequence[Tensor] | None:
+    """Each step's rows of the gradients injected into a layer's outputs: a tensor (T, ...) unbound, or a
+    `BlockRows` as it is."""
+    if injected is None or isinstance(injected, BlockRows):
+        return injected
+    return injected.unbind(0)
 
 
 def zeros_before(values: Tensor) -> Tensor:

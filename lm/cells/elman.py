@@ -7,7 +7,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from lm.cells.base import Cell, InputGradients, LayerWeights
+from lm.cells.base import BlockRows, Cell, InputGradients, LayerWeights, step_rows
 
 __all__ = ["ElmanCell"]
 
@@ -32,7 +32,7 @@ class ElmanCell(Cell):
         return self.activation(pre)
 
     def backward(self, weights: LayerWeights, back: Callable[..., Tensor], input_part: Callable[[], Tensor],
-                 outputs: Tensor, seed: Tensor, injected: Tensor | None, sum_reads: bool = False) -> Tensor:
+                 outputs: Tensor, seed: Tensor, injected: Tensor | BlockRows | None, sum_reads: bool = False) -> Tensor:
         """dh_(t-1) = (dh_t * act'(pre_t)) W_hh; act' comes from the outputs alone (1 - h^2, or h > 0)."""
         h = outputs  # (T, B, H)
         steps, reads, hidden = h.shape
@@ -41,7 +41,7 @@ class ElmanCell(Cell):
         sink = InputGradients(steps, (reads, rows), hidden, weights.input, sum_reads=sum_reads)
         slope_rows = slope.unsqueeze(2).unbind(0)  # (B, 1, H) each
         flat_slots = [slot.view(-1, hidden) for slot in sink.slots]
-        injected_rows = injected.unbind(0) if injected is not None else None
+        injected_rows = step_rows(injected)
         dh = seed.clone(memory_format=torch.contiguous_format)  # (B, k, H), written in place (as in the LSTM's)
         dh_flat = dh.view(-1, hidden)
         for t in range(steps - 1, -1, -1):

@@ -11,7 +11,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from lm.cells.base import Cell, InputGradients, LayerWeights, zeros_before
+from lm.cells.base import BlockRows, Cell, InputGradients, LayerWeights, step_rows, zeros_before
 
 __all__ = ["GRUCell"]
 
@@ -44,7 +44,7 @@ class GRUCell(Cell):
         return (1 - z) * n + z * h
 
     def backward(self, weights: LayerWeights, back: Callable[..., Tensor], input_part: Callable[[], Tensor],
-                 outputs: Tensor, seed: Tensor, injected: Tensor | None, sum_reads: bool = False) -> Tensor:
+                 outputs: Tensor, seed: Tensor, injected: Tensor | BlockRows | None, sum_reads: bool = False) -> Tensor:
         """Gates recomputed from the outputs; per step d [pre_r, pre_z, pre_n] from dh, and dh_prev through z and
         through r * (W_hn h_prev)."""
         h = outputs  # (T, B, H)
@@ -65,7 +65,7 @@ class GRUCell(Cell):
         x_rows, h_rows = (x.view(steps, reads, 1, 3, hidden).unbind(0) for x in (scale_x, scale_h))  # (B, 1, 3, H)
         z_rows = z.unsqueeze(2).unbind(0)  # (B, 1, H)
         slots3 = [slot.view(reads, rows, 3, hidden) for slot in sink.slots]
-        injected_rows = injected.unbind(0) if injected is not None else None
+        injected_rows = step_rows(injected)
         dh = seed.clone(memory_format=torch.contiguous_format)  # (B, k, H)
         spare = torch.empty_like(dh)  # the next dh, swapped with dh each step
         hidden_side = dh.new_empty(reads, rows, 3, hidden)  # d [pre_r, pre_z, pre_n] as the hidden side sees them

@@ -11,7 +11,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from lm.cells.base import Cell, InputGradients, LayerWeights, layer_weights
+from lm.cells.base import BlockRows, Cell, InputGradients, LayerWeights, layer_weights, step_rows
 
 __all__ = ["LSTMCell"]
 
@@ -53,7 +53,7 @@ class LSTMCell(Cell):
         return torch.cat([h, c], dim=-1)
 
     def backward(self, weights: LayerWeights, back: Callable[..., Tensor], input_part: Callable[[], Tensor],
-                 outputs: Tensor, seed: Tensor, injected: Tensor | None, sum_reads: bool = False) -> Tensor:
+                 outputs: Tensor, seed: Tensor, injected: Tensor | BlockRows | None, sum_reads: bool = False) -> Tensor:
         """Gates recomputed from the outputs in one product, the cell state rebuilt (nn.LSTM returns only its last
         value), then per step: dc += dh o tanh'(c); d pre = [dc g i', dc c_prev f', dc i g', dh tanh(c) o'].
 
@@ -96,7 +96,7 @@ class LSTMCell(Cell):
         slots4 = [slot.view(reads, rows, 4, hidden) for slot in sink.slots]
         cell_slots, out_slots = [slot[:, :, :3] for slot in slots4], [slot[:, :, 3] for slot in slots4]
         flat_slots = [slot.view(-1, gates) for slot in sink.slots]
-        injected_rows = injected.unbind(0) if injected is not None else None
+        injected_rows = step_rows(injected)
         dh = seed[..., :hidden].clone(memory_format=torch.contiguous_format)  # (B, k, H)
         dc = seed[..., hidden:].clone(memory_format=torch.contiguous_format)
         dc_wide, dh_flat = dc.unsqueeze(2), dh.view(-1, hidden)  # (B, k, 1, H) and (B k, H): views of the two

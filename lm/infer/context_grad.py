@@ -49,6 +49,7 @@ import torch
 from torch import Tensor
 
 from lm.cells import layer_weights
+from lm.cells.base import BlockRows
 from lm.infer.engine import StepEngine
 
 __all__ = ["ContextTrace", "InputLine", "ReadsTrace", "backward_context", "backward_reads", "trace_context",
@@ -123,23 +124,27 @@ def trace_embeddings(model, embeds: Tensor) -> ReadsTrace:
     return ReadsTrace(inputs, outputs, torch.stack(finals), logits)
 
 
-def backward_context(engine: StepEngine, trace: ContextTrace, seeds: Tensor, on_top: Tensor | None = None) -> Tensor:
+def backward_context(engine: StepEngine, trace: ContextTrace, seeds: Tensor,
+                     on_top: Tensor | BlockRows | None = None) -> Tensor:
     """Gradients (k, T, E) with respect to the context's input embeddings, from seeds (L, k, S) on the final state
     and, when given, gradients `on_top` (T, k, H) on the top layer's outputs from whatever else read them (the
-    continuous cache's keys: lm/infer/textcache.py).
+    continuous cache's keys: lm/infer/textcache.py), or a `BlockRows` of them as (T, 1, k, H).
 
     Each layer's backward is its cell family's (`Cell.backward` in `lm/cells`), top layer first; the
     engine supplies the W_hh products and the input products (from its input table for layer 0).
     """
+    if isinstance(on_top, Tensor):
+        on_top = on_top[:, None]  # (T, 1, k, H)
     grad = _backward(engine, trace.ids, [x[:, None] for x in trace.inputs], [h[:, None] for h in trace.outputs],
-                     seeds[:, None], None if on_top is None else on_top[:, None])  # (T, 1, k, E)
+                     seeds[:, None], on_top)  # (T, 1, k, E)
     return grad[:, 0].transpose(0, 1)
 
 
-def backward_reads(engine: StepEngine, trace: ReadsTrace, seeds: Tensor, on_top: Tensor | None = None,
+def backward_reads(engine: StepEngine, trace: ReadsTrace, seeds: Tensor, on_top: Tensor | BlockRows | None = None,
                    sum_reads: bool = False) -> Tensor:
     """Gradients (B, k, T, E) with respect to each of B traced reads' input embeddings, from seeds (L, B, k, S) on
-    their final states and, when given, gradients `on_top` (T, B, k, H) on their top layer's outputs: the B x k
+    their final states and, when given, gradients `on_top` (T, B, k, H) on their top layer's outputs (a tensor or
+    `BlockRows`): the B x k
     gradients carried back side by side (`backward_context` for many reads). With `sum_reads`, only their sum over
     the B reads (1, k, T, E): the last product, gate gradients to input gradients, then runs once, not B times."""
     grad = _backward(engine, None, trace.inputs, trace.outputs, seeds, on_top, sum_reads,
@@ -148,7 +153,7 @@ def backward_reads(engine: StepEngine, trace: ReadsTrace, seeds: Tensor, on_top:
 
 
 def _backward(engine: StepEngine, ids: Tensor | None, inputs: list[Tensor], outputs: list[Tensor], seeds: Tensor,
-              on_top: Tensor | None, sum_reads: bool = False, line: InputLine | None = None) -> Tensor:
+              on_top: Tensor | BlockRows | None, sum_reads: bool = False, line: InputLine | None = None) -> Tensor:
     """The layers' backward, top first: inputs (T, B, C) and outputs (T, B, H) per layer, seeds (L, B, k, S), on_top
     (T, B, k, H) or None -> (T, B, k, E), or summed over the reads (T, 1, k, E) with `sum_reads`; `ids` (T,) when
     B = 1 and the inputs are those units' embeddings; `line` when the first layer's inputs lie on it."""

@@ -49,6 +49,7 @@ import numpy as np
 import torch
 
 from corpora import normalize_line
+from lm.cells.base import BlockRows
 from lm.infer.context_grad import ContextTrace, ReadsTrace, backward_context, backward_reads, trace_context, trace_embeddings
 from lm.infer.engine import StepEngine
 from lm.infer.query import Cut, Query, keep_last_units, make_query
@@ -229,9 +230,11 @@ class Predictor:
         the gradient to `state`."""
         return self._engine.output_from_state(state, differentiable=differentiable)
 
-    def backward(self, trace: ContextTrace, seeds: torch.Tensor, on_top: torch.Tensor | None = None) -> torch.Tensor:
+    def backward(self, trace: ContextTrace, seeds: torch.Tensor, on_top: torch.Tensor | BlockRows | None = None
+                 ) -> torch.Tensor:
         """Gradients (k, T, E) on a traced read's input embeddings from seeds (L, k, S) on its final state and, when
-        given, gradients (T, k, H) on its top layer's outputs (`context_grad.backward_context`)."""
+        given, gradients (T, k, H) on its top layer's outputs, or a BlockRows of them as (T, 1, k, H)
+        (`context_grad.backward_context`)."""
         return backward_context(self._engine, trace, seeds, on_top)
 
     def trace_embeddings(self, embeds: torch.Tensor) -> ReadsTrace:
@@ -239,11 +242,11 @@ class Predictor:
         inputs and outputs for `backward_reads` (integrated gradients' scaled texts; lm/infer/context_grad.py)."""
         return trace_embeddings(self.model, embeds)
 
-    def backward_reads(self, trace: ReadsTrace, seeds: torch.Tensor, on_top: torch.Tensor | None = None,
+    def backward_reads(self, trace: ReadsTrace, seeds: torch.Tensor, on_top: torch.Tensor | BlockRows | None = None,
                        sum_reads: bool = False) -> torch.Tensor:
         """Gradients (B, k, T, E) on B traced reads' input embeddings from seeds (L, B, k, S) on their final states
-        and, when given, gradients (T, B, k, H) on their top layer's outputs, all B x k side by side; with
-        `sum_reads` their sum over the reads (1, k, T, E) (`context_grad.backward_reads`)."""
+        and, when given, gradients (T, B, k, H) on their top layer's outputs (or a BlockRows), all B x k side by
+        side; with `sum_reads` their sum over the reads (1, k, T, E) (`context_grad.backward_reads`)."""
         return backward_reads(self._engine, trace, seeds, on_top, sum_reads)
 
     # Context -----------------------------------------------------------

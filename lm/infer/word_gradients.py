@@ -20,16 +20,18 @@ text), and the backward pass injects those at their positions.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
+from lm.cells.base import BlockRows
 from lm.config import TextCacheConfig
 from lm.infer.context_grad import ContextTrace
 from lm.infer.predictor import PredictionResult, Predictor
 from lm.infer.reads import Normalised
 from lm.infer.textcache import Memory, cache_votes, mix_distributions
 
-__all__ = ["CacheMix", "WordSeeds", "boundary_logprobs", "path_logprobs", "prediction_gradients", "target_logprobs", "word_seeds"]
+__all__ = ["CacheMix", "KeyGradients", "KeyRow", "WordSeeds", "boundary_logprobs", "path_logprobs", "prediction_gradients", "target_logprobs", "word_seeds"]
 
 
 class CacheMix:
@@ -82,25 +84,28 @@ class CacheMix:
         seen = torch.clamp(depths + len(self.values), max=self.settings.window)  # the keys each row sees
         return torch.log(mix_distributions(self.settings, scaled, votes, values, seen))
 
-    def key_gradients(self, product_grads: list[torch.Tensor | None], into: torch.Tensor,
-                      places: list[tuple[int, slice]]) -> None:
-        """Add d objective / d each row's context keys into `into` (n, B, k, H) from the gradients on `products` (in
-        their order): row r's, the sum over its queries q of d objective / d (q . h_i) times q (n, H), is added at
-        into[:, b, words] for places[r] = (b, words) (a slice of the k words: a healed text's required row belongs
-        to every word of its read). Written in place, in the backward pass's layout: at 1,000 words and 17 reads
-        the gradients are hundreds of MB, and a (rows, n, H) tensor reordered afterwards cost more than the
-        products."""
+    def key_gradients(self, product_grads: list[torch.Tensor | None], places: list[tuple[int, slice]], count: int,
+                      words: int) -> "KeyGradients":
+        """d objective / d the context keys from the gradients on `products` (in their order), for the backward
+        pass to inject: row r's belong to read and words places[r] = (b, a slice of the k = `words` words: a healed
+        text's required row belongs to every word of its read, so its queries join each word's own); the reads'
+        outputs are `count` long, the keys the `window` of them before the last."""
         used = [(grad, queries, owner) for grad, (_, queries, owner) in zip(product_grads, self.products)
                 if grad is not None]  # a product autograd found unused adds nothing
-        if not used:
-            return
-        grad = torch.cat([grad for grad, _, _ in used])  # (N, n)
-        queries = torch.cat([queries for _, queries, _ in used])  # (N, H)
-        owners = torch.cat([owner for _, _, owner in used])  # (N,)
-        for row in torch.unique(owners).tolist():
-            chosen = torch.nonzero(owners == row)[:, 0]
-            read, words = places[row]
-            into[:, read, words].add_((grad[chosen].T.to(into.dtype) @ queries[chosen].to(into.dtype)).unsqueeze(1))
+        parts: dict[tuple[int, int], list[int]] = {}  # (read, word) -> the rows whose products it takes
+        if used:
+            grad = torch.cat([grad for grad, _, _ in used])  # (N, n)
+            queries = torch.cat([queries for _, queries, _ in used])  # (N, H)
+            owners = torch.cat([owner for _, _, owner in used])  # (N,)
+            for row in torch.unique(owners).tolist():
+                read, chosen = places[row]
+                for word in range(*chosen.indices(words)):  # a required row joins each word of its read
+                    parts.setdefault((read, word), []).append(row)
+        rows = []
+        for (read, word), owned in parts.items():
+            chosen = torch.nonzero(torch.isin(owners, torch.tensor(owned)))[:, 0]
+            rows.append(KeyRow(grad[chosen].float(), queries[chosen].float(), read, word))
+        return KeyGradients(rows, count, self.keys.size(1), words, self.hidden)
 
     def first(self, scaled: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
         """The mixed log-probabilities (rows, V) of the first unit after the context: row i queries with states[:, i]."""
@@ -111,7 +116,8 @@ class CacheMix:
                              torch.arange(count))
 
     def after_paths(self, scaled: torch.Tensor, states: torch.Tensor, path_states: torch.Tensor,
-                    nodes: list[tuple[int, tuple[int, ...]]], where: dict[tuple[int, tuple[int, ...]], int]) -> torch.Tensor:
+                    nodes: list[tuple[int, tuple[int, ...]]], where: dict[tuple[int, tuple[int, ...]], int]
+                    ) -> torch.Tensor:
         """The mixed log-probabilities (M, V) after each prefix `nodes` (row, prefix), whose states are path_states
         (L, M, S) in that order; where[(row, prefix)]: a prefix's place among them (every shorter prefix of a node is
         one); states (L, rows, S) after the context. A path's keys are the outputs before each of its units: the
@@ -130,6 +136,62 @@ class CacheMix:
                              torch.tensor(values, dtype=torch.long),
                              torch.tensor([len(prefix) for _, prefix in nodes], dtype=torch.long),
                              torch.tensor([row for row, _ in nodes], dtype=torch.long))
+
+
+class KeyRow(NamedTuple):
+    """The queries of the text cache that one word's objective on one read made, and d objective / d each query's
+    product with each key."""
+
+    grads: torch.Tensor  # (N_r, n) float32
+    queries: torch.Tensor  # (N_r, H) float32
+    read: int
+    word: int
+
+
+class KeyGradients:
+    """d objective / d the text's top-layer outputs through the text cache's keys, for every read and word: what the
+    backward pass injects on those outputs, made a block of positions at a time as it walks back (`rows`).
+
+    A word's gradient on key i of a read is the sum over its queries q of d objective / d (q . h_i) times q: for a
+    block of keys, grads[:, block]^T (block, N) x queries (N, H), one product per (read, word) and block. In full
+    it is (T, B, k, H), zeros before the window: for integrated gradients' 16 reads of a 1,000-word text 350 MB,
+    zeroed, then added to a row at a time (its largest tensor, and a tenth of its time); a block is tens of MB."""
+
+    def __init__(self, rows: list[KeyRow], count: int, window: int, words: int, hidden: int):
+        self.key_rows, self.count, self.window, self.words, self.hidden = rows, count, window, words, hidden
+
+    def block(self, start: int, stop: int, reads: range, buffer: torch.Tensor | None = None) -> torch.Tensor:
+        """Positions start..stop - 1 of the outputs (of `count`), for `reads`: (stop - start, len(reads), k, H),
+        written into `buffer` when given (its first stop - start rows; memory made once and zeroed only where no
+        row writes: a fresh zeroed block each time cost more than its products)."""
+        shape = (stop - start, len(reads), self.words, self.hidden)
+        out = torch.empty(shape) if buffer is None else buffer[: shape[0]]
+        first = self.count - 1 - self.window  # the position of key 0: the keys are outputs first..count - 2
+        low, high = max(start, first), min(stop, self.count - 1)
+        if low >= high:
+            return out.zero_()
+        out[: low - start].zero_()
+        out[high - start :].zero_()
+        keyed = out[low - start : high - start]  # (high - low, B', k, H)
+        written = set()
+        for row in self.key_rows:  # each (read, word)'s product written in place
+            if row.read in reads:
+                place = (row.read - reads.start, row.word)
+                torch.mm(row.grads[:, low - first : high - first].T, row.queries, out=keyed[:, place[0], place[1]])
+                written.add(place)
+        for read in range(len(reads)):  # a word that made no query has nothing there
+            for word in range(self.words):
+                if (read, word) not in written:
+                    keyed[:, read, word].zero_()
+        return out
+
+    def rows(self, reads: range, block_bytes: int = 32 * 2**20) -> BlockRows:
+        """The injected rows (T, len(reads), k, H) of `reads` as `BlockRows`, each block about `block_bytes` (at
+        most 256 positions), in memory made once."""
+        per_step = len(reads) * self.words * self.hidden * 4
+        block = max(16, min(256, block_bytes // max(per_step, 1)))
+        buffer = torch.empty(min(block, self.count), len(reads), self.words, self.hidden)
+        return BlockRows(self.count, block, lambda start, stop: self.block(start, stop, reads, buffer))
 
 
 def path_logprobs(predictor: Predictor, states: torch.Tensor, first_logprobs: torch.Tensor, rows: list[int],
@@ -295,7 +357,7 @@ class WordSeeds:
     """What the word paths give the backward pass for B reads of one text (one read: B = 1)."""
 
     seeds: torch.Tensor  # (L, B, k, S): d log P(word_j | read b) / d the state after read b
-    on_top: torch.Tensor | None  # (T, B, k, H) on the reads' top-layer outputs (the continuous cache's keys), or None
+    on_top: KeyGradients | None  # on the reads' top-layer outputs (the continuous cache's keys), or None
     values: torch.Tensor  # (B, k) float32: log P(word_j | read b) as differentiated (the healed part divided out)
 
 
@@ -342,13 +404,9 @@ def word_seeds(predictor: Predictor, final: torch.Tensor, result: PredictionResu
         else:
             seeds, *product_grads = torch.autograd.grad(objective, [states, *(p for p, _, _ in mix.products)],
                                                         allow_unused=True)  # (L, rows, S), then (N, n') each
-            # The keys are the top layer's outputs 0..n-1 (the last n' of them): on_top (n + 1, B, k, H) holds their
-            # gradients in place, zero before the window and after the last key.
-            count, window = len(ids), keys.size(1)
-            on_top = top_outputs.new_zeros(count, reads, k, top_outputs.size(-1))
             places = [(read, slice(row, row + 1) if row < k else slice(0, k))  # the required row: every word's
                       for read in range(reads) for row in range(per_read)]
-            mix.key_gradients(product_grads, on_top[count - 1 - window : count - 1], places)
+            on_top = mix.key_gradients(product_grads, places, len(ids), k)
     seeds = seeds.view(seeds.size(0), reads, per_read, -1)
     if required:
         seeds = seeds[:, :, :k] + seeds[:, :, k:]  # d(-log P(required)) / d state belongs to every word
@@ -367,6 +425,6 @@ def prediction_gradients(predictor: Predictor, trace: ContextTrace, result: Pred
     positions, so the gradient is that of the log-probability served.
     """
     found = word_seeds(predictor, trace.final, result, temperature, trace.outputs[-1][:, None], trace.ids)
-    on_top = None if found.on_top is None else found.on_top[:, 0]
+    on_top = None if found.on_top is None else found.on_top.rows(range(1))
     grad = predictor.backward(trace, found.seeds[:, 0], on_top)  # (k, n + 1, E)
     return grad[:, 1:], trace.inputs[0][1:]

@@ -61,7 +61,7 @@ def integrated_gradients(ctx: MethodContext, rows_result=None) -> tuple[torch.Te
     found = word_seeds(predictor, reads.final, result, ctx.temperature, reads.outputs[-1], trace.ids)
     on_path = ReadsTrace([layer[:, :steps] for layer in reads.inputs], [layer[:, :steps] for layer in reads.outputs],
                          reads.final[:, :steps], reads.logits[:steps], InputLine(baseline, x - baseline, alphas))
-    on_top = None if found.on_top is None else found.on_top[:, :steps]
+    on_top = None if found.on_top is None else found.on_top.rows(range(steps))
     summed = predictor.backward_reads(on_path, found.seeds[:, :steps], on_top, sum_reads=True)  # (1, k', n + 1, E)
     mean = summed[0] / steps  # (k', n + 1, E)
     attributions = (mean * (x - baseline)).sum(-1)[:, 1:]  # (k', n)
