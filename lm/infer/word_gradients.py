@@ -31,7 +31,8 @@ from lm.infer.predictor import PredictionResult, Predictor
 from lm.infer.reads import Normalised
 from lm.infer.textcache import Memory, cache_votes, mix_distributions
 
-__all__ = ["CacheMix", "KeyGradients", "KeyRow", "WordSeeds", "boundary_logprobs", "path_logprobs", "prediction_gradients", "target_logprobs", "word_seeds"]
+__all__ = ["CacheMix", "KeyGradients", "KeyRow", "WordSeeds", "boundary_logprobs", "path_logprobs", "prediction_gradients",
+           "target_logprobs", "word_seeds"]
 
 
 class CacheMix:
