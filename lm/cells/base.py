@@ -118,7 +118,7 @@ class BlockRows:
     Gradients arriving on every output from outside the recurrence (the text
     cache's keys: lm/infer/word_gradients.py) are T x B x k x H numbers: for
     integrated gradients' 16 reads of a 4,000-unit text, 700 MB, the largest
-    tensor of the request, where a block of them is a few MB. Indexing with
+    tensor of the request, where a block of them is tens of MB at most. Indexing with
     t outside the current block makes t's block; asking for steps in any order
     works, but each jump back into an earlier block remakes it."""
 

@@ -155,7 +155,7 @@ class KeyGradients:
 
     A word's gradient on key i of a read is the sum over its queries q of d objective / d (q . h_i) times q: for a
     block of keys, grads[:, block]^T (block, N) x queries (N, H), one product per (read, word) and block. In full
-    it is (T, B, k, H), zeros before the window: for integrated gradients' 16 reads of a 1,000-word text 350 MB,
+    it is (T, B, k, H), zeros before the window: for integrated gradients' 16 reads of a 1,000-word text 330 MB,
     zeroed, then added to a row at a time (its largest tensor, and a tenth of its time); a block is tens of MB."""
 
     def __init__(self, rows: list[KeyRow], count: int, window: int, words: int, hidden: int):
