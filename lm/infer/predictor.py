@@ -440,7 +440,8 @@ class Predictor:
         if temperature != 1.0:
             logits = logits / temperature
         rows = Normalised.of(logits)
-        return StepRows(states, raw, logits.numpy(), rows.normalisers.numpy(), rows.boundaries(self.units.ends_mask).numpy())
+        return StepRows(states, raw, logits.numpy(), rows.normalisers.numpy(),
+                        rows.boundaries(self.units.ends_mask).numpy())
 
     def reads_after(self, context: ContextState, temperature: float = 1.0, text_cache: bool = True) -> Reads:
         """What the model has read after a context, holding only the context itself so far; it reads more

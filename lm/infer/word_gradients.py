@@ -117,12 +117,12 @@ class CacheMix:
                              torch.arange(count))
 
     def after_paths(self, scaled: torch.Tensor, states: torch.Tensor, path_states: torch.Tensor,
-                    nodes: list[tuple[int, tuple[int, ...]]], where: dict[tuple[int, tuple[int, ...]], int]
-                    ) -> torch.Tensor:
+                    nodes: list[tuple[int, tuple[int, ...]]]) -> torch.Tensor:
         """The mixed log-probabilities (M, V) after each prefix `nodes` (row, prefix), whose states are path_states
-        (L, M, S) in that order; where[(row, prefix)]: a prefix's place among them (every shorter prefix of a node is
-        one); states (L, rows, S) after the context. A path's keys are the outputs before each of its units: the
-        context's last, then its own prefixes'; its values, its units."""
+        (L, M, S) in that order (every shorter prefix of a node is one of them); states (L, rows, S) after the
+        context. A path's keys are the outputs before each of its units: the context's last, then its own
+        prefixes'; its values, its units."""
+        where = {node: place for place, node in enumerate(nodes)}
         outputs = torch.cat([states[-1, :, : self.hidden], path_states[-1, :, : self.hidden]])  # (rows + M, H)
         first_path = states.size(1)  # where path_states' outputs begin in `outputs`
         longest = max(len(prefix) for _, prefix in nodes)
@@ -262,8 +262,7 @@ def path_logprobs(predictor: Predictor, states: torch.Tensor, first_logprobs: to
     path_states = torch.cat(level_states, dim=1)  # (L, M, S): every depth's, in level and place order
     scores = predictor.output_from_state(path_states, differentiable=True) / temperature  # temperature scales every step
     if mix is not None:  # the mixed log-probabilities (M, V) float64 instead of the tempered logits
-        nodes = [key for level in levels for key in level]
-        scores = mix.after_paths(scores, states, path_states, nodes, {key: node for node, key in enumerate(nodes)})
+        scores = mix.after_paths(scores, states, path_states, [key for level in levels for key in level])
     rows = None if mix is not None else Normalised.of(scores)
     if later:
         node, unit, owner = (torch.tensor(column, dtype=torch.long) for column in
