@@ -189,3 +189,29 @@ def test_deletion_reach_is_where_no_deeper_cut_moves_the_word_more_than_the_tole
 def test_spellings_differing_only_in_their_last_unit_are_one_group():
     paths = [((1, 2), False), ((1, 3), False), ((1, 2), True), ((), True), ((4,), False), ((5,), False)]
     assert spelling_groups(paths) == [((1,), (2, 3)), ((1, 2), None), ((), None), ((), (4, 5))]
+
+
+def test_one_explainer_for_every_word_makes_its_rows_once_and_explains_each_word_as_alone(cached, monkeypatch):
+    """CacheExplainer makes the rows of all k words (and of a healed part) as one batch at the first word; each
+    word's explanation equals that of an explainer made for it alone, which batches only that word's rows."""
+    from lm.infer import pointer
+
+    cached, text = cached
+    for prompt in (text, text + "ca"):  # the second asks to complete a word: a healed part every word shares
+        result = cached.predict(prompt, k=3, text_cache=True)
+        _, spans = cached.tokenizer.encode_with_offsets(result.query.context)
+        alone = [explain_cache(cached, result, prediction, spans, result.query.context) for prediction in result.predictions]
+        batches = []
+        made = pointer._rows
+        monkeypatch.setattr(pointer, "_rows", lambda reads, prefixes, *rest: batches.append(len(prefixes)) or made(reads, prefixes, *rest))
+        explainer = pointer.CacheExplainer(cached, result, spans, result.query.context)
+        together = [explainer.explain(prediction) for prediction in result.predictions]
+        monkeypatch.setattr(pointer, "_rows", made)
+        assert len(batches) == 1 and batches[0] == len(explainer.rows) > 1
+        for one, other in zip(alone, together):
+            assert [p.unit for p in one.positions] == [p.unit for p in other.positions]
+            np.testing.assert_allclose([p.share for p in one.positions], [p.share for p in other.positions], atol=1e-12)
+            assert one.copy_probability == pytest.approx(other.copy_probability, abs=1e-12)
+            assert one.own_share == pytest.approx(other.own_share, abs=1e-12)
+            assert one.logprob == pytest.approx(other.logprob, abs=1e-12)
+            np.testing.assert_allclose(one.logprob_change, other.logprob_change, atol=1e-12)

@@ -80,6 +80,8 @@ class CacheRow:
     own_values: np.ndarray  # (depth,) the units that followed those keys
     window_start: int  # the first context entry this row can see
     settings: TextCacheConfig
+    kept_weights: np.ndarray  # (size + 1,) the row's weight with only the last d context entries kept, d = 0..size
+    totals: np.ndarray  # (size + 1,) the votes it sees with only the last d context entries kept (its own keys' too)
 
 
 @dataclass(frozen=True)
@@ -115,13 +117,21 @@ class CacheExplainer:
         self.rows: dict[tuple[int, ...], CacheRow] = {}
         self.factors: dict[tuple[tuple[int, ...], tuple[int, ...]], tuple[np.ndarray, np.ndarray, float, float]] = {}
         self._required: _Curve | None = None
+        self._groups: dict[int, tuple[list[Path], list]] = {}  # id(paths) -> (paths, their spelling groups)
+        self._prepared = False
 
     def row(self, prefix: tuple[int, ...]) -> CacheRow:
         found = self.rows.get(prefix)
         if found is None:
-            found = self.rows[prefix] = _row(self.predictor, self.result.reads, prefix, self.keys, self.hidden,
-                                             self.temperature)
+            self.prepare([prefix])
+            found = self.rows[prefix]
         return found
+
+    def prepare(self, prefixes: list[tuple[int, ...]]) -> None:
+        """Make the rows after `prefixes` not made yet, as one batch (`_rows`)."""
+        missing = list(dict.fromkeys(prefix for prefix in prefixes if prefix not in self.rows))
+        if missing:
+            self.rows.update(zip(missing, _rows(self.result.reads, missing, self.keys, self.hidden, self.temperature)))
 
     def factor(self, prefix: tuple[int, ...], targets: tuple[int, ...] | None) -> tuple[np.ndarray, np.ndarray, float, float]:
         # Spellings share prefixes: each (row, targets) factor is computed once (targets None: the boundary units).
@@ -131,16 +141,29 @@ class CacheExplainer:
             found = self.factors[(prefix, targets)] = _factor(self.row(prefix), chosen, self.values, self.size)
         return found
 
+    def groups(self, paths: list[Path]) -> list[tuple[tuple[int, ...], tuple[int, ...] | None]]:
+        """`spelling_groups(paths)`, made once per list of spellings (the required part's: thousands)."""
+        found = self._groups.get(id(paths))
+        if found is None or found[0] is not paths:
+            found = self._groups[id(paths)] = (paths, spelling_groups(paths))
+        return found[1]
+
     def required(self) -> _Curve:
         """The curve of the healed part (the required spellings), the same for every prediction."""
         if self._required is None:
-            self._required = _paths_curve(self.result.required_paths, self.factor, self.size)
+            self._required = _paths_curve(self.groups(self.result.required_paths), self.factor, self.size)
         return self._required
 
     def explain(self, prediction: WordPrediction) -> CacheExplanation:
         """The pointer and the deletion curve of `prediction`, one of the result's."""
         size, spans, context = self.size, self.spans, self.context
-        word = _paths_curve(prediction.paths, self.factor, size)
+        if not self._prepared:  # every row the result's predictions (and the healed part) use, as one batch
+            self._prepared = True
+            lists = [other.paths for other in self.result.predictions]
+            if self.result.query.required:
+                lists.append(self.result.required_paths)
+            self.prepare([row for paths in lists for group in self.groups(paths) for row in _group_rows(*group)])
+        word = _paths_curve(self.groups(prediction.paths), self.factor, size)
         required = self.required() if self.result.query.required else None
         change = word.logprob - word.logprob[-1]
         logprob = float(word.logprob[-1])
@@ -255,11 +278,18 @@ def spelling_groups(paths: list[Path]) -> list[tuple[tuple[int, ...], tuple[int,
     return [(prefix, None if boundary else tuple(last)) for (prefix, boundary), last in groups.items()]
 
 
-def _paths_curve(paths: list[Path], factor, size: int) -> _Curve:
-    """The deletion curve, the model-only probability and the expected copies of a set of spellings; `factor(prefix,
-    targets)` is `_factor` at the row after `prefix` for drawing one of `targets` (None: the boundary units)."""
+def _group_rows(prefix: tuple[int, ...], last: tuple[int, ...] | None) -> list[tuple[int, ...]]:
+    """The rows a spelling group draws from: the row after each shorter prefix, then after all of it when the group
+    draws a last unit or the boundary there."""
+    return [prefix[:depth] for depth in range(len(prefix) + (1 if last is None or last else 0))]
+
+
+def _paths_curve(groups: list[tuple[tuple[int, ...], tuple[int, ...] | None]], factor, size: int) -> _Curve:
+    """The deletion curve, the model-only probability and the expected copies of a set of spellings, given as their
+    `spelling_groups`; `factor(prefix, targets)` is `_factor` at the row after `prefix` for drawing one of `targets`
+    (None: the boundary units)."""
     logprobs, model_only, copies, own = [], [], np.zeros(size), 0.0
-    for prefix, last in spelling_groups(paths):
+    for prefix, last in groups:
         steps = [(prefix[:depth], (prefix[depth],)) for depth in range(len(prefix))]
         if last is None or last:
             steps.append((prefix, last))
@@ -303,16 +333,13 @@ def _factor(cache_row: CacheRow, targets: np.ndarray, values: np.ndarray, size: 
         hit, own_hit = values == targets[0], cache_row.own_values == targets[0]  # (size,): entries followed by it
     else:
         hit, own_hit = np.isin(values, targets), np.isin(cache_row.own_values, targets)
-    own_votes = float(cache_row.own_votes.sum())
     own_numerator = float(cache_row.own_votes[own_hit].sum())
-    nearest_first = cache_row.votes[::-1]  # entry size-1 (distance 1) first
-    totals = np.concatenate([[0.0], np.cumsum(nearest_first)]) + own_votes  # (size + 1,) kept d = 0..size
-    numerators = np.concatenate([[0.0], np.cumsum(nearest_first * hit[::-1])]) + own_numerator
-    window = cache_row.window_start  # entries before it are beyond the window whatever is cut
-    kept = np.minimum(np.arange(size + 1), size - window)  # the context keys still visible with the last d kept
-    weights = _weights(cache_row, kept)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        cached = np.where(totals > 0, numerators / totals, 0.0)
+    totals = cache_row.totals  # (size + 1,) kept d = 0..size
+    numerators = np.zeros(size + 1)
+    np.cumsum(cache_row.votes[::-1] * hit[::-1], out=numerators[1:])  # entry size-1 (distance 1) first
+    numerators += own_numerator
+    cached = np.divide(numerators, totals, out=np.zeros(size + 1), where=totals > 0)
+    weights = cache_row.kept_weights
     mass = (1 - weights) * model + weights * cached
     full_total = totals[-1]
     entry_terms = cache_row.weight * cache_row.votes * hit / full_total if full_total > 0 else np.zeros(size)
@@ -320,31 +347,47 @@ def _factor(cache_row: CacheRow, targets: np.ndarray, values: np.ndarray, size: 
     return mass, entry_terms, own_term, (1 - cache_row.weight) * model
 
 
-def _weights(cache_row: CacheRow, kept: np.ndarray) -> np.ndarray:
-    """The row's weight when `kept` context keys are visible (its own keys always are)."""
-    return cache_row.settings.weights(kept + cache_row.depth)
-
-
-def _row(predictor: Predictor, reads, prefix: tuple[int, ...], keys: np.ndarray, hidden: int, temperature: float) -> CacheRow:
-    """The mixture's parts at the row after `prefix` (the context's own row for ()): as TextCache.mix computes them."""
+def _rows(reads, prefixes: list[tuple[int, ...]], keys: np.ndarray, hidden: int, temperature: float) -> list[CacheRow]:
+    """The mixture's parts at the row after each prefix (the context's own row for ()), as TextCache.mix computes
+    them. One batch: the rows' model distributions are one (P, V) array and their scores against the context's keys
+    one product, where a row at a time cost a few hundred microseconds each (a short prompt's k words read tens)."""
     settings = reads.text_cache.settings
     size = len(keys)
-    state, logits = reads.after(prefix)
-    query = state[-1, 0, :hidden].double().numpy()  # (H,)
-    scaled = logits.double().numpy() / temperature
-    model = np.exp(scaled - scaled.max())
-    model /= model.sum()
-    depth = len(prefix)
-    own_keys = np.zeros((depth, hidden))  # the keys read along the spelling: the output after each shorter prefix
-    for j in range(depth):
-        own_keys[j] = reads.state(prefix[:j])[-1, :hidden].double().numpy()
-    window_start = max(0, size + depth - settings.window)  # older context keys are beyond the window
+    afters = [reads.after(prefix) for prefix in prefixes]
+    queries = torch.stack([state[-1, 0, :hidden] for state, _ in afters]).double()  # (P, H)
+    # The keys read along a row's own spelling are the outputs after its shorter prefixes: the products of the rows'
+    # queries with the output after every prefix of theirs, (P, A), the prefixes themselves included (never empty).
+    place = {}
+    for prefix in prefixes:
+        for depth in range(len(prefix) + 1):
+            place.setdefault(prefix[:depth], len(place))
+    outputs = torch.stack([reads.state(prefix)[-1, :hidden] for prefix in place]).double()  # (A, H)
+    own_products = queries.mm(outputs.T).numpy()
+    scaled = torch.stack([logits for _, logits in afters]).double().numpy() / temperature  # (P, V)
+    models = np.exp(scaled - scaled.max(axis=1, keepdims=True))
+    models /= models.sum(axis=1, keepdims=True)
     # Products in torch: numpy's BLAS would start threads of its own beside torch's (see TextCache).
-    scores = settings.theta * torch.from_numpy(keys).mv(torch.from_numpy(query)).numpy()  # (n,)
-    own_scores = settings.theta * torch.from_numpy(own_keys).mv(torch.from_numpy(query)).numpy() if depth else np.zeros(0)
-    visible = np.arange(size) >= window_start
-    top = max(scores[visible].max(initial=-math.inf), own_scores.max(initial=-math.inf))
-    votes = np.where(visible, np.exp(scores - top), 0.0) if np.isfinite(top) else np.zeros(size)
-    own_votes = np.exp(own_scores - top) if np.isfinite(top) else np.zeros(depth)
-    weight = float(settings.weights(np.array([min(size + depth, settings.window)]))[0])
-    return CacheRow(depth, model, weight, votes, own_votes, np.array(prefix, dtype=np.int64), window_start, settings)
+    scores = settings.theta * torch.from_numpy(keys).mm(queries.T).T.contiguous().numpy()  # (P, n)
+    depths = np.array([len(prefix) for prefix in prefixes])
+    weights = settings.weights(np.minimum(size + depths, settings.window))  # (P,)
+    kept_weights = {}  # depth -> (size + 1,): a row's weight with the last d context keys kept depends on its depth alone
+    rows = []
+    for index, prefix in enumerate(prefixes):
+        depth = len(prefix)
+        window_start = max(0, size + depth - settings.window)  # older context keys are beyond the window
+        if depth not in kept_weights:
+            kept = np.minimum(np.arange(size + 1), size - window_start)  # the context keys still visible
+            kept_weights[depth] = settings.weights(kept + depth)  # its own keys are always visible
+        # The keys read along the spelling: the output after each shorter prefix, itself a row's query.
+        own_scores = settings.theta * own_products[index, [place[prefix[:j]] for j in range(depth)]]
+        row_scores = scores[index]
+        visible = np.arange(size) >= window_start
+        top = max(row_scores[visible].max(initial=-math.inf), own_scores.max(initial=-math.inf))
+        votes = np.where(visible, np.exp(row_scores - top), 0.0) if np.isfinite(top) else np.zeros(size)
+        own_votes = np.exp(own_scores - top) if np.isfinite(top) else np.zeros(depth)
+        totals = np.zeros(size + 1)
+        np.cumsum(votes[::-1], out=totals[1:])  # the nearest entry (distance 1) first
+        totals += float(own_votes.sum())
+        rows.append(CacheRow(depth, models[index], float(weights[index]), votes, own_votes,
+                             np.array(prefix, dtype=np.int64), window_start, settings, kept_weights[depth], totals))
+    return rows
