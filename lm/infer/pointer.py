@@ -378,7 +378,7 @@ def _rows(reads, prefixes: list[tuple[int, ...]], keys: np.ndarray, hidden: int,
         if depth not in kept_weights:
             kept = np.minimum(np.arange(size + 1), size - window_start)  # the context keys still visible
             kept_weights[depth] = settings.weights(kept + depth)  # its own keys are always visible
-        # The keys read along the spelling: the output after each shorter prefix, itself a row's query.
+        # The keys read along the spelling: the outputs after its shorter prefixes (columns of own_products).
         own_scores = settings.theta * own_products[index, [place[prefix[:j]] for j in range(depth)]]
         row_scores = scores[index]
         visible = np.arange(size) >= window_start
