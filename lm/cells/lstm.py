@@ -74,16 +74,16 @@ class LSTMCell(Cell):
         c_rows, f_rows = c.unbind(0), forget.unbind(0)
         for t in range(1, steps):
             c_rows[t].addcmul_(f_rows[t], c_rows[t - 1])
-        tanh_c = c.tanh()
-        through_h = torch.mul(tanh_c, tanh_c).neg_().add_(1).mul_(o)  # d c_t / d h_t's path: dc += dh * o * tanh'(c)
         # d pre / d [c, c, c, h], in the gates' places: input, forget, cell and output gates. (T, B, 4H)
+        f.addcmul_(f, f, value=-1)  # f (1 - f) ...
+        f[1:].mul_(c[:-1])  # ... times c_(t-1), which is 0 before the first step
+        f[0].zero_()
+        tanh_c = c.tanh_()  # the cell state is used up: its memory keeps tanh(c), one (T, B, H) fewer at the peak
+        through_h = torch.mul(tanh_c, tanh_c).neg_().add_(1).mul_(o)  # d c_t / d h_t's path: dc += dh * o * tanh'(c)
         o.addcmul_(o, o, value=-1).mul_(tanh_c)  # tanh(c) o (1 - o)
         kept_g = tanh_c.copy_(g)  # tanh(c) is used up: its memory keeps g for the input gate's scale
         g.mul_(g).neg_().add_(1).mul_(i)  # i (1 - g^2)
         i.addcmul_(i, i, value=-1).mul_(kept_g)  # g i (1 - i)
-        f.addcmul_(f, f, value=-1)  # f (1 - f) ...
-        f[1:].mul_(c[:-1])  # ... times c_(t-1), which is 0 before the first step
-        f[0].zero_()
         scale = pre
         rows = seed.size(1)
         sink = InputGradients(steps, (reads, rows), gates, weights.input, sum_reads=sum_reads)
