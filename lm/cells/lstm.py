@@ -57,10 +57,10 @@ class LSTMCell(Cell):
         """Gates recomputed from the outputs in one product, the cell state rebuilt (nn.LSTM returns only its last
         value), then per step: dc += dh o tanh'(c); d pre = [dc g i', dc c_prev f', dc i g', dh tanh(c) o'].
 
-        The gates, then their scales, are computed in place in the input part's (T, B, 4H) tensor, with four
-        (T, B, H) beside it: fresh memory this size costs page faults beyond its arithmetic (integrated
-        gradients reads 17 texts side by side: gigabytes a call at 1,000 words when every term was its own
-        tensor)."""
+        The gates, then their scales, are computed in place in the input part's (T, B, 4H) tensor, with three
+        (T, B, H) beside it (the forget gates, the cell state that becomes tanh(c) and then g, and tanh'(c) o):
+        fresh memory this size costs page faults beyond its arithmetic (integrated gradients reads 17 texts side
+        by side: gigabytes a call at 1,000 words when every term was its own tensor)."""
         h = outputs  # (T, B, H)
         steps, reads, hidden = h.shape
         gates = 4 * hidden
