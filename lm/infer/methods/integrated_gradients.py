@@ -56,8 +56,9 @@ def integrated_gradients(ctx: MethodContext, rows_result=None) -> tuple[torch.Te
     x = trace.inputs[0]  # (n + 1, E)
     baseline = baseline_embeddings(ctx)
     alphas = (torch.arange(steps, dtype=x.dtype) + 0.5) / steps  # the midpoint rule
-    path = baseline + alphas[:, None, None] * (x - baseline)  # (steps, n + 1, E)
-    reads = predictor.trace_embeddings(torch.cat([path, baseline[None]]))  # the baseline last, not differentiated
+    # The path's points (steps, n + 1, E), then the baseline, not differentiated: one tensor, which the trace keeps
+    # (its first layer's inputs are a view of it), the points alone not kept beside it.
+    reads = predictor.trace_embeddings(torch.cat([baseline + alphas[:, None, None] * (x - baseline), baseline[None]]))
     found = word_seeds(predictor, reads.final, result, ctx.temperature, reads.outputs[-1], trace.ids)
     on_path = ReadsTrace([layer[:, :steps] for layer in reads.inputs], [layer[:, :steps] for layer in reads.outputs],
                          reads.final[:, :steps], reads.logits[:steps], InputLine(baseline, x - baseline, alphas))
