@@ -15,6 +15,9 @@ from lm.cells.base import BlockRows, Cell, InputGradients, LayerWeights, layer_w
 
 __all__ = ["LSTMCell"]
 
+# Steps per block of the backward's set-up (`LSTMCell.backward`): its temporaries are this many steps long.
+_SET_UP_BLOCK = 64
+
 
 class LSTMCell(Cell):
     """Its state is h and c side by side (S = 2H), h first."""
@@ -57,10 +60,11 @@ class LSTMCell(Cell):
         """Gates recomputed from the outputs in one product, the cell state rebuilt (nn.LSTM returns only its last
         value), then per step: dc += dh o tanh'(c); d pre = [dc g i', dc c_prev f', dc i g', dh tanh(c) o'].
 
-        The gates, then their scales, are computed in place in the input part's (T, B, 4H) tensor, with three
-        (T, B, H) beside it (the forget gates, the cell state that becomes tanh(c) and then g, and tanh'(c) o):
-        fresh memory this size costs page faults beyond its arithmetic (integrated gradients reads 17 texts side
-        by side: gigabytes a call at 1,000 words when every term was its own tensor)."""
+        The gates, then their scales, are computed in place in the input part's (T, B, 4H) tensor, with two
+        (T, B, H) beside it (the forget gates, and the cell state that becomes tanh'(c) o) and temporaries a
+        block of steps long: fresh memory this size costs page faults beyond its arithmetic (integrated
+        gradients reads 17 texts side by side: gigabytes a call at 1,000 words when every term was its own
+        tensor)."""
         h = outputs  # (T, B, H)
         steps, reads, hidden = h.shape
         gates = 4 * hidden
@@ -78,12 +82,18 @@ class LSTMCell(Cell):
         f.addcmul_(f, f, value=-1)  # f (1 - f) ...
         f[1:].mul_(c[:-1])  # ... times c_(t-1), which is 0 before the first step
         f[0].zero_()
-        tanh_c = c.tanh_()  # the cell state is used up: its memory keeps tanh(c), one (T, B, H) fewer at the peak
-        through_h = torch.mul(tanh_c, tanh_c).neg_().add_(1).mul_(o)  # d c_t / d h_t's path: dc += dh * o * tanh'(c)
-        o.addcmul_(o, o, value=-1).mul_(tanh_c)  # tanh(c) o (1 - o)
-        kept_g = tanh_c.copy_(g)  # tanh(c) is used up: its memory keeps g for the input gate's scale
-        g.mul_(g).neg_().add_(1).mul_(i)  # i (1 - g^2)
-        i.addcmul_(i, i, value=-1).mul_(kept_g)  # g i (1 - i)
+        # The other scales a block of steps at a time, in place, so that their temporaries stay a block long: the
+        # cell state, used up, becomes tanh(c) and then d c_t / d h_t's path, tanh'(c) o (dc += dh * that).
+        for start in range(0, steps, _SET_UP_BLOCK):
+            part = slice(start, start + _SET_UP_BLOCK)
+            tanh_c = c[part].tanh_()
+            through = torch.mul(tanh_c, tanh_c).neg_().add_(1).mul_(o[part])  # tanh'(c) o
+            o[part].addcmul_(o[part], o[part], value=-1).mul_(tanh_c)  # tanh(c) o (1 - o)
+            tanh_c.copy_(through)
+            kept_g = g[part].clone()  # for the input gate's scale
+            g[part].mul_(g[part]).neg_().add_(1).mul_(i[part])  # i (1 - g^2)
+            i[part].addcmul_(i[part], i[part], value=-1).mul_(kept_g)  # g i (1 - i)
+        through_h = c
         scale = pre
         rows = seed.size(1)
         sink = InputGradients(steps, (reads, rows), gates, weights.input, sum_reads=sum_reads)
