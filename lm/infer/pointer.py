@@ -162,7 +162,7 @@ class CacheExplainer:
             lists = [other.paths for other in self.result.predictions]
             if self.result.query.required:
                 lists.append(self.result.required_paths)
-            self.prepare([row for paths in lists for group in self.groups(paths) for row in _group_rows(*group)])
+            self.prepare([row for paths in lists for group in self.groups(paths) for row, _ in _group_steps(*group)])
         word = _paths_curve(self.groups(prediction.paths), self.factor, size)
         required = self.required() if self.result.query.required else None
         change = word.logprob - word.logprob[-1]
@@ -278,10 +278,15 @@ def spelling_groups(paths: list[Path]) -> list[tuple[tuple[int, ...], tuple[int,
     return [(prefix, None if boundary else tuple(last)) for (prefix, boundary), last in groups.items()]
 
 
-def _group_rows(prefix: tuple[int, ...], last: tuple[int, ...] | None) -> list[tuple[int, ...]]:
-    """The rows a spelling group draws from: the row after each shorter prefix, then after all of it when the group
-    draws a last unit or the boundary there."""
-    return [prefix[:depth] for depth in range(len(prefix) + (1 if last is None or last else 0))]
+def _group_steps(prefix: tuple[int, ...], last: tuple[int, ...] | None
+                 ) -> list[tuple[tuple[int, ...], tuple[int, ...] | None]]:
+    """The draws of a spelling group, as (the prefix whose row draws, the units drawn; None: a boundary unit): each
+    unit of the prefix after the one before it, then the last units or the boundary after all of it (none for a
+    group that draws nothing there)."""
+    steps = [(prefix[:depth], (prefix[depth],)) for depth in range(len(prefix))]
+    if last is None or last:
+        steps.append((prefix, last))
+    return steps
 
 
 def _paths_curve(groups: list[tuple[tuple[int, ...], tuple[int, ...] | None]], factor, size: int) -> _Curve:
@@ -290,13 +295,10 @@ def _paths_curve(groups: list[tuple[tuple[int, ...], tuple[int, ...] | None]], f
     (None: the boundary units)."""
     logprobs, model_only, copies, own = [], [], np.zeros(size), 0.0
     for prefix, last in groups:
-        steps = [(prefix[:depth], (prefix[depth],)) for depth in range(len(prefix))]
-        if last is None or last:
-            steps.append((prefix, last))
         curve = np.zeros(size + 1)  # log P(group) with the last d entries, d = 0..size
         full, alone = 0.0, 0.0
         entry_parts, own_parts = [], 0.0  # sum over rows of C_ri / p_r, per entry
-        for row_prefix, targets in steps:
+        for row_prefix, targets in _group_steps(prefix, last):
             mass, part_of_entries, own_part, alone_mass = factor(row_prefix, targets)
             curve += np.log(mass)
             full += math.log(mass[-1])
