@@ -111,7 +111,8 @@ def test_the_batched_gradients_equal_k_separate_computations(subword_predictor):
     batched, _ = prediction_gradients(subword_predictor, trace, result.result, 1.0)
     for row, prediction in enumerate(result.result.predictions):
         alone = PredictionResult(result.result.query, [prediction], len(units), result.result.required_logprob,
-                                 result.result.required_paths)
+                                 result.result.required_paths,
+                                 required_path_logprobs=result.result.required_path_logprobs)
         single, _ = prediction_gradients(subword_predictor, trace, alone, 1.0)
         torch.testing.assert_close(batched[row], single[0], rtol=1e-4, atol=1e-7)
 
@@ -124,6 +125,36 @@ def test_healed_subword_gradient_is_of_the_conditional_probability(subword_predi
         exact = subword_predictor.score_word("The album was rel", entry.prediction.word)
         assert entry.prediction.logprob == pytest.approx(exact, abs=1e-6)
         assert entry.influence.shape == (len(result.units),) and np.isfinite(entry.influence).all()
+
+
+def test_attribution_differentiates_the_spellings_that_carry_all_but_the_tolerance(subword_predictor):
+    """Longer spellings are dropped, least probable first, while their share stays within the tolerance; one-unit
+    ones are kept. On a healed unfinished word the gradient then moves by about the tolerance, with fewer rows."""
+    from dataclasses import replace
+
+    from lm.infer.word_gradients import significant_paths
+
+    paths = [((1,), False), ((2, 3), False), ((4, 5), True), ((6,), False), ((7, 8, 9), False)]
+    logprobs = [-1.0, -1.5, -30.0, -40.0, -29.0]
+    assert significant_paths(paths, logprobs) == [paths[0], paths[1], paths[3]]  # shares of 4e-13 and 2e-13 go
+    assert significant_paths(paths, logprobs, tolerance=3e-13) == [paths[0], paths[1], paths[3], paths[4]]
+    assert significant_paths(paths, logprobs, tolerance=0.0) is paths
+    assert significant_paths(paths, None) is paths
+    assert significant_paths(paths, [-1.0, -1.5, -3.0, -40.0, -2.0]) is paths  # every longer path matters
+
+    text = "The band played an internationa"
+    result = attribute(subword_predictor, text, k=3).result
+    assert result.query.required == " internationa" and result.required_path_logprobs is not None
+    kept = significant_paths(result.required_paths, result.required_path_logprobs)
+    assert len(kept) < len(result.required_paths)
+    tokenizer = subword_predictor.tokenizer
+    trace = trace_context(subword_predictor.model, torch.tensor([tokenizer.newline_id,
+                                                                 *tokenizer.encode(result.query.context)]))
+    pruned, _ = prediction_gradients(subword_predictor, trace, result, 1.0)
+    every = replace(result, predictions=[replace(p, path_logprobs=None) for p in result.predictions],
+                    required_path_logprobs=None)
+    full, _ = prediction_gradients(subword_predictor, trace, every, 1.0)
+    torch.testing.assert_close(pruned, full, rtol=1e-4, atol=1e-4 * float(full.abs().max()))
 
 
 def test_reach_figures_on_hand_made_influence():
@@ -545,7 +576,8 @@ def test_cached_healed_subword_gradients_are_per_word_and_of_the_served_probabil
         # Attribution reads the text traced, score_word with the fused layers: float32 reads agreeing to about 1e-6.
         assert entry.prediction.logprob == pytest.approx(cached.score_word(text, entry.prediction.word), abs=1e-5)
         alone = PredictionResult(result.result.query, [entry.prediction], len(units), result.result.required_logprob,
-                                 result.result.required_paths, text_cache=True)
+                                 result.result.required_paths, text_cache=True,
+                                 required_path_logprobs=result.result.required_path_logprobs)
         single, _ = prediction_gradients(cached, trace, alone, 1.0)
         torch.testing.assert_close(batched[row], single[0], rtol=1e-4, atol=1e-7)
     plain = attribute(subword_predictor, text, k=3)

@@ -13,7 +13,7 @@ from lm.model import RNNLanguageModel
 from lm.answers import prediction_answer
 from lm.infer.predictor import Predictor
 from lm.infer.query import keep_last_units, make_query, word_at
-from lm.infer.scoring import spell_many, word_targets
+from lm.infer.scoring import logsumexp, spell_many, word_targets
 from lm.tokenizers import CharTokenizer, is_word_char
 
 
@@ -438,7 +438,11 @@ def test_exact_scoring_drops_only_spellings_within_the_tolerance(tiny_subword_ru
         steps.clear()
         pruned = spell_many(predictor.units, predictor.reads_after(context), context.line_start, targets, tolerance=tolerance)
         assert sum(steps) < full_steps  # odd segmentations were dropped
-        for (exact, _), (approximate, _) in zip(full, pruned):
+        for whole, part in zip(full, pruned):
+            exact, approximate = whole.logprob, part.logprob
+            for spelling in (whole, part):  # each path's own log-probability, summing to the spelling's
+                assert len(spelling.path_logprobs) == len(spelling.paths)
+                assert logsumexp(np.array(spelling.path_logprobs)) == pytest.approx(spelling.logprob, abs=1e-9)
             if exact > -math.inf:
                 # Never more than the full sum, never less than (1 - tolerance) of it (float32 noise aside).
                 assert exact + 1e-5 >= approximate >= exact + math.log(1 - tolerance) - 1e-5

@@ -90,7 +90,7 @@ def _foil(predictor: Predictor, result, foil: str | None) -> WordPrediction | No
         return None
     (spelling,), _ = score_words(predictor.units, result.reads, result.line_start, result.query, [word])
     remainder = word[len(result.query.partial):] if result.query.completing else word
-    return WordPrediction(word, spelling.logprob, remainder, spelling.paths)
+    return WordPrediction(word, spelling.logprob, remainder, spelling.paths, spelling.path_logprobs)
 
 
 def attribute(predictor: Predictor, text: str, k: int = 5, method: str = "saliency", threshold: float = 0.01,

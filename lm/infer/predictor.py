@@ -93,6 +93,8 @@ class WordPrediction:
     logprob: float
     remainder: str  # what is still to type: the word minus the unfinished part of the text
     paths: list[Path] = field(default_factory=list)  # (units, needs boundary mass after them)
+    # log P of each path after the context, as paths (the healed part not divided out); None: not known
+    path_logprobs: list[float] | None = None
 
     @property
     def probability(self) -> float:
@@ -116,6 +118,7 @@ class PredictionResult:
     # The whole text and what an input limit left unread of it; query is the read part's (the whole text, or a
     # suffix: cut.text[cut.chars:] == query.text). None on construction: nothing was cut.
     cut: Cut | None = None
+    required_path_logprobs: list[float] | None = None  # log P of each of required_paths; None: not known
 
     def __post_init__(self):
         if self.cut is None:
@@ -506,9 +509,9 @@ class Predictor:
             if spelling.logprob == NEG:
                 continue
             remainder = word[len(query.partial):] if query.completing else word
-            predictions.append(WordPrediction(word, spelling.logprob, remainder, spelling.paths))
+            predictions.append(WordPrediction(word, spelling.logprob, remainder, spelling.paths, spelling.path_logprobs))
         return PredictionResult(query, predictions, context.length, required.logprob, required.paths, known.text_cache is not None,
-                                known, context.line_start)
+                                known, context.line_start, required_path_logprobs=required.path_logprobs)
 
     def score_more(self, result: PredictionResult, words: list[str]) -> list[float]:
         """Exact log P(word | text) of other words after a prediction's text, as it scored its own (same mixture),

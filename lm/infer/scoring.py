@@ -34,10 +34,11 @@ Path = tuple[tuple[int, ...], bool]
 
 
 class Spelling(NamedTuple):
-    """A target's exact log-probability and the unit sequences that make it up."""
+    """A target's exact log-probability and the unit sequences that make it up, each with its own."""
 
     logprob: float
     paths: list[Path]
+    path_logprobs: list[float]  # log P of each path (its boundary mass included where flagged), as paths
 
 
 class Node(NamedTuple):
@@ -116,6 +117,7 @@ def spellings(table: UnitTable, known: Reads, line_start: bool, targets: list[tu
     dropped = [NEG] * len(targets)  # log of the probability of the partial spellings dropped so far
     log_tolerance = math.log(tolerance) if tolerance > 0 else NEG
     paths: list[list[Path]] = [[] for _ in targets]
+    values: list[list[float]] = [[] for _ in targets]  # each path's log-probability, beside it
     frontier: list[Node] = []  # partial spellings whose next unit's distribution is known
     for index, (target, boundary) in enumerate(targets):
         if target:
@@ -123,9 +125,11 @@ def spellings(table: UnitTable, known: Reads, line_start: bool, targets: list[tu
         elif boundary:  # already spelled: only the boundary is still to come
             totals[index] = known.boundary(())
             paths[index].append(((), True))
+            values[index].append(totals[index])
         else:
             totals[index] = 0.0
             paths[index].append(((), False))
+            values[index].append(0.0)
     pending: list[Node] = []  # nodes waiting for a model step
     while frontier or pending:
         children: list[Node] = []
@@ -147,21 +151,26 @@ def spellings(table: UnitTable, known: Reads, line_start: bool, targets: list[tu
                     else:
                         totals[index] = logaddexp(totals[index], value)
                         paths[index].append((units + (unit,), False))
+                        values[index].append(value)
             over = table.overshoot(rest, boundary, line_start)
             if over.size:
-                values = logprob + lp[over]
-                alive = values > NEG
+                overshot = logprob + lp[over]
+                alive = overshot > NEG
                 if alive.all() and not units:  # straight after the context: the same list every time
-                    totals[index] = logaddexp(totals[index], logsumexp(values))
+                    totals[index] = logaddexp(totals[index], logsumexp(overshot))
                     paths[index].extend(table.overshoot_paths(rest, boundary, line_start))
+                    values[index].extend(overshot.tolist())
                 elif alive.any():
-                    totals[index] = logaddexp(totals[index], logsumexp(values[alive]))
+                    totals[index] = logaddexp(totals[index], logsumexp(overshot[alive]))
                     paths[index].extend((units + (int(unit),), False) for unit in over[alive])
+                    values[index].extend(overshot[alive].tolist())
         # Spellings already read to their end (by the beam) are finished now: their mass makes dropping safe sooner.
         for node in children:
             if node.terminal and node.units in known:
-                totals[node.target] = logaddexp(totals[node.target], node.logprob + known.boundary(node.units))
+                value = node.logprob + known.boundary(node.units)
+                totals[node.target] = logaddexp(totals[node.target], value)
                 paths[node.target].append((node.units, True))
+                values[node.target].append(value)
             else:
                 pending.append(node)
         if log_tolerance > NEG and pending:
@@ -189,13 +198,14 @@ def spellings(table: UnitTable, known: Reads, line_start: bool, targets: list[tu
         yield [node.units for node in pending]  # read into `known` before this resumes
         for node in pending:
             if node.terminal:
-                mass = known.boundary(node.units)
-                totals[node.target] = logaddexp(totals[node.target], node.logprob + mass)
+                value = node.logprob + known.boundary(node.units)
+                totals[node.target] = logaddexp(totals[node.target], value)
                 paths[node.target].append((node.units, True))
+                values[node.target].append(value)
             else:
                 frontier.append(node)
         pending = []
-    return [Spelling(total, found) for total, found in zip(totals, paths)]
+    return [Spelling(total, found, found_values) for total, found, found_values in zip(totals, paths, values)]
 
 
 def word_targets(query: Query, word: str) -> list[str]:
@@ -265,9 +275,11 @@ def _word_targets(query: Query, words: list[str]) -> tuple[list[tuple[str, bool]
 def _word_scores(results: list[Spelling], owners: list[int], count: int) -> tuple[list[Spelling], Spelling]:
     """Each word's exact log-probability (its targets summed, the required part divided out), and the required part's."""
     required = results[0]
-    scores: list[tuple[float, list[Path]]] = [(NEG, []) for _ in range(count)]
+    scores: list[tuple[float, list[Path], list[float]]] = [(NEG, [], []) for _ in range(count)]
     for owner, result in zip(owners[1:], results[1:]):
-        total, found = scores[owner]
-        scores[owner] = (logaddexp(total, result.logprob), found + result.paths)
-    exact = [Spelling(total - required.logprob if total > NEG else NEG, found) for total, found in scores]
+        total, found, found_values = scores[owner]
+        scores[owner] = (logaddexp(total, result.logprob), found + result.paths, found_values + result.path_logprobs)
+    # A word's paths keep their own log-probabilities (the required part not divided out, as their sum is not).
+    exact = [Spelling(total - required.logprob if total > NEG else NEG, found, found_values)
+             for total, found, found_values in scores]
     return exact, required
