@@ -238,6 +238,30 @@ def test_where_the_next_word_starts(subword_tokenizer, char_tokenizer, text, con
     assert char_query.context == query.text and char_query.required == ""
 
 
+def test_a_long_unfinished_word_heals_only_its_last_units(subword_tokenizer, char_tokenizer, tiny_subword_run):
+    """Past MAX_HEALED_CHARS, the word's start is read as context (from one of its own units' starts) and only the
+    rest is healed; the words predicted still complete the whole unfinished word."""
+    from lm.checkpoint import load_checkpoint
+    from lm.infer.query import MAX_HEALED_CHARS
+
+    short = make_query("The " + "international"[:MAX_HEALED_CHARS - 3], subword_tokenizer)
+    assert short.context == "The" and short.required == " " + short.partial  # healed whole, as before
+    word = "pneumonoultramicroscopicsilicovolcanoconiosis"
+    query = make_query("The lung disease is " + word, subword_tokenizer)
+    assert query.completing and query.partial == word and query.start == ("word", word)
+    assert 0 < len(query.required) <= MAX_HEALED_CHARS and word.endswith(query.required)
+    assert query.context == "The lung disease is " + word[: len(word) - len(query.required)]
+    _, spans = subword_tokenizer.encode_with_offsets(query.text)
+    assert len(query.context) in {start for start, _ in spans}  # a unit of the word starts where healing does
+    assert make_query("The " + word, char_tokenizer).required == ""  # one unit per character: nothing to heal
+
+    checkpoint = load_checkpoint(tiny_subword_run.out)
+    predictor = Predictor(checkpoint.model, checkpoint.tokenizer)
+    result = predictor.predict("x" * 5000, k=3)  # healed whole, 5,000 characters took minutes
+    assert len(result.query.required) <= MAX_HEALED_CHARS and result.predictions
+    assert all(p.word.startswith("x" * 5000) and p.remainder == p.word[5000:] for p in result.predictions)
+
+
 def test_word_at():
     assert word_at("the cat, sat", 4) == "cat"
     assert word_at("the cat, sat", 7) == ","

@@ -20,7 +20,13 @@ from dataclasses import dataclass
 from corpora import normalize
 from lm.tokenizers import Tokenizer, is_word_char
 
-__all__ = ["Cut", "Query", "advance", "keep_last_units", "line_start_after", "make_query", "word_at"]
+__all__ = ["MAX_HEALED_CHARS", "Cut", "Query", "advance", "keep_last_units", "line_start_after", "make_query", "word_at"]
+
+# The most characters healing spells: a text ending inside a longer word (a long token, a run of text without
+# spaces) reads the word's start as context and heals only its last units (`_healing_start`). Every spelling of the
+# healed part is followed (docs/PREDICTION.md), and their number grows fast with its length: a 400-character word,
+# healed whole, took 4 s to predict and 34 s to attribute, and 20,000 characters more than 10 minutes.
+MAX_HEALED_CHARS = 24
 
 
 def advance(phase: tuple, text: str) -> tuple:
@@ -62,7 +68,8 @@ class Query:
 
     text: str  # the normalised text
     context: str  # the part the model reads before predicting
-    required: str  # text the continuation must spell first (subword healing), possibly ""
+    required: str  # text the continuation must spell first (subword healing), possibly "": at most the last
+    # MAX_HEALED_CHARS characters of an unfinished word, or its last unit when that is longer
     start: tuple  # the phase after `required`
     completing: bool
     partial: str  # the unfinished word at the end of the text ("" when not completing)
@@ -84,12 +91,26 @@ def make_query(text: str, tokenizer: Tokenizer, normalized: bool = False) -> Que
         cut -= 1
     if not tokenizer.heals_words:
         cut = len(norm)  # one unit per character: nothing to heal
+    elif len(norm) - cut > MAX_HEALED_CHARS and completing:
+        cut = _healing_start(norm, cut, partial_start, tokenizer)
     required = norm[cut:]
     if completing:
         start: tuple = ("word", partial)
     else:
         start = ("before", bool(required) and required[-1].isspace() or cut == 0 or norm[cut - 1].isspace())
     return Query(text=norm, context=norm[:cut], required=required, start=start, completing=completing, partial=partial)
+
+
+def _healing_start(norm: str, cut: int, partial_start: int, tokenizer: Tokenizer) -> int:
+    """Where healing starts in a text that ends inside a word whose healed part, norm[cut:], is longer than
+    MAX_HEALED_CHARS: the first of the word's units (as the tokenizer segments that part) starting within the last
+    MAX_HEALED_CHARS characters, or the last unit's start when none does (a unit that long). The word's earlier
+    units are read as context, so its probability is conditioned on their segmentation (docs/PREDICTION.md)."""
+    _, spans = tokenizer.encode_with_offsets(norm[cut:])
+    starts = sorted({cut + start for start, _ in spans if cut + start > partial_start})
+    if not starts:
+        return cut
+    return next((start for start in starts if len(norm) - start <= MAX_HEALED_CHARS), starts[-1])
 
 
 @dataclass(frozen=True)
