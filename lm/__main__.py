@@ -52,6 +52,22 @@ def _load(model: str):
         return None
 
 
+def _load_with_corpus(args: argparse.Namespace, command: str):
+    """The checkpoint of `args.model` and the corpus it is measured on (`args.corpus`, else the one it was trained on;
+    streamed: the training split is not read), or None after printing one clear line."""
+    from corpora import CorpusError
+    from lm.train.tokens import load_streamed_corpus
+
+    checkpoint = _load(args.model)
+    if checkpoint is None:
+        return None
+    try:
+        return checkpoint, load_streamed_corpus(args.corpus or checkpoint.train_config.corpus)
+    except CorpusError as error:
+        print(f"lm {command}: error: {error}", file=sys.stderr)
+        return None
+
+
 def _answer_json(model: str, tokenizer, result) -> str:
     """A prediction's or a generation's answer (lm/answers.py: the HTTP API's models) as JSON."""
     from lm.answers import generation_answer, prediction_answer, to_json
@@ -206,26 +222,21 @@ def _reach_profile(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from corpora import CorpusError
     from lm.checkpoint import TEXT_CACHE_METRIC
     from lm.eval.figures import HOW_STATE_FLOWS, evaluate_adapted, evaluate_text
     from lm.infer.accuracy import describe_prompt_lengths, next_word_accuracy, paired_accuracy, prompt_length_accuracy
     from lm.infer.predictor import Predictor
     from lm.train.run import set_threads
-    from lm.train.tokens import token_cache_directory, load_streamed_corpus, token_ids
+    from lm.train.tokens import token_cache_directory, token_ids
 
     if args.no_text_cache and args.predict_text_cache is not None:
         print("lm evaluate: error: --predict-text-cache and --no-text-cache contradict each other: give one", file=sys.stderr)
         return 2
     set_threads(args.threads)
-    checkpoint = _load(args.model)
-    if checkpoint is None:
+    loaded = _load_with_corpus(args, "evaluate")
+    if loaded is None:
         return 1
-    try:
-        corpus = load_streamed_corpus(args.corpus or checkpoint.train_config.corpus)  # the training split is not read
-    except CorpusError as error:
-        print(f"lm evaluate: error: {error}", file=sys.stderr)
-        return 1
+    checkpoint, corpus = loaded
     split = corpus.split(args.split)
     try:
         ids = token_ids(split, checkpoint.tokenizer, token_cache_directory(None), progress=False).ids.tolist()  # encoded once, then cached
@@ -298,20 +309,15 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _tune_text_cache(args: argparse.Namespace) -> int:
     if args.command == "tune-cache":
         print("python -m lm: warning: tune-cache is deprecated; use tune-text-cache", file=sys.stderr)
-    from corpora import CorpusError
     from lm.checkpoint import TEXT_CACHE_METRIC, update_metrics
     from lm.train.run import set_threads, tune_text_cache
-    from lm.train.tokens import token_cache_directory, load_streamed_corpus, token_ids
+    from lm.train.tokens import token_cache_directory, token_ids
 
     set_threads(args.threads)
-    checkpoint = _load(args.model)
-    if checkpoint is None:
+    loaded = _load_with_corpus(args, args.command)
+    if loaded is None:
         return 1
-    try:
-        corpus = load_streamed_corpus(args.corpus or checkpoint.train_config.corpus)  # the training split is not read
-    except CorpusError as error:
-        print(f"lm {args.command}: error: {error}", file=sys.stderr)
-        return 1
+    checkpoint, corpus = loaded
     stored = checkpoint.text_cache_settings
     keep = None if args.all or stored is None else stored
     heldout = {name: token_ids(corpus.split(name), checkpoint.tokenizer, token_cache_directory(None), progress=False).ids.tolist()

@@ -97,6 +97,15 @@ def test_stream_only_cache_settings_serve_the_model_alone_until_tuned_by_prompt_
     assert json.loads(capsys.readouterr().out)["text_cache"] is False
 
 
+@pytest.mark.parametrize("command", ["evaluate", "tune-text-cache"])
+def test_a_missing_corpus_is_one_clear_line(tiny_run, tmp_path, capsys, command):
+    assert lm_main([command, "--model", str(tiny_run.out), "--corpus", str(tmp_path / "nowhere")]) == 1
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 1 and errors[0].startswith(f"lm {command}: error:") and "does not exist" in errors[0]
+    assert lm_main([command, "--model", str(tmp_path / "no-run")]) == 1  # the checkpoint first
+    assert capsys.readouterr().err.startswith("lm: error:")
+
+
 def test_evaluate_prints_the_prompt_length_table(tiny_run, corpus_dir, capsys):
     assert lm_main(["evaluate", "--model", str(tiny_run.out), "--corpus", str(corpus_dir), "--positions", "8",
                     "--prompt-words", "5,30", "--json"]) == 0
