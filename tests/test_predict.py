@@ -257,7 +257,7 @@ def test_a_long_unfinished_word_heals_only_its_last_units(subword_tokenizer, cha
 
     checkpoint = load_checkpoint(tiny_subword_run.out)
     predictor = Predictor(checkpoint.model, checkpoint.tokenizer)
-    result = predictor.predict("x" * 5000, k=3)  # healed whole, 5,000 characters took minutes
+    result = predictor.predict("x" * 5000, k=3)  # healed whole, its spellings would grow with all 5,000
     assert len(result.query.required) <= MAX_HEALED_CHARS and result.predictions
     assert all(p.word.startswith("x" * 5000) and p.remainder == p.word[5000:] for p in result.predictions)
 
